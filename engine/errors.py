@@ -1,0 +1,115 @@
+"""The one exception tree of Retain; the CLI maps it to exit codes in one place.
+
+    RetainError
+    ├── InputError            bad input from a user: exit 1
+    │   ├── PlaybookError     a playbook (or its templates) is malformed; carries every issue found
+    │   ├── DataFileError     a sync file cannot be read at all (rows with errors are reported, not raised)
+    │   └── TemplateError     a template does not compile or render
+    ├── StoreError            the database is unreachable or not at the expected schema
+    ├── LimitExceeded         a playbook's safety brake would be exceeded (later issue)
+    └── ConnectorError        a connector failed (later issue)
+        ├── TransientError    worth retrying
+        └── PermanentError    dead-letter
+
+Each input error carries `Location`s so messages name the file, line and column (or the customer
+and action) instead of leaving the user to guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """Where a problem is: a file position (1-based line and column) or a customer and action."""
+
+    file: str = ""
+    line: int = 0
+    column: int = 0
+    customer: str = ""
+    action: str = ""
+
+    def __str__(self) -> str:
+        if self.file:
+            parts = [self.file]
+            if self.line:
+                parts.append(str(self.line))
+                if self.column:
+                    parts.append(str(self.column))
+            return ":".join(parts)
+        bits = [f"customer {self.customer}" if self.customer else "", self.action]
+        return " ".join(b for b in bits if b)
+
+
+@dataclass(frozen=True, order=True)
+class Issue:
+    """One problem found in an input, with its location and a JSON-path-like address."""
+
+    location: Location
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if str(self.location) else ""
+        what = f"{self.path}: " if self.path else ""
+        return f"{where}{what}{self.message}"
+
+
+class RetainError(Exception):
+    """Base of every error Retain raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(RetainError):
+    """The user's input is wrong; the message says where and why."""
+
+    def __init__(self, message: str, issues: list[Issue] | None = None) -> None:
+        super().__init__(message)
+        self.issues: list[Issue] = sorted(issues or [])
+
+    def __str__(self) -> str:
+        if not self.issues:
+            return super().__str__()
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+class PlaybookError(InputError):
+    """A playbook file, or a template it uses, is invalid."""
+
+
+class DataFileError(InputError):
+    """A data file for sync cannot be read at all (missing, unknown format, no header)."""
+
+
+class TemplateError(InputError):
+    """A template does not compile, uses an unknown variable, or renders unsafely."""
+
+
+class StoreError(RetainError):
+    """The database cannot be reached or is not in a usable state."""
+
+
+class LimitExceeded(RetainError):
+    """A playbook would enroll more customers than its `limits` allow."""
+
+    def __init__(self, limit: str, selected: int, population: int) -> None:
+        super().__init__(
+            f"limit {limit} exceeded: {selected} selected of {population} customers; nothing done"
+        )
+        self.limit = limit
+        self.selected = selected
+        self.population = population
+
+
+class ConnectorError(RetainError):
+    """A connector could not do its action."""
+
+
+class TransientError(ConnectorError):
+    """A failure worth retrying later (timeouts, 4xx SMTP replies, HTTP 5xx/429)."""
+
+
+class PermanentError(ConnectorError):
+    """A failure that retrying will not fix; the action is dead-lettered."""

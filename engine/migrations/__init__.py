@@ -1,0 +1,1 @@
+"""Alembic migrations for the Retain store (batch mode on SQLite)."""

@@ -1,0 +1,208 @@
+"""SQLModel table classes: the only place with `table=True`.
+
+The unique constraints here carry the guarantees of DESIGN section 3 (one enrollment per playbook,
+customer and occurrence; one action per idempotency key; exactly-once points and tasks), and the
+indexes are the ones evaluation needs (events by customer/type/time, customers by each fact a
+trigger selects on). Times are stored as UTC; `UTCDateTime` hands back aware datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; naive input means UTC (DESIGN section 5)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def _time(**kwargs: Any) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, **kwargs)
+
+
+def _json(default_factory: Any) -> Any:
+    return Field(default_factory=default_factory, sa_type=JSONType)
+
+
+class Customer(SQLModel, table=True):
+    """A customer's own columns plus the derived facts that sync keeps up to date."""
+
+    __tablename__ = "customers"
+
+    customer_id: str = Field(primary_key=True)
+    email: str | None = Field(default=None, index=True)
+    name: str | None = None
+    created_at: datetime | None = _time()
+    birthday: date | None = None
+    timezone: str | None = None
+    country: str | None = None
+    segment: str | None = None
+    tags: list[str] = _json(list)
+    attributes: dict[str, Any] = _json(dict)
+    first_synced_at: datetime | None = _time()
+    # Derived facts (engine/facts.py); never written from a customer file.
+    last_active_at: datetime | None = _time(index=True)
+    first_purchase_at: datetime | None = _time(index=True)
+    last_purchase_at: datetime | None = _time()
+    purchase_count: int = 0
+    total_spent: float = 0.0
+    last_feedback_score: float | None = None
+    last_feedback_at: datetime | None = _time()
+    points_balance: int = 0
+    last_emailed_at: datetime | None = _time()
+    rfm_score: str | None = None
+    rfm_segment: str | None = None
+
+
+class Event(SQLModel, table=True):
+    """Something a customer did (or the engine did to them); unique by the source's event id.
+
+    `amount` and `score` are copied out of `properties` into typed columns because the derived
+    facts and most conditions aggregate them; everything else stays in `properties`.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_customer_type_time", "customer_id", "type", "occurred_at"),
+        sa.Index("ix_events_type_time", "type", "occurred_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True)
+    customer_id: str = Field(foreign_key="customers.customer_id")
+    type: str
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    amount: float | None = None
+    score: float | None = None
+    properties: dict[str, Any] = _json(dict)
+
+
+class PlaybookVersion(SQLModel, table=True):
+    """Every distinct content of a playbook file, keyed by its content hash."""
+
+    __tablename__ = "playbook_versions"
+    __table_args__ = (sa.UniqueConstraint("playbook_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook_id: str = Field(index=True)
+    version: str
+    source: str
+    enabled_at: datetime | None = _time()
+    created_at: datetime | None = _time()
+
+
+class Enrollment(SQLModel, table=True):
+    """A customer's passage through one playbook for one occurrence of its trigger."""
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        sa.UniqueConstraint("playbook_id", "customer_id", "occurrence_key"),
+        sa.Index("ix_enrollments_status_wake", "status", "wake_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook_id: str
+    version: str
+    customer_id: str = Field(foreign_key="customers.customer_id", index=True)
+    occurrence_key: str
+    step: int = 0
+    wake_at: datetime | None = _time()
+    holdout: bool = False
+    status: str = "active"
+    entered_at: datetime = Field(sa_type=UTCDateTime)
+    ended_at: datetime | None = _time()
+    end_reason: str | None = None
+
+
+class Action(SQLModel, table=True):
+    """The outbox: one planned action, delivered by the dispatcher at least once."""
+
+    __tablename__ = "actions"
+    __table_args__ = (sa.Index("ix_actions_status_next", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollments.id", index=True)
+    customer_id: str = Field(index=True)
+    step: int = 0
+    connector: str
+    payload: dict[str, Any] = _json(dict)
+    idempotency_key: str = Field(unique=True)
+    status: str = "pending"
+    reason: str | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = _time()
+    lease_until: datetime | None = _time()
+    leased_by: str | None = None
+    last_error: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    updated_at: datetime | None = _time()
+
+
+class Task(SQLModel, table=True):
+    """A follow-up task for a person; exactly once per idempotency key."""
+
+    __tablename__ = "tasks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True)
+    customer_id: str = Field(index=True)
+    title: str
+    assignee: str | None = None
+    note: str | None = None
+    due_at: datetime | None = _time()
+    status: str = "open"
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class PointsEntry(SQLModel, table=True):
+    """One line of the loyalty ledger; exactly once per idempotency key."""
+
+    __tablename__ = "points_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True)
+    customer_id: str = Field(index=True)
+    amount: int
+    reason: str | None = None
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Suppression(SQLModel, table=True):
+    """An address that gets no email (unsubscribed, bounced); stored lower-cased."""
+
+    __tablename__ = "suppressions"
+
+    email: str = Field(primary_key=True)
+    reason: str
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class SyncCursor(SQLModel, table=True):
+    """How far a sync source has been read, so a re-sync can resume."""
+
+    __tablename__ = "sync_cursors"
+
+    source: str = Field(primary_key=True)
+    position: str
+    updated_at: datetime = Field(sa_type=UTCDateTime)

@@ -56,6 +56,21 @@ class Issue:
         return f"{where}{what}{self.message}"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A problem inside one playbook value, addressed by its path before a file position is known.
+
+    `path` is relative to the playbook document root (`("actions", 0, "email", "subject")`); the
+    loader turns it into an `Issue` with file:line:col. `at="key"` points at the key, not the value.
+    `line_offset` is a line inside a multi-line value (an inline template), 0 for the first.
+    """
+
+    path: tuple[str | int, ...]
+    message: str
+    at: str = "value"
+    line_offset: int = 0
+
+
 class RetainError(Exception):
     """Base of every error Retain raises on purpose."""
 

@@ -2,17 +2,98 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def validate() -> None:
-    """Check playbooks and their templates (being built in issue 2)."""
-    raise NotImplementedError
+import typer
+
+from cli import render
+from engine.config import CONFIG_FILE, load_settings
+from engine.schema import SCHEMA_FILE, schema_text
+from engine.validation import load_playbooks
+
+PathsArg = Annotated[list[Path] | None, typer.Argument(
+    help="Playbook files or folders (default: the project's playbooks folder).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def validate(paths: PathsArg = None, as_json: JsonOpt = False) -> None:
+    """Check playbooks and their templates; every problem with file:line:column."""
+    result = load_playbooks(paths or [Path(load_settings().playbooks_dir)])
+    if as_json:
+        render.print_json({
+            "valid": not result.issues, "files": [str(f) for f in result.files],
+            "playbooks": [p.id for p in result.playbooks],
+            "issues": [{"file": i.location.file, "line": i.location.line,
+                        "column": i.location.column, "path": i.path, "message": i.message}
+                       for i in result.issues]})
+    elif result.issues:
+        for issue in result.issues:
+            render.error(str(issue))
+        files = len({i.location.file for i in result.issues})
+        render.error(f"{len(result.issues)} problem(s) in {files} file(s)")
+    else:
+        count = len(result.playbooks)
+        render.console.print(f"OK: {count} playbook{'s' if count != 1 else ''} valid "
+                             f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
+    if result.issues:
+        raise typer.Exit(1)
 
 
 def schema() -> None:
-    """Print the playbook JSON Schema (being built in issue 2)."""
-    raise NotImplementedError
+    """Print the playbook JSON Schema (generated from the models)."""
+    typer.echo(schema_text(), nl=False)
 
 
-def init() -> None:
-    """Scaffold a project (being built in issue 2)."""
-    raise NotImplementedError
+EXAMPLE = """\
+# yaml-language-server: $schema=playbook.schema.json
+# An example playbook: edit it, then `retain validate` and `retain dry-run`.
+id: winback-30d
+name: Win back customers inactive for 30 days
+description: Wake-up offer, then a call if they stay silent.
+trigger:
+  inactive: { days: 30 }          # last activity 30 or more days ago
+when:
+  - email: { is_null: false }
+  - total_spent: { gt: 100 }
+reentry: once                     # once per inactivity episode
+holdout: 10%                      # a control group, never acted on
+goal: { event: purchase, within: 14d }
+exit_when: { event: purchase }
+actions:
+  - email:
+      subject: "We miss you, {{ customer.name }}"
+      template: winback           # templates/winback.txt.j2
+  - wait: 3d
+  - task:
+      title: "Call {{ customer.name }}: inactive since {{ customer.last_active_at | date }}"
+      assignee: retention-team
+      due_in: 2d
+"""
+EXAMPLE_TEMPLATE = """\
+Hello {{ customer.name }},
+
+it has been a while since your last visit. Here is 10% off your next order.
+
+Unsubscribe: {{ unsubscribe_url }}
+"""
+
+
+def init(directory: Annotated[Path, typer.Argument(help="Project folder to create.")] = Path(".")
+         ) -> None:
+    """Scaffold a project: retain.toml, playbooks/ with a commented example, templates/."""
+    files = {
+        CONFIG_FILE: '[retain]\ndatabase_url = "sqlite:///retain.db"\nplaybooks_dir = "playbooks"\n',
+        f"playbooks/{SCHEMA_FILE}": schema_text(),
+        "playbooks/winback-30d.yaml": EXAMPLE,
+        "templates/winback.txt.j2": EXAMPLE_TEMPLATE,
+    }
+    for name, text in files.items():
+        path = directory / name
+        if path.exists():
+            render.console.print(f"kept   {path} (exists)")
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        render.console.print(f"wrote  {path}")
+    render.console.print(f"Next: cd {directory} && retain validate")

@@ -22,7 +22,7 @@ def print_json(data: Any) -> None:
 
 def error(message: str) -> None:
     """A problem for the user, on stderr, without rich markup interpretation."""
-    err_console.print(message, markup=False, style="red")
+    err_console.print(message, markup=False, style="red", soft_wrap=True)
 
 
 @contextmanager

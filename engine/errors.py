@@ -63,12 +63,15 @@ class Problem:
     `path` is relative to the playbook document root (`("actions", 0, "email", "subject")`); the
     loader turns it into an `Issue` with file:line:col. `at="key"` points at the key, not the value.
     `line_offset` is a line inside a multi-line value (an inline template), 0 for the first.
+    `location`, when set, is where the problem really is, outside the playbook (a line of a
+    template file the value names); the path still says which value led there.
     """
 
     path: tuple[str | int, ...]
     message: str
     at: str = "value"
     line_offset: int = 0
+    location: Location | None = None
 
 
 class RetainError(Exception):

@@ -1,4 +1,4 @@
-"""A tiny typed registry per extension kind, filled by decorators, with did-you-mean on a miss.
+"""Registries: a tiny typed one per extension kind, and the connectors found by entry points.
 
 From c7n's PluginRegistry: `@TRIGGERS.register("inactive")` stamps `kind = "inactive"` on the
 class, so the YAML name, the schema name and the class can never drift apart.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
 
 from engine.errors import RetainError
 from engine.fields import did_you_mean
@@ -56,18 +58,73 @@ class Registry(Generic[T]):
 CONNECTOR_GROUP = "retain.connectors"
 
 
-@cache
-def load_connectors() -> dict[str, Any]:
-    """Connector classes by action kind, from the `retain.connectors` entry points.
+class ConnectorLoadError(RetainError):
+    """An installed connector plugin cannot be used (import failure, wrong type, name mismatch)."""
 
-    Built-ins are declared in our own pyproject.toml and found the same way as a third party's
-    (CONVENTIONS 12); they are imported only when a playbook is parsed, so the CLI starts fast.
+
+_registered: dict[str, type[Any]] = {}
+
+
+def register_connector(cls: type[Any]) -> type[Any]:
+    """Register a connector class explicitly (tests, embedding); usable as a class decorator."""
+    problem = _class_problem(cls, getattr(cls, "kind", None))
+    if problem:
+        raise ConnectorLoadError(problem)
+    _registered[cls.kind] = cls
+    return cls
+
+
+def unregister_connector(kind: str) -> None:
+    """Forget an explicitly registered connector (test clean-up)."""
+    _registered.pop(kind, None)
+
+
+def load_connectors(*, installed: bool = True) -> dict[str, type[Any]]:
+    """Connector classes by kind: the installed entry points, then explicit registrations.
+
+    `installed=False` gives only the explicit ones, so a test sees exactly what it registered.
     """
-    found: dict[str, Any] = {}
-    for entry in sorted(entry_points(group=CONNECTOR_GROUP), key=lambda e: e.name):
-        try:
-            found[entry.name] = entry.load()
-        except (ImportError, AttributeError) as exc:
-            raise RetainError(f"connector {entry.name!r} ({entry.value}) cannot be loaded: {exc}"
-                              ) from exc
-    return found
+    return {**(_installed() if installed else {}), **_registered}
+
+
+def connector_names() -> list[str]:
+    """The installed connector kinds, without importing any of them (for messages and hints)."""
+    return sorted({entry.name for entry in entry_points(group=CONNECTOR_GROUP)})
+
+
+@cache
+def _installed() -> dict[str, type[Any]]:
+    values: dict[str, str] = {}
+    for entry in entry_points(group=CONNECTOR_GROUP):
+        if values.setdefault(entry.name, entry.value) != entry.value:
+            raise ConnectorLoadError(f"two connectors are installed as {entry.name!r} "
+                                     f"({values[entry.name]} and {entry.value}); remove one")
+    # The same entry point seen twice (an editable and a regular install) is loaded once.
+    return {name: _load(EntryPoint(name, value, CONNECTOR_GROUP)) for name, value in sorted(values.items())}
+
+
+def _load(entry: EntryPoint) -> type[Any]:
+    where = f"connector entry point '{entry.name} = {entry.value}'"
+    try:
+        loaded = entry.load()
+    except Exception as exc:  # noqa: BLE001  (a plugin's import may raise anything; say which)
+        raise ConnectorLoadError(f"{where} cannot be loaded: {type(exc).__name__}: {exc}"
+                                 ) from exc
+    problem = _class_problem(loaded, entry.name)
+    if problem:
+        raise ConnectorLoadError(f"{where}: {problem}")
+    return loaded  # type: ignore[no-any-return]
+
+
+def _class_problem(cls: object, name: object) -> str | None:
+    """Why `cls` cannot serve as the connector called `name`, or None."""
+    if not (isinstance(cls, type) and callable(getattr(cls, "check", None))):
+        return f"{cls!r} is not a connector class (it needs Params, kind and check)"
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        return f"{cls.__name__}.Params is not a pydantic model"
+    if params.model_config.get("extra") != "forbid":
+        return f"{cls.__name__}.Params must forbid unknown keys (extra='forbid')"
+    if getattr(cls, "kind", None) != name or not isinstance(name, str):
+        return f"{cls.__name__}.kind is {getattr(cls, 'kind', None)!r}, expected {name!r}"
+    return None

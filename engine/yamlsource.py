@@ -58,6 +58,7 @@ class SourceMap:
     file: str
     keys: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     values: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    block_scalars: set[PathKey] = field(default_factory=set)  # `|` / `>`: text starts a line later
 
     def locate(self, path: PathKey, at: str = "value") -> Location:
         """The position of `path`, falling back to its nearest ancestor that has one."""
@@ -70,6 +71,12 @@ class SourceMap:
                 return Location(self.file, *self.keys[probe])
             probe = probe[:-1]
         return Location(self.file, *self.values.get((), (1, 1)))
+
+    def locate_line(self, path: PathKey, line_offset: int) -> Location:
+        """The file line of line `line_offset` (0-based) inside the text value at `path`."""
+        start = self.locate(path)
+        first = start.line + (1 if tuple(path) in self.block_scalars else 0)
+        return Location(self.file, first + line_offset, 1)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,8 @@ class _Walker:
         if self.count > MAX_NODES:
             raise _TooLarge(node)
         self.source_map.values.setdefault(path, _mark(node))
+        if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+            self.source_map.block_scalars.add(path)
         if isinstance(node, yaml.MappingNode):
             self._walk_mapping(node, path)
         elif isinstance(node, yaml.SequenceNode):

@@ -1,0 +1,76 @@
+"""The connector extension point: what an action kind must provide, and how kinds are found.
+
+Built-ins (`email`, `task`, `points`, `webhook`) are declared in our own pyproject.toml under the
+`retain.connectors` entry-point group and loaded exactly like a third party's (CONVENTIONS 12), so
+the plugin door is the one we use every day. Loading lives in `engine.registry` (the engine finds
+connectors only through entry points, never by importing this package). A connector owns everything about its action: the params model (its
+schema), a docstring with a YAML example, and its semantic `check`. Rendering and sending are a
+later issue and will join `check` here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.errors import Location, Problem
+from engine.templates import TemplateChecker
+
+PathKey = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConnectorParams(BaseModel):
+    """Base of every params model: unknown keys are errors and YAML values are taken as typed.
+
+    `strict` keeps `amount: "10"` from quietly becoming 10: a playbook says what it means.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Connector(ABC):
+    """One action kind. Subclasses set `kind` and `Params` and check the parsed params.
+
+    The docstring of each subclass carries a YAML example of the action in a ```yaml block, which
+    the documentation and schema tests read.
+    """
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    @abstractmethod
+    def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
+        """Semantic problems in already-parsed params, with paths relative to the params.
+
+        The caller prefixes `("actions", i, kind)`. An inline multi-line template reports its line
+        through `Problem.line_offset`; a problem inside a template file carries `Problem.location`.
+        """
+
+
+def expect(params: BaseModel, model: type[M]) -> M:
+    """`params` as the connector's own model; another model here is a programming error."""
+    if not isinstance(params, model):
+        raise TypeError(f"expected {model.__name__}, got {type(params).__name__}")
+    return params
+
+
+def inline_problems(templates: TemplateChecker, path: PathKey, source: str, *,
+                    header: bool = False) -> list[Problem]:
+    """Template problems of one inline value, placed on that value's lines."""
+    return [Problem(path, message, line_offset=offset)
+            for offset, message in templates.check_string(source, header=header)]
+
+
+def file_problems(templates: TemplateChecker, path: PathKey, name: str) -> list[Problem]:
+    """Problems inside a template file, located in that file (the path names the using value)."""
+    file = str(templates.template_path(name))
+    return [Problem(path, message, location=Location(file=file, line=line))
+            for line, message in templates.check_file(name)]
+
+
+def env_problems(templates: TemplateChecker, path: PathKey, text: str) -> list[Problem]:
+    """Missing or empty `${VAR}`s in one value, named but never shown."""
+    return [Problem(path, message) for message in templates.env_var_problems(text)]

@@ -1,0 +1,44 @@
+"""The `points` action: award (or, negative, deduct) loyalty points.
+
+Parameters and checks only; the ledger row, exactly once by its key, is a later issue.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, StrictInt, field_validator
+
+from connectors.base import Connector, ConnectorParams, expect
+from engine.errors import Problem
+from engine.templates import TemplateChecker
+
+
+class PointsParams(ConnectorParams):
+    """A whole, non-zero number of points and why, for the customer's ledger."""
+
+    amount: StrictInt = Field(description="Whole points; negative deducts.",
+                              json_schema_extra={"not": {"const": 0}})
+    reason: str | None = Field(None, min_length=1, description="Shown in the ledger.")
+
+    @field_validator("amount")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("amount must not be 0")
+        return value
+
+
+class PointsConnector(Connector):
+    """Award loyalty points.
+
+    ```yaml
+    - points: { amount: 200, reason: winback bonus }
+    ```
+    """
+
+    kind = "points"
+    Params = PointsParams
+
+    def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
+        """Nothing beyond the model: points have no templates."""
+        expect(params, PointsParams)
+        return []

@@ -1,0 +1,45 @@
+"""The `task` action: a follow-up task for a person (a call, a review of a complaint).
+
+Parameters and checks only; writing the task row exactly once is a later issue.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from connectors.base import Connector, ConnectorParams, expect, inline_problems
+from engine.durations import Duration
+from engine.errors import Problem
+from engine.templates import TemplateChecker
+
+
+class TaskParams(ConnectorParams):
+    """A templated title, who does it, when it is due, and an optional templated note."""
+
+    title: str = Field(min_length=1, description="Templated.")
+    assignee: str | None = Field(None, min_length=1, description="A person or a team queue.")
+    due_in: Duration | None = Field(None, description="Due this long after the task is created.")
+    note: str | None = Field(None, description="Templated; may span several lines.")
+
+
+class TaskConnector(Connector):
+    """Open a follow-up task.
+
+    ```yaml
+    - task:
+        title: "Call {{ customer.name }}: inactive since {{ customer.last_active_at | date }}"
+        assignee: retention-team
+        due_in: 2d
+    ```
+    """
+
+    kind = "task"
+    Params = TaskParams
+
+    def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
+        """Title and note are templates."""
+        task = expect(params, TaskParams)
+        problems = inline_problems(templates, ("title",), task.title)
+        if task.note is not None:
+            problems += inline_problems(templates, ("note",), task.note)
+        return problems

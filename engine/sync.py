@@ -1,0 +1,408 @@
+"""Sync: upsert customers and append events from CSV/JSONL files or rows, then refresh facts.
+
+This is one of the three places with side effects (DESIGN 4: "sync: upsert customers, append
+events (dedupe by id), update derived facts"). Guarantees:
+
+- A bad row is reported with its line and every reason, and loses nothing else: good rows land.
+- Rows are written in batches, each committed on its own, so memory stays flat and a crash
+  leaves only whole batches behind; running the same file again completes it (customers are
+  upserted by id, events deduplicated by `event_id` with INSERT ... ON CONFLICT DO NOTHING).
+- Customers: the columns a row gives are set (an empty value sets NULL, except `created_at`,
+  which is kept or derived, see engine/facts.py); columns it does not give are never touched,
+  nor are the derived facts. Extra columns are merged into `attributes`. `first_synced_at` is
+  set when a customer is first inserted. Facts are refreshed batch by batch.
+- Events: an event for a customer not in the database is rejected. Facts of every customer with
+  a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
+  a crash also repairs facts the crash left stale.
+
+Report counts add up: read = inserted + updated + duplicates + rejected. For customers, an
+existing customer whose given values all match is a duplicate, not an update.
+
+Events take a fast path per backend (the bulk of any sync): on SQLite an `executemany` of a plain
+INSERT on the driver cursor, with times already in SQLAlchemy's storage format; on PostgreSQL a
+COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.errors import DataFileError
+from engine.facts import CustomerIdSet, customers, refresh_facts
+from engine.syncfiles import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
+from engine.syncrows import (
+    CUSTOMER_COLUMNS,
+    EVENT_COLUMNS,
+    CustomerValues,
+    EventValues,
+    RowProblem,
+    customer_values,
+    event_values,
+)
+
+__all__ = ["RowError", "SyncReport", "ingest_customers", "ingest_events", "read_rows",
+           "sync_customers", "sync_events", "write_rejects"]
+
+CUSTOMER_BATCH = 5_000
+EVENT_BATCH = 10_000
+LOOKUP_CHUNK = 5_000  # ids bound per IN (...) query, well below SQLite's and psycopg's limits
+REQUIRED_COLUMNS = {"customers": ("customer_id",), "events": EVENT_COLUMNS}
+FACT_DEFAULTS = {"last_active_at": None, "first_purchase_at": None, "last_purchase_at": None,
+                 "purchase_count": 0, "total_spent": 0.0, "last_feedback_score": None,
+                 "last_feedback_at": None, "points_balance": 0, "last_emailed_at": None,
+                 "rfm_score": None, "rfm_segment": None}
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A rejected row: its 1-based line (a CSV header is line 1), why, and the row as read."""
+
+    line: int
+    reason: str
+    raw: dict[str, str] | str
+
+
+@dataclass
+class SyncReport:
+    """What one sync did; read = inserted + updated + duplicates + len(rejected)."""
+
+    kind: str
+    source: str
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    rejected: list[RowError] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for people: the counts."""
+        return (f"read {self.read}, inserted {self.inserted}, updated {self.updated}, "
+                f"duplicates {self.duplicates}, rejected {len(self.rejected)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-able data."""
+        return asdict(self)
+
+
+def sync_customers(engine: sa.Engine, path: Path, fmt: str | None = None,
+                   progress: Progress | None = None, now: datetime | None = None) -> SyncReport:
+    """Upsert the customers of a CSV/JSONL file; `progress` gets the bytes read since last call."""
+    with open_data_file(path, fmt) as data:
+        _require_columns(data, "customers")
+        return ingest_customers(engine, data.rows, str(path), _bytes_progress(data, progress), now)
+
+
+def sync_events(engine: sa.Engine, path: Path, fmt: str | None = None,
+                progress: Progress | None = None) -> SyncReport:
+    """Append the events of a CSV/JSONL file; `progress` gets the bytes read since last call."""
+    with open_data_file(path, fmt) as data:
+        _require_columns(data, "events")
+        return ingest_events(engine, data.rows, str(path), _bytes_progress(data, progress))
+
+
+def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
+                     progress: Progress | None = None, now: datetime | None = None) -> SyncReport:
+    """Upsert customer rows; `progress` gets the number of rows of each committed batch."""
+    report = SyncReport("customers", source)
+    moment = now or datetime.now(UTC)
+
+    def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
+        return (lambda batch: _upsert_customers(connection, batch, report, moment)), _nothing
+
+    return _ingest(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True)
+
+
+def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
+                  progress: Progress | None = None) -> SyncReport:
+    """Append event rows; `progress` gets the number of rows of each committed batch."""
+    report = SyncReport("events", source)
+
+    def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
+        writer = _event_writer(connection)
+        return (lambda batch: _append_events(connection, writer, batch, report)), writer.close
+
+    return _ingest(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False)
+
+
+# --- driving batches --------------------------------------------------------------------------
+
+Writer = Callable[[list[Row]], set[str]]
+"""Writes one batch in the open transaction; returns the ids of the customers whose facts change."""
+
+
+def _nothing() -> None:
+    """No clean-up needed."""
+
+
+def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
+            start: Callable[[sa.Connection], tuple[Writer, Callable[[], None]]],
+            progress: Progress | None, size: int, *, refresh_each_batch: bool) -> SyncReport:
+    """Write and commit batch by batch; refresh the touched customers' facts."""
+    with engine.connect() as connection:
+        touched = CustomerIdSet(connection, f"retain_sync_{report.kind}")
+        write, close = start(connection)
+        connection.commit()
+        try:
+            for batch in _batches(rows, size):
+                touched.add(write(batch))
+                if refresh_each_batch:
+                    _refresh(connection, touched)
+                connection.commit()
+                if progress is not None:
+                    progress(len(batch))
+        except DataFileError as exc:
+            _refresh(connection, touched)
+            connection.commit()
+            raise DataFileError(f"{exc} (synced up to there: {report.summary()})") from exc
+        _refresh(connection, touched)
+        touched.drop()
+        close()
+        connection.commit()
+    report.rejected.sort(key=attrgetter("line"))
+    return report
+
+
+def _refresh(connection: sa.Connection, touched: CustomerIdSet) -> None:
+    refresh_facts(connection, touched)
+    touched.clear()
+
+
+def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    """Rows in lists of `size`; rows read before a file error still come out before it is raised."""
+    batch: list[Row] = []
+    try:
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except DataFileError:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _check(line: int, row: dict[str, Any], parse: Callable[[dict[str, Any]], Any],
+           report: SyncReport) -> Any:
+    """The parsed row, or None after recording why it is rejected."""
+    report.read += 1
+    if isinstance(row, BadLine):
+        report.rejected.append(RowError(line, row.reason, row.raw))
+        return None
+    try:
+        return parse(row)
+    except RowProblem as exc:
+        report.rejected.append(RowError(line, str(exc), _raw(row)))
+        return None
+
+
+def _raw(row: dict[str, Any]) -> dict[str, str] | str:
+    if all(isinstance(value, str) for value in row.values()):
+        return row
+    return json.dumps(row, ensure_ascii=False, default=str)
+
+
+def _require_columns(data: DataFile, kind: str) -> None:
+    if data.header is None:
+        return
+    missing = [name for name in REQUIRED_COLUMNS[kind] if name not in data.header]
+    if missing:
+        raise DataFileError(f"{data.path}:1: the header lacks the column(s) {', '.join(missing)}"
+                            f" that a {kind} file needs")
+
+
+def _bytes_progress(data: DataFile, progress: Progress | None) -> Progress | None:
+    if progress is None:
+        return None
+    done = 0
+
+    def advance(_rows: int) -> None:
+        nonlocal done
+        position = data.position()
+        progress(position - done)
+        done = position
+
+    return advance
+
+
+def _existing(connection: sa.Connection, ids: list[str],
+              columns: list[sa.ColumnElement[Any]]) -> Iterator[sa.Row[Any]]:
+    id_column = customers.c.customer_id
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = ids[start:start + LOOKUP_CHUNK]
+        yield from connection.execute(sa.select(id_column, *columns).where(id_column.in_(chunk)))
+
+
+# --- customers ----------------------------------------------------------------------------------
+
+
+def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncReport,
+                      now: datetime) -> set[str]:
+    """Insert new customers, update changed ones; the ids written."""
+    pending: dict[str, CustomerValues] = {}
+    for line, row in batch:
+        item = _check(line, row, customer_values, report)
+        if item is not None:
+            _fold(pending, item, report)
+    columns = [customers.c[name] for name in (*CUSTOMER_COLUMNS, "attributes")]
+    existing = {row.customer_id: row for row in _existing(connection, list(pending), columns)}
+    inserts: list[dict[str, Any]] = []
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for customer_id, item in pending.items():
+        old = existing.get(customer_id)
+        if old is None:
+            inserts.append(_new_customer(item, now))
+            continue
+        changes = _changes(item, old._mapping)
+        if changes:
+            updates[tuple(sorted(changes))].append(
+                {"_id": customer_id, **{f"v_{k}": v for k, v in changes.items()}})
+        else:
+            report.duplicates += 1
+    if inserts:
+        connection.execute(sa.insert(customers), inserts)
+    for names, rows in updates.items():
+        connection.execute(_update_statement(names), rows)
+    report.inserted += len(inserts)
+    report.updated += sum(len(rows) for rows in updates.values())
+    return {row["customer_id"] for row in inserts} | {
+        row["_id"] for rows in updates.values() for row in rows}
+
+
+def _fold(pending: dict[str, CustomerValues], item: CustomerValues, report: SyncReport) -> None:
+    """Keep one row per customer in a batch; a repeat changes it (update) or not (duplicate)."""
+    earlier = pending.get(item.customer_id)
+    if earlier is None:
+        pending[item.customer_id] = item
+        return
+    before = (dict(earlier.columns), dict(earlier.attributes), set(earlier.removed))
+    earlier.merge(item)
+    if (earlier.columns, earlier.attributes, earlier.removed) == before:
+        report.duplicates += 1
+    else:
+        report.updated += 1
+
+
+def _new_customer(item: CustomerValues, now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(CUSTOMER_COLUMNS)
+    row.update(item.columns, customer_id=item.customer_id, first_synced_at=now,
+               attributes=item.apply_attributes({}), **FACT_DEFAULTS)
+    row["tags"] = row["tags"] or []
+    row["created_at"] = row["created_at"] or now  # until events say better (engine/facts.py)
+    return row
+
+
+def _changes(item: CustomerValues, old: Any) -> dict[str, Any]:
+    changes = {name: value for name, value in item.columns.items()
+               if old[name] != value and not (name == "created_at" and value is None)}
+    if item.attributes or item.removed:
+        merged = item.apply_attributes(old["attributes"] or {})
+        if merged != old["attributes"]:
+            changes["attributes"] = merged
+    return changes
+
+
+def _update_statement(names: tuple[str, ...]) -> sa.Update:
+    return (sa.update(customers)
+            .where(customers.c.customer_id == sa.bindparam("_id"))
+            .values({name: sa.bindparam(f"v_{name}", type_=customers.c[name].type)
+                     for name in names}))
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+def _append_events(connection: sa.Connection, writer: _EventWriter, batch: list[Row],
+                   report: SyncReport) -> set[str]:
+    """Insert the batch's new events; the ids of the customers its valid events belong to."""
+    valid: dict[str, tuple[int, dict[str, Any], EventValues]] = {}
+    for line, row in batch:
+        values = _check(line, row, event_values, report)
+        if values is None:
+            continue
+        if values[0] in valid:
+            report.duplicates += 1
+        else:
+            valid[values[0]] = (line, row, values)
+    wanted = list({values[1] for _, _, values in valid.values()})
+    known = {row.customer_id for row in _existing(connection, wanted, [])}
+    rows: list[EventValues] = []
+    lines: list[int] = []
+    for line, row, values in valid.values():
+        if values[1] in known:
+            rows.append(values)
+            lines.append(line)
+        else:
+            reason = f"unknown customer {values[1]!r} (sync customers first)"
+            report.rejected.append(RowError(line, reason, _raw(row)))
+    inserted = writer.write(connection, rows, lines) if rows else 0
+    report.inserted += inserted
+    report.duplicates += len(rows) - inserted
+    return known
+
+
+EVENT_SQL_COLUMNS = "event_id, customer_id, type, occurred_at, amount, score, properties"
+
+
+class _EventWriter:
+    """SQLite: executemany of INSERT ... ON CONFLICT DO NOTHING on the driver's cursor."""
+
+    sql = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+           " ON CONFLICT (event_id) DO NOTHING")
+
+    def write(self, connection: sa.Connection, rows: list[EventValues], lines: list[int]) -> int:
+        """Insert rows (from these lines), skipping known event ids; how many were new."""
+        result = connection.exec_driver_sql(self.sql, rows)  # type: ignore[arg-type]
+        return result.rowcount
+
+    def close(self) -> None:
+        """Nothing to clean up."""
+
+
+class _PostgresEventWriter(_EventWriter):
+    """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT."""
+
+    table = "retain_event_batch"
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
+            " customer_id text, type text, occurred_at timestamptz, amount double precision,"
+            " score double precision, properties jsonb)")
+        connection.exec_driver_sql(f"TRUNCATE {self.table}")
+
+    def write(self, connection: sa.Connection, rows: list[EventValues], lines: list[int]) -> int:
+        """Insert rows (from these lines), skipping known event ids; how many were new."""
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {self.table} (line, {EVENT_SQL_COLUMNS}) FROM STDIN") as copy:
+            for line, row in zip(lines, rows, strict=True):  # times are UTC, whatever the session's
+                copy.write_row((line, *row[:3], row[3] + "+00", *row[4:]))
+        result = connection.exec_driver_sql(
+            f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS} FROM {self.table}"
+            " ORDER BY line ON CONFLICT (event_id) DO NOTHING")
+        connection.exec_driver_sql(f"TRUNCATE {self.table}")
+        return result.rowcount
+
+    def close(self) -> None:
+        """Drop the temporary table (the sync's last transaction commits it)."""
+        self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table}")
+
+
+def _event_writer(connection: sa.Connection) -> _EventWriter:
+    if connection.dialect.name == "postgresql":
+        return _PostgresEventWriter(connection)
+    return _EventWriter()

@@ -1,0 +1,304 @@
+"""One row of a customer or event file -> column values, or every reason why it cannot be.
+
+Rows are in Retain's standard shape (DESIGN section 5). Values from CSV are strings, from JSONL
+(or from code) they may be typed; an empty string or null means "no value". Checking a row
+collects all of its problems, so a user fixes a line once, not once per problem.
+
+Choices made here, in one place:
+
+- Times are ISO 8601; a time without an offset is UTC, one with an offset is converted to UTC.
+  `datetime` objects are accepted from code. Event times leave here as text in the exact format
+  SQLAlchemy's SQLite DateTime stores (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC), so raw inserts, SQL
+  comparisons and `UTCDateTime` reads all agree.
+- `tags` in CSV are separated by commas (`"vip, newsletter"`); in JSONL they are a list (a
+  string is split the same way). Whitespace is trimmed, empty and repeated tags are dropped.
+- Event `amount` and `score` go to the typed columns and are NOT kept in `properties`; every
+  other property stays there (CSV: every extra non-empty column, as text; JSONL: the
+  `properties` object plus any extra top-level key).
+- Customer columns other than the standard ones go to `attributes`; in JSONL an `attributes`
+  object is merged in as well. An attribute given without a value is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+CUSTOMER_COLUMNS = ("email", "name", "created_at", "birthday", "timezone", "country", "segment",
+                    "tags")
+EVENT_COLUMNS = ("event_id", "customer_id", "type", "occurred_at")
+_NOT_PROPERTIES = frozenset((*EVENT_COLUMNS, "properties"))
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+EventValues = tuple[str, str, str, str, float | None, float | None, str]
+"""(event_id, customer_id, type, occurred_at as stored text, amount, score, properties JSON)."""
+
+
+class RowProblem(ValueError):
+    """A row that cannot be synced; the message lists every reason, separated by `; `."""
+
+
+@dataclass
+class CustomerValues:
+    """What one customer row says: its own columns (None = no value), and attribute changes."""
+
+    customer_id: str
+    columns: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+
+    def merge(self, later: CustomerValues) -> None:
+        """Fold a later row for the same customer into this one: later values win."""
+        self.columns.update(later.columns)
+        for key in later.removed:
+            self.attributes.pop(key, None)
+        self.removed = (self.removed - later.attributes.keys()) | later.removed
+        self.attributes.update(later.attributes)
+
+    def apply_attributes(self, existing: dict[str, Any]) -> dict[str, Any]:
+        """The customer's attributes after this row: merged into the existing ones."""
+        merged = {k: v for k, v in existing.items() if k not in self.removed}
+        merged.update(self.attributes)
+        return merged
+
+
+def blank(value: Any) -> bool:
+    """True for "no value": None, or a string with nothing but whitespace."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as SQLAlchemy's SQLite DateTime stores it: naive UTC text with microseconds."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(" ", "microseconds")
+
+
+def parse_time(value: Any) -> datetime:
+    """An aware UTC datetime from ISO 8601 text or a datetime; ValueError otherwise."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        moment = datetime.fromisoformat(value.strip())
+    else:
+        raise ValueError(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def event_values(row: dict[str, Any]) -> EventValues:
+    """The values of one event row, or RowProblem with every reason it is bad.
+
+    Most rows are well formed: a fast path handles them; anything unusual (typed ids, missing
+    values, padded times...) falls back to `_checked_event_values`, which is the definition.
+    """
+    try:
+        event_id, customer_id, kind = (row["event_id"].strip(), row["customer_id"].strip(),
+                                       row["type"].strip())
+        if not (event_id and customer_id and kind):
+            raise ValueError(event_id)
+        when = _fast_time(row["occurred_at"])
+        properties = {k: v for k, v in row.items()
+                      if v is not None and v != "" and k not in _NOT_PROPERTIES}
+        nested = row.get("properties")
+        if nested is not None:
+            properties.update((k, v) for k, v in nested.items() if v is not None)
+        amount, score = properties.pop("amount", None), properties.pop("score", None)
+        if amount is not None:
+            amount = _fast_number(amount)
+        if score is not None:
+            score = _fast_number(score)
+    except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
+        return _checked_event_values(row)
+    return event_id, customer_id, kind, when, amount, score, _json(properties) if properties else "{}"
+
+
+def _fast_time(value: str) -> str:
+    """utc_text(parse_time(value)) for ISO text, cheaply: slicing when it is already UTC."""
+    moment = datetime.fromisoformat(value)  # validates, whatever the shortcut below does
+    if len(value) in (19, 20) and value[4] == "-" and value[13] == ":" and value[16] == ":" and (
+            len(value) == 19 or value[19] == "Z"):
+        return f"{value[:10]} {value[11:19]}.000000"
+    offset = moment.utcoffset()
+    if offset:
+        moment -= offset
+    return moment.isoformat(" ", "microseconds")[:26]
+
+
+def _fast_number(value: Any) -> float:
+    if value.__class__ not in (str, int, float):
+        raise TypeError(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _checked_event_values(row: dict[str, Any]) -> EventValues:
+    problems: list[str] = []
+    event_id = _identifier(row, "event_id", problems)
+    customer_id = _identifier(row, "customer_id", problems)
+    kind = _identifier(row, "type", problems)
+    occurred = row.get("occurred_at")
+    when = ""
+    if blank(occurred):
+        problems.append("missing occurred_at")
+    else:
+        try:
+            when = utc_text(parse_time(occurred))
+        except (ValueError, OverflowError):
+            problems.append(f"bad occurred_at {occurred!r}: not an ISO 8601 time")
+    properties = _properties(row, problems)
+    amount = _number(properties.pop("amount", None), "amount", problems)
+    score = _number(properties.pop("score", None), "score", problems)
+    if problems:
+        raise RowProblem("; ".join(problems))
+    return event_id, customer_id, kind, when, amount, score, _json(properties) if properties else "{}"
+
+
+def customer_values(row: dict[str, Any]) -> CustomerValues:
+    """The values of one customer row, or RowProblem with every reason it is bad."""
+    problems: list[str] = []
+    result = CustomerValues(_identifier(row, "customer_id", problems))
+    for key, value in row.items():
+        if key == "customer_id":
+            continue
+        if key in _PARSERS:
+            result.columns[key] = None if blank(value) else _parse(key, value, problems)
+        elif key == "attributes" and isinstance(value, dict):
+            for name, item in value.items():
+                _attribute(result, name, item)
+        else:
+            _attribute(result, key, value)
+    if result.columns.get("tags", ()) is None:
+        result.columns["tags"] = []
+    if problems:
+        raise RowProblem("; ".join(problems))
+    return result
+
+
+def _attribute(result: CustomerValues, key: str, value: Any) -> None:
+    if blank(value):
+        result.attributes.pop(key, None)
+        result.removed.add(key)
+    else:
+        result.attributes[key] = value
+        result.removed.discard(key)
+
+
+def _identifier(row: dict[str, Any], key: str, problems: list[str]) -> str:
+    value = row.get(key)
+    if blank(value):
+        problems.append(f"missing {key}")
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    problems.append(f"bad {key} {value!r}: expected text")
+    return ""
+
+
+def _properties(row: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    properties = {k: v for k, v in row.items()
+                  if v is not None and v != "" and k not in _NOT_PROPERTIES}
+    nested = row.get("properties")
+    if isinstance(nested, dict):
+        properties.update((k, v) for k, v in nested.items() if v is not None)
+    elif not blank(nested):
+        problems.append("bad properties: expected a JSON object")
+    return properties
+
+
+def _number(value: Any, key: str, problems: list[str]) -> float | None:
+    if blank(value):
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(value)
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number):
+        return number
+    problems.append(f"bad {key} {value!r}: not a number")
+    return None
+
+
+def _parse(key: str, value: Any, problems: list[str]) -> Any:
+    try:
+        return _PARSERS[key](value)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _text(key: str) -> Any:
+    def parse(value: Any) -> str:
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"bad {key} {value!r}: expected text")
+    return parse
+
+
+def _email(value: Any) -> str:
+    text = _text("email")(value)
+    if not EMAIL.fullmatch(text):
+        raise ValueError(f"bad email {value!r}: not an email address")
+    return text
+
+
+def _created_at(value: Any) -> datetime:
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"bad created_at {value!r}: not an ISO 8601 time") from None
+
+
+def _birthday(value: Any) -> date:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"bad birthday {value!r}: not a date (YYYY-MM-DD)") from None
+
+
+@lru_cache(maxsize=1024)
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _timezone(value: Any) -> str:
+    name = _text("timezone")(value)
+    if not _known_zone(name):
+        raise ValueError(f"unknown time zone {value!r}")
+    return name
+
+
+def _tags(value: Any) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"bad tags {value!r}: expected text separated by commas, or a list")
+    return list(dict.fromkeys(tag.strip() for tag in items if tag.strip()))
+
+
+_PARSERS: dict[str, Any] = {
+    "email": _email, "name": _text("name"), "created_at": _created_at, "birthday": _birthday,
+    "timezone": _timezone, "country": _text("country"), "segment": _text("segment"),
+    "tags": _tags,
+}

@@ -1,0 +1,132 @@
+"""Load every playbook in some paths and report every problem, each with file:line:column.
+
+This is what `retain validate` runs, and what dry-run and run load through, so a playbook that
+validates is exactly a playbook the engine will accept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import Issue, Location, PlaybookError, Problem
+from engine.fields import CUSTOMER_FIELDS
+from engine.playbook import ActionStep, Playbook, parse_playbook
+from engine.registry import load_connectors
+from engine.templates import TemplateChecker, make_environment
+from engine.yamlsource import Document, SourceMap, dotted, load_yaml_file
+
+SUFFIXES = (".yaml", ".yml")
+TEMPLATES_DIR = "templates"
+
+
+@dataclass
+class LoadResult:
+    """The playbooks that passed, and every issue found in the files that did not."""
+
+    files: list[Path] = field(default_factory=list)
+    playbooks: list[Playbook] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+
+def discover(paths: list[Path]) -> tuple[list[Path], list[Issue]]:
+    """Playbook files named directly or found (not recursively) in the named folders."""
+    files: list[Path] = []
+    issues: list[Issue] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            if not found:
+                issues.append(Issue(Location(str(path)), "", "no playbook files (*.yaml) here"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            issues.append(Issue(Location(str(path)), "", "no such file or folder"))
+    return files, issues
+
+
+def to_issue(problem: Problem, source_map: SourceMap) -> Issue:
+    """Place a path-addressed problem at its key's or value's file:line:column.
+
+    A problem inside a template file already knows its own file and line.
+    """
+    if problem.location is not None:
+        return Issue(problem.location, dotted(problem.path), problem.message)
+    location = source_map.locate(problem.path, problem.at)
+    if problem.line_offset:
+        location = source_map.locate_line(problem.path, problem.line_offset)
+    return Issue(location, dotted(problem.path), problem.message)
+
+
+def templates_dir(playbook_file: Path) -> Path | None:
+    """`templates/` beside the playbook files, or beside their folder (the `retain init` layout)."""
+    for folder in (playbook_file.parent, playbook_file.parent.parent):
+        if (folder / TEMPLATES_DIR).is_dir():
+            return folder / TEMPLATES_DIR
+    return None
+
+
+def check_templates(playbook: Playbook, connectors: Mapping[str, Any],
+                    env: Mapping[str, str]) -> list[Problem]:
+    """Each action's semantic checks, templates included, with paths from the document root."""
+    checker = TemplateChecker(make_environment(templates_dir(Path(playbook.file))),
+                              {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}, env)
+    problems: list[Problem] = []
+    for step in playbook.steps:
+        if not isinstance(step, ActionStep):
+            continue
+        prefix = (*step.path, step.kind)
+        for problem in connectors[step.kind]().check(step.params, checker):
+            problems.append(replace(problem, path=(*prefix, *problem.path)))
+    return problems
+
+
+def load_file(path: Path, connectors: Mapping[str, Any],
+              env: Mapping[str, str]) -> tuple[Playbook | None, Document | None, list[Issue]]:
+    """One file through every layer; the playbook is None when anything is wrong."""
+    document, issues = load_yaml_file(path)
+    if document is None:
+        return None, None, issues
+    playbook, problems = parse_playbook(document.data, document.text, str(path), dict(connectors))
+    if playbook is not None:
+        problems += check_templates(playbook, connectors, env)
+    issues += [to_issue(problem, document.source_map) for problem in problems]
+    return (None if issues else playbook), document, issues
+
+
+def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,
+                   connectors: Mapping[str, Any] | None = None) -> LoadResult:
+    """Load and validate every playbook under `paths`; ids must be unique across files."""
+    env = dict(os.environ) if env is None else env
+    connectors = load_connectors() if connectors is None else connectors
+    files, issues = discover(paths)
+    result = LoadResult(files=files, issues=issues)
+    first_file: dict[str, str] = {}
+    for path in files:
+        playbook, document, found = load_file(path, connectors, env)
+        result.issues += found
+        pid = document.data.get("id") if document and isinstance(document.data, dict) else None
+        if isinstance(pid, str) and pid in first_file:
+            location = document.source_map.locate(("id",))  # type: ignore[union-attr]
+            result.issues.append(Issue(location, "id", f"duplicate playbook id {pid!r} "
+                                       f"(also in {first_file[pid]})"))
+            continue
+        if isinstance(pid, str):
+            first_file[pid] = str(path)
+        if playbook is not None and not found:
+            result.playbooks.append(playbook)
+    result.issues.sort()
+    return result
+
+
+def load_valid_playbooks(paths: list[Path], env: Mapping[str, str] | None = None) -> list[Playbook]:
+    """The playbooks under `paths`, or PlaybookError listing every issue in every file."""
+    result = load_playbooks(paths, env)
+    if result.issues:
+        count = len(result.issues)
+        raise PlaybookError(f"{count} problem{'s' if count != 1 else ''} found", result.issues)
+    return result.playbooks

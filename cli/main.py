@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import data, playbooks, render
+from cli import data, demo, playbooks, render
 from engine.config import load_settings
 from engine.errors import RetainError
 
@@ -46,6 +46,7 @@ app.add_typer(data.sync_app, name="sync")
 app.command("validate")(playbooks.validate)
 app.command("schema")(playbooks.schema)
 app.command("init")(playbooks.init)
+app.command("demo")(demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,18 @@
 """Settings: `RETAIN_*` environment variables, then `retain.toml` in the project folder, then defaults.
 
-Secrets are never read from `retain.toml`: only from the environment.
+Secrets are never read from `retain.toml`: only from the environment. An unknown key in the file
+is an error, not silently ignored, so a typo cannot quietly point Retain at the wrong database.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.fields import did_you_mean
 from engine.store import DEFAULT_URL
 
 CONFIG_FILE = "retain.toml"
@@ -22,23 +24,30 @@ class Settings:
 
     database_url: str = DEFAULT_URL
     playbooks_dir: str = "playbooks"
-    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _from_file(path: Path) -> dict[str, str]:
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("retain", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    known = [f.name for f in fields(Settings)]
+    for key, value in table.items():
+        if key not in known:
+            hint = did_you_mean(key, known) or f" (expected one of: {', '.join(known)})"
+            raise InputError(f"{path}: [retain] unknown key {key!r}{hint}")
+        if not isinstance(value, str):
+            raise InputError(f"{path}: [retain] {key} must be a string, got {value!r}")
+    return table
 
 
 def load_settings(project_dir: Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Merge defaults, `retain.toml` and `RETAIN_*` variables, in rising precedence."""
     env = dict(os.environ) if env is None else env
-    values: dict[str, object] = {}
     path = (project_dir or Path.cwd()) / CONFIG_FILE
-    if path.is_file():
-        try:
-            values.update(tomllib.loads(path.read_text(encoding="utf-8")).get("retain", {}))
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: {exc}") from exc
-    known = {f.name for f in fields(Settings)} - {"extra"}
-    for name in known:
-        env_value = env.get(f"RETAIN_{name.upper()}")
+    values = _from_file(path) if path.is_file() else {}
+    for item in fields(Settings):
+        env_value = env.get(f"RETAIN_{item.name.upper()}")
         if env_value:
-            values[name] = env_value
-    extra = {k: v for k, v in values.items() if k not in known}
-    return Settings(**{k: v for k, v in values.items() if k in known}, extra=extra)  # type: ignore[arg-type]
+            values[item.name] = env_value
+    return Settings(**values)

@@ -67,17 +67,20 @@ class CustomerIdSet:
 
     def add(self, ids: Iterable[str]) -> None:
         """Add ids; ones already present are ignored."""
-        batch = [{"id": customer_id} for customer_id in ids]
+        batch = list(ids)
         if not batch:
             return
         if self.connection.dialect.name == "postgresql":
-            self.connection.execute(
-                sa.text(f"INSERT INTO {self.name} (customer_id) SELECT unnest(CAST(:ids AS text[]))"
-                        " ON CONFLICT DO NOTHING"), {"ids": [row["id"] for row in batch]})
-        else:
-            self.connection.execute(
-                sa.text(f"INSERT INTO {self.name} (customer_id) VALUES (:id) ON CONFLICT DO NOTHING"),
-                batch)
+            self.connection.exec_driver_sql(
+                f"INSERT INTO {self.name} (customer_id) SELECT unnest(%s::text[])"
+                " ON CONFLICT DO NOTHING", (batch,))
+            # Temporary tables get no statistics otherwise; without them the planner scans
+            # whole tables instead of looking these ids up.
+            self.connection.exec_driver_sql(f"ANALYZE {self.name}")
+        else:  # one row per id, through the driver: SQLAlchemy's per-row work would dominate
+            self.connection.exec_driver_sql(
+                f"INSERT INTO {self.name} (customer_id) VALUES (?) ON CONFLICT DO NOTHING",
+                [(customer_id,) for customer_id in batch])
 
     def select(self) -> sa.Select[Any]:
         """The ids, as a subquery for `IN`."""

@@ -4,13 +4,17 @@ This is one of the three places with side effects (DESIGN 4: "sync: upsert custo
 events (dedupe by id), update derived facts"). Guarantees:
 
 - A bad row is reported with its line and every reason, and loses nothing else: good rows land.
-- Rows are written in batches, each committed on its own, so memory stays flat and a crash
-  leaves only whole batches behind; running the same file again completes it (customers are
-  upserted by id, events deduplicated by `event_id` with INSERT ... ON CONFLICT DO NOTHING).
+- Rows are read and written in batches (memory stays flat) and committed every CUSTOMER_COMMIT
+  or EVENT_COMMIT rows: a crash leaves only whole transactions behind, and running the same
+  file again completes it (customers are upserted by id, events deduplicated by `event_id`
+  with INSERT ... ON CONFLICT DO NOTHING). Transactions span several batches because on SQLite
+  each commit rewrites every index page the batch touched, and event inserts touch pages all
+  over the customer index: 100,000 rows per commit synced 1.5x faster than 10,000.
 - Customers: the columns a row gives are set (an empty value sets NULL, except `created_at`,
   which is kept or derived, see engine/facts.py); columns it does not give are never touched,
   nor are the derived facts. Extra columns are merged into `attributes`. `first_synced_at` is
-  set when a customer is first inserted. Facts are refreshed batch by batch.
+  set when a customer is first inserted. Facts are refreshed batch by batch, in the batch's
+  transaction.
 - Events: an event for a customer not in the database is rejected. Facts of every customer with
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
   a crash also repairs facts the crash left stale.
@@ -18,16 +22,16 @@ events (dedupe by id), update derived facts"). Guarantees:
 Report counts add up: read = inserted + updated + duplicates + rejected. For customers, an
 existing customer whose given values all match is a duplicate, not an update.
 
-Events take a fast path per backend (the bulk of any sync): on SQLite an `executemany` of a plain
-INSERT on the driver cursor, with times already in SQLAlchemy's storage format; on PostgreSQL a
-COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+Inserts take a fast path per backend (engine/syncbulk.py); everything else is SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -35,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from engine.errors import DataFileError
 from engine.facts import CustomerIdSet, customers, refresh_facts
+from engine.syncbulk import EventWriter, bulk_session, event_writer, insert_rows
 from engine.syncfiles import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
 from engine.syncrows import (
     CUSTOMER_COLUMNS,
@@ -53,7 +59,9 @@ __all__ = ["RowError", "SyncReport", "ingest_customers", "ingest_events", "read_
            "sync_customers", "sync_events", "write_rejects"]
 
 CUSTOMER_BATCH = 5_000
+CUSTOMER_COMMIT = 50_000  # rows per transaction: fewer commits rewrite the indexes' pages less
 EVENT_BATCH = 10_000
+EVENT_COMMIT = 100_000
 LOOKUP_CHUNK = 5_000  # ids bound per IN (...) query, well below SQLite's and psycopg's limits
 REQUIRED_COLUMNS = {"customers": ("customer_id",), "events": EVENT_COLUMNS}
 FACT_DEFAULTS = {"last_active_at": None, "first_purchase_at": None, "last_purchase_at": None,
@@ -120,7 +128,8 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
         return (lambda batch: _upsert_customers(connection, batch, report, moment)), _nothing
 
-    return _ingest(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True)
+    return _ingest(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True,
+                   commit_every=CUSTOMER_COMMIT)
 
 
 def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
@@ -129,10 +138,11 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
     report = SyncReport("events", source)
 
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
-        writer = _event_writer(connection)
+        writer = event_writer(connection)
         return (lambda batch: _append_events(connection, writer, batch, report)), writer.close
 
-    return _ingest(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False)
+    return _ingest(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
+                   commit_every=EVENT_COMMIT)
 
 
 # --- driving batches --------------------------------------------------------------------------
@@ -147,30 +157,65 @@ def _nothing() -> None:
 
 def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
             start: Callable[[sa.Connection], tuple[Writer, Callable[[], None]]],
-            progress: Progress | None, size: int, *, refresh_each_batch: bool) -> SyncReport:
-    """Write and commit batch by batch; refresh the touched customers' facts."""
-    with engine.connect() as connection:
+            progress: Progress | None, size: int, *, refresh_each_batch: bool,
+            commit_every: int = 0) -> SyncReport:
+    """Write batch by batch, commit every `commit_every` rows; refresh the touched customers' facts.
+
+    After an unexpected error the connection is invalidated rather than returned to the pool,
+    so no session state (temporary tables, SQLite pragmas) leaks to its next user.
+    """
+    with engine.connect() as connection, _collector_paused():
         touched = CustomerIdSet(connection, f"retain_sync_{report.kind}")
-        write, close = start(connection)
         connection.commit()
+        undo = bulk_session(connection)
+        write, close = start(connection)
         try:
+            pending = 0
             for batch in _batches(rows, size):
                 touched.add(write(batch))
                 if refresh_each_batch:
                     _refresh(connection, touched)
-                connection.commit()
+                pending += len(batch)
+                if pending >= commit_every:
+                    connection.commit()
+                    pending = 0
                 if progress is not None:
                     progress(len(batch))
         except DataFileError as exc:
-            _refresh(connection, touched)
-            connection.commit()
+            _finish(connection, touched, close, undo)
             raise DataFileError(f"{exc} (synced up to there: {report.summary()})") from exc
-        _refresh(connection, touched)
-        touched.drop()
-        close()
-        connection.commit()
+        except BaseException:
+            connection.invalidate()
+            raise
+        _finish(connection, touched, close, undo)
     report.rejected.sort(key=attrgetter("line"))
     return report
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while syncing.
+
+    Sync allocates millions of short-lived tuples and dicts, and no reference cycles (plain
+    reference counting frees them all); the collector's repeated passes over each live batch
+    cost a sixth of a sync's time. It is switched back on when sync ends, however it ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
+            undo: Callable[[], None]) -> None:
+    _refresh(connection, touched)
+    touched.drop()
+    close()
+    connection.commit()
+    undo()  # after the commit: SQLite ignores these pragmas inside a transaction
 
 
 def _refresh(connection: sa.Connection, touched: CustomerIdSet) -> None:
@@ -195,18 +240,21 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
-def _check(line: int, row: dict[str, Any], parse: Callable[[dict[str, Any]], Any],
-           report: SyncReport) -> Any:
-    """The parsed row, or None after recording why it is rejected."""
-    report.read += 1
-    if isinstance(row, BadLine):
-        report.rejected.append(RowError(line, row.reason, row.raw))
-        return None
-    try:
-        return parse(row)
-    except RowProblem as exc:
-        report.rejected.append(RowError(line, str(exc), _raw(row)))
-        return None
+def _parse_batch(batch: list[Row], parse: Callable[[dict[str, Any]], Any],
+                 report: SyncReport) -> list[tuple[int, dict[str, Any], Any]]:
+    """(line, row, parsed) for each good row; each bad one is recorded as rejected."""
+    report.read += len(batch)
+    parsed = []
+    keep = parsed.append
+    for line, row in batch:
+        if row.__class__ is BadLine:
+            report.rejected.append(RowError(line, row.reason, row.raw))  # type: ignore[attr-defined]
+            continue
+        try:
+            keep((line, row, parse(row)))
+        except RowProblem as exc:
+            report.rejected.append(RowError(line, str(exc), _raw(row)))
+    return parsed
 
 
 def _raw(row: dict[str, Any]) -> dict[str, str] | str:
@@ -240,10 +288,14 @@ def _bytes_progress(data: DataFile, progress: Progress | None) -> Progress | Non
 
 def _existing(connection: sa.Connection, ids: list[str],
               columns: list[sa.ColumnElement[Any]]) -> Iterator[sa.Row[Any]]:
+    """The customers among `ids` that exist, with these columns."""
     id_column = customers.c.customer_id
+    postgres = connection.dialect.name == "postgresql"
     for start in range(0, len(ids), LOOKUP_CHUNK):
         chunk = ids[start:start + LOOKUP_CHUNK]
-        yield from connection.execute(sa.select(id_column, *columns).where(id_column.in_(chunk)))
+        found = (id_column == sa.any_(sa.bindparam("ids", chunk, type_=ARRAY(sa.String)))
+                 if postgres else id_column.in_(chunk))  # one array beats thousands of binds
+        yield from connection.execute(sa.select(id_column, *columns).where(found))
 
 
 # --- customers ----------------------------------------------------------------------------------
@@ -253,10 +305,8 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
                       now: datetime) -> set[str]:
     """Insert new customers, update changed ones; the ids written."""
     pending: dict[str, CustomerValues] = {}
-    for line, row in batch:
-        item = _check(line, row, customer_values, report)
-        if item is not None:
-            _fold(pending, item, report)
+    for _, _, item in _parse_batch(batch, customer_values, report):
+        _fold(pending, item, report)
     columns = [customers.c[name] for name in (*CUSTOMER_COLUMNS, "attributes")]
     existing = {row.customer_id: row for row in _existing(connection, list(pending), columns)}
     inserts: list[dict[str, Any]] = []
@@ -273,7 +323,7 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
         else:
             report.duplicates += 1
     if inserts:
-        connection.execute(sa.insert(customers), inserts)
+        insert_rows(connection, customers, inserts)
     for names, rows in updates.items():
         connection.execute(_update_statement(names), rows)
     report.inserted += len(inserts)
@@ -325,84 +375,29 @@ def _update_statement(names: tuple[str, ...]) -> sa.Update:
 # --- events -------------------------------------------------------------------------------------
 
 
-def _append_events(connection: sa.Connection, writer: _EventWriter, batch: list[Row],
+def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[Row],
                    report: SyncReport) -> set[str]:
-    """Insert the batch's new events; the ids of the customers its valid events belong to."""
-    valid: dict[str, tuple[int, dict[str, Any], EventValues]] = {}
-    for line, row in batch:
-        values = _check(line, row, event_values, report)
-        if values is None:
-            continue
-        if values[0] in valid:
-            report.duplicates += 1
-        else:
-            valid[values[0]] = (line, row, values)
-    wanted = list({values[1] for _, _, values in valid.values()})
-    known = {row.customer_id for row in _existing(connection, wanted, [])}
-    rows: list[EventValues] = []
+    """Insert the batch's new events; the ids of the customers its valid events belong to.
+
+    A row rejected for its unknown customer does not hide a later valid row with its event_id;
+    of valid rows with one event_id, the first wins (as across batches and runs).
+    """
+    parsed: list[tuple[int, dict[str, Any], EventValues]] = _parse_batch(batch, event_values,
+                                                                         report)
+    known = {found.customer_id for found in _existing(
+        connection, list({values[1] for _, _, values in parsed}), [])}
+    rows: dict[str, EventValues] = {}
     lines: list[int] = []
-    for line, row, values in valid.values():
-        if values[1] in known:
-            rows.append(values)
-            lines.append(line)
-        else:
+    for line, row, values in parsed:
+        if values[1] not in known:
             reason = f"unknown customer {values[1]!r} (sync customers first)"
             report.rejected.append(RowError(line, reason, _raw(row)))
-    inserted = writer.write(connection, rows, lines) if rows else 0
+        elif values[0] in rows:
+            report.duplicates += 1
+        else:
+            rows[values[0]] = values
+            lines.append(line)
+    inserted = writer.write(list(rows.values()), lines) if rows else 0
     report.inserted += inserted
     report.duplicates += len(rows) - inserted
     return known
-
-
-EVENT_SQL_COLUMNS = "event_id, customer_id, type, occurred_at, amount, score, properties"
-
-
-class _EventWriter:
-    """SQLite: executemany of INSERT ... ON CONFLICT DO NOTHING on the driver's cursor."""
-
-    sql = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-           " ON CONFLICT (event_id) DO NOTHING")
-
-    def write(self, connection: sa.Connection, rows: list[EventValues], lines: list[int]) -> int:
-        """Insert rows (from these lines), skipping known event ids; how many were new."""
-        result = connection.exec_driver_sql(self.sql, rows)  # type: ignore[arg-type]
-        return result.rowcount
-
-    def close(self) -> None:
-        """Nothing to clean up."""
-
-
-class _PostgresEventWriter(_EventWriter):
-    """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT."""
-
-    table = "retain_event_batch"
-
-    def __init__(self, connection: sa.Connection) -> None:
-        self.connection = connection
-        connection.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
-            " customer_id text, type text, occurred_at timestamptz, amount double precision,"
-            " score double precision, properties jsonb)")
-        connection.exec_driver_sql(f"TRUNCATE {self.table}")
-
-    def write(self, connection: sa.Connection, rows: list[EventValues], lines: list[int]) -> int:
-        """Insert rows (from these lines), skipping known event ids; how many were new."""
-        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(f"COPY {self.table} (line, {EVENT_SQL_COLUMNS}) FROM STDIN") as copy:
-            for line, row in zip(lines, rows, strict=True):  # times are UTC, whatever the session's
-                copy.write_row((line, *row[:3], row[3] + "+00", *row[4:]))
-        result = connection.exec_driver_sql(
-            f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS} FROM {self.table}"
-            " ORDER BY line ON CONFLICT (event_id) DO NOTHING")
-        connection.exec_driver_sql(f"TRUNCATE {self.table}")
-        return result.rowcount
-
-    def close(self) -> None:
-        """Drop the temporary table (the sync's last transaction commits it)."""
-        self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table}")
-
-
-def _event_writer(connection: sa.Connection) -> _EventWriter:
-    if connection.dialect.name == "postgresql":
-        return _PostgresEventWriter(connection)
-    return _EventWriter()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,12 +19,15 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from engine.errors import DataFileError
+from engine.syncrows import REASON_KEY
 
 FORMATS = ("csv", "jsonl")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 GZIP_MAGIC = b"\x1f\x8b"
-REASON_COLUMN = "reason"
-REASON_KEY = "_reason"
+_READ_ERRORS = (csv.Error, OSError, EOFError)
+BOM = b"\xef\xbb\xbf"  # as Excel writes at the start of a UTF-8 file
+NOT_UTF8 = "not UTF-8 text (invalid bytes shown as \ufffd)"
+HAS_NUL = "contains a NUL character"
 
 Row = tuple[int, dict[str, Any]]
 
@@ -89,14 +91,15 @@ def open_data_file(path: Path, fmt: str | None = None) -> Iterator[DataFile]:
         raise DataFileError(f"{path}: {reason}") from exc
     with binary:
         stream: IO[bytes] = binary
-        if binary.peek(2)[:2] == GZIP_MAGIC:  # type: ignore[attr-defined]
+        if binary.peek(2)[:2] == GZIP_MAGIC:
             stream = gzip.GzipFile(fileobj=binary, mode="rb")
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="" if fmt == "csv" else None)
+        lines = Lines(stream)
         if fmt == "csv":
-            header = _read_header(path, text)
-            yield DataFile(path, fmt, header, _guard(path, _csv_rows(text, header)), binary)
+            reader = csv.reader(lines)
+            header = _read_header(path, reader, lines)
+            yield DataFile(path, fmt, header, _csv_rows(path, reader, header, lines), binary)
         else:
-            yield DataFile(path, fmt, None, _guard(path, _jsonl_rows(text)), binary)
+            yield DataFile(path, fmt, None, _jsonl_rows(path, lines), binary)
 
 
 def read_rows(path: Path, fmt: str | None = None) -> Iterator[Row]:
@@ -105,13 +108,50 @@ def read_rows(path: Path, fmt: str | None = None) -> Iterator[Row]:
         yield from data.rows
 
 
-def _read_header(path: Path, text: io.TextIOWrapper) -> list[str]:
+class Lines:
+    """A binary stream's lines as text, decoded one by one, with the lines no row can come from.
+
+    A line that is not UTF-8 is decoded with replacement characters, and one with a NUL
+    character (which PostgreSQL cannot store) is kept as it is; both are remembered with the
+    reason, so that only their row is rejected, not the whole file.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.bad: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        for number, raw in enumerate(self.stream, 1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                self.bad[number] = NOT_UTF8
+                text = raw.decode(errors="replace")
+            if "\x00" in text:
+                self.bad[number] = HAS_NUL
+            yield text
+
+    def problem(self, first: int, last: int) -> str | None:
+        """Why a row from lines first..last (inclusive) cannot be used, if it cannot."""
+        if self.bad:
+            for number in range(first, last + 1):
+                if number in self.bad:
+                    return self.bad[number]
+        return None
+
+
+def _read_header(path: Path, reader: Iterator[list[str]], lines: Lines) -> list[str]:
     try:
-        header = next(csv.reader(text), None)
-    except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+        header = next(reader, None)
+    except _READ_ERRORS as exc:
         raise DataFileError(f"{path}:1: cannot read the header: {exc}") from exc
     if not header:
         raise DataFileError(f"{path}: empty file; a CSV file starts with a header line")
+    problem = lines.problem(1, reader.line_num)  # type: ignore[attr-defined]
+    if problem:
+        raise DataFileError(f"{path}:1: the header is not usable: {problem}")
     header = [name.strip() for name in header]
     for index, name in enumerate(header):
         if not name:
@@ -121,53 +161,59 @@ def _read_header(path: Path, text: io.TextIOWrapper) -> list[str]:
     return header
 
 
-def _csv_rows(text: io.TextIOWrapper, header: list[str]) -> Iterator[Row]:
-    reader = csv.reader(text)
+def _csv_rows(path: Path, reader: Any, header: list[str], lines: Lines) -> Iterator[Row]:
     width = len(header)
-    done = 1  # lines consumed so far; a quoted cell may span lines, so track the start
-    for cells in reader:
-        line, done = done + 1, reader.line_num + 1
-        if not cells:
-            continue  # a blank line
-        if len(cells) != width:
-            yield line, BadLine(f"expected {width} fields as in the header, found {len(cells)}",
-                                dict(zip(header, cells, strict=False)))
-            continue
-        yield line, dict(zip(header, [cell.strip() for cell in cells], strict=True))
-
-
-def _jsonl_rows(text: io.TextIOWrapper) -> Iterator[Row]:
-    for line, content in enumerate(text, 1):
-        if not content.strip():
-            continue
-        try:
-            value = json.loads(content)
-        except json.JSONDecodeError as exc:
-            yield line, BadLine(f"not valid JSON: {exc.msg} at column {exc.colno}",
-                                content.rstrip("\r\n"))
-            continue
-        if not isinstance(value, dict):
-            yield line, BadLine("not a JSON object", content.rstrip("\r\n"))
-            continue
-        yield line, value
-
-
-def _guard(path: Path, rows: Iterator[Row]) -> Iterator[Row]:
-    """Turn a failure to read further (bad encoding, broken gzip) into a DataFileError."""
-    line = 1
+    bad = lines.bad  # (empty, hence false, for most files)
+    start = reader.line_num + 1  # the line the next record starts on (cells may span lines)
     try:
-        for line, row in rows:  # noqa: B007  (line is used after the loop)
-            yield line, row
-    except UnicodeDecodeError as exc:
-        raise DataFileError(f"{path}: not UTF-8 text after line {line}: {exc.reason}") from exc
-    except (csv.Error, OSError, EOFError) as exc:
-        raise DataFileError(f"{path}: cannot read after line {line}: {exc}") from exc
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            problem = bad and lines.problem(line, start - 1)
+            if len(cells) == width and not problem:
+                yield line, dict(zip(header, [cell.strip() for cell in cells], strict=True))
+            elif problem:
+                yield line, BadLine(problem, dict(zip(header, cells, strict=False)))
+            elif cells:  # (an empty list is a blank line)
+                yield line, BadLine(f"expected {width} fields as in the header, found {len(cells)}",
+                                    dict(zip(header, cells, strict=False)))
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, start - 1, exc) from exc
+
+
+def _jsonl_rows(path: Path, lines: Lines) -> Iterator[Row]:
+    line = 0
+    try:
+        for line, content in enumerate(lines, 1):  # noqa: B007  (line is used after the loop)
+            if content.isspace() or not content:
+                continue
+            if line in lines.bad or "\\u0000" in content:
+                yield line, BadLine(lines.bad.get(line, HAS_NUL), content.rstrip("\r\n"))
+                continue
+            try:
+                value = json.loads(content)
+            except json.JSONDecodeError as exc:
+                text = content.rstrip("\r\n")
+                column = min(exc.pos, len(text)) + 1
+                yield line, BadLine(f"not valid JSON: {exc.msg} at column {column}", text)
+                continue
+            if isinstance(value, dict):
+                yield line, value
+            else:
+                yield line, BadLine("not a JSON object", content.rstrip("\r\n"))
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, line, exc) from exc
+
+
+def _unreadable(path: Path, line: int, exc: Exception) -> DataFileError:
+    """A failure to read further: a broken or truncated gzip file, a malformed CSV quote."""
+    return DataFileError(f"{path}: cannot read after line {line}: {exc}")
 
 
 def write_rejects(rejected: Sequence[Rejected], path: Path, fmt: str) -> None:
     """Write rejected rows so they can be fixed and synced again, with why each was rejected.
 
-    CSV gets the input's columns plus a `reason` column; JSONL gets each row with a `_reason` key.
+    CSV gets the input's columns plus a `_reason` column, JSONL each row with a `_reason` key;
+    sync ignores that column, so the fixed file syncs back as it is.
     """
     with path.open("w", encoding="utf-8", newline="") as handle:
         if fmt == "csv":
@@ -182,9 +228,9 @@ def _write_csv(rejected: Sequence[Rejected], handle: IO[str]) -> None:
     columns: dict[str, None] = {}
     for item in rejected:
         columns.update(dict.fromkeys(_as_object(item.raw)))
-    reason = REASON_COLUMN if REASON_COLUMN not in columns else REASON_KEY
+    columns.pop(REASON_KEY, None)  # a rejects file that was rejected again
     writer = csv.writer(handle)
-    writer.writerow([*columns, reason])
+    writer.writerow([*columns, REASON_KEY])
     for item in rejected:
         raw = _as_object(item.raw)
         writer.writerow([_cell(raw.get(name)) for name in columns] + [item.reason])

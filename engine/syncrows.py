@@ -17,6 +17,8 @@ Choices made here, in one place:
   `properties` object plus any extra top-level key).
 - Customer columns other than the standard ones go to `attributes`; in JSONL an `attributes`
   object is merged in as well. An attribute given without a value is removed.
+- A `_reason` column or key is ignored: `--rejects` writes it beside each rejected row, so a
+  fixed rejects file syncs back as it is.
 """
 
 from __future__ import annotations
@@ -24,17 +26,21 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 CUSTOMER_COLUMNS = ("email", "name", "created_at", "birthday", "timezone", "country", "segment",
                     "tags")
 EVENT_COLUMNS = ("event_id", "customer_id", "type", "occurred_at")
-_NOT_PROPERTIES = frozenset((*EVENT_COLUMNS, "properties"))
-_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+REASON_KEY = "_reason"  # written by `--rejects` beside each rejected row; ignored when read back
+_NOT_PROPERTIES = frozenset((*EVENT_COLUMNS, "properties", REASON_KEY))
+json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
+                             default=str).encode
+"""JSON as sync stores it; ValueError for NaN or Infinity, which PostgreSQL's jsonb refuses."""
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 EventValues = tuple[str, str, str, str, float | None, float | None, str]
@@ -71,14 +77,15 @@ class CustomerValues:
 
 def blank(value: Any) -> bool:
     """True for "no value": None, or a string with nothing but whitespace."""
-    return value is None or (isinstance(value, str) and not value.strip())
+    return value is None or value == "" or (value.__class__ is str and value.isspace())
 
 
 def utc_text(moment: datetime) -> str:
     """A time as SQLAlchemy's SQLite DateTime stores it: naive UTC text with microseconds."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(" ", "microseconds")
+    offset = moment.utcoffset()
+    if offset:
+        moment -= offset
+    return moment.isoformat(" ", "microseconds")[:26]  # without the "+00:00" of aware times
 
 
 def parse_time(value: Any) -> datetime:
@@ -114,9 +121,10 @@ def event_values(row: dict[str, Any]) -> EventValues:
             amount = _fast_number(amount)
         if score is not None:
             score = _fast_number(score)
+        text = json_text(properties) if properties else "{}"
     except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
         return _checked_event_values(row)
-    return event_id, customer_id, kind, when, amount, score, _json(properties) if properties else "{}"
+    return event_id, customer_id, kind, when, amount, score, text
 
 
 def _fast_time(value: str) -> str:
@@ -125,10 +133,7 @@ def _fast_time(value: str) -> str:
     if len(value) in (19, 20) and value[4] == "-" and value[13] == ":" and value[16] == ":" and (
             len(value) == 19 or value[19] == "Z"):
         return f"{value[:10]} {value[11:19]}.000000"
-    offset = moment.utcoffset()
-    if offset:
-        moment -= offset
-    return moment.isoformat(" ", "microseconds")[:26]
+    return utc_text(moment)
 
 
 def _fast_number(value: Any) -> float:
@@ -157,20 +162,37 @@ def _checked_event_values(row: dict[str, Any]) -> EventValues:
     properties = _properties(row, problems)
     amount = _number(properties.pop("amount", None), "amount", problems)
     score = _number(properties.pop("score", None), "score", problems)
+    text = _json_or_problem(properties, "properties", problems)
     if problems:
         raise RowProblem("; ".join(problems))
-    return event_id, customer_id, kind, when, amount, score, _json(properties) if properties else "{}"
+    return event_id, customer_id, kind, when, amount, score, text
+
+
+def _json_or_problem(value: dict[str, Any], key: str, problems: list[str]) -> str:
+    try:
+        return json_text(value)
+    except ValueError:
+        problems.append(f"bad {key}: NaN and Infinity are not numbers JSON can store")
+        return "{}"
 
 
 def customer_values(row: dict[str, Any]) -> CustomerValues:
     """The values of one customer row, or RowProblem with every reason it is bad."""
     problems: list[str] = []
     result = CustomerValues(_identifier(row, "customer_id", problems))
+    columns = result.columns
     for key, value in row.items():
-        if key == "customer_id":
+        parse = _PARSERS.get(key)
+        if parse is not None:
+            if blank(value):
+                columns[key] = None
+                continue
+            try:
+                columns[key] = parse(value)
+            except ValueError as exc:
+                problems.append(str(exc))
+        elif key in ("customer_id", REASON_KEY):
             continue
-        if key in _PARSERS:
-            result.columns[key] = None if blank(value) else _parse(key, value, problems)
         elif key == "attributes" and isinstance(value, dict):
             for name, item in value.items():
                 _attribute(result, name, item)
@@ -178,6 +200,8 @@ def customer_values(row: dict[str, Any]) -> CustomerValues:
             _attribute(result, key, value)
     if result.columns.get("tags", ()) is None:
         result.columns["tags"] = []
+    if any(value.__class__ is not str for value in result.attributes.values()):
+        _json_or_problem(result.attributes, "attributes", problems)
     if problems:
         raise RowProblem("; ".join(problems))
     return result
@@ -231,26 +255,16 @@ def _number(value: Any, key: str, problems: list[str]) -> float | None:
     return None
 
 
-def _parse(key: str, value: Any, problems: list[str]) -> Any:
-    try:
-        return _PARSERS[key](value)
-    except ValueError as exc:
-        problems.append(str(exc))
-        return None
-
-
-def _text(key: str) -> Any:
-    def parse(value: Any) -> str:
-        if isinstance(value, str):
-            return value.strip()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"bad {key} {value!r}: expected text")
-    return parse
+def _text(key: str, value: Any) -> str:
+    if value.__class__ is str:
+        return value.strip()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"bad {key} {value!r}: expected text")
 
 
 def _email(value: Any) -> str:
-    text = _text("email")(value)
+    text = _text("email", value)
     if not EMAIL.fullmatch(text):
         raise ValueError(f"bad email {value!r}: not an email address")
     return text
@@ -284,7 +298,7 @@ def _known_zone(name: str) -> bool:
 
 
 def _timezone(value: Any) -> str:
-    name = _text("timezone")(value)
+    name = _text("timezone", value)
     if not _known_zone(name):
         raise ValueError(f"unknown time zone {value!r}")
     return name
@@ -297,8 +311,9 @@ def _tags(value: Any) -> list[str]:
     return list(dict.fromkeys(tag.strip() for tag in items if tag.strip()))
 
 
-_PARSERS: dict[str, Any] = {
-    "email": _email, "name": _text("name"), "created_at": _created_at, "birthday": _birthday,
-    "timezone": _timezone, "country": _text("country"), "segment": _text("segment"),
-    "tags": _tags,
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "email": _email, "name": partial(_text, "name"), "created_at": _created_at,
+    "birthday": _birthday, "timezone": _timezone, "country": partial(_text, "country"),
+    "segment": partial(_text, "segment"), "tags": _tags,
 }
+"""Each customer column's parser: a value (never blank) -> the column value, or ValueError."""

@@ -1,0 +1,142 @@
+"""Bulk writes for sync, per backend: the few statements where SQLAlchemy's per-row work dominates.
+
+Sync inserts millions of rows; going through SQLAlchemy's type processing per value costs more
+than the database does. These writers hand the driver values already in storage form: on SQLite
+times as the exact text SQLAlchemy's DateTime stores (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC), dates
+as `YYYY-MM-DD` and JSON as text, so what SQLAlchemy reads back (through `UTCDateTime`, `JSON`)
+is identical to what it would have written; on PostgreSQL aware datetimes and JSON text, which
+psycopg sends untyped for the server to cast. Everything else in sync uses SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from operator import itemgetter
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.syncrows import EventValues, json_text, utc_text
+from engine.tables import UTCDateTime
+
+SQLITE_CACHE_KIB = 64 * 1024
+EVENT_SQL_COLUMNS = "event_id, customer_id, type, occurred_at, amount, score, properties"
+
+
+def bulk_session(connection: sa.Connection) -> Callable[[], None]:
+    """Tune a SQLite connection for a sync (call outside a transaction); returns the undo.
+
+    A bigger page cache keeps the events indexes in memory between commits (inserts land all
+    over the customer index). Foreign-key checks are off while sync writes (a fifth of the
+    insert time): every event's customer was just looked up in the same transaction, customers
+    are never deleted, and the customers table has no foreign keys. After an error sync
+    invalidates the connection instead of undoing, so none of this reaches another user.
+    """
+    if connection.dialect.name != "sqlite":
+        return _nothing
+    previous = connection.exec_driver_sql("PRAGMA cache_size").scalar()
+    connection.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+
+    def undo() -> None:
+        connection.exec_driver_sql(f"PRAGMA cache_size={previous}")
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+    return undo
+
+
+def _nothing() -> None:
+    """Nothing to undo."""
+
+
+class EventWriter:
+    """SQLite: executemany of INSERT ... ON CONFLICT DO NOTHING on the driver's cursor."""
+
+    sql = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+           " ON CONFLICT (event_id) DO NOTHING")
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+
+    def write(self, rows: list[EventValues], lines: list[int]) -> int:
+        """Insert rows (read from these lines), skipping known event ids; how many were new."""
+        return self.connection.exec_driver_sql(self.sql, rows).rowcount  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Nothing to clean up."""
+
+
+class PostgresEventWriter(EventWriter):
+    """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT."""
+
+    table = "retain_event_batch"
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
+            " customer_id text, type text, occurred_at timestamptz, amount double precision,"
+            " score double precision, properties jsonb)")
+        connection.exec_driver_sql(f"TRUNCATE {self.table}")
+
+    def write(self, rows: list[EventValues], lines: list[int]) -> int:
+        """Insert rows (read from these lines), skipping known event ids; how many were new."""
+        driver = self.connection.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+                f"COPY {self.table} (line, {EVENT_SQL_COLUMNS}) FROM STDIN") as copy:
+            for line, row in zip(lines, rows, strict=True):  # times are UTC, whatever the session's
+                copy.write_row((line, *row[:3], row[3] + "+00", *row[4:]))
+        result = self.connection.exec_driver_sql(
+            f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS} FROM {self.table}"
+            " ORDER BY line ON CONFLICT (event_id) DO NOTHING")
+        self.connection.exec_driver_sql(f"TRUNCATE {self.table}")
+        return result.rowcount
+
+    def close(self) -> None:
+        """Drop the temporary table."""
+        self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table}")
+
+
+def event_writer(connection: sa.Connection) -> EventWriter:
+    """The event writer for this connection's backend."""
+    if connection.dialect.name == "postgresql":
+        return PostgresEventWriter(connection)
+    return EventWriter(connection)
+
+
+def insert_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Plain INSERT of complete rows (every dict has every key of the first one)."""
+    if not rows:
+        return
+    names = list(rows[0])
+    sqlite = connection.dialect.name == "sqlite"
+    encoders = [(i, _encoder(table.c[name].type, sqlite)) for i, name in enumerate(names)]
+    encoders = [(i, encode) for i, encode in encoders if encode is not None]
+    marker = "?" if sqlite else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(names)})"
+           f" VALUES ({', '.join([marker] * len(names))})")
+    pick = itemgetter(*names)
+    values = []
+    for row in rows:
+        value = list(pick(row))
+        for i, encode in encoders:
+            if value[i] is not None:
+                value[i] = encode(value[i])
+        values.append(tuple(value))
+    connection.exec_driver_sql(sql, values)  # type: ignore[arg-type]
+
+
+def _encoder(column_type: sa.types.TypeEngine[Any], sqlite: bool) -> Any:
+    """How a non-null value of this type goes to the driver; None when as it is."""
+    if isinstance(column_type, sa.JSON):
+        return json_text
+    if isinstance(column_type, UTCDateTime):
+        return utc_text if sqlite else _aware_time
+    if sqlite and isinstance(column_type, sa.Date):
+        return date.isoformat
+    return None
+
+
+def _aware_time(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # naive means UTC

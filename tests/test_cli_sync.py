@@ -7,21 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from cli.main import main
+from conftest import Cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sync"
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Exit code, stdout and stderr of `retain ARGS`."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -29,14 +19,14 @@ def db_arg(sqlite_url: str) -> list[str]:
     return ["--db", sqlite_url]
 
 
-def test_clean_files_sync_with_exit_0(capsys: pytest.CaptureFixture[str],
+def test_clean_files_sync_with_exit_0(cli: Cli,
                                       db_url: str) -> None:
-    code, out, err = run(["--db", db_url, "sync", "customers",
-                          str(FIXTURES / "customers.csv")], capsys)
+    code, out, err = cli(["--db", db_url, "sync", "customers",
+                          str(FIXTURES / "customers.csv")])
     assert (code, err) == (0, "")
     assert out == (f"{FIXTURES / 'customers.csv'}: read 4, inserted 4, updated 0, duplicates 0,"
                    " rejected 0\n")
-    code, out, _ = run(["--db", db_url, "sync", "events", str(FIXTURES / "events.jsonl")], capsys)
+    code, out, _ = cli(["--db", db_url, "sync", "events", str(FIXTURES / "events.jsonl")])
     assert code == 0 and "read 8, inserted 8" in out
 
 
@@ -51,10 +41,10 @@ def bad_events(tmp_path: Path) -> Path:
 
 
 def test_rejected_rows_are_listed_by_line_with_exit_1(db_arg: list[str], tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    run([*db_arg, "sync", "customers", str(FIXTURES / "customers.csv")], capsys)
+                                                      cli: Cli) -> None:
+    cli([*db_arg, "sync", "customers", str(FIXTURES / "customers.csv")])
     path = bad_events(tmp_path)
-    code, out, err = run([*db_arg, "sync", "events", str(path)], capsys)
+    code, out, err = cli([*db_arg, "sync", "events", str(path)])
     assert code == 1
     assert out == f"{path}: read 4, inserted 2, updated 0, duplicates 0, rejected 2\n"
     assert err.splitlines() == [f"{path}:3: bad amount 'ten': not a number",
@@ -62,11 +52,11 @@ def test_rejected_rows_are_listed_by_line_with_exit_1(db_arg: list[str], tmp_pat
 
 
 def test_rejects_file_in_csv_can_be_fixed_and_synced_again(
-        db_arg: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run([*db_arg, "sync", "customers", str(FIXTURES / "customers.csv")], capsys)
+        db_arg: list[str], tmp_path: Path, cli: Cli) -> None:
+    cli([*db_arg, "sync", "customers", str(FIXTURES / "customers.csv")])
     rejects = tmp_path / "rejects.csv"
-    code, out, _ = run([*db_arg, "sync", "events", str(bad_events(tmp_path)),
-                        "--rejects", str(rejects)], capsys)
+    code, out, _ = cli([*db_arg, "sync", "events", str(bad_events(tmp_path)),
+                        "--rejects", str(rejects)])
     assert code == 1 and f"rejected rows written to {rejects}" in out
     with rejects.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
@@ -77,20 +67,19 @@ def test_rejects_file_in_csv_can_be_fixed_and_synced_again(
     fixed = tmp_path / "fixed.csv"
     fixed.write_text(rejects.read_text(encoding="utf-8").replace("ten", "10").replace("c9", "c2"),
                      encoding="utf-8")
-    code, out, _ = run([*db_arg, "sync", "events", str(fixed), "--json"], capsys)
+    code, out, _ = cli([*db_arg, "sync", "events", str(fixed), "--json"])
     report = json.loads(out)
     assert code == 0
     assert (report["read"], report["inserted"], report["rejected"]) == (2, 2, [])
 
 
 def test_rejects_file_in_jsonl_keeps_each_row_with_a_reason(
-        db_arg: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        db_arg: list[str], tmp_path: Path, cli: Cli) -> None:
     path = tmp_path / "customers.jsonl"
     path.write_text('{"customer_id": "c1", "timezone": "Mars/Olympus", "seats": 3}\n'
                     "not json\n", encoding="utf-8")
     rejects = tmp_path / "rejects.jsonl"
-    code, _, err = run([*db_arg, "sync", "customers", str(path), "--rejects", str(rejects)],
-                       capsys)
+    code, _, err = cli([*db_arg, "sync", "customers", str(path), "--rejects", str(rejects)])
     assert code == 1 and f"{path}:2: not valid JSON: Expecting value at column 1" in err
     assert [json.loads(line) for line in rejects.read_text(encoding="utf-8").splitlines()] == [
         {"customer_id": "c1", "timezone": "Mars/Olympus", "seats": 3,
@@ -99,10 +88,10 @@ def test_rejects_file_in_jsonl_keeps_each_row_with_a_reason(
 
 
 def test_json_report(db_arg: list[str], tmp_path: Path,
-                     capsys: pytest.CaptureFixture[str]) -> None:
+                     cli: Cli) -> None:
     path = tmp_path / "c.csv"
     path.write_text("customer_id,birthday\nc1,1990-01-01\nc2,someday\n", encoding="utf-8")
-    code, out, err = run([*db_arg, "sync", "customers", str(path), "--json"], capsys)
+    code, out, err = cli([*db_arg, "sync", "customers", str(path), "--json"])
     assert (code, err) == (1, "")
     assert json.loads(out) == {
         "kind": "customers", "source": str(path), "read": 2, "inserted": 1, "updated": 0,
@@ -112,11 +101,11 @@ def test_json_report(db_arg: list[str], tmp_path: Path,
 
 
 def test_long_listings_are_capped(db_arg: list[str], tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                  cli: Cli) -> None:
     path = tmp_path / "c.csv"
     path.write_text("customer_id,email\n" + "".join(f"c{n},nobody\n" for n in range(60)),
                     encoding="utf-8")
-    code, _, err = run([*db_arg, "sync", "customers", str(path)], capsys)
+    code, _, err = cli([*db_arg, "sync", "customers", str(path)])
     lines = err.splitlines()
     assert code == 1 and len(lines) == 51
     assert lines[0] == f"{path}:2: bad email 'nobody': not an email address"
@@ -124,10 +113,10 @@ def test_long_listings_are_capped(db_arg: list[str], tmp_path: Path,
 
 
 def test_a_missing_file_is_exit_1_and_creates_no_database(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, cli: Cli) -> None:
     database = tmp_path / "retain.db"
     missing = tmp_path / "nope.csv"
-    code, out, err = run(["--db", f"sqlite:///{database}", "sync", "events", str(missing)], capsys)
+    code, out, err = cli(["--db", f"sqlite:///{database}", "sync", "events", str(missing)])
     assert (code, out) == (1, "")
     assert err.strip() == f"{missing}: no such file"
     assert not database.exists()
@@ -139,19 +128,19 @@ def test_a_missing_file_is_exit_1_and_creates_no_database(
     ("noid.csv", "name\nAda\n", ":1: the header lacks the column(s) customer_id"),
 ])
 def test_an_unreadable_file_is_exit_1_with_a_clear_message(
-        db_arg: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        db_arg: list[str], tmp_path: Path, cli: Cli,
         name: str, content: str, message: str) -> None:
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
-    code, _, err = run([*db_arg, "sync", "customers", str(path)], capsys)
+    code, _, err = cli([*db_arg, "sync", "customers", str(path)])
     assert code == 1 and message in err and str(path) in err
 
 
 def test_format_option_overrides_the_file_name(db_arg: list[str], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               cli: Cli) -> None:
     path = tmp_path / "customers.export"
     path.write_bytes((FIXTURES / "customers.jsonl").read_bytes())
-    code, out, _ = run([*db_arg, "sync", "customers", str(path), "--format", "jsonl"], capsys)
+    code, out, _ = cli([*db_arg, "sync", "customers", str(path), "--format", "jsonl"])
     assert code == 0 and "inserted 4" in out
-    code, _, err = run([*db_arg, "sync", "customers", str(path), "--format", "xml"], capsys)
+    code, _, err = cli([*db_arg, "sync", "customers", str(path), "--format", "xml"])
     assert code == 2 and "xml" in err

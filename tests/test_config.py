@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Cli
 
 from engine.config import load_settings
 from engine.errors import InputError
@@ -36,11 +37,8 @@ def test_broken_toml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_cli_db_option_overrides_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.main import main
-
+                                             cli: Cli) -> None:
     monkeypatch.setenv("RETAIN_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
-    with pytest.raises(SystemExit):
-        main(["--db", f"sqlite:///{tmp_path / 'flag.db'}", "demo", "--json"])
-    capsys.readouterr()
+    code, _, _ = cli(["--db", f"sqlite:///{tmp_path / 'flag.db'}", "demo", "--json"])
+    assert code == 0
     assert (tmp_path / "flag.db").exists() and not (tmp_path / "env.db").exists()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import Cli
 
-from cli.main import main
 from engine.demo import CUSTOMERS_FILE, DEMO_DIR, EVENTS_FILE, build_demo_files, load_demo
 from engine.tables import Customer, Event
 
@@ -36,11 +36,10 @@ def test_demo_loads_and_reloading_changes_nothing(db: sa.Engine) -> None:
     assert with_email and with_email > 1000
 
 
-def test_demo_command_summarises_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--db", f"sqlite:///{tmp_path / 'demo.db'}", "demo", "--json"])
-    assert exit_info.value.code == 0
-    summary = json.loads(capsys.readouterr().out)
+def test_demo_command_summarises_as_json(tmp_path: Path, cli: Cli) -> None:
+    code, out, _ = cli(["--db", f"sqlite:///{tmp_path / 'demo.db'}", "demo", "--json"])
+    assert code == 0
+    summary = json.loads(out)
     assert summary["customers"] == 1500
     assert set(summary["events"]) == {"purchase", "return", "login", "feedback"}
     assert len(summary["playbooks"]) == 7

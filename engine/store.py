@@ -64,8 +64,20 @@ def migrate(engine: sa.Engine) -> None:
         raise StoreError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
 
 
+def ensure_indexes(engine: sa.Engine) -> None:
+    """Create declared indexes that are missing (a bulk load that died before rebuilding them)."""
+    from engine.tables import Event
+
+    with engine.begin() as connection:
+        existing = {ix["name"] for ix in sa.inspect(connection).get_indexes("events")}
+        for index in Event.__table__.indexes:
+            if index.name not in existing:
+                index.create(connection)
+
+
 def open_store(url: str = DEFAULT_URL) -> sa.Engine:
     """The engine for `url`, with the schema created or upgraded first."""
     engine = make_engine(url)
     migrate(engine)
+    ensure_indexes(engine)
     return engine

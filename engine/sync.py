@@ -211,9 +211,9 @@ def _collector_paused() -> Iterator[None]:
 
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
             undo: Callable[[], None]) -> None:
+    close()  # first: it may rebuild indexes that the refresh needs
     _refresh(connection, touched)
     touched.drop()
-    close()
     connection.commit()
     undo()  # after the commit: SQLite ignores these pragmas inside a transaction
 

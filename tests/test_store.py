@@ -72,3 +72,14 @@ def test_sqlite_uses_wal_and_a_busy_timeout(sqlite_url: str) -> None:
     with engine.connect() as connection:
         assert connection.exec_driver_sql("pragma journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("pragma busy_timeout").scalar() >= 5000
+
+
+def test_open_store_recreates_missing_event_indexes(sqlite_url: str) -> None:
+    """A first bulk load defers the event indexes; a crash before rebuilding must not lose them."""
+    engine = open_store(sqlite_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP INDEX ix_events_customer_type_time")
+    engine.dispose()
+    engine = open_store(sqlite_url)
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
+    assert {"ix_events_customer_type_time", "ix_events_type_time"} <= names

@@ -385,3 +385,15 @@ def test_the_fast_path_agrees_with_the_checked_definition(row: dict[str, Any]) -
             return str(exc)
 
     assert outcome(event_values) == outcome(_checked_event_values)
+
+
+def test_a_first_load_leaves_every_event_index_in_place(db: sa.Engine, tmp_path: Path) -> None:
+    """The first load into an empty events table builds its indexes at the end, not per row."""
+    customers = tmp_path / "c.csv"
+    customers.write_text("customer_id\nc1\n")
+    events = tmp_path / "e.csv"
+    events.write_text("event_id,customer_id,type,occurred_at\ne1,c1,login,2024-01-01T00:00:00\n")
+    sync_customers(db, customers)
+    sync_events(db, events)
+    names = {ix["name"] for ix in sa.inspect(db).get_indexes("events")}
+    assert {"ix_events_customer_type_time", "ix_events_type_time"} <= names

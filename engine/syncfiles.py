@@ -170,7 +170,7 @@ def _csv_rows(path: Path, reader: Any, header: list[str], lines: Lines) -> Itera
             line, start = start, reader.line_num + 1
             problem = bad and lines.problem(line, start - 1)
             if len(cells) == width and not problem:
-                yield line, dict(zip(header, [cell.strip() for cell in cells], strict=True))
+                yield line, dict(zip(header, map(str.strip, cells), strict=False))  # width checked
             elif problem:
                 yield line, BadLine(problem, dict(zip(header, cells, strict=False)))
             elif cells:  # (an empty list is a blank line)

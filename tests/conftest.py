@@ -98,3 +98,11 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    """An empty templates/ folder for a test to write template files into."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    return folder

@@ -39,13 +39,6 @@ ENV = {"CRM_WEBHOOK_URL": "https://crm.example/hook", "CRM_TOKEN": "s3cr3t"}
 
 
 @pytest.fixture
-def templates(tmp_path: Path) -> Path:
-    folder = tmp_path / "templates"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def checker(templates: Path) -> TemplateChecker:
     return TemplateChecker(make_environment(templates), FIELDS, ENV)
 

@@ -34,13 +34,6 @@ CONTEXT = {"customer": CUSTOMER, "playbook": {"id": "winback", "name": "Win back
 
 
 @pytest.fixture
-def templates(tmp_path: Path) -> Path:
-    folder = tmp_path / "templates"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def checker(templates: Path) -> TemplateChecker:
     return TemplateChecker(make_environment(templates), FIELDS, {"CRM_TOKEN": "s3cr3t"})
 

@@ -1,0 +1,189 @@
+"""One SQL expression spelled per database: JSON reading, text search and tag membership.
+
+SQLite and PostgreSQL spell JSON and text functions differently; `PerDialect` carries both
+spellings and the compiler picks one, so the condition compiler (engine/compile.py) stays
+dialect-free. Values read from JSON never raise on either database: a value of the wrong kind
+reads as NULL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
+
+from engine.tables import UTCDateTime
+
+Bool = sa.ColumnElement[bool]
+Column = sa.ColumnElement[Any]
+NUMBER_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"
+ISO_TIME = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+            r"(\.[0-9]{1,6})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?)?$")
+ZONE_SUFFIX = r"(Z|[+-][0-9]{2}:[0-9]{2})$"
+KIND_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
+    "number": sa.Float(), "text": sa.String(), "bool": sa.Boolean(), "time": UTCDateTime(),
+    "date": sa.Date()}
+
+
+class PerDialect(sa.ColumnElement[Any]):
+    """SQLite and PostgreSQL spell JSON and text functions differently; this picks at compile time.
+
+    Both spellings are kept as children, so statement caching sees (and rebinds) both. Other
+    dialects get the SQLite spelling (Retain runs on these two only).
+    """
+
+    inherit_cache = True
+    _traverse_internals = [("sqlite", InternalTraversal.dp_clauseelement),
+                           ("postgresql", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, sqlite: Column, postgresql: Column,
+                 type_: sa.types.TypeEngine[Any] | None = None) -> None:
+        self.sqlite = sqlite
+        self.postgresql = postgresql
+        self.type = type_ if type_ is not None else sa.Boolean()
+
+    @property
+    def _from_objects(self) -> list[sa.FromClause]:
+        return self.postgresql._from_objects
+
+
+@compiles(PerDialect)
+def _compile_per_dialect(element: PerDialect, compiler: SQLCompiler, **kw: Any) -> str:
+    chosen = element.postgresql if compiler.dialect.name == "postgresql" else element.sqlite
+    return compiler.process(chosen, **kw)
+
+
+def _glob(value: Column, pattern: str) -> Bool:
+    return value.op("GLOB", is_comparison=True)(pattern)
+
+
+def _cat(*parts: Column | str) -> Column:
+    """Text concatenation (`||`), whatever types SQLAlchemy infers for the function results."""
+    text = sa.type_coerce(parts[0], sa.String())
+    for part in parts[1:]:
+        text = text.op("||", return_type=sa.String())(part)
+    return text
+
+
+class _SqliteJson:
+    """One key of a JSON document as SQLite's json1 functions see it."""
+
+    def __init__(self, document: Column, key: str) -> None:
+        self.document, self.path = document, sa.literal(f'$."{key}"')
+        self.type = sa.func.json_type(document, self.path)
+        self.value = sa.func.json_extract(document, self.path)
+
+    def number(self) -> Column:
+        v = self.value
+        decimal = sa.and_(sa.or_(_glob(v, "[0-9]*"), _glob(v, "-[0-9]*")),
+                          ~_glob(v, "?*[^0-9.]*"), ~_glob(v, "*.*.*"), ~_glob(v, "*."))
+        number = sa.or_(self.type.in_(["integer", "real"]), sa.and_(self.type == "text", decimal))
+        return sa.case((number, sa.cast(v, sa.Float)))
+
+    def text(self) -> Column:
+        return sa.case((self.type == "text", self.value))
+
+    def bool(self) -> Column:
+        return sa.case((self.type.in_(["true", "false"]), self.type == "true"),
+                       (sa.and_(self.type == "text", self.value.in_(["true", "false"])),
+                        self.value == "true"))
+
+    def time(self) -> Column:
+        """The UTC time as SQLite stores times: `YYYY-MM-DD HH:MM:SS.ffffff`, to the microsecond."""
+        v, d2 = self.value, "[0-9][0-9]"
+        day = f"{d2}{d2}-{d2}-{d2}"
+        zone = sa.func.ltrim(sa.func.substr(v, 20), ".0123456789")
+        fraction = sa.func.substr(v, 21, sa.func.length(v) - 20 - sa.func.length(zone))
+        real_day = sa.and_(sa.func.substr(v, 1, 4) != "0000", sa.func.date(
+            sa.func.substr(v, 1, 10), "+0 days") == sa.func.substr(v, 1, 10))
+        clock = sa.and_(_glob(v, f"{day}[T ]{d2}:{d2}:{d2}*"), sa.func.substr(v, 12, 2) <= "23",
+                        sa.func.substr(v, 15, 2) <= "59", sa.func.substr(v, 18, 2) <= "59")
+        tail = sa.or_(sa.func.length(v) == 19 + sa.func.length(zone), sa.and_(
+            sa.func.substr(v, 20, 1) == ".", sa.func.length(fraction).between(1, 6),
+            ~_glob(fraction, "*[^0-9]*")))
+        offset = sa.or_(zone.in_(["", "Z"]), sa.and_(
+            _glob(zone, f"[+-]{d2}:{d2}"), sa.func.substr(zone, 2, 2) <= "14",
+            sa.func.substr(zone, 5, 2) <= "59"))
+        utc = _cat(sa.func.strftime("%Y-%m-%d %H:%M:%S", _cat(sa.func.substr(v, 1, 19), zone)),
+                   ".", sa.func.substr(_cat(fraction, "000000"), 1, 6))
+        text = sa.and_(self.type == "text", real_day)
+        return sa.case((sa.and_(text, _glob(v, day)), _cat(v, " 00:00:00.000000")),
+                       (sa.and_(text, clock, tail, offset), utc))
+
+    def missing(self) -> Bool:
+        return sa.func.coalesce(self.type, "null") == "null"
+
+    def has_text(self, needle: str) -> Bool:
+        each = sa.func.json_each(self.document, self.path).table_valued("value", "type")
+        return sa.and_(sa.func.coalesce(self.type, "") == "array", sa.exists().where(
+            each.c.type == "text", each.c.value == needle))
+
+
+class _PgJson:
+    """One key of a JSONB document as PostgreSQL sees it; casts only what is known to parse."""
+
+    def __init__(self, document: Column, key: str) -> None:
+        self.item = sa.type_coerce(document, JSONB())[key]
+        self.type = sa.func.jsonb_typeof(self.item)
+        self.value = sa.type_coerce(document, JSONB())[key].astext
+
+    def number(self) -> Column:
+        decimal = sa.and_(self.type == "string", self.value.regexp_match(NUMBER_TEXT))
+        return sa.case((sa.or_(self.type == "number", decimal), sa.cast(self.value, sa.Float)))
+
+    def text(self) -> Column:
+        return sa.collate(sa.case((self.type == "string", self.value)), "C")
+
+    def bool(self) -> Column:
+        readable = sa.or_(self.type == "boolean", sa.and_(
+            self.type == "string", self.value.in_(["true", "false"])))
+        return sa.case((readable, self.value == "true"))
+
+    def time(self) -> Column:
+        v = self.value
+        real_day = sa.func.jsonb_path_exists(
+            sa.func.to_jsonb(sa.func.substr(v, 1, 10)), sa.literal_column("'$.datetime()'::jsonpath"),
+            sa.literal_column("'{}'::jsonb"), sa.true())
+        ok = sa.and_(self.type == "string", v.regexp_match(ISO_TIME),
+                     sa.func.substr(v, 1, 4) != "0000", real_day)
+        full = sa.case((sa.func.length(v) == 10, _cat(v, "T00:00:00")), else_=v)
+        zoned = sa.case((v.regexp_match(ZONE_SUFFIX), v), else_=_cat(full, "+00:00"))
+        return sa.case((ok, sa.cast(zoned, sa.DateTime(timezone=True))))
+
+    def missing(self) -> Bool:
+        return sa.func.coalesce(self.type, "null") == "null"
+
+    def has_text(self, needle: str) -> Bool:
+        return sa.and_(sa.func.coalesce(self.type, "") == "array", self.item.contains([needle]))
+
+
+def json_reading(document: Column, key: str, kind: str, *args: Any) -> Column:
+    """A key of a JSON column read as `kind` (number, text, bool, time), NULL when it is not one;
+    or tested (`missing`, `has_text`)."""
+    if '"' in key or "\\" in key:
+        raise ValueError(f"a field name cannot contain quotes or backslashes: {key!r}")
+    lite, pg = _SqliteJson(document, key), _PgJson(document, key)
+    return PerDialect(getattr(lite, kind)(*args), getattr(pg, kind)(*args), KIND_TYPES.get(kind))
+
+
+def substring(column: Column, needle: str) -> Bool:
+    """Literal, case-sensitive substring test, alike on both databases."""
+    return PerDialect(sa.func.instr(column, needle) > 0, column.contains(needle, autoescape=True))
+
+
+def tag_member(tags: Column, tag: str) -> Bool:
+    """`tag` is one of the JSON list `tags`."""
+    each = sa.func.json_each(tags).table_valued("value")
+    return PerDialect(sa.exists().where(each.c.value == tag),
+                      sa.type_coerce(tags, JSONB()).contains([tag]))
+
+
+def no_tags(tags: Column) -> Bool:
+    """`tags` is NULL, JSON null or an empty list."""
+    as_list = sa.case((sa.func.jsonb_typeof(tags) == "array", tags))
+    return PerDialect(sa.func.coalesce(sa.func.json_array_length(tags), 0) == 0,
+                      sa.func.coalesce(sa.func.jsonb_array_length(as_list), 0) == 0)

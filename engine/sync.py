@@ -43,6 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from engine.errors import DataFileError
 from engine.facts import CustomerIdSet, customers, refresh_facts
+from engine.syncarrow import ParsedBatch, event_rows
 from engine.syncbulk import EventWriter, bulk_session, event_writer, insert_rows
 from engine.syncfiles import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
 from engine.syncrows import (
@@ -62,6 +63,7 @@ CUSTOMER_BATCH = 5_000
 CUSTOMER_COMMIT = 50_000  # rows per transaction: fewer commits rewrite the indexes' pages less
 EVENT_BATCH = 10_000
 EVENT_COMMIT = 100_000
+KNOWN_CUSTOMERS = 200_000  # customer ids remembered as found during an event sync, at most
 LOOKUP_CHUNK = 5_000  # ids bound per IN (...) query, well below SQLite's and psycopg's limits
 REQUIRED_COLUMNS = {"customers": ("customer_id",), "events": EVENT_COLUMNS}
 FACT_DEFAULTS = {"last_active_at": None, "first_purchase_at": None, "last_purchase_at": None,
@@ -116,7 +118,8 @@ def sync_events(engine: sa.Engine, path: Path, fmt: str | None = None,
     """Append the events of a CSV/JSONL file; `progress` gets the bytes read since last call."""
     with open_data_file(path, fmt) as data:
         _require_columns(data, "events")
-        return ingest_events(engine, data.rows, str(path), _bytes_progress(data, progress))
+        rows = event_rows(data) or data.rows  # a large plain CSV file: parsed by column
+        return ingest_events(engine, rows, str(path), _bytes_progress(data, progress))
 
 
 def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
@@ -139,7 +142,8 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
 
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
         writer = event_writer(connection)
-        return (lambda batch: _append_events(connection, writer, batch, report)), writer.close
+        seen: set[str] = set()  # customers found so far (customers are never deleted)
+        return (lambda batch: _append_events(connection, writer, batch, report, seen)), writer.close
 
     return _ingest(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
                    commit_every=EVENT_COMMIT)
@@ -228,6 +232,12 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
     batch: list[Row] = []
     try:
         for row in rows:
+            if row.__class__ is ParsedBatch:  # already a batch (engine/syncarrow.py)
+                if batch:
+                    yield batch
+                    batch = []
+                yield row  # type: ignore[misc]
+                continue
             batch.append(row)
             if len(batch) >= size:
                 yield batch
@@ -376,22 +386,29 @@ def _update_statement(names: tuple[str, ...]) -> sa.Update:
 
 
 def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[Row],
-                   report: SyncReport) -> set[str]:
+                   report: SyncReport, seen: set[str]) -> set[str]:
     """Insert the batch's new events; the ids of the customers its valid events belong to.
 
     A row rejected for its unknown customer does not hide a later valid row with its event_id;
     of valid rows with one event_id, the first wins (as across batches and runs).
     """
-    parsed: list[tuple[int, dict[str, Any], EventValues]] = _parse_batch(batch, event_values,
-                                                                         report)
-    known = {found.customer_id for found in _existing(
-        connection, list({values[1] for _, _, values in parsed}), [])}
+    if batch.__class__ is ParsedBatch:
+        report.read += len(batch.fast)  # type: ignore[attr-defined]
+        parsed = batch.merge(_parse_batch(batch.slow, event_values, report))  # type: ignore[attr-defined]
+    else:
+        parsed = _parse_batch(batch, event_values, report)
+    ids = {values[1] for _, _, values in parsed}
+    if len(seen) > KNOWN_CUSTOMERS:
+        seen.clear()  # bounded memory; they are looked up again
+    seen.update(found.customer_id for found in _existing(connection, list(ids - seen), []))
+    known = ids & seen
     rows: dict[str, EventValues] = {}
     lines: list[int] = []
     for line, row, values in parsed:
         if values[1] not in known:
             reason = f"unknown customer {values[1]!r} (sync customers first)"
-            report.rejected.append(RowError(line, reason, _raw(row)))
+            raw = _raw(row) if row is not None else batch.raw(line)  # type: ignore[attr-defined]
+            report.rejected.append(RowError(line, reason, raw))
         elif values[0] in rows:
             report.duplicates += 1
         else:

@@ -120,7 +120,7 @@ class _Walker:
             if key in seen:
                 line, column = _mark(key_node)
                 self.issues.append(Issue(
-                    Location(self.source_map.file, line, column), _dotted((*path, key)),
+                    Location(self.source_map.file, line, column), dotted((*path, key)),
                     f"duplicate key {key!r} (first at line {seen[key][0]})"))
                 continue
             seen[key] = _mark(key_node)
@@ -134,7 +134,7 @@ class _TooLarge(Exception):
         self.node = node
 
 
-def _dotted(path: PathKey) -> str:
+def dotted(path: PathKey) -> str:
     """`("when", 2, "any")` -> `when[2].any`, the path notation used in every message."""
     text = ""
     for part in path:
@@ -185,6 +185,3 @@ def load_yaml_file(path: Path) -> tuple[Document | None, list[Issue]]:
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Issue(Location(file), "", f"cannot read file: {exc}")]
     return load_yaml(text, file)
-
-
-dotted = _dotted

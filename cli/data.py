@@ -1,4 +1,4 @@
-"""`retain sync customers|events FILE` and `retain customer show` (the latter in a later issue).
+"""`retain sync customers|events FILE`: ingest customer and event files.
 
 Exit codes: 0 when every row was synced, 1 when any row was rejected (the good rows are still
 synced) or the file cannot be read at all.

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import data, demo, playbooks, render
+from cli import customer, data, demo, evaluate, playbooks, render
 from engine.config import load_settings
 from engine.errors import RetainError
 
@@ -43,9 +43,12 @@ def root(
 
 
 app.add_typer(data.sync_app, name="sync")
+app.add_typer(customer.customer_app, name="customer")
 app.command("validate")(playbooks.validate)
 app.command("schema")(playbooks.schema)
 app.command("init")(playbooks.init)
+app.command("dry-run")(evaluate.dry_run)
+app.command("explain")(evaluate.explain_command)
 app.command("demo")(demo.demo)
 
 

@@ -5,13 +5,14 @@ Built-ins (`email`, `task`, `points`, `webhook`) are declared in our own pyproje
 the plugin door is the one we use every day. Loading lives in `engine.registry` (the engine finds
 connectors only through entry points, never by importing this package). A connector owns everything about its action: the params model (its
 schema), a docstring with a YAML example, and its semantic `check`. Rendering and sending are a
-later issue and will join `check` here.
+later issue and will join `check` here; `plan` says what the action would do for one customer.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, TypeVar
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +32,12 @@ class ConnectorParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class Render(Protocol):
+    """Renders one inline template for the customer being planned (header: one line only)."""
+
+    def __call__(self, source: str, *, header: bool = False) -> str: ...
+
+
 class Connector(ABC):
     """One action kind. Subclasses set `kind` and `Params` and check the parsed params.
 
@@ -40,6 +47,7 @@ class Connector(ABC):
 
     kind: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
+    needs_email: ClassVar[bool] = False  # skipped without an address, or when it is suppressed
 
     @abstractmethod
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
@@ -47,6 +55,12 @@ class Connector(ABC):
 
         The caller prefixes `("actions", i, kind)`. An inline multi-line template reports its line
         through `Problem.line_offset`; a problem inside a template file carries `Problem.location`.
+        """
+
+    @abstractmethod
+    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+        """What this action would do for one customer, as plain data: the fields a person checks
+        in a dry-run (subject, title, amount, url), rendered. Secrets (`${VAR}`) stay unexpanded.
         """
 
 

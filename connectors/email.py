@@ -7,12 +7,15 @@ is a later issue. The subject is a header, so it may never carry a line break (R
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from connectors.base import (
     Connector,
     ConnectorParams,
+    Render,
     expect,
     file_problems,
     inline_problems,
@@ -68,6 +71,7 @@ class EmailConnector(Connector):
 
     kind = "email"
     Params = EmailParams
+    needs_email = True
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
         """Subject as a header template; the body inline or in its template files."""
@@ -80,6 +84,13 @@ class EmailConnector(Connector):
         if email.template is not None:
             problems += _template_problems(templates, email.template)
         return problems
+
+    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+        """The rendered subject and where the body comes from (rendered when it is sent)."""
+        email = expect(params, EmailParams)
+        body = {"template": email.template} if email.template else {
+            "body": "inline text" if email.body is not None else "inline html"}
+        return {"subject": render(email.subject, header=True), **body}
 
 
 def _template_problems(templates: TemplateChecker, name: str) -> list[Problem]:

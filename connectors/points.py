@@ -5,9 +5,12 @@ Parameters and checks only; the ledger row, exactly once by its key, is a later 
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
-from connectors.base import Connector, ConnectorParams, expect
+from connectors.base import Connector, ConnectorParams, Render, expect
 from engine.errors import Problem
 from engine.templates import TemplateChecker
 
@@ -42,3 +45,8 @@ class PointsConnector(Connector):
         """Nothing beyond the model: points have no templates."""
         expect(params, PointsParams)
         return []
+
+    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+        """The amount and reason, as the ledger will get them."""
+        points = expect(params, PointsParams)
+        return {"amount": points.amount, "reason": points.reason}

@@ -5,9 +5,12 @@ Parameters and checks only; writing the task row exactly once is a later issue.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from pydantic import BaseModel, Field
 
-from connectors.base import Connector, ConnectorParams, expect, inline_problems
+from connectors.base import Connector, ConnectorParams, Render, expect, inline_problems
 from engine.durations import Duration
 from engine.errors import Problem
 from engine.templates import TemplateChecker
@@ -43,3 +46,10 @@ class TaskConnector(Connector):
         if task.note is not None:
             problems += inline_problems(templates, ("note",), task.note)
         return problems
+
+    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+        """Rendered title and note, the assignee and the due time."""
+        task = expect(params, TaskParams)
+        return {"title": render(task.title, header=True), "assignee": task.assignee,
+                "due_at": due_at + task.due_in if task.due_in else None,
+                "note": render(task.note) if task.note is not None else None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 import jinja2
@@ -19,6 +20,7 @@ from connectors.base import (
     Connector,
     ConnectorParams,
     PathKey,
+    Render,
     env_problems,
     expect,
     inline_problems,
@@ -80,6 +82,22 @@ class WebhookConnector(Connector):
             problems += env_problems(templates, ("headers", name), value)
             problems += inline_problems(templates, ("headers", name), value, header=True)
         return problems + _body_problems(templates, ("body",), hook.body)
+
+    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+        """Method, url and body rendered; `${VAR}`s stay as written (expanded only at send)."""
+        hook = expect(params, WebhookParams)
+        return {"method": hook.method, "url": render(hook.url, header=True),
+                "body": _render_body(render, hook.body)}
+
+
+def _render_body(render: Render, value: JsonValue) -> JsonValue:
+    if isinstance(value, str):
+        return render(value)
+    if isinstance(value, dict):
+        return {key: _render_body(render, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_render_body(render, item) for item in value]
+    return value
 
 
 def _url_problems(templates: TemplateChecker, url: str) -> list[Problem]:

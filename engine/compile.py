@@ -321,26 +321,30 @@ class _Compiler:
             raise _refused(path, str(exc)) from None
 
     def events(self, test: EventsTest) -> Bool:
-        """count(*) or coalesce(sum(field), 0) of the customer's events in the window, tested."""
-        ev = events_table.alias("counted_events")
-        where = [ev.c.customer_id == customers.c.customer_id, ev.c.occurred_at <= at(self.ctx.as_of)]
-        if test.type is not None:
-            where.append(ev.c.type == test.type)
-        if test.within is not None:
-            where.append(ev.c.occurred_at > at(self.ctx.as_of - test.within))
-        measure = sa.func.count()
-        if test.measure == "sum":
-            try:
-                if not test.sum_field:
-                    raise ValueError("sum needs field: (an event property, like amount)")
-                amounts = _event_operand(ev, test.sum_field).read("number")
-            except ValueError as exc:
-                raise _refused((*test.path, "sum"), str(exc)) from None
-            measure = sa.func.coalesce(sa.func.sum(amounts), 0.0)
-        value = sa.select(measure).where(*where).correlate_except(ev).scalar_subquery()
-        operand = Operand(value, FieldType.NUMBER, nullable=False)
+        """The customer's count or sum of events in the window, tested."""
+        operand = Operand(events_measure(self.ctx, test), FieldType.NUMBER, nullable=False)
         return sa.and_(*(self.test((*test.path, test.measure, name), name, operand, wanted)
                          for name, wanted in test.tests))
+
+
+def events_measure(ctx: CompileContext, test: EventsTest) -> Column:
+    """count(*) or coalesce(sum(field), 0) of the customer's events in the test's window."""
+    ev = events_table.alias("counted_events")
+    where = [ev.c.customer_id == customers.c.customer_id, ev.c.occurred_at <= at(ctx.as_of)]
+    if test.type is not None:
+        where.append(ev.c.type == test.type)
+    if test.within is not None:
+        where.append(ev.c.occurred_at > at(ctx.as_of - test.within))
+    measure = sa.func.count()
+    if test.measure == "sum":
+        try:
+            if not test.sum_field:
+                raise ValueError("sum needs field: (an event property, like amount)")
+            amounts = _event_operand(ev, test.sum_field).read("number")
+        except ValueError as exc:
+            raise _refused((*test.path, "sum"), str(exc)) from None
+        measure = sa.func.coalesce(sa.func.sum(amounts), 0.0)
+    return sa.select(measure).where(*where).correlate_except(ev).scalar_subquery()
 
 
 def _refused(path: PathKey, message: str) -> PlaybookError:

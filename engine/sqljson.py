@@ -187,3 +187,16 @@ def no_tags(tags: Column) -> Bool:
     as_list = sa.case((sa.func.jsonb_typeof(tags) == "array", tags))
     return PerDialect(sa.func.coalesce(sa.func.json_array_length(tags), 0) == 0,
                       sa.func.coalesce(sa.func.jsonb_array_length(as_list), 0) == 0)
+
+
+def iso_text(moment: Column) -> Column:
+    """A UTC time column as text `YYYY-MM-DDTHH:MM:SSZ` (the spelling of occurrence keys)."""
+    return PerDialect(sa.func.strftime("%Y-%m-%dT%H:%M:%SZ", moment),
+                      sa.func.to_char(sa.func.timezone("UTC", moment),
+                                      'YYYY-MM-DD"T"HH24:MI:SS"Z"'), sa.String())
+
+
+def month_day(value: Column, is_date: bool) -> Column:
+    """`MM-DD` of a date, or of a time's UTC date (SQLite stores both as ISO text)."""
+    pg_value = value if is_date else sa.func.timezone("UTC", value)
+    return PerDialect(sa.func.substr(value, 6, 5), sa.func.to_char(pg_value, "MM-DD"), sa.String())

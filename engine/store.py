@@ -81,3 +81,13 @@ def open_store(url: str = DEFAULT_URL) -> sa.Engine:
     migrate(engine)
     ensure_indexes(engine)
     return engine
+
+
+def open_existing_store(url: str = DEFAULT_URL) -> sa.Engine:
+    """Like `open_store`, but a SQLite file that does not exist is an error, not a new database:
+    reading commands (dry-run, explain, show) must not leave an empty `retain.db` behind."""
+    database = sa.engine.make_url(normalize_url(url)).database
+    if url.startswith("sqlite") and database not in (None, "", ":memory:") and not Path(
+            database).is_file():
+        raise StoreError(f"no database at {database}: run `retain sync` or `retain demo` first")
+    return open_store(url)

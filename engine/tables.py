@@ -133,6 +133,9 @@ class Enrollment(SQLModel, table=True):
     entered_at: datetime = Field(sa_type=UTCDateTime)
     ended_at: datetime | None = _time()
     end_reason: str | None = None
+    # For `segment` triggers: when the customer stopped matching `when` (NULL: still in the
+    # segment). The edge trigger enters only customers with no open membership.
+    left_at: datetime | None = _time()
 
 
 class Action(SQLModel, table=True):

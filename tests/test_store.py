@@ -21,7 +21,7 @@ def test_migrations_create_all_tables_and_are_idempotent(db: sa.Engine) -> None:
     assert set(sa.inspect(db).get_table_names()) >= TABLES
     migrate(db)  # a second upgrade is a no-op, not an error
     with db.connect() as connection:
-        assert connection.exec_driver_sql("select version_num from alembic_version").scalar() == "0001"
+        assert connection.exec_driver_sql("select version_num from alembic_version").scalar() == "0002"
 
 
 def test_models_match_the_migrated_schema(db: sa.Engine) -> None:

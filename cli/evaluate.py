@@ -1,0 +1,186 @@
+"""`retain dry-run` and `retain explain`: the plan, and why one customer does or does not enter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import sqlalchemy as sa
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from cli import render
+from cli.playbooks import JsonOpt, PathsArg
+from engine.clock import iso, parse_as_of, utcnow
+from engine.config import load_settings
+from engine.errors import InputError
+from engine.explain import Explanation, explain, show_value
+from engine.facts import customers
+from engine.fields import did_you_mean
+from engine.plan import Plan, PlaybookPlan, make_plan
+from engine.playbook import Playbook
+from engine.store import open_existing_store
+from engine.validation import load_valid_playbooks
+
+AsOfOpt = Annotated[str | None, typer.Option(
+    "--as-of", help="Evaluate as if now were this ISO date or time (naive means UTC); only events "
+    "up to it are seen.", show_default=False)]
+
+
+def as_of_time(text: str | None) -> datetime:
+    """The `--as-of` value, or now; a malformed one is a usage error (exit 2)."""
+    if text is None:
+        return utcnow()
+    try:
+        return parse_as_of(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--as-of") from None
+
+
+def playbooks_at(paths: list[Path] | None) -> list[Playbook]:
+    """The valid playbooks under `paths` (default: the project's folder), or every problem."""
+    return load_valid_playbooks(paths or [Path(load_settings().playbooks_dir)])
+
+
+def require_customer(connection: sa.Connection, customer_id: str) -> None:
+    """A customer id named on the command line must exist."""
+    found = connection.execute(sa.select(customers.c.customer_id).where(
+        customers.c.customer_id == customer_id)).first()
+    if found is None:
+        raise InputError(f"customer {customer_id!r} not found")
+
+
+def dry_run(
+    ctx: typer.Context,
+    paths: PathsArg = None,
+    as_of: AsOfOpt = None,
+    customer: Annotated[str | None, typer.Option(
+        "--customer", help="Only this customer.", show_default=False)] = None,
+    show: Annotated[int | None, typer.Option(
+        "--show", min=0, help="Enrollments to list per playbook [default: 10; with --json all].",
+        show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The plan: who would enter which playbook and what would be done. Writes and sends nothing."""
+    playbooks = playbooks_at(paths)
+    moment = as_of_time(as_of)
+    engine = open_existing_store(ctx.obj.db_url)
+    with engine.connect() as connection:
+        if customer is not None:
+            require_customer(connection, customer)
+        plan = make_plan(connection, playbooks, moment, customer_id=customer,
+                         show=show if show is not None else (None if as_json else 10))
+        connection.rollback()
+    if as_json:
+        render.print_json(plan.to_json())
+    else:
+        print_plan(plan)
+    if plan.errors:
+        for line in plan.errors:
+            render.error(line)
+        raise typer.Exit(1)
+
+
+def print_plan(plan: Plan) -> None:
+    """The plan for a person: a summary, then each playbook's first enrollments."""
+    moment = plan.moment
+    out = render.console
+    out.print(f"Dry run as of {iso(moment.as_of)}: nothing is written or sent.")
+    if moment.historical:
+        out.print(f"As-of is before the latest synced event ({iso(moment.latest_event)}): facts "
+                  "are derived from the events up to it (slower than a plain dry-run).")
+    summary = Table(title="Plan")
+    for name, justify in (("playbook", "left"), ("priority", "right"), ("entering", "right"),
+                          ("actions", "left"), ("note", "left")):
+        summary.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for pp in plan.playbooks:
+        note = pp.over_limit or pp.note or ""
+        kinds = [step.kind for step in pp.playbook.steps if hasattr(step, "kind")]
+        summary.add_row(pp.playbook.id, str(pp.playbook.document.priority), f"{pp.entering:,}",
+                        ", ".join(kinds), Text(note, style="red" if pp.over_limit else ""))
+    out.print(summary)
+    for pp in plan.playbooks:
+        if pp.enrollments:
+            out.print(_enrollment_table(pp))
+    if plan.disabled:
+        out.print(f"Disabled, not evaluated: {', '.join(plan.disabled)}.")
+
+
+def _enrollment_table(pp: PlaybookPlan) -> Table:
+    more = f" (first {len(pp.enrollments)} of {pp.entering:,}; --show N for more)" \
+        if len(pp.enrollments) < pp.entering else ""
+    table = Table(title=f"{pp.playbook.id}: {pp.entering:,} entering{more}", title_justify="left")
+    table.add_column("customer")
+    table.add_column("occurrence")
+    table.add_column("actions")
+    for enrollment in pp.enrollments:
+        if enrollment.holdout:
+            lines = ["holdout: no actions (control group)"]
+        else:
+            lines = [_action_line(action) for action in enrollment.actions]
+        table.add_row(enrollment.customer_id, enrollment.occurrence, "\n".join(lines))
+    return table
+
+
+def _action_line(action: object) -> str:
+    fields = action.fields  # type: ignore[attr-defined]
+    headline = fields.get("subject") or fields.get("title") or fields.get("url")
+    if action.kind == "points":  # type: ignore[attr-defined]
+        headline = f"{fields['amount']:+d} ({fields.get('reason') or 'no reason'})"
+    when = f" at {action.due_at:%Y-%m-%d %H:%M}"  # type: ignore[attr-defined]
+    status = "" if action.status == "planned" else f" [{action.status}: {action.reason}]"  # type: ignore[attr-defined]
+    return f"{action.kind}{when}: {headline}{status}"  # type: ignore[attr-defined]
+
+
+def explain_command(
+    ctx: typer.Context,
+    playbook: Annotated[str, typer.Argument(help="Playbook id.")],
+    customer: Annotated[str, typer.Argument(help="Customer id.")],
+    paths: Annotated[list[Path] | None, typer.Option(
+        "--playbooks", help="Playbook files or folders (default: the project's playbooks folder).",
+        show_default=False)] = None,
+    as_of: AsOfOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each clause of trigger and conditions, true or false, for one customer."""
+    found = {p.id: p for p in playbooks_at(paths)}
+    if playbook not in found:
+        hint = did_you_mean(playbook, found) or f" (known: {', '.join(sorted(found))})"
+        raise InputError(f"playbook {playbook!r} not found{hint}")
+    moment = as_of_time(as_of)
+    engine = open_existing_store(ctx.obj.db_url)
+    with engine.connect() as connection:
+        require_customer(connection, customer)
+        result = explain(connection, found[playbook], customer, moment)
+        connection.rollback()
+    if as_json:
+        render.print_json(result.to_json())
+    else:
+        print_explanation(result)
+
+
+def print_explanation(result: Explanation) -> None:
+    """The clauses as a table, and the verdict."""
+    out = render.console
+    verdict = (f"ENTERS for {', '.join(result.entering)}" if result.entering
+               else "does not enter")
+    out.print(f"{result.playbook.id} for customer {result.customer_id} as of "
+              f"{iso(result.as_of)}: {verdict}")
+    if result.historical:
+        out.print("(facts derived from the events up to as-of)")
+    if not result.existed:
+        out.print("The customer was created after as-of, so did not exist yet.")
+    table = Table()
+    for name in ("clause", "wanted", "actual", "result"):
+        table.add_column(name)
+    for clause in result.clauses:
+        actual = show_value(clause.actual)
+        table.add_row("  " * clause.depth + clause.path, clause.wanted,
+                      "(none)" if actual is None else str(actual),
+                      Text("true" if clause.result else "false",
+                           style="green" if clause.result else "red"))
+    out.print(table)
+    if result.kept_out:
+        out.print(f"Kept out by reentry: already enrolled for {', '.join(result.kept_out)}.")

@@ -1,0 +1,151 @@
+"""Evaluation (DESIGN 4): each playbook's trigger and `when` compiled to ONE SQL statement.
+
+`playbook_query` joins the trigger's part (engine/triggers.py) with the compiled `when`
+(engine/compile.py) and anti-joins the enrollments already made, according to `reentry`:
+
+- `once` (default): one enrollment per occurrence key;
+- `always`: the same rule. The occurrence key is what keeps a run idempotent: an inactivity
+  episode, an event, a year or a tick enters once however often the engine evaluates, so
+  "always" cannot mean "again for the same occurrence" (RELIABILITY 8). Every new occurrence
+  enters, even while an earlier enrollment in the playbook is still in flight;
+- `{every: D}`: additionally no enrollment in the playbook entered within D before as-of.
+
+Nothing here loops over customers in Python: rows come back streamed, one per entering
+(customer, occurrence), and only the planner looks at them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.compile import CompileContext, at, compile_condition
+from engine.facts import customers, events
+from engine.playbook import Every, Playbook
+from engine.tables import Enrollment, PlaybookVersion
+from engine.triggers import DateTrigger, TriggerContext, TriggerSql
+
+enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
+versions: sa.Table = PlaybookVersion.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One entering (customer, occurrence); `event_ref` is events.id of the triggering event."""
+
+    customer_id: str
+    occurrence: str
+    event_ref: int | None
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What every playbook of one run is evaluated against."""
+
+    as_of: datetime
+    latest_event: datetime | None
+    zones: tuple[str | None, ...]
+    enabled: dict[str, datetime]  # playbook id -> first live enable
+
+    @property
+    def historical(self) -> bool:
+        """as_of is before the latest synced event: facts are derived from events up to as_of."""
+        return self.latest_event is not None and self.latest_event > self.as_of
+
+    def trigger_context(self, playbook_id: str) -> TriggerContext:
+        """The context one playbook's trigger compiles in."""
+        return TriggerContext(CompileContext(self.as_of, self.historical), self.zones,
+                              self.enabled.get(playbook_id))
+
+
+def latest_event_time(connection: sa.Connection) -> datetime | None:
+    """The latest synced event's time, by one index seek per event type (a loose index scan).
+
+    `max(occurred_at)` over all events would read every row: the (type, occurred_at) index
+    answers it per type, and the recursive query walks the few distinct types.
+    """
+    e = events.c
+    step = sa.select(sa.func.min(e.type)).cte("types", recursive=True)
+    inner = events.alias("next_type")
+    step = step.union_all(
+        sa.select(sa.select(sa.func.min(inner.c.type)).where(inner.c.type > step.c.min)
+                  .scalar_subquery()).where(step.c.min.is_not(None)))
+    latest = events.alias("latest")
+    per_type = (sa.select(sa.func.max(latest.c.occurred_at)).where(latest.c.type == step.c.min)
+                .scalar_subquery())
+    result = connection.execute(sa.select(sa.func.max(per_type)).select_from(step))
+    value = result.scalar()
+    return at_utc(value)
+
+
+def at_utc(value: Any) -> datetime | None:
+    """A time read back through an expression (not a typed column) as aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite hands back its stored text for computed columns
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def prepare(connection: sa.Connection, as_of: datetime, playbooks: list[Playbook]) -> Moment:
+    """Read what the run's queries depend on: the latest event, time zones, first enables."""
+    zones: tuple[str | None, ...] = (None,)
+    if any(isinstance(p.trigger, DateTrigger) for p in playbooks):
+        found = connection.execute(sa.select(customers.c.timezone).distinct()).scalars()
+        zones = tuple(sorted(found, key=lambda name: (name is not None, name or "")))
+    enabled = dict(connection.execute(
+        sa.select(versions.c.playbook_id, sa.func.min(versions.c.enabled_at))
+        .where(versions.c.enabled_at.is_not(None)).group_by(versions.c.playbook_id)).all())
+    return Moment(as_of, latest_event_time(connection), zones,
+                  {pid: at_utc(moment) for pid, moment in enabled.items()})  # type: ignore[misc]
+
+
+def playbook_query(playbook: Playbook, tc: TriggerContext, customer_id: str | None = None
+                   ) -> sa.Select[Any]:
+    """The one statement that finds who enters `playbook` at `tc.as_of`, and for what occurrence."""
+    return compose(playbook, tc, playbook.trigger.sql(tc, playbook.document.backfill), customer_id)
+
+
+def compose(playbook: Playbook, tc: TriggerContext, part: TriggerSql,
+            customer_id: str | None = None, *, reentry: bool = True) -> sa.Select[Any]:
+    """The playbook's statement around an already compiled trigger part (`reentry=False`: who
+    trigger and `when` select before enrollments are looked at, for `explain`)."""
+    c = customers.c
+    source: sa.FromClause = customers
+    event_ref: Any = sa.null()
+    if part.event is not None:
+        source = part.event.join(customers, c.customer_id == part.event.c.customer_id)
+        event_ref = part.event.c.id
+    where = [*part.where,
+             sa.or_(c.created_at.is_(None), c.created_at <= at(tc.as_of)),  # existed by then
+             compile_condition(tc.compile, playbook.when)]
+    if reentry:
+        where.append(~_already_enrolled(playbook, tc, part))
+    if customer_id is not None:
+        where.insert(0, c.customer_id == customer_id)
+    return (sa.select(c.customer_id, part.occurrence.label("occurrence"), event_ref.label("event_ref"))
+            .select_from(source).where(*where))
+
+
+def _already_enrolled(playbook: Playbook, tc: TriggerContext, part: TriggerSql) -> sa.Exists:
+    """Enrollments that keep this customer out, per `reentry` (module docstring)."""
+    e = enrollments.c
+    keep_out = [e.occurrence_key == part.occurrence]
+    reentry = playbook.document.reentry
+    if isinstance(reentry, Every):
+        keep_out.append(e.entered_at > at(tc.as_of - reentry.every))
+    if part.membership:
+        keep_out.append(e.left_at.is_(None))
+    return sa.exists().where(e.playbook_id == playbook.id, e.customer_id == customers.c.customer_id,
+                             sa.or_(*keep_out))
+
+
+def candidates(connection: sa.Connection, query: sa.Select[Any]) -> Iterator[Candidate]:
+    """The query's rows, streamed: memory stays flat however many customers enter."""
+    result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
+    for customer_id, occurrence, event_ref in result:
+        yield Candidate(customer_id, occurrence, event_ref)

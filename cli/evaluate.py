@@ -92,15 +92,21 @@ def print_plan(plan: Plan) -> None:
         out.print(f"As-of is before the latest synced event ({iso(moment.latest_event)}): facts "
                   "are derived from the events up to it (slower than a plain dry-run).")
     summary = Table(title="Plan")
-    for name, justify in (("playbook", "left"), ("priority", "right"), ("entering", "right"),
-                          ("actions", "left"), ("note", "left")):
-        summary.add_column(name, justify=justify)  # type: ignore[arg-type]
+    summary.add_column("playbook", no_wrap=True)
+    summary.add_column("priority", justify="right")
+    summary.add_column("entering", justify="right")
+    summary.add_column("steps")
     for pp in plan.playbooks:
-        note = pp.over_limit or pp.note or ""
-        kinds = [step.kind for step in pp.playbook.steps if hasattr(step, "kind")]
-        summary.add_row(pp.playbook.id, str(pp.playbook.document.priority), f"{pp.entering:,}",
-                        ", ".join(kinds), Text(note, style="red" if pp.over_limit else ""))
+        steps = [getattr(step, "kind", "wait") for step in pp.playbook.steps]
+        entering = Text(f"{pp.entering:,}" + (" (over limit)" if pp.over_limit else ""),
+                        style="red" if pp.over_limit else "")
+        summary.add_row(Text(pp.playbook.id), str(pp.playbook.document.priority), entering,
+                        ", ".join(steps))
     out.print(summary)
+    for pp in plan.playbooks:
+        for note in filter(None, (pp.over_limit, pp.note)):
+            out.print(Text(f"{pp.playbook.id}: {note}",
+                           style="red" if note == pp.over_limit else ""))
     for pp in plan.playbooks:
         if pp.enrollments:
             out.print(_enrollment_table(pp))
@@ -120,7 +126,8 @@ def _enrollment_table(pp: PlaybookPlan) -> Table:
             lines = ["holdout: no actions (control group)"]
         else:
             lines = [_action_line(action) for action in enrollment.actions]
-        table.add_row(enrollment.customer_id, enrollment.occurrence, "\n".join(lines))
+        table.add_row(Text(enrollment.customer_id), Text(enrollment.occurrence),
+                      Text("\n".join(lines)))
     return table
 
 
@@ -173,12 +180,14 @@ def print_explanation(result: Explanation) -> None:
     if not result.existed:
         out.print("The customer was created after as-of, so did not exist yet.")
     table = Table()
-    for name in ("clause", "wanted", "actual", "result"):
-        table.add_column(name)
+    table.add_column("clause", overflow="fold")
+    table.add_column("wanted")
+    table.add_column("actual", overflow="fold")
+    table.add_column("result")
     for clause in result.clauses:
         actual = show_value(clause.actual)
-        table.add_row("  " * clause.depth + clause.path, clause.wanted,
-                      "(none)" if actual is None else str(actual),
+        table.add_row(Text("  " * clause.depth + clause.path), Text(clause.wanted),
+                      Text("(none)" if actual is None else str(actual)),
                       Text("true" if clause.result else "false",
                            style="green" if clause.result else "red"))
     out.print(table)

@@ -73,7 +73,7 @@ def show_value(value: Any) -> Any:
 def words(delta: timedelta) -> str:
     """A duration as the playbook would write it (`30d`, `12h`, `15m`, else seconds)."""
     seconds = int(delta.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
@@ -152,6 +152,9 @@ def _walk(ctx: CompileContext, condition: Condition, depth: int,
 
 
 def _wanted_value(value: Any) -> str:
+    """A wanted value as the playbook spells it: lists in brackets, true/false in lower case."""
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(str(show_value(item)) for item in value) + "]"
+        return "[" + ", ".join(_wanted_value(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(show_value(value))

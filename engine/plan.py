@@ -200,7 +200,10 @@ def customer_records(connection: sa.Connection, ctx: CompileContext,
         query = sa.select(*columns, customers.c.attributes).where(
             customers.c.customer_id.in_(ids[start:start + BATCH]))
         for row in connection.execute(query).mappings():
-            records[row["customer_id"]] = dict(row)
+            record = dict(row)
+            # Sums of float amounts carry binary noise (49.989999999999995); money reads in cents.
+            record["total_spent"] = round(record["total_spent"] or 0.0, 2)
+            records[row["customer_id"]] = record
     return records
 
 
@@ -211,14 +214,17 @@ def _event_records(connection: sa.Connection, refs: list[int]) -> dict[int, dict
         query = sa.select(events).where(events.c.id.in_(refs[start:start + BATCH]))
         for row in connection.execute(query).mappings():
             properties = dict(row["properties"] or {})
-            for name in ("amount", "score"):
-                if row[name] is not None:
-                    properties.setdefault(name, row[name])
+            typed = {name: _number(row[name]) for name in ("amount", "score")}
+            properties.update({k: v for k, v in typed.items() if v is not None})
             records[row["id"]] = {"event_id": row["event_id"], "customer_id": row["customer_id"],
                                   "type": row["type"], "occurred_at": row["occurred_at"],
-                                  "amount": row["amount"], "score": row["score"],
-                                  "properties": properties}
+                                  **typed, "properties": properties}
     return records
+
+
+def _number(value: float | None) -> float | int | None:
+    """A typed number as the source wrote it: a score of 6 reads `6`, not `6.0`."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _suppressed(connection: sa.Connection, emails: list[str]) -> dict[str, str]:

@@ -1,20 +1,88 @@
-"""Benchmark evaluation (the dry-run) against hand-written SQL and a per-record loop.
+"""Benchmark evaluation: the dry-run of each sample playbook against two ways of doing it by hand.
 
-placeholder
+The issue asks how the dry-run scales to 100,000 and 1,000,000 customers on SQLite, and sets four
+targets: within 2x of the same predicate written by hand as one SQL query; at least 20x faster
+than the way per-record rule engines work (fetch every customer into Python, test each one); peak
+memory flat in N; and indexes that let the selective triggers (first purchase, negative feedback
+in the last day) avoid a full scan. So, per size, in ONE process (the machine is shared and
+noisy, so only ratios measured side by side mean much), for every sample playbook:
+
+- **dry-run**: `make_plan(connection, [playbook], as_of, show=10)`, what `retain dry-run` does
+  per playbook: count everyone entering and plan (render) the first ten;
+- **engine query**: just streaming the rows of the playbook's one statement (`candidates`), to
+  tell the SQL from the planning around it;
+- **(a) hand-written SQL**: the predicate (trigger, `when`, the anti-join against enrollments)
+  written as a person would write it for this one playbook, run through the raw `sqlite3`
+  connection with `fetchall`. Each must return exactly the engine's (customer, occurrence)
+  rows, or the run stops: a faster query that answers a different question proves nothing;
+- **(b) per-record**: `SELECT * FROM customers` (and, when the rule needs them, the customers'
+  events of the types it looks at) into Python dicts, then a plain Python predicate per customer.
+  Times are compared as the ISO text SQLite stores (no datetime parsing), which favours (b).
+  Same-answer check as (a).
+
+Repeats are interleaved (round 1 of every method, then round 2, ...) and the median is kept, so
+a burst of load from another job hits all methods alike. One untimed warm-up per playbook (the
+correctness check) fills the OS cache first. Memory: tracemalloc's peak during one extra
+make_plan per playbook (Python allocations: what grows if something materialises all rows), and
+`ru_maxrss` of a separate `retain dry-run` process over all samples (everything, SQLite
+included). A historical dry-run (as_of 30 days before the latest event: facts derived from
+events) is measured for two playbooks and reported apart.
+
+    python bench/bench_eval.py --sizes 100000,1000000 [--repeat 3]
+
+Databases are synced once per size with engine.sync from bench/gen_data.py's seeded files and
+kept as bench/out/eval-<N>.db (gitignored); results go to bench/out/eval-results.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
 import sys
 import time
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
 from bench_sync import OUT, ensure_data  # bench/ is sys.path[0] when this runs as a script
 from gen_data import END
 
+from engine.clock import iso
+from engine.evaluate import Moment, candidates, latest_event_time, playbook_query, prepare
+from engine.plan import make_plan
+from engine.playbook import Every, Playbook
 from engine.store import open_store
 from engine.sync import sync_customers, sync_events
+from engine.triggers import DateTrigger, SegmentTrigger, TriggerContext, valid_timezone
+from engine.validation import load_valid_playbooks
+from playbooks import SAMPLES_DIR
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = OUT / "eval-results.json"
+HISTORICAL = ("winback-30d", "vip-care")  # facts derived from events: the expensive kind
+HISTORICAL_DAYS = 30
+SELECTIVE = ("welcome-series", "negative-feedback")  # first_purchase, negative_feedback
+PER_RECORD_ALL_UP_TO = 100_000  # above this size, (b) only for --per-record (it takes minutes)
+PER_RECORD_LARGE = ("winback-30d", "vip-care")
+TARGET_VS_HAND = 2.0
+TARGET_VS_PER_RECORD = 20.0
+FLAT_MEMORY = 1.5  # "flat": the 10x larger size may peak at most this much higher
+
+
+# --- the databases ---------------------------------------------------------------------------
 
 
 def ensure_db(customers: int, seed: int) -> Path:
@@ -22,7 +90,7 @@ def ensure_db(customers: int, seed: int) -> Path:
 
     Built under a temporary name and renamed at the end, so an interrupted build is never
     mistaken for a finished one. `now` is the generator's end, so `first_synced_at` (and the
-    database) is the same on every build.
+    database) is the same on every build. No ANALYZE: the planner sees what sync leaves.
     """
     target = OUT / f"eval-{customers}.db"
     if target.is_file():
@@ -43,5 +111,596 @@ def ensure_db(customers: int, seed: int) -> Path:
     return target
 
 
+# --- (a) the hand-written SQL ----------------------------------------------------------------
+
+
+def stamp(moment: datetime) -> str:
+    """An instant as SQLite stores Retain's times: text that sorts as time does."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def bounds(as_of: datetime) -> dict[str, str]:
+    """The named parameters of the hand-written queries: as_of and the windows before it."""
+    days = {"day": 1, "days_7": 7, "days_30": 30, "days_90": 90, "days_180": 180}
+    return {"as_of": stamp(as_of), "now_key": iso(as_of),
+            **{f"{name}_ago": stamp(as_of - timedelta(days=n)) for name, n in days.items()}}
+
+
+ISO_KEY = "strftime('%Y-%m-%dT%H:%M:%SZ', {})"
+
+HAND_SQL: dict[str, str] = {
+    "winback-30d": f"""
+        SELECT c.customer_id, {ISO_KEY.format('c.last_active_at')}
+        FROM customers c
+        WHERE c.last_active_at <= :days_30_ago
+          AND c.email IS NOT NULL AND c.purchase_count >= 1
+          AND (c.last_emailed_at IS NULL OR c.last_emailed_at <= :days_7_ago)
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'winback-30d' AND n.customer_id = c.customer_id
+                            AND n.occurrence_key = {ISO_KEY.format('c.last_active_at')})""",
+    "vip-care": """
+        SELECT c.customer_id, :now_key
+        FROM customers c
+        WHERE (c.rfm_segment IN ('champion', 'cant_lose')
+               OR (c.total_spent >= 5000 AND c.purchase_count >= 10))
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'vip-care' AND n.customer_id = c.customer_id
+                            AND (n.occurrence_key = :now_key OR n.entered_at > :days_180_ago
+                                 OR n.left_at IS NULL))""",
+    "churn-warning": """
+        SELECT c.customer_id, :now_key
+        FROM customers c
+        JOIN (SELECT customer_id FROM events
+              WHERE type = 'purchase' AND occurred_at > :days_90_ago AND occurred_at <= :as_of
+              GROUP BY customer_id
+              HAVING count(*) >= 3 AND max(occurred_at) <= :days_30_ago) p
+          ON p.customer_id = c.customer_id
+        WHERE c.email IS NOT NULL
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'churn-warning' AND n.customer_id = c.customer_id
+                            AND (n.occurrence_key = :now_key OR n.entered_at > :days_90_ago
+                                 OR n.left_at IS NULL))""",
+    "negative-feedback": """
+        SELECT e.customer_id, e.event_id
+        FROM events e JOIN customers c ON c.customer_id = e.customer_id
+        WHERE e.type = 'feedback' AND e.occurred_at > :day_ago AND e.occurred_at <= :as_of
+          AND e.score <= 6
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'negative-feedback'
+                            AND n.customer_id = e.customer_id AND n.occurrence_key = e.event_id)""",
+    "purchase-points": """
+        SELECT e.customer_id, e.event_id
+        FROM events e JOIN customers c ON c.customer_id = e.customer_id
+        WHERE e.type = 'purchase' AND e.occurred_at > :day_ago AND e.occurred_at <= :as_of
+          AND e.amount > 0
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'purchase-points'
+                            AND n.customer_id = e.customer_id AND n.occurrence_key = e.event_id)""",
+    "welcome-series": """
+        SELECT e.customer_id, e.event_id
+        FROM events e JOIN customers c ON c.customer_id = e.customer_id
+        WHERE e.type = 'purchase' AND e.occurred_at > :day_ago AND e.occurred_at <= :as_of
+          AND NOT EXISTS (SELECT 1 FROM events p
+                          WHERE p.customer_id = e.customer_id AND p.type = 'purchase'
+                            AND (p.occurred_at < e.occurred_at
+                                 OR (p.occurred_at = e.occurred_at AND p.id < e.id)))
+          AND c.email IS NOT NULL
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'welcome-series'
+                            AND n.customer_id = c.customer_id AND n.occurrence_key = e.event_id)""",
+    # The month-days whose 09:00 local falls in the last day, per time zone, are computed in
+    # Python (engine/triggers.py does the same by design): {fires} is a VALUES list of them.
+    "birthday-greeting": """
+        WITH fires(timezone, month_day, year) AS (VALUES {fires})
+        SELECT c.customer_id, f.year
+        FROM customers c JOIN fires f
+          ON f.timezone IS c.timezone AND f.month_day = substr(c.birthday, 6, 5)
+        WHERE c.email IS NOT NULL
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'birthday-greeting'
+                            AND n.customer_id = c.customer_id AND n.occurrence_key = f.year)""",
+}
+
+# Historical (as_of before the latest event): the facts come from the events up to as_of.
+ACTIVITY = "type NOT IN ('email_sent', 'task_created', 'points_awarded', 'webhook_sent')"
+HAND_SQL_HISTORICAL: dict[str, str] = {
+    "winback-30d": f"""
+        WITH facts AS (
+          SELECT customer_id,
+                 max(CASE WHEN {ACTIVITY} THEN occurred_at END) AS last_active,
+                 count(CASE WHEN type = 'purchase' THEN 1 END) AS purchases,
+                 max(CASE WHEN type = 'email_sent' THEN occurred_at END) AS last_emailed
+          FROM events WHERE occurred_at <= :as_of GROUP BY customer_id)
+        SELECT c.customer_id, {ISO_KEY.format('coalesce(f.last_active, c.created_at)')}
+        FROM customers c JOIN facts f ON f.customer_id = c.customer_id
+        WHERE coalesce(f.last_active, c.created_at) <= :days_30_ago
+          AND c.email IS NOT NULL AND f.purchases >= 1
+          AND (f.last_emailed IS NULL OR f.last_emailed <= :days_7_ago)
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'winback-30d' AND n.customer_id = c.customer_id
+                            AND n.occurrence_key =
+                                {ISO_KEY.format('coalesce(f.last_active, c.created_at)')})""",
+    "vip-care": """
+        SELECT c.customer_id, :now_key
+        FROM customers c
+        WHERE (c.rfm_segment IN ('champion', 'cant_lose')
+               OR c.customer_id IN (SELECT customer_id FROM events
+                                    WHERE type = 'purchase' AND occurred_at <= :as_of
+                                    GROUP BY customer_id
+                                    HAVING coalesce(sum(amount), 0) >= 5000 AND count(*) >= 10))
+          AND (c.created_at IS NULL OR c.created_at <= :as_of)
+          AND NOT EXISTS (SELECT 1 FROM enrollments n
+                          WHERE n.playbook_id = 'vip-care' AND n.customer_id = c.customer_id
+                            AND (n.occurrence_key = :now_key OR n.entered_at > :days_180_ago
+                                 OR n.left_at IS NULL))""",
+}
+
+
+def hand_sql(playbook: Playbook, moment: Moment, historical: bool = False
+             ) -> tuple[str, dict[str, str]]:
+    """Playbook `playbook`'s hand-written query and its parameters at `moment.as_of`."""
+    sql = (HAND_SQL_HISTORICAL if historical else HAND_SQL)[playbook.id]
+    if isinstance(playbook.trigger, DateTrigger):
+        tc = moment.trigger_context(playbook.id)
+        fires = []
+        for zone in tc.zones:
+            name = zone if zone and valid_timezone(zone) else "UTC"
+            for year, days in playbook.trigger.anniversaries(tc, ZoneInfo(name)).items():
+                fires += [(zone, day, year) for day in sorted(days)]
+        values = ", ".join(f"({_quote(z)}, '{d}', '{y}')" for z, d, y in fires)
+        sql = sql.format(fires=values or "(NULL, NULL, NULL) LIMIT 0")
+    return sql, bounds(moment.as_of)
+
+
+def _quote(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+# --- (b) per record --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """as_of and the window starts as stored text, so a record's times compare as text."""
+
+    as_of: datetime
+    now: str
+    day: str
+    days_7: str
+    days_30: str
+    days_90: str
+    now_key: str
+
+    @classmethod
+    def at(cls, as_of: datetime) -> Window:
+        """The windows the sample playbooks use, ending at `as_of`."""
+        b = bounds(as_of)
+        return cls(as_of, b["as_of"], b["day_ago"], b["days_7_ago"], b["days_30_ago"],
+                   b["days_90_ago"], b["now_key"])
+
+
+Record = dict[str, Any]
+Rule = Callable[[Record, list[Record], Window], list[str]]  # occurrences that enter
+
+
+def _existed(c: Record, w: Window) -> bool:
+    return c["created_at"] is None or c["created_at"] <= w.now
+
+
+def _key(stored: str) -> str:
+    """`2024-12-02 10:00:00.000000` -> `2024-12-02T10:00:00Z`, the occurrence key's spelling."""
+    return f"{stored[:10]}T{stored[11:19]}Z"
+
+
+def rule_winback(c: Record, events: list[Record], w: Window) -> list[str]:
+    """inactive 30 days; email; purchase_count >= 1; last emailed NULL or >= 7 days ago."""
+    last = c["last_active_at"]
+    if (last is not None and last <= w.days_30 and c["email"] is not None
+            and c["purchase_count"] >= 1
+            and (c["last_emailed_at"] is None or c["last_emailed_at"] <= w.days_7)
+            and _existed(c, w)):
+        return [_key(last)]
+    return []
+
+
+def rule_vip(c: Record, events: list[Record], w: Window) -> list[str]:
+    """rfm_segment champion/cant_lose, or total_spent >= 5000 with >= 10 purchases."""
+    if (c["rfm_segment"] in ("champion", "cant_lose")
+            or (c["total_spent"] >= 5000 and c["purchase_count"] >= 10)) and _existed(c, w):
+        return [w.now_key]
+    return []
+
+
+def rule_churn(c: Record, events: list[Record], w: Window) -> list[str]:
+    """>= 3 purchases in the last 90 days, none in the last 30; email."""
+    if c["email"] is None or not _existed(c, w):
+        return []
+    times = [e["occurred_at"] for e in events]
+    in_90 = sum(1 for t in times if w.days_90 < t <= w.now)
+    in_30 = sum(1 for t in times if w.days_30 < t <= w.now)
+    return [w.now_key] if in_90 >= 3 and in_30 == 0 else []
+
+
+def rule_negative_feedback(c: Record, events: list[Record], w: Window) -> list[str]:
+    """Each feedback with score <= 6 in the last day."""
+    if not _existed(c, w):
+        return []
+    return [e["event_id"] for e in events if e["score"] is not None and e["score"] <= 6
+            and w.day < e["occurred_at"] <= w.now]
+
+
+def rule_purchase_points(c: Record, events: list[Record], w: Window) -> list[str]:
+    """Each purchase with amount > 0 in the last day."""
+    if not _existed(c, w):
+        return []
+    return [e["event_id"] for e in events if e["amount"] is not None and e["amount"] > 0
+            and w.day < e["occurred_at"] <= w.now]
+
+
+def rule_welcome(c: Record, events: list[Record], w: Window) -> list[str]:
+    """The customer's first purchase ever (ties: the first synced), if it was in the last day."""
+    if not events or c["email"] is None or not _existed(c, w):
+        return []
+    first = min(events, key=lambda e: (e["occurred_at"], e["id"]))
+    return [first["event_id"]] if w.day < first["occurred_at"] <= w.now else []
+
+
+def rule_birthday(c: Record, events: list[Record], w: Window) -> list[str]:
+    """09:00 local on the birthday's month and day (Feb 29: Feb 28 in other years) in the last
+    day; email. Written independently of engine/triggers.py, so it also cross-checks it."""
+    if c["email"] is None or c["birthday"] is None or not _existed(c, w):
+        return []
+    zone = ZoneInfo(c["timezone"] if c["timezone"] and valid_timezone(c["timezone"]) else "UTC")
+    month, day = int(c["birthday"][5:7]), int(c["birthday"][8:10])
+    for year in (w.as_of.year - 1, w.as_of.year, w.as_of.year + 1):
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        on = date(year, month, 28 if (month, day) == (2, 29) and not leap else day)
+        fires = datetime.combine(on, clock(9), tzinfo=zone)
+        if w.as_of - timedelta(days=1) < fires <= w.as_of:
+            return [str(year)]
+    return []
+
+
+RULES: dict[str, tuple[Rule, tuple[str, ...]]] = {  # playbook -> rule, event types it reads
+    "winback-30d": (rule_winback, ()),
+    "vip-care": (rule_vip, ()),
+    "churn-warning": (rule_churn, ("purchase",)),
+    "negative-feedback": (rule_negative_feedback, ("feedback",)),
+    "purchase-points": (rule_purchase_points, ("purchase",)),
+    "welcome-series": (rule_welcome, ("purchase",)),
+    "birthday-greeting": (rule_birthday, ()),
+}
+
+
+def _rows(raw: sqlite3.Connection, sql: str, *params: Any) -> list[Record]:
+    cursor = raw.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def per_record(raw: sqlite3.Connection, playbook: Playbook, as_of: datetime) -> list[tuple[str, str]]:
+    """(b): every customer fetched as a dict (with its events of the types the rule reads) and
+    tested in Python, then the playbook's reentry checked against its enrollments."""
+    rule, types = RULES[playbook.id]
+    w = Window.at(as_of)
+    events: dict[str, list[Record]] = defaultdict(list)
+    if types:
+        marks = ", ".join("?" for _ in types)
+        for event in _rows(raw, f"SELECT * FROM events WHERE type IN ({marks})", *types):
+            events[event["customer_id"]].append(event)
+    enrolled: dict[str, list[Record]] = defaultdict(list)
+    for row in _rows(raw, "SELECT * FROM enrollments WHERE playbook_id = ?", playbook.id):
+        enrolled[row["customer_id"]].append(row)
+    reentry = playbook.document.reentry
+    window = stamp(as_of - reentry.every) if isinstance(reentry, Every) else None
+    membership = isinstance(playbook.trigger, SegmentTrigger)
+    found = []
+    cursor = raw.execute("SELECT * FROM customers")
+    names = [d[0] for d in cursor.description]
+    for row in cursor:
+        customer = dict(zip(names, row, strict=True))
+        cid = customer["customer_id"]
+        for occurrence in rule(customer, events.get(cid, []), w):
+            if not any(e["occurrence_key"] == occurrence
+                       or (window is not None and e["entered_at"] > window)
+                       or (membership and e["left_at"] is None) for e in enrolled.get(cid, ())):
+                found.append((cid, occurrence))
+    return found
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result
+
+
+def _literal(query: sa.Select[Any], connection: sa.Connection) -> str:
+    return str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def query_plan(raw: sqlite3.Connection, sql: str, params: Any = ()) -> list[str]:
+    """EXPLAIN QUERY PLAN, one line per step, indented by depth."""
+    rows = raw.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+    depth: dict[int, int] = {0: -1}
+    lines = []
+    for node, parent, _, detail in rows:
+        depth[node] = depth.get(parent, -1) + 1
+        lines.append("  " * depth[node] + detail)
+    return lines
+
+
+def _same(name: str, engine_rows: list[tuple[str, str]], other: list[tuple[str, str]],
+          what: str) -> None:
+    """Stop the run if `other` does not return the engine's rows (as a multiset)."""
+    mine, theirs = sorted(engine_rows), sorted(tuple(r) for r in other)
+    if mine != theirs:
+        only_engine = sorted(set(mine) - set(theirs))[:5]
+        only_other = sorted(set(theirs) - set(mine))[:5]
+        raise SystemExit(f"{name}: {what} returned {len(theirs)} rows, the engine {len(mine)}; "
+                         f"only engine {only_engine}, only {what} {only_other}")
+
+
+def measure_playbook(connection: sa.Connection, playbook: Playbook, moment: Moment,
+                     repeat: int, with_per_record: bool, historical: bool = False
+                     ) -> dict[str, Any]:
+    """Every method for one playbook at `moment`: medians of `repeat` interleaved rounds."""
+    raw: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+    tc: TriggerContext = moment.trigger_context(playbook.id)
+    query = playbook_query(playbook, tc)
+    sql, params = hand_sql(playbook, moment, historical)
+    # Warm-up and correctness: the engine's rows, and (a) must return exactly them.
+    engine_rows = [(c.customer_id, c.occurrence) for c in candidates(connection, query)]
+    _same(playbook.id, engine_rows, raw.execute(sql, params).fetchall(), "hand-written SQL")
+    samples: dict[str, list[float]] = defaultdict(list)
+    as_of = moment.as_of
+    for round_ in range(repeat):
+        seconds, plan = _timed(lambda: make_plan(connection, [playbook], as_of, show=10))
+        assert plan.playbooks[0].entering == len(engine_rows), "dry-run count differs"
+        samples["dry_run"].append(seconds)
+        samples["engine_query"].append(
+            _timed(lambda: sum(1 for _ in candidates(connection, query)))[0])
+        samples["hand_sql"].append(_timed(lambda: raw.execute(sql, params).fetchall())[0])
+        if with_per_record:
+            seconds, found = _timed(lambda: per_record(raw, playbook, as_of))
+            if round_ == 0:
+                _same(playbook.id, engine_rows, found, "per-record")
+            samples["per_record"].append(seconds)
+            del found
+    tracemalloc.start()
+    make_plan(connection, [playbook], as_of, show=10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    result: dict[str, Any] = {
+        "playbook": playbook.id, "trigger": type(playbook.trigger).__name__,
+        "as_of": iso(as_of), "historical": moment.historical, "entering": len(engine_rows),
+        "samples": dict(samples), "make_plan_peak_mb": peak / 2**20,
+        "engine_plan": query_plan(raw, _literal(query, connection)),
+        "hand_plan": query_plan(raw, sql, params)}
+    for name, values in samples.items():
+        result[name] = statistics.median(values)
+    result["dry_run_vs_hand"] = result["dry_run"] / result["hand_sql"]
+    result["query_vs_hand"] = result["engine_query"] / result["hand_sql"]
+    if "per_record" in result:
+        result["per_record_vs_dry_run"] = result["per_record"] / result["dry_run"]
+    return result
+
+
+def selective(connection: sa.Connection, playbook: Playbook, moment: Moment, repeat: int
+              ) -> dict[str, Any]:
+    """How much of `events` a selective trigger reads: its plan, the events in its window
+    against all events, and its query's time as planned and with the index forbidden."""
+    raw: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+    sql = _literal(playbook_query(playbook, moment.trigger_context(playbook.id)), connection)
+    alias = "FROM events AS trigger_event"
+    assert alias in sql, f"{playbook.id}: expected a trigger_event alias"
+    forced = sql.replace(alias, f"{alias} NOT INDEXED", 1)
+    b = bounds(moment.as_of)
+    kind = "feedback" if "'feedback'" in sql else "purchase"
+    in_window = raw.execute("SELECT count(*) FROM events WHERE type = ? AND occurred_at > ? "
+                            "AND occurred_at <= ?", (kind, b["day_ago"], b["as_of"])).fetchone()[0]
+    total = raw.execute("SELECT count(*) FROM events").fetchone()[0]
+    planned = statistics.median(_timed(lambda: raw.execute(sql).fetchall())[0]
+                                for _ in range(repeat))
+    scan = statistics.median(_timed(lambda: raw.execute(forced).fetchall())[0]
+                             for _ in range(max(1, repeat)))
+    plan = query_plan(raw, sql)
+    uses_index = any("SEARCH trigger_event USING INDEX ix_events_type_time" in line
+                     for line in plan) and not any("SCAN trigger_event" in line for line in plan)
+    return {"playbook": playbook.id, "event_type": kind, "events_in_window": in_window,
+            "events_total": total, "query_s": planned, "full_scan_query_s": scan,
+            "uses_type_time_index": uses_index, "plan": plan}
+
+
+def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> dict[str, Any]:
+    """All measurements for one database, in this (fresh) process."""
+    engine = open_store(f"sqlite:///{db}")  # migrations (a no-op here) outside the clock
+    playbooks = sorted(load_valid_playbooks([SAMPLES_DIR]), key=lambda p: p.id)
+    out: dict[str, Any] = {"playbooks": [], "historical": [], "selective": []}
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        out["customers"] = raw.execute("SELECT count(*) FROM customers").fetchone()[0]
+        out["events"] = raw.execute("SELECT count(*) FROM events").fetchone()[0]
+        latest = latest_event_time(connection)
+        assert latest is not None, "no events"
+        out["latest_event"] = iso(latest)
+        moment = prepare(connection, latest, playbooks)
+        for playbook in playbooks:
+            wanted = per_record_for is None or playbook.id in per_record_for
+            out["playbooks"].append(measure_playbook(connection, playbook, moment, repeat, wanted))
+            print(f"  {playbook.id}: done", file=sys.stderr, flush=True)
+        earlier = prepare(connection, latest - timedelta(days=HISTORICAL_DAYS), playbooks)
+        assert earlier.historical
+        for playbook in (p for p in playbooks if p.id in HISTORICAL):
+            out["historical"].append(
+                measure_playbook(connection, playbook, earlier, repeat, False, historical=True))
+            print(f"  {playbook.id} (historical): done", file=sys.stderr, flush=True)
+        for playbook in (p for p in playbooks if p.id in SELECTIVE):
+            out["selective"].append(selective(connection, playbook, moment, repeat))
+        connection.rollback()
+    engine.dispose()
+    return out
+
+
+def dry_run_rss(db: Path, as_of: str) -> dict[str, float]:
+    """Peak RSS (MB) of `retain dry-run` over every sample playbook, and of just its imports."""
+    def peak(code: str, *args: str) -> tuple[float, float]:
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            raise SystemExit(f"{code} {args} failed: {process.stderr.read().decode()[-2000:]}"
+                             if process.stderr else f"{code} failed")
+        return usage.ru_maxrss / 1024, time.perf_counter() - started  # Linux: KiB
+
+    cli = "import sys; from cli.main import main; main(sys.argv[1:])"
+    rss, seconds = peak(cli, "--db", f"sqlite:///{db}", "dry-run", str(SAMPLES_DIR),
+                        "--as-of", as_of)
+    imports, _ = peak("import cli.main, engine.plan")
+    return {"dry_run_rss_mb": rss, "dry_run_all_s": seconds, "imports_rss_mb": imports}
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+
+def run_size(customers: int, seed: int, repeat: int, per_record_large: list[str]) -> dict[str, Any]:
+    """Build (once) and measure one size: the measuring child, then the dry-run's RSS."""
+    db = ensure_db(customers, seed)
+    per_record_for = None if customers <= PER_RECORD_ALL_UP_TO else per_record_large
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(db), str(repeat),
+               ",".join(per_record_for) if per_record_for is not None else "*"]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"measuring {customers:,} customers failed ({done.returncode})")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(size=customers, db_mb=db.stat().st_size / 2**20,
+                  per_record_for=per_record_for or "all")
+    result.update(dry_run_rss(db, result["latest_event"]))
+    return result
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}x"
+
+
+def markdown(runs: list[dict[str, Any]]) -> str:
+    """The results as markdown tables: main, historical, selective triggers, memory."""
+    head = ("| customers | playbook | trigger | entering | dry-run s | engine query s | "
+            "(a) hand SQL s | dry-run / (a) | query / (a) | (b) per-record s | (b) / dry-run |")
+    lines = [head, "|" + "---|" * 11]
+    for run in runs:
+        for r in run["playbooks"]:
+            pr = r.get("per_record")
+            lines.append(
+                f"| {run['size']:,} | {r['playbook']} | {r['trigger'].removesuffix('Trigger')} "
+                f"| {r['entering']:,} | {r['dry_run']:.3f} | {r['engine_query']:.3f} "
+                f"| {r['hand_sql']:.3f} | {_ratio(r['dry_run_vs_hand'])} "
+                f"| {_ratio(r['query_vs_hand'])} | {'' if pr is None else f'{pr:.2f}'} "
+                f"| {_ratio(r.get('per_record_vs_dry_run'))} |")
+    lines += ["", "Historical (as_of 30 days before the latest event: facts derived from events):",
+              "", "| customers | playbook | entering | dry-run s | engine query s | (a) hand SQL s "
+              "| dry-run / (a) | query / (a) |", "|" + "---|" * 8]
+    for run in runs:
+        for r in run["historical"]:
+            lines.append(f"| {run['size']:,} | {r['playbook']} | {r['entering']:,} "
+                         f"| {r['dry_run']:.3f} | {r['engine_query']:.3f} | {r['hand_sql']:.3f} "
+                         f"| {_ratio(r['dry_run_vs_hand'])} | {_ratio(r['query_vs_hand'])} |")
+    lines += ["", "Selective triggers (engine query alone, as planned and with `NOT INDEXED`):", "",
+              "| customers | playbook | events in window / all | uses ix_events_type_time "
+              "| query s | full-scan query s |", "|" + "---|" * 6]
+    for run in runs:
+        for s in run["selective"]:
+            lines.append(f"| {run['size']:,} | {s['playbook']} | {s['events_in_window']:,} / "
+                         f"{s['events_total']:,} | {'yes' if s['uses_type_time_index'] else 'NO'} "
+                         f"| {s['query_s']:.4f} | {s['full_scan_query_s']:.3f} |")
+    lines += ["", "Memory:", "", "| customers | `retain dry-run` (all samples) peak RSS MB "
+              "| its imports alone MB | max tracemalloc peak in make_plan MB (playbook) |",
+              "|" + "---|" * 4]
+    for run in runs:
+        top = max(run["playbooks"] + run["historical"], key=lambda r: r["make_plan_peak_mb"])
+        lines.append(f"| {run['size']:,} | {run['dry_run_rss_mb']:.0f} "
+                     f"| {run['imports_rss_mb']:.0f} | {top['make_plan_peak_mb']:.1f} "
+                     f"({top['playbook']}{', historical' if top['historical'] else ''}) |")
+    return "\n".join(lines)
+
+
+def verdict(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per target with the numbers that decide it."""
+    rows = [(run["size"], r) for run in runs for r in run["playbooks"]]
+    slow = [f"{r['playbook']}@{n:,} {r['dry_run_vs_hand']:.1f}x" for n, r in rows
+            if r["dry_run_vs_hand"] > TARGET_VS_HAND]
+    slow_query = [f"{r['playbook']}@{n:,} {r['query_vs_hand']:.1f}x" for n, r in rows
+                  if r["query_vs_hand"] > TARGET_VS_HAND]
+    measured = [(n, r) for n, r in rows if "per_record_vs_dry_run" in r]
+    short = [f"{r['playbook']}@{n:,} {r['per_record_vs_dry_run']:.1f}x" for n, r in measured
+             if r["per_record_vs_dry_run"] < TARGET_VS_PER_RECORD]
+    out = [f"dry-run within {TARGET_VS_HAND:g}x of hand-written SQL: "
+           + ("met" if not slow else "MISSED for " + ", ".join(slow)),
+           f"engine query alone within {TARGET_VS_HAND:g}x of hand-written SQL: "
+           + ("met" if not slow_query else "MISSED for " + ", ".join(slow_query)),
+           f">= {TARGET_VS_PER_RECORD:g}x faster than per-record ({len(measured)} measured): "
+           + ("met" if not short else "MISSED for " + ", ".join(short))]
+    if len(runs) > 1:
+        small, large = runs[0], runs[-1]
+        rss = large["dry_run_rss_mb"] / small["dry_run_rss_mb"]
+        traced = {r["playbook"] + (" (historical)" if r["historical"] else ""):
+                  r["make_plan_peak_mb"] for r in small["playbooks"] + small["historical"]}
+        grown = [f"{name} {traced[name]:.1f}->{r['make_plan_peak_mb']:.1f} MB"
+                 for r in large["playbooks"] + large["historical"]
+                 if (name := r["playbook"] + (" (historical)" if r["historical"] else ""))
+                 in traced and r["make_plan_peak_mb"] > FLAT_MEMORY * max(traced[name], 1.0)]
+        out.append(f"memory flat in N: dry-run RSS {small['dry_run_rss_mb']:.0f} -> "
+                   f"{large['dry_run_rss_mb']:.0f} MB ({rss:.2f}x); "
+                   + ("make_plan peaks flat" if not grown else "make_plan peak GREW: "
+                      + ", ".join(grown)))
+    scans = [f"{s['playbook']}@{run['size']:,}" for run in runs for s in run["selective"]
+             if not s["uses_type_time_index"]]
+    out.append("selective triggers use ix_events_type_time: "
+               + ("yes" if not scans else "NO for " + ", ".join(scans)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: build the databases if needed, measure every size, print and save results."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        db, repeat, chosen = Path(argv[1]), int(argv[2]), argv[3]
+        result = child_measure(db, repeat, None if chosen == "*" else chosen.split(","))
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000",
+                        help="comma-separated customer counts (default 100000,1000000)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per method (median kept)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--per-record", default=",".join(PER_RECORD_LARGE),
+                        help=f"playbooks for (b) above {PER_RECORD_ALL_UP_TO:,} customers "
+                             "(below it: all)")
+    args = parser.parse_args(argv)
+    started = datetime.now(UTC)
+    runs = []
+    for size in (int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()):
+        print(f"measuring {size:,} customers", file=sys.stderr, flush=True)
+        runs.append(run_size(size, args.seed, args.repeat, args.per_record.split(",")))
+    document = {"started": started.isoformat(timespec="seconds"), "argv": argv,
+                "repeat": args.repeat, "cpus": os.cpu_count(),
+                "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+                "sqlalchemy": sa.__version__, "runs": runs, "verdict": verdict(runs)}
+    RESULTS.write_text(json.dumps(document, indent=2))
+    print(markdown(runs) + "\n\n" + "\n".join(document["verdict"]))
+    print(f"\nwritten {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    print(json.dumps(str(ensure_db(int(sys.argv[1]), 1))))
+    main()

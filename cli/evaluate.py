@@ -136,7 +136,7 @@ def _action_line(action: object) -> str:
     headline = fields.get("subject") or fields.get("title") or fields.get("url")
     if action.kind == "points":  # type: ignore[attr-defined]
         headline = f"{fields['amount']:+d} ({fields.get('reason') or 'no reason'})"
-    when = f" at {action.due_at:%Y-%m-%d %H:%M}"  # type: ignore[attr-defined]
+    when = f" at {action.run_at:%Y-%m-%d %H:%M}"  # type: ignore[attr-defined]
     status = "" if action.status == "planned" else f" [{action.status}: {action.reason}]"  # type: ignore[attr-defined]
     return f"{action.kind}{when}: {headline}{status}"  # type: ignore[attr-defined]
 

@@ -51,14 +51,14 @@ class PlannedAction:
 
     step: int
     kind: str
-    due_at: datetime
+    run_at: datetime  # when the action is due to run (after the steps' waits)
     status: str  # planned | skipped | suppressed | error
     fields: Mapping[str, Any]
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """`{"type": "email", "step": 0, "due_at": ..., "status": ..., "subject": ...}`."""
-        data = {"type": self.kind, "step": self.step, "due_at": iso(self.due_at),
+        """`{"type": "email", "step": 0, "run_at": ..., "status": ..., "subject": ...}`."""
+        data = {"type": self.kind, "step": self.step, "run_at": iso(self.run_at),
                 "status": self.status, **{k: _plain(v) for k, v in self.fields.items()}}
         if self.reason:
             data["reason"] = self.reason

@@ -149,3 +149,20 @@ def candidates(connection: sa.Connection, query: sa.Select[Any]) -> Iterator[Can
     result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
     for customer_id, occurrence, event_ref in result:
         yield Candidate(customer_id, occurrence, event_ref)
+
+
+def count_and_first(connection: sa.Connection, query: sa.Select[Any],
+                    first: int | None) -> tuple[int, list[Candidate]]:
+    """How many rows the query gives, and the first `first` of them (None: all), in one pass.
+
+    Rows past the first are only counted, a batch at a time, so a dry-run of a playbook that
+    half the customers enter costs about what fetching their ids costs, in flat memory.
+    """
+    result = connection.execution_options(stream_results=True, yield_per=5000).execute(query)
+    rows = result if first is None else result.fetchmany(first) if first > 0 else []
+    kept = [Candidate(*row) for row in rows]
+    count = len(kept)
+    if first is not None:
+        for batch in result.partitions():
+            count += len(batch)
+    return count, kept

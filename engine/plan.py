@@ -31,7 +31,7 @@ from jinja2 import Environment
 from engine.clock import iso
 from engine.compile import DERIVED_FACTS, CompileContext, historical_fact
 from engine.errors import TemplateError
-from engine.evaluate import Candidate, Moment, candidates, compose, prepare
+from engine.evaluate import Candidate, Moment, compose, count_and_first, prepare
 from engine.facts import customers, events
 from engine.fields import CUSTOMER_FIELDS
 from engine.playbook import ActionStep, Playbook, Wait
@@ -147,11 +147,8 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
         tc = moment.trigger_context(playbook.id)
         part = playbook.trigger.sql(tc, playbook.document.backfill)
         result = PlaybookPlan(playbook, note=part.note)
-        kept: list[Candidate] = []
-        for candidate in candidates(connection, compose(playbook, tc, part, customer_id)):
-            result.entering += 1
-            if show is None or len(kept) < show:
-                kept.append(candidate)
+        result.entering, kept = count_and_first(
+            connection, compose(playbook, tc, part, customer_id), show)
         limits = playbook.document.limits
         if limits and limits.max_percent is not None and total is None:
             total = connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar_one()

@@ -194,18 +194,18 @@ HAND_SQL: dict[str, str] = {
           AND NOT EXISTS (SELECT 1 FROM enrollments n
                           WHERE n.playbook_id = 'welcome-series'
                             AND n.customer_id = c.customer_id AND n.occurrence_key = e.event_id)""",
-    # The month-days whose 09:00 local falls in the last day, per time zone, are computed in
-    # Python (engine/triggers.py does the same by design): {fires} is a VALUES list of them.
+    # Which month-days are at 09:00 local within the last day, per time zone, is computed in
+    # Python (engine/triggers.py does the same, by design); {fires} tests them, {year} names
+    # the year each fires in: `(c.timezone IN (...) AND substr(c.birthday, 6, 5) IN (...)) OR`.
     "birthday-greeting": """
-        WITH fires(timezone, month_day, year) AS (VALUES {fires})
-        SELECT c.customer_id, f.year
-        FROM customers c JOIN fires f
-          ON f.timezone IS c.timezone AND f.month_day = substr(c.birthday, 6, 5)
-        WHERE c.email IS NOT NULL
+        SELECT c.customer_id, {year}
+        FROM customers c
+        WHERE ({fires})
+          AND c.email IS NOT NULL
           AND (c.created_at IS NULL OR c.created_at <= :as_of)
           AND NOT EXISTS (SELECT 1 FROM enrollments n
                           WHERE n.playbook_id = 'birthday-greeting'
-                            AND n.customer_id = c.customer_id AND n.occurrence_key = f.year)""",
+                            AND n.customer_id = c.customer_id AND n.occurrence_key = {year})""",
 }
 
 # Historical (as_of before the latest event): the facts come from the events up to as_of.
@@ -250,13 +250,22 @@ def hand_sql(playbook: Playbook, moment: Moment, historical: bool = False
     sql = (HAND_SQL_HISTORICAL if historical else HAND_SQL)[playbook.id]
     if isinstance(playbook.trigger, DateTrigger):
         tc = moment.trigger_context(playbook.id)
-        fires = []
+        zones: dict[tuple[str, tuple[str, ...]], list[str | None]] = defaultdict(list)
         for zone in tc.zones:
             name = zone if zone and valid_timezone(zone) else "UTC"
             for year, days in playbook.trigger.anniversaries(tc, ZoneInfo(name)).items():
-                fires += [(zone, day, year) for day in sorted(days)]
-        values = ", ".join(f"({_quote(z)}, '{d}', '{y}')" for z, d, y in fires)
-        sql = sql.format(fires=values or "(NULL, NULL, NULL) LIMIT 0")
+                zones[(year, tuple(sorted(days)))].append(zone)
+        tests = []
+        for (year, days), names in sorted(zones.items()):
+            known = [_quote(z) for z in names if z is not None]
+            zone_test = " OR ".join(([f"c.timezone IN ({', '.join(known)})"] if known else [])
+                                    + (["c.timezone IS NULL"] if None in names else []))
+            day_test = f"substr(c.birthday, 6, 5) IN ({', '.join(map(_quote, days))})"
+            tests.append((f"(({zone_test}) AND {day_test})", year))
+        fires = " OR ".join(test for test, _ in tests) or "0"
+        year = "CASE " + " ".join(f"WHEN {t} THEN '{y}'" for t, y in tests) + " END" \
+            if tests else "NULL"
+        sql = sql.format(fires=fires, year=year)
     return sql, bounds(moment.as_of)
 
 

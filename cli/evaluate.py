@@ -70,8 +70,10 @@ def dry_run(
     with engine.connect() as connection:
         if customer is not None:
             require_customer(connection, customer)
-        plan = make_plan(connection, playbooks, moment, customer_id=customer,
-                         show=show if show is not None else (None if as_json else 10))
+        with render.progress("evaluating playbooks", len(playbooks)) as advance:
+            plan = make_plan(connection, playbooks, moment, customer_id=customer,
+                             show=show if show is not None else (None if as_json else 10),
+                             progress=advance)
         connection.rollback()
     if as_json:
         render.print_json(plan.to_json())

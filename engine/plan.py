@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -132,7 +132,8 @@ def _plain(value: Any) -> Any:
 
 
 def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datetime, *,
-              customer_id: str | None = None, show: int | None = None) -> Plan:
+              customer_id: str | None = None, show: int | None = None,
+              progress: Callable[[int], object] | None = None) -> Plan:
     """Evaluate every enabled playbook at `as_of` and plan the first `show` enrollments (None: all).
 
     Reads only; the caller's transaction sees no writes from here.
@@ -156,6 +157,8 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
         planner = _Planner(connection, playbook, moment, connectors)
         result.enrollments = list(planner.enrollments(kept))
         plans.append(result)
+        if progress is not None:
+            progress(1)
     disabled = sorted(p.id for p in playbooks if not p.document.enabled)
     return Plan(moment, plans, disabled)
 

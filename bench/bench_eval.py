@@ -477,6 +477,8 @@ def measure_playbook(connection: sa.Connection, playbook: Playbook, moment: Mome
         seconds, plan = _timed(lambda: make_plan(connection, [playbook], as_of, show=10))
         assert plan.playbooks[0].entering == len(engine_rows), "dry-run count differs"
         samples["dry_run"].append(seconds)
+        samples["dry_run_show_0"].append(
+            _timed(lambda: make_plan(connection, [playbook], as_of, show=0))[0])
         samples["engine_query"].append(
             _timed(lambda: sum(1 for _ in candidates(connection, query)))[0])
         samples["hand_sql"].append(_timed(lambda: raw.execute(sql, params).fetchall())[0])
@@ -531,6 +533,35 @@ def selective(connection: sa.Connection, playbook: Playbook, moment: Moment, rep
             "uses_type_time_index": uses_index, "plan": plan}
 
 
+def winback_variants(connection: sa.Connection, playbook: Playbook, moment: Moment,
+                     repeat: int) -> dict[str, Any]:
+    """Two cheaper ways to answer winback-30d, to size what its dry-run could save: the
+    hand-written query with the `last_active_at` index disabled (`+column`: a full scan, which
+    beats an index range that matches a third of the table), and counting in SQL plus the
+    first ten rows instead of streaming every entering row through Python."""
+    raw: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
+    sql, params = hand_sql(playbook, moment)
+    scan = sql.replace("WHERE c.last_active_at <=", "WHERE +c.last_active_at <=", 1)
+    assert scan != sql and "SCAN c" in query_plan(raw, scan, params)[0]
+    query = playbook_query(playbook, moment.trigger_context(playbook.id))
+    count = sa.select(sa.func.count()).select_from(query.subquery())
+    expected = len(raw.execute(sql, params).fetchall())
+    assert len(raw.execute(scan, params).fetchall()) == expected
+    assert connection.execute(count).scalar_one() == expected
+
+    def count_and_first() -> None:
+        connection.execute(count).scalar_one()
+        connection.execute(query.limit(10)).all()
+
+    samples: dict[str, list[float]] = defaultdict(list)
+    for _ in range(repeat):
+        samples["hand_sql"].append(_timed(lambda: raw.execute(sql, params).fetchall())[0])
+        samples["hand_sql_full_scan"].append(_timed(lambda: raw.execute(scan, params).fetchall())[0])
+        samples["engine_count_and_first_10"].append(_timed(count_and_first)[0])
+    return {"playbook": playbook.id, "entering": expected,
+            **{name: statistics.median(values) for name, values in samples.items()}}
+
+
 def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> dict[str, Any]:
     """All measurements for one database, in this (fresh) process."""
     engine = open_store(f"sqlite:///{db}")  # migrations (a no-op here) outside the clock
@@ -556,6 +587,8 @@ def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> di
             print(f"  {playbook.id} (historical): done", file=sys.stderr, flush=True)
         for playbook in (p for p in playbooks if p.id in SELECTIVE):
             out["selective"].append(selective(connection, playbook, moment, repeat))
+        winback = next(p for p in playbooks if p.id == "winback-30d")
+        out["winback_variants"] = winback_variants(connection, winback, moment, repeat)
         connection.rollback()
     engine.dispose()
     return out
@@ -605,26 +638,30 @@ def _ratio(value: float | None) -> str:
 
 def markdown(runs: list[dict[str, Any]]) -> str:
     """The results as markdown tables: main, historical, selective triggers, memory."""
-    head = ("| customers | playbook | trigger | entering | dry-run s | engine query s | "
-            "(a) hand SQL s | dry-run / (a) | query / (a) | (b) per-record s | (b) / dry-run |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| customers | playbook | trigger | entering | dry-run s | dry-run show=0 s "
+            "| engine query s | (a) hand SQL s | dry-run / (a) | query / (a) | (b) per-record s | (b) / dry-run "
+            "| make_plan peak MB |")
+    lines = [head, "|" + "---|" * 13]
     for run in runs:
         for r in run["playbooks"]:
             pr = r.get("per_record")
             lines.append(
                 f"| {run['size']:,} | {r['playbook']} | {r['trigger'].removesuffix('Trigger')} "
-                f"| {r['entering']:,} | {r['dry_run']:.3f} | {r['engine_query']:.3f} "
-                f"| {r['hand_sql']:.3f} | {_ratio(r['dry_run_vs_hand'])} "
+                f"| {r['entering']:,} | {r['dry_run']:.3f} | {r['dry_run_show_0']:.3f} "
+                f"| {r['engine_query']:.3f} | {r['hand_sql']:.3f} | {_ratio(r['dry_run_vs_hand'])} "
                 f"| {_ratio(r['query_vs_hand'])} | {'' if pr is None else f'{pr:.2f}'} "
-                f"| {_ratio(r.get('per_record_vs_dry_run'))} |")
+                f"| {_ratio(r.get('per_record_vs_dry_run'))} | {r['make_plan_peak_mb']:.2f} |")
     lines += ["", "Historical (as_of 30 days before the latest event: facts derived from events):",
-              "", "| customers | playbook | entering | dry-run s | engine query s | (a) hand SQL s "
-              "| dry-run / (a) | query / (a) |", "|" + "---|" * 8]
+              "", "| customers | playbook | entering | dry-run s | dry-run show=0 s | engine query s "
+              "| (a) hand SQL s | dry-run / (a) | query / (a) | make_plan peak MB |",
+              "|" + "---|" * 10]
     for run in runs:
         for r in run["historical"]:
             lines.append(f"| {run['size']:,} | {r['playbook']} | {r['entering']:,} "
-                         f"| {r['dry_run']:.3f} | {r['engine_query']:.3f} | {r['hand_sql']:.3f} "
-                         f"| {_ratio(r['dry_run_vs_hand'])} | {_ratio(r['query_vs_hand'])} |")
+                         f"| {r['dry_run']:.3f} | {r['dry_run_show_0']:.3f} "
+                         f"| {r['engine_query']:.3f} | {r['hand_sql']:.3f} "
+                         f"| {_ratio(r['dry_run_vs_hand'])} | {_ratio(r['query_vs_hand'])} "
+                         f"| {r['make_plan_peak_mb']:.2f} |")
     lines += ["", "Selective triggers (engine query alone, as planned and with `NOT INDEXED`):", "",
               "| customers | playbook | events in window / all | uses ix_events_type_time "
               "| query s | full-scan query s |", "|" + "---|" * 6]
@@ -633,13 +670,21 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             lines.append(f"| {run['size']:,} | {s['playbook']} | {s['events_in_window']:,} / "
                          f"{s['events_total']:,} | {'yes' if s['uses_type_time_index'] else 'NO'} "
                          f"| {s['query_s']:.4f} | {s['full_scan_query_s']:.3f} |")
+    lines += ["", "winback-30d, cheaper ways to the same answer:", "",
+              "| customers | entering | (a) hand SQL s | (a) with `+c.last_active_at` (full scan) s "
+              "| engine count(*) + first 10 rows s |", "|" + "---|" * 5]
+    for run in runs:
+        v = run["winback_variants"]
+        lines.append(f"| {run['size']:,} | {v['entering']:,} | {v['hand_sql']:.3f} "
+                     f"| {v['hand_sql_full_scan']:.3f} | {v['engine_count_and_first_10']:.3f} |")
     lines += ["", "Memory:", "", "| customers | `retain dry-run` (all samples) peak RSS MB "
-              "| its imports alone MB | max tracemalloc peak in make_plan MB (playbook) |",
-              "|" + "---|" * 4]
+              "| its imports alone MB | its wall time s | max make_plan peak MB (playbook) |",
+              "|" + "---|" * 5]
     for run in runs:
         top = max(run["playbooks"] + run["historical"], key=lambda r: r["make_plan_peak_mb"])
         lines.append(f"| {run['size']:,} | {run['dry_run_rss_mb']:.0f} "
-                     f"| {run['imports_rss_mb']:.0f} | {top['make_plan_peak_mb']:.1f} "
+                     f"| {run['imports_rss_mb']:.0f} | {run['dry_run_all_s']:.1f} "
+                     f"| {top['make_plan_peak_mb']:.2f} "
                      f"({top['playbook']}{', historical' if top['historical'] else ''}) |")
     return "\n".join(lines)
 
@@ -661,22 +706,28 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
            f">= {TARGET_VS_PER_RECORD:g}x faster than per-record ({len(measured)} measured): "
            + ("met" if not short else "MISSED for " + ", ".join(short))]
     if len(runs) > 1:
+        # make_plan streams rows in batches of 2,000 (engine.evaluate.candidates), so a playbook
+        # with fewer entering rows than that peaks lower at the small size; flat means the
+        # largest peak (and the dry-run process's RSS) does not grow with N.
         small, large = runs[0], runs[-1]
         rss = large["dry_run_rss_mb"] / small["dry_run_rss_mb"]
-        traced = {r["playbook"] + (" (historical)" if r["historical"] else ""):
-                  r["make_plan_peak_mb"] for r in small["playbooks"] + small["historical"]}
-        grown = [f"{name} {traced[name]:.1f}->{r['make_plan_peak_mb']:.1f} MB"
-                 for r in large["playbooks"] + large["historical"]
-                 if (name := r["playbook"] + (" (historical)" if r["historical"] else ""))
-                 in traced and r["make_plan_peak_mb"] > FLAT_MEMORY * max(traced[name], 1.0)]
-        out.append(f"memory flat in N: dry-run RSS {small['dry_run_rss_mb']:.0f} -> "
-                   f"{large['dry_run_rss_mb']:.0f} MB ({rss:.2f}x); "
-                   + ("make_plan peaks flat" if not grown else "make_plan peak GREW: "
-                      + ", ".join(grown)))
+        peaks = [max(r["make_plan_peak_mb"] for r in run["playbooks"] + run["historical"])
+                 for run in (small, large)]
+        flat = rss <= FLAT_MEMORY and peaks[1] <= FLAT_MEMORY * peaks[0]
+        out.append(f"memory flat in N: {'met' if flat else 'MISSED'}: `retain dry-run` RSS "
+                   f"{small['dry_run_rss_mb']:.0f} -> {large['dry_run_rss_mb']:.0f} MB, largest "
+                   f"make_plan peak {peaks[0]:.2f} -> {peaks[1]:.2f} MB "
+                   f"({small['size']:,} -> {large['size']:,} customers)")
     scans = [f"{s['playbook']}@{run['size']:,}" for run in runs for s in run["selective"]
              if not s["uses_type_time_index"]]
+    times = []
+    for s in runs[-1]["selective"]:
+        first = next(f for f in runs[0]["selective"] if f["playbook"] == s["playbook"])
+        grew = s["events_in_window"] / max(first["events_in_window"], 1)
+        times.append(f"{s['playbook']} {first['query_s']:.4f} -> {s['query_s']:.4f} s "
+                     f"({grew:.0f}x the events in the window; full scan {s['full_scan_query_s']:.3f} s)")
     out.append("selective triggers use ix_events_type_time: "
-               + ("yes" if not scans else "NO for " + ", ".join(scans)))
+               + ("yes" if not scans else "NO for " + ", ".join(scans)) + "; " + "; ".join(times))
     return out
 
 

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from jinja2 import Environment
 
 from engine.clock import iso
-from engine.compile import DERIVED_FACTS, CompileContext, historical_fact
+from engine.compile import DERIVED_FACTS, CompileContext, at, historical_fact
 from engine.errors import TemplateError
 from engine.evaluate import Candidate, Moment, compose, count_and_first, prepare
 from engine.facts import customers, events
@@ -152,7 +152,9 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
             connection, compose(playbook, tc, part, customer_id), show)
         limits = playbook.document.limits
         if limits and limits.max_percent is not None and total is None:
-            total = connection.execute(sa.select(sa.func.count()).select_from(customers)).scalar_one()
+            total = connection.execute(sa.select(sa.func.count()).where(  # who existed by then
+                sa.or_(customers.c.created_at.is_(None), customers.c.created_at <= at(as_of))
+            )).scalar_one()
         result.over_limit = over_limit(playbook, result.entering, total)
         planner = _Planner(connection, playbook, moment, connectors)
         result.enrollments = list(planner.enrollments(kept))

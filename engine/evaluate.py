@@ -62,24 +62,37 @@ class Moment:
                               self.enabled.get(playbook_id))
 
 
-def latest_event_time(connection: sa.Connection) -> datetime | None:
-    """The latest synced event's time, by one index seek per event type (a loose index scan).
+def distinct_values(connection: sa.Connection, column: sa.Column[Any]) -> list[Any]:
+    """The distinct non-NULL values of an indexed column, by one index seek per value.
 
-    `max(occurred_at)` over all events would read every row: the (type, occurred_at) index
-    answers it per type, and the recursive query walks the few distinct types.
+    A loose index scan: `SELECT DISTINCT` would read every row, while an index answers "the
+    smallest value above X" at once, and there are only a handful of event types or time zones.
     """
-    e = events.c
-    step = sa.select(sa.func.min(e.type)).cte("types", recursive=True)
-    inner = events.alias("next_type")
+    table = column.table
+    step = sa.select(sa.func.min(column).label("value")).cte("walk", recursive=True)
+    follow = table.alias("follow")
     step = step.union_all(
-        sa.select(sa.select(sa.func.min(inner.c.type)).where(inner.c.type > step.c.min)
-                  .scalar_subquery()).where(step.c.min.is_not(None)))
-    latest = events.alias("latest")
-    per_type = (sa.select(sa.func.max(latest.c.occurred_at)).where(latest.c.type == step.c.min)
-                .scalar_subquery())
-    result = connection.execute(sa.select(sa.func.max(per_type)).select_from(step))
-    value = result.scalar()
-    return at_utc(value)
+        sa.select(sa.select(sa.func.min(follow.c[column.name]))
+                  .where(follow.c[column.name] > step.c.value).scalar_subquery())
+        .where(step.c.value.is_not(None)))
+    query = sa.select(step.c.value).where(step.c.value.is_not(None))
+    return list(connection.execute(query).scalars())
+
+
+def latest_event_time(connection: sa.Connection) -> datetime | None:
+    """The latest synced event's time: per event type, one seek in the (type, occurred_at) index,
+    where `max(occurred_at)` over all events would read every row."""
+    latest = [connection.execute(sa.select(sa.func.max(events.c.occurred_at))
+                                 .where(events.c.type == kind)).scalar()
+              for kind in distinct_values(connection, events.c.type)]
+    return max((moment for moment in latest if moment is not None), default=None)
+
+
+def customer_zones(connection: sa.Connection) -> tuple[str | None, ...]:
+    """The distinct `timezone` values of customers (None first when some have none)."""
+    missing = connection.execute(sa.select(sa.exists().where(
+        customers.c.timezone.is_(None)))).scalar()
+    return ((None,) if missing else ()) + tuple(distinct_values(connection, customers.c.timezone))
 
 
 def at_utc(value: Any) -> datetime | None:
@@ -95,8 +108,7 @@ def prepare(connection: sa.Connection, as_of: datetime, playbooks: list[Playbook
     """Read what the run's queries depend on: the latest event, time zones, first enables."""
     zones: tuple[str | None, ...] = (None,)
     if any(isinstance(p.trigger, DateTrigger) for p in playbooks):
-        found = connection.execute(sa.select(customers.c.timezone).distinct()).scalars()
-        zones = tuple(sorted(found, key=lambda name: (name is not None, name or "")))
+        zones = customer_zones(connection)
     enabled = dict(connection.execute(
         sa.select(versions.c.playbook_id, sa.func.min(versions.c.enabled_at))
         .where(versions.c.enabled_at.is_not(None)).group_by(versions.c.playbook_id)).all())

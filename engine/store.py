@@ -66,13 +66,15 @@ def migrate(engine: sa.Engine) -> None:
 
 def ensure_indexes(engine: sa.Engine) -> None:
     """Create declared indexes that are missing (a bulk load that died before rebuilding them)."""
-    from engine.tables import Event
+    from engine.tables import Customer, Event
 
     with engine.begin() as connection:
-        existing = {ix["name"] for ix in sa.inspect(connection).get_indexes("events")}
-        for index in Event.__table__.indexes:
-            if index.name not in existing:
-                index.create(connection)
+        inspector = sa.inspect(connection)
+        for table in (Event.__table__, Customer.__table__):
+            existing = {ix["name"] for ix in inspector.get_indexes(table.name)}
+            for index in table.indexes:  # type: ignore[attr-defined]
+                if index.name not in existing:
+                    index.create(connection)
 
 
 def open_store(url: str = DEFAULT_URL) -> sa.Engine:

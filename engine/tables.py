@@ -55,7 +55,7 @@ class Customer(SQLModel, table=True):
     name: str | None = None
     created_at: datetime | None = _time()
     birthday: date | None = None
-    timezone: str | None = None
+    timezone: str | None = Field(default=None, index=True)  # date triggers walk the zones
     country: str | None = None
     segment: str | None = None
     tags: list[str] = _json(list)

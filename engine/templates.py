@@ -212,12 +212,20 @@ def _run(template: jinja2.Template, context: dict[str, Any], header: bool) -> st
 
 
 def _compile(environment: jinja2.Environment, source: str, html: bool) -> jinja2.Template:
+    """The compiled inline template, compiled once per environment: a plan renders the same few
+    subjects and titles for many customers, and compiling costs far more than rendering."""
+    cache: dict[tuple[str, bool], jinja2.Template] = environment.__dict__.setdefault(
+        "_retain_inline_templates", {})
+    if (source, html) in cache:
+        return cache[(source, html)]
     # An autoescape block keeps line numbers: nothing is added before the first line break.
     wrapped = f"{{% autoescape true %}}{source}{{% endautoescape %}}" if html else source
     try:
-        return environment.from_string(wrapped)
+        template = environment.from_string(wrapped)
     except jinja2.TemplateSyntaxError as exc:
         raise _Failure(_describe(exc), exc.lineno) from exc
+    cache[(source, html)] = template
+    return template
 
 
 def render(environment: jinja2.Environment, source: str, context: Mapping[str, Any], *,

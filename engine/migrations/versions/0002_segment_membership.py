@@ -1,4 +1,4 @@
-"""segment membership: enrollments.left_at
+"""segment membership (enrollments.left_at); customers by time zone
 
 Revision ID: 0002
 Revises: 0001
@@ -19,8 +19,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table('enrollments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('left_at', sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_customers_timezone'), ['timezone'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_customers_timezone'))
     with op.batch_alter_table('enrollments', schema=None) as batch_op:
         batch_op.drop_column('left_at')

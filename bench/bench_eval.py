@@ -8,7 +8,8 @@ in the last day) avoid a full scan. So, per size, in ONE process (the machine is
 noisy, so only ratios measured side by side mean much), for every sample playbook:
 
 - **dry-run**: `make_plan(connection, [playbook], as_of, show=10)`, what `retain dry-run` does
-  per playbook: count everyone entering and plan (render) the first ten;
+  per playbook: count everyone entering and plan (render) the first ten; also with `show=0`,
+  which renders nothing, to tell rendering from counting;
 - **engine query**: just streaming the rows of the playbook's one statement (`candidates`), to
   tell the SQL from the planning around it;
 - **(a) hand-written SQL**: the predicate (trigger, `when`, the anti-join against enrollments)
@@ -18,7 +19,8 @@ noisy, so only ratios measured side by side mean much), for every sample playboo
 - **(b) per-record**: `SELECT * FROM customers` (and, when the rule needs them, the customers'
   events of the types it looks at) into Python dicts, then a plain Python predicate per customer.
   Times are compared as the ISO text SQLite stores (no datetime parsing), which favours (b).
-  Same-answer check as (a).
+  Same-answer check as (a). It takes seconds per round at 1M, so above 100,000 customers only
+  the playbooks of `--per-record` (default winback-30d and vip-care) get it.
 
 Repeats are interleaved (round 1 of every method, then round 2, ...) and the median is kept, so
 a burst of load from another job hits all methods alike. One untimed warm-up per playbook (the
@@ -26,7 +28,11 @@ correctness check) fills the OS cache first. Memory: tracemalloc's peak during o
 make_plan per playbook (Python allocations: what grows if something materialises all rows), and
 `ru_maxrss` of a separate `retain dry-run` process over all samples (everything, SQLite
 included). A historical dry-run (as_of 30 days before the latest event: facts derived from
-events) is measured for two playbooks and reported apart.
+events) is measured for two playbooks and reported apart. For the selective triggers, the
+query plan, how many events their window holds, and their query with the index forbidden
+(`NOT INDEXED`) show what the index saves. For winback-30d, two cheaper ways to its answer
+(a full scan instead of its index range; count(*) plus ten rows instead of streaming them all)
+size what its dry-run could gain.
 
     python bench/bench_eval.py --sizes 100000,1000000 [--repeat 3]
 

@@ -54,7 +54,7 @@ from engine.fields import (
     did_you_mean,
 )
 from engine.registry import Registry
-from engine.sqljson import Bool, Column, iso_text, json_reading, month_day
+from engine.sqljson import Bool, Column, iso_text, json_reading, month_day, scanned
 from engine.yamlsource import PathKey
 
 ONE_DAY = timedelta(days=1)
@@ -165,9 +165,11 @@ class InactiveTrigger(Trigger):
     def sql(self, tc: TriggerContext, backfill: bool) -> TriggerSql:
         last = _last_activity(tc, self.params.activity)  # type: ignore[attr-defined]
         days = timedelta(days=self.params.days)  # type: ignore[attr-defined]
-        where = [last <= at(tc.as_of - days)]
-        if not backfill:  # only episodes whose threshold is crossed after the first enable
-            where.append(last > at((tc.enabled_at or tc.as_of) - days))
+        if backfill:  # everyone ever lapsed: a large share of customers, scanned, not looked up
+            where = [scanned(last) <= at(tc.as_of - days)]
+        else:  # only episodes whose threshold is crossed after the first enable: the index helps
+            where = [last <= at(tc.as_of - days),
+                     last > at((tc.enabled_at or tc.as_of) - days)]
         return TriggerSql(tuple(where), iso_text(last))
 
     def wanted(self) -> str:

@@ -110,6 +110,11 @@ def date_filter(value: Any, fmt: str = "%Y-%m-%d") -> str:
     return value.strftime(fmt)
 
 
+def _blank_none(value: Any) -> Any:
+    """A missing value (a customer without a name) prints as nothing, not as "None"."""
+    return "" if value is None else value
+
+
 def make_environment(templates_dir: Path | None = None) -> SandboxedEnvironment:
     """The one Jinja environment for a templates folder (None: inline templates only)."""
     environment = _Sandbox(
@@ -120,6 +125,7 @@ def make_environment(templates_dir: Path | None = None) -> SandboxedEnvironment:
         trim_blocks=True,  # `{% if %}` lines leave no blank lines in text emails
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=_blank_none,
     )
     environment.filters["date"] = date_filter
     return environment

@@ -203,3 +203,10 @@ def test_demo_command_prints_the_dry_run(tmp_path: Path, cli: Cli) -> None:
     assert code == 0
     assert "Dry run as of 2011-12-10T00:00:00Z: nothing is written or sent." in out
     assert "winback-30d" in out and "over limit" in out and "explain" in out
+
+
+def test_a_missing_value_renders_as_nothing_not_none(tmp_path: Path, cli: Cli) -> None:
+    from engine.templates import make_environment, render
+
+    environment = make_environment()
+    assert render(environment, "Hi {{ customer.name }}!", {"customer": {"name": None}}) == "Hi !"

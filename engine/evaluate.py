@@ -174,7 +174,8 @@ def count_and_first(connection: sa.Connection, query: sa.Select[Any],
     rows = result if first is None else result.fetchmany(first) if first > 0 else []
     kept = [Candidate(*row) for row in rows]
     count = len(kept)
-    if first is not None:
-        for batch in result.partitions():
+    if first is not None:  # the rest are only counted: straight from the driver's cursor
+        cursor = result.cursor
+        while batch := cursor.fetchmany(5000):
             count += len(batch)
     return count, kept

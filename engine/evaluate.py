@@ -175,7 +175,7 @@ def count_and_first(connection: sa.Connection, query: sa.Select[Any],
     kept = [Candidate(*row) for row in rows]
     count = len(kept)
     if first is not None:  # the rest are only counted: straight from the driver's cursor
-        cursor = result.cursor
-        while batch := cursor.fetchmany(5000):
+        cursor = result.cursor  # None once the first rows were all there was
+        while cursor is not None and (batch := cursor.fetchmany(5000)):
             count += len(batch)
     return count, kept

@@ -174,8 +174,7 @@ def count_and_first(connection: sa.Connection, query: sa.Select[Any],
     rows = result if first is None else result.fetchmany(first) if first > 0 else []
     kept = [Candidate(*row) for row in rows]
     count = len(kept)
-    if first is not None:  # the rest are only counted: straight from the driver's cursor
-        cursor = result.cursor  # None once the first rows were all there was
-        while cursor is not None and (batch := cursor.fetchmany(5000)):
+    if first is not None:  # the rest are only counted, a batch at a time
+        for batch in result.partitions():
             count += len(batch)
     return count, kept

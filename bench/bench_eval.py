@@ -30,9 +30,12 @@ make_plan per playbook (Python allocations: what grows if something materialises
 included). A historical dry-run (as_of 30 days before the latest event: facts derived from
 events) is measured for two playbooks and reported apart. For the selective triggers, the
 query plan, how many events their window holds, and their query with the index forbidden
-(`NOT INDEXED`) show what the index saves. For winback-30d, two cheaper ways to its answer
-(a full scan instead of its index range; count(*) plus ten rows instead of streaming them all)
-size what its dry-run could gain.
+(`NOT INDEXED`) show what the index saves; where an index makes a query slower, the same
+query with that index forbidden is timed next to it (`plan_alternatives`).
+
+The repository may change during the quarter of an hour a full run takes: each measuring
+process records a fingerprint of the project code it imported (and of the samples), so the
+results name the code they measured, and a run whose sizes measured different code says so.
 
     python bench/bench_eval.py --sizes 100000,1000000 [--repeat 3]
 
@@ -43,9 +46,11 @@ kept as bench/out/eval-<N>.db (gitignored); results go to bench/out/eval-results
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -53,7 +58,7 @@ import sys
 import time
 import tracemalloc
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
@@ -86,6 +91,43 @@ PER_RECORD_LARGE = ("winback-30d", "vip-care")
 TARGET_VS_HAND = 2.0
 TARGET_VS_PER_RECORD = 20.0
 FLAT_MEMORY = 1.5  # "flat": the 10x larger size may peak at most this much higher
+
+
+def fingerprint(loaded: Iterable[str] | None = None) -> str:
+    """A short sha256 of the project code a process has loaded (`loaded` module files; None:
+    this process's modules), bench/ excepted, and of the sample playbooks and templates.
+
+    Taken right after the imports, it names the code that ran even if files change later.
+    """
+    if loaded is None:
+        loaded = [m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+    files = {Path(name).resolve() for name in loaded if name}
+    files = {f for f in files if f.is_relative_to(ROOT) and not f.is_relative_to(HERE)
+             and not f.is_relative_to(ROOT / ".venv") and f.is_file()}
+    files |= {f for f in SAMPLES_DIR.rglob("*") if f.suffix in (".yaml", ".j2")}
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def head_commit() -> str | None:
+    """The checked-out commit, read from .git's files: running git could disturb a concurrent
+    commit on this shared checkout. Uncommitted changes show only in the fingerprint."""
+    try:
+        head = (ROOT / ".git" / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        loose = ROOT / ".git" / ref
+        if loose.is_file():
+            return loose.read_text().strip()
+        for line in (ROOT / ".git" / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return None
 
 
 # --- the databases ---------------------------------------------------------------------------
@@ -440,6 +482,12 @@ def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def _fetch_seconds(raw: sqlite3.Connection, sql: str, params: Any = ()) -> float:
+    started = time.perf_counter()
+    raw.execute(sql, params).fetchall()
+    return time.perf_counter() - started
+
+
 def _literal(query: sa.Select[Any], connection: sa.Connection) -> str:
     return str(query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
 
@@ -539,40 +587,48 @@ def selective(connection: sa.Connection, playbook: Playbook, moment: Moment, rep
             "uses_type_time_index": uses_index, "plan": plan}
 
 
-def winback_variants(connection: sa.Connection, playbook: Playbook, moment: Moment,
-                     repeat: int) -> dict[str, Any]:
-    """Two cheaper ways to answer winback-30d, to size what its dry-run could save: the
-    hand-written query with the `last_active_at` index disabled (`+column`: a full scan, which
-    beats an index range that matches a third of the table), and counting in SQL plus the
-    first ten rows instead of streaming every entering row through Python."""
+def plan_alternatives(connection: sa.Connection, playbooks: list[Playbook], moment: Moment,
+                      repeat: int) -> list[dict[str, Any]]:
+    """Where SQLite's plan is the cost, the same query with one index forbidden, timed side by
+    side. Without statistics SQLite takes any index that matches a range or an IN list, and
+    reading a large share of a table through an index is slower than scanning it:
+
+    - winback-30d, hand-written: `+c.last_active_at` (its index range matches a third of all
+      customers);
+    - birthday-greeting, the engine's query: `customers NOT INDEXED` (its `timezone IN (...)`
+      lists every zone, so the `timezone` index, where there is one, looks up every customer).
+    """
     raw: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
-    sql, params = hand_sql(playbook, moment)
-    scan = sql.replace("WHERE c.last_active_at <=", "WHERE +c.last_active_at <=", 1)
-    assert scan != sql and "SCAN c" in query_plan(raw, scan, params)[0]
-    query = playbook_query(playbook, moment.trigger_context(playbook.id))
-    count = sa.select(sa.func.count()).select_from(query.subquery())
-    expected = len(raw.execute(sql, params).fetchall())
-    assert len(raw.execute(scan, params).fetchall()) == expected
-    assert connection.execute(count).scalar_one() == expected
-
-    def count_and_first() -> None:
-        connection.execute(count).scalar_one()
-        connection.execute(query.limit(10)).all()
-
-    samples: dict[str, list[float]] = defaultdict(list)
-    for _ in range(repeat):
-        samples["hand_sql"].append(_timed(lambda: raw.execute(sql, params).fetchall())[0])
-        samples["hand_sql_full_scan"].append(_timed(lambda: raw.execute(scan, params).fetchall())[0])
-        samples["engine_count_and_first_10"].append(_timed(count_and_first)[0])
-    return {"playbook": playbook.id, "entering": expected,
-            **{name: statistics.median(values) for name, values in samples.items()}}
+    by_id = {p.id: p for p in playbooks}
+    sql, params = hand_sql(by_id["winback-30d"], moment)
+    birthday = _literal(playbook_query(by_id["birthday-greeting"],
+                                       moment.trigger_context("birthday-greeting")), connection)
+    cases = [("winback-30d", "(a) as written -> `+c.last_active_at`", sql, params,
+              sql.replace("WHERE c.last_active_at <=", "WHERE +c.last_active_at <=", 1)),
+             ("birthday-greeting", "engine query -> `customers NOT INDEXED`", birthday, {},
+              re.sub(r"FROM customers\s*\n", "FROM customers NOT INDEXED\n", birthday, count=1))]
+    out = []
+    for playbook_id, what, planned, binds, alternative in cases:
+        assert alternative != planned and query_plan(raw, alternative, binds)[0].startswith("SCAN")
+        rows = len(raw.execute(planned, binds).fetchall())
+        assert len(raw.execute(alternative, binds).fetchall()) == rows
+        samples: dict[str, list[float]] = defaultdict(list)
+        for _ in range(repeat):
+            samples["planned"].append(_fetch_seconds(raw, planned, binds))
+            samples["alternative"].append(_fetch_seconds(raw, alternative, binds))
+        out.append({"playbook": playbook_id, "what": what, "rows": rows,
+                    "plan": query_plan(raw, planned, binds)[0],
+                    "planned_s": statistics.median(samples["planned"]),
+                    "alternative_s": statistics.median(samples["alternative"])})
+    return out
 
 
 def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> dict[str, Any]:
     """All measurements for one database, in this (fresh) process."""
+    out: dict[str, Any] = {"fingerprint": fingerprint(), "playbooks": [], "historical": [],
+                           "selective": []}
     engine = open_store(f"sqlite:///{db}")  # migrations (a no-op here) outside the clock
     playbooks = sorted(load_valid_playbooks([SAMPLES_DIR]), key=lambda p: p.id)
-    out: dict[str, Any] = {"playbooks": [], "historical": [], "selective": []}
     with engine.connect() as connection:
         raw = connection.connection.driver_connection
         out["customers"] = raw.execute("SELECT count(*) FROM customers").fetchone()[0]
@@ -593,37 +649,43 @@ def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> di
             print(f"  {playbook.id} (historical): done", file=sys.stderr, flush=True)
         for playbook in (p for p in playbooks if p.id in SELECTIVE):
             out["selective"].append(selective(connection, playbook, moment, repeat))
-        winback = next(p for p in playbooks if p.id == "winback-30d")
-        out["winback_variants"] = winback_variants(connection, winback, moment, repeat)
+        out["plan_alternatives"] = plan_alternatives(connection, playbooks, moment, repeat)
         connection.rollback()
     engine.dispose()
+    out["files_changed_since_import"] = fingerprint() != out["fingerprint"]
     return out
 
 
 def dry_run_rss(db: Path, as_of: str) -> dict[str, float]:
-    """Peak RSS (MB) of `retain dry-run` over every sample playbook, and of just its imports."""
-    def peak(code: str, *args: str) -> tuple[float, float]:
+    """Peak RSS (MB) of `retain dry-run` over every sample playbook, and of just its imports:
+    the difference is what evaluating costs, whatever the CLI happens to import."""
+    def peak(code: str, *args: str) -> tuple[float, float, str]:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
+        with subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
+            assert process.stderr is not None
+            errors = process.stderr.read()  # small: module file names, or a traceback
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = status  # reaped here: keep Popen from waiting again
         if status != 0:
-            raise SystemExit(f"{code} {args} failed: {process.stderr.read().decode()[-2000:]}"
-                             if process.stderr else f"{code} failed")
-        return usage.ru_maxrss / 1024, time.perf_counter() - started  # Linux: KiB
+            raise SystemExit(f"{code} {args} failed: {errors[-2000:]}")
+        return usage.ru_maxrss / 1024, time.perf_counter() - started, errors  # Linux: KiB
 
-    cli = "import sys; from cli.main import main; main(sys.argv[1:])"
-    rss, seconds = peak(cli, "--db", f"sqlite:///{db}", "dry-run", str(SAMPLES_DIR),
-                        "--as-of", as_of)
-    imports, _ = peak("import cli.main, engine.plan")
-    return {"dry_run_rss_mb": rss, "dry_run_all_s": seconds, "imports_rss_mb": imports}
+    modules = ("import atexit, sys; atexit.register(lambda: print(*(getattr(m, '__file__', '') "
+               "or '' for m in list(sys.modules.values())), sep='\\n', file=sys.stderr)); ")
+    rss, seconds, loaded = peak(modules + "from cli.main import main; main(sys.argv[1:])",
+                                "--db", f"sqlite:///{db}", "dry-run", str(SAMPLES_DIR),
+                                "--as-of", as_of)
+    imports, _, _ = peak("import cli.main, engine.plan")
+    return {"dry_run_rss_mb": rss, "dry_run_all_s": seconds, "imports_rss_mb": imports,
+            "dry_run_fingerprint": fingerprint(loaded.splitlines())}
 
 
 # --- orchestration ---------------------------------------------------------------------------
 
 
 def run_size(customers: int, seed: int, repeat: int, per_record_large: list[str]) -> dict[str, Any]:
-    """Build (once) and measure one size: the measuring child, then the dry-run's RSS."""
+    """Build (once) and measure one size in its own process."""
     db = ensure_db(customers, seed)
     per_record_for = None if customers <= PER_RECORD_ALL_UP_TO else per_record_large
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(db), str(repeat),
@@ -633,8 +695,7 @@ def run_size(customers: int, seed: int, repeat: int, per_record_large: list[str]
         raise SystemExit(f"measuring {customers:,} customers failed ({done.returncode})")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result.update(size=customers, db_mb=db.stat().st_size / 2**20,
-                  per_record_for=per_record_for or "all")
-    result.update(dry_run_rss(db, result["latest_event"]))
+                  per_record_for=per_record_for or "all", db=str(db))
     return result
 
 
@@ -676,20 +737,22 @@ def markdown(runs: list[dict[str, Any]]) -> str:
             lines.append(f"| {run['size']:,} | {s['playbook']} | {s['events_in_window']:,} / "
                          f"{s['events_total']:,} | {'yes' if s['uses_type_time_index'] else 'NO'} "
                          f"| {s['query_s']:.4f} | {s['full_scan_query_s']:.3f} |")
-    lines += ["", "winback-30d, cheaper ways to the same answer:", "",
-              "| customers | entering | (a) hand SQL s | (a) with `+c.last_active_at` (full scan) s "
-              "| engine count(*) + first 10 rows s |", "|" + "---|" * 5]
+    lines += ["", "Plans: the same rows with one index forbidden:", "",
+              "| customers | playbook | query -> alternative | rows | plan as written "
+              "| as planned s | alternative s |", "|" + "---|" * 7]
     for run in runs:
-        v = run["winback_variants"]
-        lines.append(f"| {run['size']:,} | {v['entering']:,} | {v['hand_sql']:.3f} "
-                     f"| {v['hand_sql_full_scan']:.3f} | {v['engine_count_and_first_10']:.3f} |")
+        for a in run["plan_alternatives"]:
+            lines.append(f"| {run['size']:,} | {a['playbook']} | {a['what']} | {a['rows']:,} "
+                         f"| {a['plan']} | {a['planned_s']:.3f} | {a['alternative_s']:.3f} |")
     lines += ["", "Memory:", "", "| customers | `retain dry-run` (all samples) peak RSS MB "
-              "| its imports alone MB | its wall time s | max make_plan peak MB (playbook) |",
-              "|" + "---|" * 5]
+              "| its imports alone MB | difference MB | its wall time s "
+              "| max make_plan peak MB (playbook) |", "|" + "---|" * 6]
     for run in runs:
         top = max(run["playbooks"] + run["historical"], key=lambda r: r["make_plan_peak_mb"])
         lines.append(f"| {run['size']:,} | {run['dry_run_rss_mb']:.0f} "
-                     f"| {run['imports_rss_mb']:.0f} | {run['dry_run_all_s']:.1f} "
+                     f"| {run['imports_rss_mb']:.0f} "
+                     f"| {run['dry_run_rss_mb'] - run['imports_rss_mb']:.0f} "
+                     f"| {run['dry_run_all_s']:.1f} "
                      f"| {top['make_plan_peak_mb']:.2f} "
                      f"({top['playbook']}{', historical' if top['historical'] else ''}) |")
     return "\n".join(lines)
@@ -712,16 +775,17 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
            f">= {TARGET_VS_PER_RECORD:g}x faster than per-record ({len(measured)} measured): "
            + ("met" if not short else "MISSED for " + ", ".join(short))]
     if len(runs) > 1:
-        # make_plan streams rows in batches of 2,000 (engine.evaluate.candidates), so a playbook
-        # with fewer entering rows than that peaks lower at the small size; flat means the
-        # largest peak (and the dry-run process's RSS) does not grow with N.
+        # make_plan counts rows a batch at a time, so a playbook with fewer entering rows than
+        # a batch peaks lower at the small size; flat means the largest peak (and the dry-run
+        # process's RSS above its imports) does not grow with N.
         small, large = runs[0], runs[-1]
-        rss = large["dry_run_rss_mb"] / small["dry_run_rss_mb"]
+        above = [max(run["dry_run_rss_mb"] - run["imports_rss_mb"], 1.0) for run in (small, large)]
         peaks = [max(r["make_plan_peak_mb"] for r in run["playbooks"] + run["historical"])
                  for run in (small, large)]
-        flat = rss <= FLAT_MEMORY and peaks[1] <= FLAT_MEMORY * peaks[0]
+        flat = above[1] <= FLAT_MEMORY * above[0] and peaks[1] <= FLAT_MEMORY * peaks[0]
         out.append(f"memory flat in N: {'met' if flat else 'MISSED'}: `retain dry-run` RSS "
-                   f"{small['dry_run_rss_mb']:.0f} -> {large['dry_run_rss_mb']:.0f} MB, largest "
+                   f"{small['dry_run_rss_mb']:.0f} -> {large['dry_run_rss_mb']:.0f} MB "
+                   f"({above[0]:.0f} -> {above[1]:.0f} MB above its imports), largest "
                    f"make_plan peak {peaks[0]:.2f} -> {peaks[1]:.2f} MB "
                    f"({small['size']:,} -> {large['size']:,} customers)")
     scans = [f"{s['playbook']}@{run['size']:,}" for run in runs for s in run["selective"]
@@ -755,16 +819,28 @@ def main(argv: list[str] | None = None) -> None:
                              "(below it: all)")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
+    source: dict[str, Any] = {"commit": head_commit()}
     runs = []
     for size in (int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()):
         print(f"measuring {size:,} customers", file=sys.stderr, flush=True)
         runs.append(run_size(size, args.seed, args.repeat, args.per_record.split(",")))
-    document = {"started": started.isoformat(timespec="seconds"), "argv": argv,
+    for run in runs:  # back to back, so every size runs the same CLI code
+        run.update(dry_run_rss(Path(run["db"]), run["latest_event"]))
+    prints = {run["fingerprint"] for run in runs}
+    source["fingerprints"] = sorted(prints)
+    source["changed_during_run"] = len(prints) > 1
+    source["cli_fingerprints"] = sorted({str(run["dry_run_fingerprint"]) for run in runs})
+    document = {"started": started.isoformat(timespec="seconds"), "argv": argv, "source": source,
                 "repeat": args.repeat, "cpus": os.cpu_count(),
                 "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
                 "sqlalchemy": sa.__version__, "runs": runs, "verdict": verdict(runs)}
+    if source["changed_during_run"]:
+        document["verdict"].insert(0, "WARNING: the sizes ran different code (fingerprints "
+                                   f"{sorted(prints)}): the repository changed during the run")
     RESULTS.write_text(json.dumps(document, indent=2))
     print(markdown(runs) + "\n\n" + "\n".join(document["verdict"]))
+    print(f"\nsource: commit {source['commit']}, code measured {', '.join(sorted(prints))}, "
+          f"`retain dry-run` {', '.join(source['cli_fingerprints'])}")
     print(f"\nwritten {RESULTS.relative_to(ROOT)}", file=sys.stderr)
 
 

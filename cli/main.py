@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli import customer, data, demo, evaluate, playbooks, render
+from cli import customer, data, demo, evaluate, playbooks, render, report
 from engine.config import load_settings
 from engine.errors import RetainError
 
@@ -50,6 +50,7 @@ app.command("init")(playbooks.init)
 app.command("dry-run")(evaluate.dry_run)
 app.command("explain")(evaluate.explain_command)
 app.command("demo")(demo.demo)
+app.add_typer(report.report_app, name="report")
 
 
 def main(argv: list[str] | None = None) -> None:

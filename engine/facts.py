@@ -19,7 +19,13 @@ Definitions, in one place:
   customer was first synced (sync stores `first_synced_at` there until events arrive). A created
   time later than the customer's first event is moved back to it: nobody acts before existing.
 
-`rfm_score` and `rfm_segment` are not refreshed here (they rank customers against each other).
+- `rfm_score`, `rfm_segment`: DESIGN section 1's RFM over the customers with at least one
+  purchase: R, F and M are `last_purchase_at`, `purchase_count` and `total_spent` (compared
+  rounded to 4 decimals, see `revenue_key`), each scored 1-5 by
+  `NTILE(5) OVER (ORDER BY value ASC, customer_id ASC)`; `rfm_score` is the text of the
+  three digits R, F, M ("545": R=5, F=4, M=5), `rfm_segment` the name RFM_SEGMENTS gives the R
+  and F scores. NULL for customers without a purchase. They rank customers against each other,
+  so `refresh_rfm` recomputes every customer, after the refresh of the touched ones.
 """
 
 from __future__ import annotations
@@ -193,3 +199,130 @@ def _refresh(connection: sa.Connection, scope: Scope) -> None:
             created_at=created, last_active_at=created, first_purchase_at=None,
             last_purchase_at=None, purchase_count=0, total_spent=0.0, last_feedback_at=None,
             last_feedback_score=None, last_emailed_at=None, points_balance=_points_balance()))
+
+
+# --- RFM: scores that rank every customer against the others ------------------------------------
+
+RFM_SEGMENTS: tuple[tuple[tuple[int, int], tuple[int, int], str], ...] = (
+    ((1, 2), (1, 2), "hibernating"),
+    ((1, 2), (3, 4), "at_risk"),
+    ((1, 2), (5, 5), "cant_lose"),
+    ((3, 3), (1, 2), "about_to_sleep"),
+    ((3, 3), (3, 3), "need_attention"),
+    ((3, 3), (4, 5), "loyal"),
+    ((4, 4), (1, 1), "promising"),
+    ((4, 4), (2, 3), "potential_loyalist"),
+    ((4, 4), (4, 5), "loyal"),
+    ((5, 5), (1, 1), "new_customer"),
+    ((5, 5), (2, 3), "potential_loyalist"),
+    ((5, 5), (4, 5), "champion"),
+)
+"""DESIGN section 1's segment table: (R scores, F scores, segment), ranges inclusive.
+
+Every (R, F) pair of 1-5 x 1-5 falls in exactly one row; kept as data so the SQL CASE and the
+report's "R, F" column come from one place (docs/REPORTS.md and the tests spell it out apart).
+"""
+
+RFM_SEGMENT_ORDER: tuple[str, ...] = (
+    "champion", "loyal", "potential_loyalist", "new_customer", "promising", "need_attention",
+    "about_to_sleep", "at_risk", "cant_lose", "hibernating")
+"""The segments from the best customers to the most lapsed, as reports list them."""
+
+
+def customer_id_order(connection: sa.Connection,
+                      column: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[Any]:
+    """customer_id for ORDER BY, compared byte by byte on both databases.
+
+    RFM breaks ties by customer_id, so its text order must not depend on the backend: SQLite
+    compares with BINARY (memcmp of UTF-8, i.e. code point order) unless told otherwise, while
+    PostgreSQL would use the database's locale (where "a10" < "A2" can hold). `COLLATE "C"` makes
+    PostgreSQL compare bytes too, and a UTF-8 database's bytes order as SQLite's do.
+    """
+    column = customers.c.customer_id if column is None else column
+    if connection.dialect.name == "postgresql":
+        return sa.collate(column, "C")
+    return column
+
+
+def rfm_scores(connection: sa.Connection, *carry: sa.ColumnElement[Any]) -> sa.Subquery:
+    """One row per customer with a purchase: the three values, `r`, `f`, `m`, `score`, `segment`.
+
+    A query, not a result: the refresh joins it in one UPDATE and the report aggregates it, so both
+    compute exactly the same scores in the database. Values compare as stored: UTC times (text of
+    one fixed width on SQLite, timestamptz on PostgreSQL), counts, and revenue by `revenue_key`.
+    `carry` are more columns of `customers` to pass through (the refresh compares the stored
+    scores in the same scan).
+    """
+    c = customers.c
+    key = customer_id_order(connection)
+
+    def ntile(value: sa.ColumnElement[Any], name: str) -> sa.Label[int]:
+        return sa.func.ntile(_sql(5), type_=sa.Integer).over(
+            order_by=(value.asc(), key.asc())).label(name)
+
+    ranked = (
+        sa.select(c.customer_id, c.last_purchase_at, c.purchase_count, c.total_spent, *carry,
+                  ntile(c.last_purchase_at, "r"), ntile(c.purchase_count, "f"),
+                  ntile(revenue_key(connection), "m"))
+        .where(_has_purchased())
+        .subquery("rfm_ranked")
+    )
+    r, f, m = ranked.c.r, ranked.c.f, ranked.c.m
+    segment = sa.case(*[(sa.and_(r.between(_sql(rs[0]), _sql(rs[1])),
+                                 f.between(_sql(fs[0]), _sql(fs[1]))), _sql(name))
+                        for rs, fs, name in RFM_SEGMENTS])
+    score = sa.cast(r, sa.String) + sa.cast(f, sa.String) + sa.cast(m, sa.String)
+    return sa.select(*ranked.c, score.label("score"), segment.label("segment")).subquery("rfm")
+
+
+def revenue_key(connection: sa.Connection) -> sa.ColumnElement[Any]:
+    """`total_spent` for ordering M: rounded to 4 decimals, so equal revenues compare equal.
+
+    total_spent is a float sum, and the same revenue summed from different amounts can differ in
+    the last bit (0.1 + 0.2 is not 0.3; 15 such pairs of customers in Online Retail alone), or
+    between SQLite and PostgreSQL, which may add in another order. Unrounded, such a tie would be
+    decided by that noise instead of by customer_id. Money has at most 3 decimals here, so 4 keep
+    every real difference; PostgreSQL rounds only `numeric`, hence the cast there.
+    """
+    if connection.dialect.name == "postgresql":
+        return sa.func.round(sa.cast(customers.c.total_spent, sa.Numeric), _sql(4))
+    return sa.func.round(customers.c.total_spent, _sql(4))
+
+
+def _has_purchased() -> sa.ColumnElement[bool]:
+    return customers.c.purchase_count > _sql(0)
+
+
+def _sql(value: int | str) -> sa.ColumnElement[Any]:
+    """A constant written into the SQL text (these are fixed; bind parameters only obscure it)."""
+    if isinstance(value, int):
+        return sa.literal_column(str(value), sa.Integer)
+    return sa.literal_column(f"'{value}'", sa.String)  # segment names: [a-z_] only
+
+
+def refresh_rfm(connection: sa.Connection) -> None:
+    """Recompute `rfm_score` and `rfm_segment` of every customer, in the caller's transaction.
+
+    One purchase by one customer can move others across a score boundary, so there is no
+    incremental version: one UPDATE joins the window-function query above, filtered in the same
+    scan to the rows whose score or segment changed, so a re-sync rewrites only customers that
+    crossed a boundary (little WAL on SQLite, few dead tuples on PostgreSQL). A second statement
+    clears customers without purchases, which normally finds none (purchases are never deleted).
+    Run it after `refresh_facts`: it ranks the facts that refresh keeps.
+    """
+    c = customers.c
+    scored = rfm_scores(connection, c.rfm_score.label("old_score"),
+                        c.rfm_segment.label("old_segment"))
+    changed = (
+        sa.select(scored.c.customer_id, scored.c.score, scored.c.segment)
+        .where(sa.or_(scored.c.old_score.is_distinct_from(scored.c.score),
+                      scored.c.old_segment.is_distinct_from(scored.c.segment)))
+        .subquery("rfm_changed")
+    )
+    connection.execute(
+        sa.update(customers).where(c.customer_id == changed.c.customer_id)
+        .values(rfm_score=changed.c.score, rfm_segment=changed.c.segment))
+    connection.execute(
+        sa.update(customers)
+        .where(~_has_purchased(), sa.or_(c.rfm_score.is_not(None), c.rfm_segment.is_not(None)))
+        .values(rfm_score=None, rfm_segment=None))

@@ -18,6 +18,10 @@ events (dedupe by id), update derived facts"). Guarantees:
 - Events: an event for a customer not in the database is rejected. Facts of every customer with
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
   a crash also repairs facts the crash left stale.
+- RFM scores (`rfm_score`, `rfm_segment`) rank customers against each other, so after an event
+  sync that touched any customer, every customer's scores are recomputed (engine/facts.py,
+  `refresh_rfm`), in the transaction of the last facts refresh. A customer file changes no
+  purchase fact and skips it.
 
 Report counts add up: read = inserted + updated + duplicates + rejected. For customers, an
 existing customer whose given values all match is a duplicate, not an update.
@@ -42,7 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from engine.errors import DataFileError
-from engine.facts import CustomerIdSet, customers, refresh_facts
+from engine.facts import CustomerIdSet, customers, refresh_facts, refresh_rfm
 from engine.syncarrow import ParsedBatch, event_rows
 from engine.syncbulk import EventWriter, bulk_session, event_writer, insert_rows
 from engine.syncfiles import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
@@ -146,7 +150,7 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
         return (lambda batch: _append_events(connection, writer, batch, report, seen)), writer.close
 
     return _ingest(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
-                   commit_every=EVENT_COMMIT)
+                   commit_every=EVENT_COMMIT, rerank=True)
 
 
 # --- driving batches --------------------------------------------------------------------------
@@ -162,8 +166,11 @@ def _nothing() -> None:
 def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
             start: Callable[[sa.Connection], tuple[Writer, Callable[[], None]]],
             progress: Progress | None, size: int, *, refresh_each_batch: bool,
-            commit_every: int = 0) -> SyncReport:
+            commit_every: int = 0, rerank: bool = False) -> SyncReport:
     """Write batch by batch, commit every `commit_every` rows; refresh the touched customers' facts.
+
+    `rerank`: when any customer was touched, recompute everyone's RFM scores at the end (event
+    syncs: purchases move ranks; a customer file changes no purchase fact, so it skips the cost).
 
     After an unexpected error the connection is invalidated rather than returned to the pool,
     so no session state (temporary tables, SQLite pragmas) leaks to its next user.
@@ -173,10 +180,13 @@ def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
         connection.commit()
         undo = bulk_session(connection)
         write, close = start(connection)
+        changed = False  # some customer touched: RFM ranks may have moved
         try:
             pending = 0
             for batch in _batches(rows, size):
-                touched.add(write(batch))
+                ids = write(batch)
+                touched.add(ids)
+                changed = changed or bool(ids)
                 if refresh_each_batch:
                     _refresh(connection, touched)
                 pending += len(batch)
@@ -186,12 +196,12 @@ def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
                 if progress is not None:
                     progress(len(batch))
         except DataFileError as exc:
-            _finish(connection, touched, close, undo)
+            _finish(connection, touched, close, undo, rerank and changed)
             raise DataFileError(f"{exc} (synced up to there: {report.summary()})") from exc
         except BaseException:
             connection.invalidate()
             raise
-        _finish(connection, touched, close, undo)
+        _finish(connection, touched, close, undo, rerank and changed)
     report.rejected.sort(key=attrgetter("line"))
     return report
 
@@ -214,9 +224,11 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
-            undo: Callable[[], None]) -> None:
+            undo: Callable[[], None], rerank: bool = False) -> None:
     close()  # first: it may rebuild indexes that the refresh needs
     _refresh(connection, touched)
+    if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
+        refresh_rfm(connection)
     touched.drop()
     connection.commit()
     undo()  # after the commit: SQLite ignores these pragmas inside a transaction

@@ -1,0 +1,243 @@
+"""`retain report nps`: Net Promoter Score from `feedback` events, overall and per period.
+
+Definitions (docs/REPORTS.md, "NPS", says the same):
+
+- A **response** is a `feedback` event in the window `[start, end)` whose typed `score` column is
+  set and within 0-10. Feedback without a score, or with one outside 0-10, is ignored (it is
+  free-text feedback or another scale, not an NPS answer).
+- **Every response counts**, the standard survey convention: a customer who answers twice in a
+  period counts twice. Deduplicating per customer would hide a changed opinion inside a period and
+  make a period's NPS depend on which answers happen to fall in it.
+- **promoters**: score >= 9 (9-10); **passives**: 7 <= score < 9 (7-8); **detractors**: score < 7
+  (0-6). A fractional score falls by these thresholds (6.5 is a detractor).
+- **NPS** = % promoters - % detractors = 100 x (promoters - detractors) / responses, from -100 to
+  100; none (JSON null) when there is no response.
+- **Trend**: calendar periods (engine/reports/periods.py: ISO weeks, months, quarters, UTC) from the
+  one containing `--from` (default: the first response) to the one containing the window's last
+  instant (default: the last response). Periods without responses are listed with NPS null. A
+  period is `partial` when the window or the data cut it: it starts before `--from`, or it ends
+  after `--to` or after the latest event of any type (feedback is sparse, so the last response
+  does not mark where the data end).
+
+Counts come from SQL aggregates: the period of each response is a CASE over the few period
+boundaries, grouped in the database; Python only divides the counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from rich.table import Table
+from rich.text import Text
+
+from engine.clock import iso
+from engine.facts import FEEDBACK, events
+from engine.reports.html import HtmlPage, figure
+from engine.reports.periods import Period, PeriodKind, periods
+
+PROMOTER_MIN = 9
+PASSIVE_MIN = 7
+PLACES = 4
+TICK = timedelta(microseconds=1)  # the smallest step of a stored time
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Responses and their three groups, for the whole window or one period."""
+
+    responses: int = 0
+    promoters: int = 0
+    passives: int = 0
+    detractors: int = 0
+
+    @property
+    def nps(self) -> float | None:
+        """% promoters - % detractors; None without responses."""
+        if not self.responses:
+            return None
+        return round(100.0 * (self.promoters - self.detractors) / self.responses, PLACES)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts and NPS under the JSON keys."""
+        return {"responses": self.responses, "promoters": self.promoters,
+                "passives": self.passives, "detractors": self.detractors, "nps": self.nps}
+
+
+@dataclass(frozen=True)
+class NpsReport:
+    """The NPS over the window and per calendar period."""
+
+    start: datetime | None
+    end: datetime | None
+    kind: PeriodKind
+    total: Counts
+    periods: list[tuple[Period, Counts]]
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` document."""
+        total = self.total.as_dict()
+        return {
+            "nps": total.pop("nps"), **total,
+            "from": None if self.start is None else iso(self.start),
+            "to": None if self.end is None else iso(self.end),
+            "period": self.kind.value,
+            "periods": [{"start": iso(p.start), "end": iso(p.end), **c.as_dict(),
+                         "partial": p.partial} for p, c in self.periods],
+        }
+
+    def tables(self) -> list[Table]:
+        """The overall NPS with its groups, then the trend; without responses, a clear note."""
+        overall = _table(self._title(), ["metric", "value"], self._total_rows(), self._caption())
+        if not self.total.responses:
+            return [overall]
+        return [overall, _table(f"NPS per {self.kind.value}", _PERIOD_COLUMNS,
+                                self._period_rows(), "* partial period")]
+
+    def html(self, page: HtmlPage) -> None:
+        """Sections for `--html`: the groups as bars, the trend as a line, and the tables."""
+        page.heading(self._title())
+        page.table(["metric", "value"], self._total_rows())
+        page.note(self._caption() + " Feedback without a score or outside 0-10 is ignored.")
+        if not self.total.responses:
+            return
+        page.chart(self._groups_chart(), "Promoters, passives and detractors")
+        page.heading(f"NPS per {self.kind.value}")
+        page.chart(self._trend_chart(), f"NPS per {self.kind.value}")
+        page.table(_PERIOD_COLUMNS, self._period_rows())
+        page.note("* partial period: cut by --from/--to or by the end of the data.")
+
+    def _caption(self) -> str:
+        if not self.total.responses:
+            return "No feedback with a 0-10 score in this window: no NPS to show."
+        return "NPS = % promoters (9-10) - % detractors (0-6), over every response."
+
+    def _title(self) -> str:
+        if self.start is None and self.end is None:
+            return "NPS: all data"
+        parts = ([] if self.start is None else [f"from {iso(self.start)}"]) + (
+            [] if self.end is None else [f"to {iso(self.end)} (exclusive)"])
+        return f"NPS: {' '.join(parts)}"
+
+    def _total_rows(self) -> list[list[Any]]:
+        t = self.total
+        return [["NPS", _score(t.nps)], ["responses", t.responses],
+                ["promoters (9-10)", _share(t.promoters, t.responses)],
+                ["passives (7-8)", _share(t.passives, t.responses)],
+                ["detractors (0-6)", _share(t.detractors, t.responses)]]
+
+    def _period_rows(self) -> list[list[Any]]:
+        return [[p.label + (" *" if p.partial else ""), c.responses, c.promoters, c.passives,
+                 c.detractors, _score(c.nps)] for p, c in self.periods]
+
+    def _groups_chart(self) -> Any:
+        chart = figure(6, 3)
+        axes = chart.subplots()
+        t = self.total
+        axes.bar(["promoters", "passives", "detractors"], [t.promoters, t.passives, t.detractors],
+                 color=["#55a868", "#bbbbbb", "#c44e52"])
+        axes.set_ylabel("responses")
+        axes.set_title(f"NPS {_score(t.nps)} over {t.responses:,} responses")
+        return chart
+
+    def _trend_chart(self) -> Any:
+        chart = figure(max(6.0, 0.35 * len(self.periods) + 2), 3.5)
+        axes = chart.subplots()
+        labels = [p.label for p, _c in self.periods]
+        values = [float("nan") if c.nps is None else c.nps for _p, c in self.periods]
+        axes.plot(labels, values, marker="o", color="#4c72b0")
+        axes.axhline(0, color="#999999", linewidth=0.8)
+        axes.set_ylim(-100, 100)
+        axes.set_ylabel("NPS")
+        axes.tick_params(axis="x", labelrotation=60)
+        axes.set_title("NPS per period (gaps: no responses)")
+        return chart
+
+
+_PERIOD_COLUMNS = ["period", "responses", "promoters", "passives", "detractors", "NPS"]
+
+
+def build(connection: sa.Connection, start: datetime | None = None, end: datetime | None = None,
+          kind: PeriodKind = PeriodKind.MONTH) -> NpsReport:
+    """The NPS over responses in `[start, end)` (None: unbounded), with a trend per `kind`."""
+    e = events.c
+    response = (e.type == FEEDBACK) & e.score.is_not(None) & (e.score >= 0) & (e.score <= 10)
+    if start is not None:
+        response &= e.occurred_at >= start
+    if end is not None:
+        response &= e.occurred_at < end
+    first, last, total = _totals(connection, response)
+    cut = _periods(connection, start, end, first, last, kind)
+    return NpsReport(start, end, kind, total, _per_period(connection, response, cut))
+
+
+def _counts(score: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
+    """count(*), promoters, passives, detractors over rows whose score is already 0-10."""
+    return [sa.func.count(),
+            sa.func.count(sa.case((score >= PROMOTER_MIN, 1))),
+            sa.func.count(sa.case(((score >= PASSIVE_MIN) & (score < PROMOTER_MIN), 1))),
+            sa.func.count(sa.case((score < PASSIVE_MIN, 1)))]
+
+
+def _totals(connection: sa.Connection, response: sa.ColumnElement[bool]
+            ) -> tuple[datetime | None, datetime | None, Counts]:
+    e = events.c
+    row = connection.execute(
+        sa.select(sa.func.min(e.occurred_at), sa.func.max(e.occurred_at), *_counts(e.score))
+        .where(response)).one()
+    first, last, *counts = row
+    return first, last, Counts(*counts)
+
+
+def _periods(connection: sa.Connection, start: datetime | None, end: datetime | None,
+             first: datetime | None, last: datetime | None, kind: PeriodKind) -> list[Period]:
+    """The trend's periods, `partial` marked by the window and the latest event of any type."""
+    first = start if start is not None else first
+    last = end - TICK if end is not None else last
+    if first is None or last is None or last < first:
+        return []
+    latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))).scalar()
+    data_end = None if latest is None else latest + TICK
+    if end is not None:
+        data_end = end if data_end is None else min(data_end, end)
+    cut = periods(first, last, kind, data_end)
+    return [Period(p.start, p.end, p.partial or (start is not None and p.start < start))
+            for p in cut]
+
+
+def _per_period(connection: sa.Connection, response: sa.ColumnElement[bool],
+                cut: list[Period]) -> list[tuple[Period, Counts]]:
+    if not cut:
+        return []
+    e = events.c
+    # Periods are contiguous, so "before the end of period i" in order picks the period; responses
+    # before the first period's start cannot be (the first period contains the window's start).
+    index = sa.case(*((e.occurred_at < p.end, i) for i, p in enumerate(cut)), else_=None)
+    bucketed = sa.select(index.label("period"), e.score).where(response).subquery("bucketed")
+    found = {row[0]: Counts(*row[1:]) for row in connection.execute(
+        sa.select(bucketed.c.period, *_counts(bucketed.c.score))
+        .where(bucketed.c.period.is_not(None))
+        .group_by(bucketed.c.period))}
+    return [(p, found.get(i, Counts())) for i, p in enumerate(cut)]
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part:,}" if not whole else f"{part:,} ({100.0 * part / whole:.1f}%)"
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]],
+           caption: str | None = None) -> Table:
+    """A table whose cells are plain text (no rich markup from data)."""
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
+                  min_width=max(len(title), len(caption or "")))  # title, caption: one line
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
+    return table

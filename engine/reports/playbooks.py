@@ -1,0 +1,535 @@
+"""`retain report playbooks`: per playbook, who entered, what was done, and whether it worked.
+
+Definitions (docs/REPORTS.md, "Playbooks", says the same):
+
+- **entered**: enrollments with `entered_at` in `[start, end)` (None: unbounded), whatever their
+  status; **holdout**: those of them in the control group (`holdout` flag), **treatment** the rest.
+  `--from` / `--to` choose enrollments by entry time only: a goal event after `--to` still counts
+  for an enrollment that entered before it, because the goal window belongs to the enrollment.
+- **actions**: outbox rows of those enrollments, counted by connector and status.
+- **goal**: the playbook file's `goal: {event: T, within: D}`, read from the current file and
+  applied to every enrollment of the playbook whatever version it entered with (the versions table
+  keeps sources, but a team that changes a goal wants today's goal measured). A playbook id found
+  in enrollments whose file is gone, or whose file has no goal, shows entered and actions with
+  "no goal defined".
+- An enrollment **converts** when its customer has an event of type T with
+  `entered_at < occurred_at <= entered_at + D`; events outside that window do not count.
+- Only enrollments whose goal window has **ended** are measured: `entered_at + D <= cutoff`. The
+  cutoff is the latest synced event of any type, capped at now. Not the wall clock alone: a
+  conversion can only be seen once its event is synced, so with a sync lagging by days the wall
+  clock would close windows whose goal events are not in yet and understate conversion (and a
+  historical data set, like the demo's, would look finished when it is not). The others are
+  **open** and shown as a count, never as non-conversions.
+- **conversion rate** of a group = converted / measured (in %); **uplift** = treatment rate -
+  holdout rate, in percentage points (pp).
+- **95% confidence interval** of the uplift: Newcombe's hybrid score interval (Newcombe 1998,
+  method 10), built from the two groups' Wilson score intervals (l1, u1), (l2, u2):
+  `d - sqrt((p1 - l1)^2 + (u2 - p2)^2)` to `d + sqrt((u1 - p1)^2 + (p2 - l2)^2)`. Chosen over
+  the textbook Wald interval because it stays inside [-100, 100] pp and keeps close to 95%
+  coverage for rates near 0 or 100% and for unequal group sizes, which holdouts of 5-10% make the
+  rule. Each group's own Wilson interval is the error bar of the HTML chart.
+- **too small**: with fewer than 30 measured enrollments in either group, or fewer than 5
+  conversions or 5 non-conversions in either, no uplift or interval is given, only the statement
+  "too few enrollments to say anything ..." ("too few conversions ..." for the second rule). The
+  interval's coverage is only trustworthy above these counts (the usual n*p >= 5 and
+  n*(1-p) >= 5 rule), and a team acting on an interval from 12 customers does harm.
+  **no holdout**: no holdout enrollment entered in the window, so there is nothing to compare with.
+
+Counting is SQL: one aggregate of enrollments GROUP BY playbook and holdout, with a correlated
+EXISTS per enrollment for the goal event (the goal's event type and window come from a CASE over
+the playbook id), and one of actions GROUP BY playbook, connector and status. Python only does the
+interval arithmetic per playbook. Works on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from statistics import NormalDist
+from typing import Any
+
+import sqlalchemy as sa
+from rich.table import Table
+from rich.text import Text
+
+from engine.clock import iso, utcnow
+from engine.durations import format_duration
+from engine.facts import events
+from engine.playbook import Goal, Playbook
+from engine.reports.html import HtmlPage, figure
+from engine.sqljson import PerDialect
+from engine.tables import Action, Enrollment, UTCDateTime
+
+enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
+actions: sa.Table = Action.__table__  # type: ignore[assignment]
+
+CONFIDENCE = 0.95
+Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # 1.959963984540054
+MIN_ENROLLMENTS = 30
+"""Measured enrollments each group needs before the report states an uplift."""
+MIN_OUTCOMES = 5
+"""Conversions, and non-conversions, each group needs before the report states an uplift."""
+METHOD = "Newcombe hybrid score interval (from Wilson score intervals)"
+PLACES = 4
+GROUPS = ("treatment", "holdout")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One side of a playbook's experiment: enrollments, how many are measured, conversions."""
+
+    entered: int = 0
+    open: int = 0
+    converted: int = 0
+
+    @property
+    def measured(self) -> int:
+        """Enrollments whose goal window has ended: the denominator of the rate."""
+        return self.entered - self.open
+
+    @property
+    def rate(self) -> float | None:
+        """Conversion as a fraction; None when nothing is measured yet."""
+        return self.converted / self.measured if self.measured else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The rate's 95% Wilson score interval (fractions); None when nothing is measured."""
+        return wilson(self.converted, self.measured) if self.measured else None
+
+    def as_dict(self, with_goal: bool) -> dict[str, Any]:
+        """The group under its JSON keys; conversion keys are null without a goal."""
+        result: dict[str, Any] = {"entered": self.entered}
+        if not with_goal:
+            return result | {"open": None, "measured": None, "converted": None, "rate": None,
+                             "ci": None}
+        interval = self.interval
+        return result | {"open": self.open, "measured": self.measured,
+                         "converted": self.converted, "rate": _pct(self.rate),
+                         "ci": None if interval is None else [_pct(v) for v in interval]}
+
+
+@dataclass(frozen=True)
+class PlaybookEffect:
+    """One playbook's line of the report, with the plain statement of what it shows."""
+
+    playbook_id: str
+    playbook: Playbook | None
+    treatment: Group
+    holdout: Group
+    actions: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def goal(self) -> Goal | None:
+        """The playbook's goal, or None (no goal, or the file is gone)."""
+        return None if self.playbook is None else self.playbook.document.goal
+
+    @property
+    def entered(self) -> int:
+        """Enrollments in both groups."""
+        return self.treatment.entered + self.holdout.entered
+
+    @property
+    def uplift(self) -> tuple[float, float, float] | None:
+        """(uplift, low, high) as fractions, or None when the report says it cannot tell."""
+        if self.conclusion not in ("higher", "lower", "unclear"):
+            return None
+        t, h = self.treatment, self.holdout
+        low, high = newcombe(t.converted, t.measured, h.converted, h.measured)
+        return t.converted / t.measured - h.converted / h.measured, low, high
+
+    @property
+    def conclusion(self) -> str:
+        """A stable keyword for the statement: what the numbers allow us to say."""
+        t, h = self.treatment, self.holdout
+        if self.goal is None:
+            return "no_goal"
+        if not self.entered:
+            return "no_enrollments"
+        if not h.entered:
+            return "no_holdout"
+        if min(t.measured, h.measured) < MIN_ENROLLMENTS:
+            return "too_few_enrollments"
+        if min(t.converted, t.measured - t.converted, h.converted,
+               h.measured - h.converted) < MIN_OUTCOMES:
+            return "too_few_conversions"
+        low, high = newcombe(t.converted, t.measured, h.converted, h.measured)
+        return "higher" if low > 0 else "lower" if high < 0 else "unclear"
+
+    @property
+    def statement(self) -> str:
+        """The conclusion in words, for a person deciding whether the playbook works."""
+        t, h = self.treatment, self.holdout
+        conclusion = self.conclusion
+        if conclusion == "no_goal":
+            where = ("the playbook file is not among the loaded playbooks"
+                     if self.playbook is None else "the playbook has no `goal:`")
+            return f"no goal defined ({where}): entered and actions only"
+        if conclusion == "no_enrollments":
+            return "no enrollments in this window"
+        if conclusion == "no_holdout":
+            share = None if self.playbook is None else self.playbook.document.holdout
+            if share:  # a share is set, but chance put no one of a small intake in the group
+                return (f"no holdout: none of the {t.entered:,} enrollments fell in the control "
+                        f"group (holdout: {100 * share:g}%), so there is nothing to compare with")
+            return ("no holdout: every enrollment was acted on, so there is nothing to compare "
+                    "with (set `holdout: 10%` in the playbook)")
+        if conclusion == "too_few_enrollments":
+            text = (f"too few enrollments to say anything (need at least {MIN_ENROLLMENTS} in "
+                    f"each group with a finished goal window; have {t.measured:,} treatment and "
+                    f"{h.measured:,} holdout)")
+        elif conclusion == "too_few_conversions":
+            text = (f"too few conversions to say anything (need at least {MIN_OUTCOMES} "
+                    f"converted and {MIN_OUTCOMES} not converted in each group)")
+        else:
+            value, low, high = self.uplift  # type: ignore[misc]
+            effect = _effect(value, low, high)
+            text = {"higher": f"converts better than the holdout: {effect}",
+                    "lower": f"converts worse than the holdout: {effect}",
+                    "unclear": f"no clear difference from the holdout: {effect}, the interval "
+                    "includes 0"}[conclusion]
+        still_open = t.open + h.open
+        if still_open:
+            text += (f"; {still_open:,} more enrollment{'s' if still_open != 1 else ''} still "
+                     "inside the goal window, not counted yet")
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        """The playbook's entry in the `--json` document."""
+        goal = self.goal
+        uplift = self.uplift
+        playbook = self.playbook
+        return {
+            "playbook_id": self.playbook_id,
+            "name": None if playbook is None else playbook.document.name,
+            "file": None if playbook is None else playbook.file,
+            "goal": None if goal is None else {"event": goal.event,
+                                               "within": format_duration(goal.within)},
+            "holdout_share": None if playbook is None else playbook.document.holdout,
+            "entered": self.entered,
+            "holdout": self.holdout.entered,
+            "groups": {"treatment": self.treatment.as_dict(goal is not None),
+                       "holdout": self.holdout.as_dict(goal is not None)},
+            "actions": self.actions,
+            "actions_total": sum(sum(s.values()) for s in self.actions.values()),
+            "uplift_pp": None if uplift is None else _pct(uplift[0]),
+            "uplift_ci_pp": None if uplift is None else [_pct(uplift[1]), _pct(uplift[2])],
+            "conclusion": self.conclusion,
+            "statement": self.statement,
+        }
+
+
+@dataclass(frozen=True)
+class PlaybooksReport:
+    """Every playbook's effect over enrollments that entered in `[start, end)`."""
+
+    start: datetime | None
+    end: datetime | None
+    cutoff: datetime | None
+    playbooks: list[PlaybookEffect]
+
+    @property
+    def message(self) -> str | None:
+        """The plain note shown instead of numbers when there are no enrollments at all."""
+        if any(p.entered for p in self.playbooks):
+            return None
+        return (f"No playbook enrollments {self._window_words()}: nothing to report yet. Live "
+                "playbook runs write enrollments; dry-run writes nothing.")
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` document."""
+        return {
+            "from": None if self.start is None else iso(self.start),
+            "to": None if self.end is None else iso(self.end),
+            "cutoff": None if self.cutoff is None else iso(self.cutoff),
+            "confidence": CONFIDENCE,
+            "method": METHOD,
+            "minimum": {"enrollments": MIN_ENROLLMENTS, "conversions": MIN_OUTCOMES,
+                        "non_conversions": MIN_OUTCOMES},
+            "message": self.message,
+            "playbooks": [p.to_json() for p in self.playbooks],
+        }
+
+    def tables(self) -> list[Table]:
+        """Entered and actions, conversion per group, the statements (with the uplift) and the
+        actions by status, each narrow enough for an 80-column terminal; with no enrollments at
+        all, only the message."""
+        message = self.message
+        if message is not None:
+            table = Table(title=self._title(), title_justify="left", show_header=False)
+            table.add_column("message")
+            table.add_row(Text(message))
+            return [table]
+        return [_table(self._title(), SUMMARY_COLUMNS, self._summary_rows()),
+                _table("Goal conversion", CONVERSION_COLUMNS, self._conversion_rows(),
+                       self._caption()),
+                _table("Against the holdout", ["playbook", "statement"], self._statements()),
+                _table("Actions by connector and status", *self._action_rows())]
+
+    def html(self, page: HtmlPage) -> None:
+        """Sections for `--html`: the summary, conversion by group (chart with interval bars and
+        table), the statements and the actions."""
+        page.heading(self._title())
+        message = self.message
+        if message is not None:
+            page.note(message)
+            return
+        page.table(SUMMARY_COLUMNS, self._summary_rows())
+        page.heading("Goal conversion")
+        charted = [p for p in self.playbooks
+                   if p.goal is not None and (p.treatment.measured or p.holdout.measured)]
+        if charted:
+            page.chart(_conversion_chart(charted),
+                       "Goal conversion by group, with 95% Wilson intervals")
+        page.table([*CONVERSION_COLUMNS, "95% CI"], self._conversion_rows(with_interval=True))
+        page.note(self._caption())
+        page.heading("Against the holdout")
+        page.table(["playbook", "statement"], self._statements())
+        page.heading("Actions by connector and status")
+        columns, rows = self._action_rows()
+        page.table(columns, rows)
+
+    def _window_words(self) -> str:
+        if self.start is None and self.end is None:
+            return "in the database"
+        parts = ([] if self.start is None else [f"from {iso(self.start)}"]) + (
+            [] if self.end is None else [f"to {iso(self.end)} (exclusive)"])
+        return "entered " + " ".join(parts)
+
+    def _title(self) -> str:
+        if self.start is None and self.end is None:
+            return "Playbooks: all enrollments"
+        return f"Playbooks: {self._window_words()}"
+
+    def _caption(self) -> str:
+        cutoff = "no events yet" if self.cutoff is None else iso(self.cutoff)
+        return (f"Rate = converted / measured: enrollments whose goal window ended by {cutoff} "
+                "(the latest event, capped at now); open ones are not counted yet.")
+
+    def _summary_rows(self) -> list[list[Any]]:
+        return [[p.playbook_id, p.entered, p.holdout.entered,
+                 sum(sum(s.values()) for s in p.actions.values()),
+                 "no goal defined" if p.goal is None
+                 else f"{p.goal.event} within {format_duration(p.goal.within)}"]
+                for p in self.playbooks]
+
+    def _conversion_rows(self, with_interval: bool = False) -> list[list[Any]]:
+        rows = []
+        for p in self.playbooks:
+            if p.goal is None or not p.entered:
+                continue
+            for name in GROUPS:
+                group: Group = getattr(p, name)
+                interval = group.interval
+                rate = group.rate
+                row = [p.playbook_id, name, group.measured, group.converted,
+                       "-" if rate is None else f"{100 * rate:.1f}%", group.open]
+                if with_interval:
+                    row.append("-" if interval is None else
+                               f"{100 * interval[0]:.1f}% to {100 * interval[1]:.1f}%")
+                rows.append(row)
+        return rows
+
+    def _statements(self) -> list[list[Any]]:
+        return [[p.playbook_id, p.statement] for p in self.playbooks]
+
+    def _action_rows(self) -> tuple[list[str], list[list[Any]]]:
+        statuses = sorted({s for p in self.playbooks for c in p.actions.values() for s in c})
+        rows = [[p.playbook_id, connector, *(counts.get(s, 0) for s in statuses),
+                 sum(counts.values())]
+                for p in self.playbooks for connector, counts in sorted(p.actions.items())]
+        return ["playbook", "connector", *statuses, "total"], rows
+
+
+TEXT_COLUMNS = {"goal", "statement", "connector", "group"}
+SUMMARY_COLUMNS = ["playbook", "entered", "holdout", "actions", "goal"]
+CONVERSION_COLUMNS = ["playbook", "group", "measured", "converted", "rate", "open"]
+
+
+def wilson(successes: int, trials: int, z: float = Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (fractions): unlike Wald it never leaves [0, 1]
+    and does not collapse to a point at 0 or all successes."""
+    p = successes / trials
+    z2 = z * z
+    denominator = 1 + z2 / trials
+    centre = (p + z2 / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = Z) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for p1 - p2 (fractions), from each side's Wilson
+    interval; see the module docstring for why this and not Wald."""
+    p1, p2 = x1 / n1, x2 / n2
+    l1, u1 = wilson(x1, n1, z)
+    l2, u2 = wilson(x2, n2, z)
+    difference = p1 - p2
+    return (difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+def build(connection: sa.Connection, playbooks: Sequence[Playbook],
+          start: datetime | None = None, end: datetime | None = None,
+          cutoff: datetime | None = None) -> PlaybooksReport:
+    """The report over enrollments that entered in `[start, end)`, with the goals of `playbooks`
+    (the loaded files). `cutoff` closes goal windows; None: the latest event, capped at now."""
+    if cutoff is None:
+        latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))).scalar()
+        cutoff = None if latest is None else min(latest, utcnow())
+    known = {p.id: p for p in playbooks}
+    goals = {p.id: p.document.goal for p in playbooks if p.document.goal is not None}
+    entered = _entered(connection, start, end)
+    measured = _measured(connection, start, end, goals, cutoff)
+    done = _actions(connection, start, end)
+    result = []
+    for playbook_id in sorted(set(known) | {pid for pid, _h in entered}):
+        groups = []
+        for holdout in (False, True):
+            count = entered.get((playbook_id, holdout), 0)
+            closed, converted = measured.get((playbook_id, holdout), (0, 0))
+            if playbook_id in goals:
+                groups.append(Group(count, count - closed, converted))
+            else:
+                groups.append(Group(count))
+        result.append(PlaybookEffect(playbook_id, known.get(playbook_id), groups[0], groups[1],
+                                     done.get(playbook_id, {})))
+    return PlaybooksReport(start, end, cutoff, result)
+
+
+def _in_window(start: datetime | None, end: datetime | None) -> sa.ColumnElement[bool]:
+    entered_at = enrollments.c.entered_at
+    condition: sa.ColumnElement[bool] = sa.true()
+    if start is not None:
+        condition &= entered_at >= start
+    if end is not None:
+        condition &= entered_at < end
+    return condition
+
+
+def _entered(connection: sa.Connection, start: datetime | None,
+             end: datetime | None) -> dict[tuple[str, bool], int]:
+    """Enrollments per (playbook, holdout), goal or not."""
+    e = enrollments.c
+    rows = connection.execute(sa.select(e.playbook_id, e.holdout, sa.func.count())
+                              .where(_in_window(start, end)).group_by(e.playbook_id, e.holdout))
+    counts: dict[tuple[str, bool], int] = {}
+    for playbook_id, holdout, count in rows:
+        key = (playbook_id, bool(holdout))
+        counts[key] = counts.get(key, 0) + count
+    return counts
+
+
+def _goal_end(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """`entered_at + seconds` as each database compares times.
+
+    SQLite stores `YYYY-MM-DD HH:MM:SS.ffffff` text and compares it as text, so the sum must keep
+    that exact shape: `strftime` adds the whole seconds (goal windows are whole minutes) and the
+    original fraction is appended unchanged. PostgreSQL adds an interval to the timestamptz.
+    """
+    entered_at = enrollments.c.entered_at
+    sqlite = sa.func.strftime("%Y-%m-%d %H:%M:%S", entered_at,
+                              sa.literal("+").op("||")(seconds).op("||")(sa.literal(" seconds"))
+                              ).op("||")(sa.func.substr(entered_at, 20))
+    postgresql = entered_at.op("+")(seconds.op("*")(sa.literal_column("INTERVAL '1 second'")))
+    return PerDialect(sqlite, postgresql, UTCDateTime())
+
+
+def _measured(connection: sa.Connection, start: datetime | None, end: datetime | None,
+              goals: dict[str, Goal], cutoff: datetime | None
+              ) -> dict[tuple[str, bool], tuple[int, int]]:
+    """(closed, converted) per (playbook, holdout) for the playbooks with a goal: one aggregate,
+    with an EXISTS per enrollment for a goal event inside its window."""
+    if not goals or cutoff is None:
+        return {}
+    e, ev = enrollments.c, events.c
+    goal_type = sa.case({pid: sa.literal(g.event, sa.String()) for pid, g in goals.items()},
+                        value=e.playbook_id)
+    seconds = sa.case({pid: sa.literal(int(g.within / timedelta(seconds=1)), sa.Integer())
+                       for pid, g in goals.items()}, value=e.playbook_id)
+    goal_end = _goal_end(seconds)
+    closed = goal_end <= sa.bindparam("cutoff", cutoff, type_=UTCDateTime())
+    converted = (sa.select(ev.id).where(ev.customer_id == e.customer_id, ev.type == goal_type,
+                                        ev.occurred_at > e.entered_at, ev.occurred_at <= goal_end)
+                 .exists())
+    rows = connection.execute(
+        sa.select(e.playbook_id, e.holdout, sa.func.count(sa.case((closed, 1))),
+                  sa.func.count(sa.case((closed & converted, 1))))
+        .where(_in_window(start, end), e.playbook_id.in_(list(goals)))
+        .group_by(e.playbook_id, e.holdout))
+    counts: dict[tuple[str, bool], tuple[int, int]] = {}
+    for playbook_id, holdout, n_closed, n_converted in rows:
+        key = (playbook_id, bool(holdout))
+        before = counts.get(key, (0, 0))
+        counts[key] = (before[0] + n_closed, before[1] + n_converted)
+    return counts
+
+
+def _actions(connection: sa.Connection, start: datetime | None,
+             end: datetime | None) -> dict[str, dict[str, dict[str, int]]]:
+    """{playbook: {connector: {status: count}}} over the actions of the window's enrollments."""
+    e, a = enrollments.c, actions.c
+    rows = connection.execute(
+        sa.select(e.playbook_id, a.connector, a.status, sa.func.count())
+        .select_from(actions.join(enrollments, a.enrollment_id == e.id))
+        .where(_in_window(start, end))
+        .group_by(e.playbook_id, a.connector, a.status))
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for playbook_id, connector, status, count in rows:
+        result.setdefault(playbook_id, {}).setdefault(connector, {})[status] = count
+    return result
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, PLACES)
+
+
+def _effect(value: float, low: float, high: float) -> str:
+    return f"{100 * value:+.1f} pp (95% CI {100 * low:+.1f} to {100 * high:+.1f})"
+
+
+def _conversion_chart(playbooks: list[PlaybookEffect]) -> Any:
+    """Grouped bars of conversion per playbook and group, with each group's Wilson interval."""
+    chart = figure(max(6.0, 1.4 * len(playbooks) + 2), 3.8)
+    axes = chart.subplots()
+    width = 0.38
+    for offset, (name, colour) in zip((-width / 2, width / 2),
+                                      (("treatment", "#4c72b0"), ("holdout", "#bbbbbb")),
+                                      strict=True):
+        heights, below, above = [], [], []
+        for p in playbooks:
+            group: Group = getattr(p, name)
+            interval = group.interval
+            rate = group.rate
+            if rate is None or interval is None:  # NaN draws neither bar nor whisker
+                heights.append(math.nan)
+                below.append(math.nan)
+                above.append(math.nan)
+                continue
+            heights.append(100 * rate)
+            below.append(100 * (rate - interval[0]))
+            above.append(100 * (interval[1] - rate))
+        positions = [i + offset for i in range(len(playbooks))]
+        axes.bar(positions, heights, width, label=name, color=colour,
+                 yerr=[below, above], capsize=4, ecolor="#333333")
+    axes.set_xticks(range(len(playbooks)), [p.playbook_id for p in playbooks])
+    axes.tick_params(axis="x", labelrotation=20)
+    axes.set_ylabel("goal conversion (%)")
+    axes.set_ylim(0, 100)
+    axes.legend()
+    axes.set_title("Goal conversion by group (whiskers: 95% Wilson intervals)")
+    return chart
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]],
+           caption: str | None = None) -> Table:
+    """A table whose cells are plain text (no rich markup from data)."""
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
+                  min_width=len(title))
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 or column in TEXT_COLUMNS
+                         else "right", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
+    return table

@@ -16,11 +16,18 @@ noisy, so only ratios measured side by side mean much), for every sample playboo
   written as a person would write it for this one playbook, run through the raw `sqlite3`
   connection with `fetchall`. Each must return exactly the engine's (customer, occurrence)
   rows, or the run stops: a faster query that answers a different question proves nothing;
-- **(b) per-record**: `SELECT * FROM customers` (and, when the rule needs them, the customers'
-  events of the types it looks at) into Python dicts, then a plain Python predicate per customer.
-  Times are compared as the ISO text SQLite stores (no datetime parsing), which favours (b).
-  Same-answer check as (a). It takes seconds per round at 1M, so above 100,000 customers only
-  the playbooks of `--per-record` (default winback-30d and vip-care) get it.
+- **(b) per-record**, two loops running the same plain Python predicate per customer over
+  `SELECT * FROM customers` (and, when the rule needs them, the customers' events of the types
+  it looks at), streamed:
+  - **(b-min)**: the cheapest such loop: driver tuples zipped into dicts, times compared as the
+    ISO text SQLite stores, JSON left as text. A floor no real per-record engine reaches;
+  - **(b-dict)**: what the issue describes ("fetch the customers into Python and test each
+    one"): every record a dict of all its columns with each value converted by its declared
+    type, as a record loader or ORM does (times to aware datetimes, birthday to a date, `tags`,
+    `attributes` and `properties` through json.loads); the predicate compares datetimes.
+  Same-answer check as (a), for both. They take seconds per round at 1M, so above 100,000
+  customers only the playbooks of `--per-record` (default winback-30d and vip-care) get them.
+  Loading the customers alone (no predicate) is timed once per size, for both kinds of dict.
 
 Repeats are interleaved (round 1 of every method, then round 2, ...) and the median is kept, so
 a burst of load from another job hits all methods alike. One untimed warm-up per playbook (the
@@ -322,23 +329,36 @@ def _quote(value: str | None) -> str:
 
 
 # --- (b) per record --------------------------------------------------------------------------
+#
+# Two loops run the same rule functions. (b-min) is the cheapest per-record loop there is:
+# driver tuples zipped into dicts, times compared as the text SQLite stores, JSON left as text.
+# (b-dict) loads records the way a per-record rule engine holds them (the issue: "fetch the
+# customers into Python and test each one"): every column of every customer, each value
+# converted by its declared type as an ORM would (DATETIME -> aware datetime, DATE -> date,
+# JSON -> json.loads), and the events the rule reads loaded the same way; the rules then compare
+# datetimes.
 
 
 @dataclass(frozen=True)
 class Window:
-    """as_of and the window starts as stored text, so a record's times compare as text."""
+    """as_of and the window starts, as stored text (b-min) or as aware datetimes (b-dict), so a
+    record's times compare with them either way."""
 
     as_of: datetime
-    now: str
-    day: str
-    days_7: str
-    days_30: str
-    days_90: str
+    now: str | datetime
+    day: str | datetime
+    days_7: str | datetime
+    days_30: str | datetime
+    days_90: str | datetime
     now_key: str
 
     @classmethod
-    def at(cls, as_of: datetime) -> Window:
+    def at(cls, as_of: datetime, typed: bool = False) -> Window:
         """The windows the sample playbooks use, ending at `as_of`."""
+        if typed:
+            utc = as_of.astimezone(UTC)
+            ago = [utc - timedelta(days=n) for n in (1, 7, 30, 90)]
+            return cls(as_of, utc, *ago, iso(as_of))
         b = bounds(as_of)
         return cls(as_of, b["as_of"], b["day_ago"], b["days_7_ago"], b["days_30_ago"],
                    b["days_90_ago"], b["now_key"])
@@ -352,8 +372,11 @@ def _existed(c: Record, w: Window) -> bool:
     return c["created_at"] is None or c["created_at"] <= w.now
 
 
-def _key(stored: str) -> str:
-    """`2024-12-02 10:00:00.000000` -> `2024-12-02T10:00:00Z`, the occurrence key's spelling."""
+def _key(stored: str | datetime) -> str:
+    """`2024-12-02 10:00:00.000000` (or that datetime) -> `2024-12-02T10:00:00Z`, the occurrence
+    key's spelling."""
+    if isinstance(stored, datetime):
+        return stored.strftime("%Y-%m-%dT%H:%M:%SZ")
     return f"{stored[:10]}T{stored[11:19]}Z"
 
 
@@ -413,10 +436,14 @@ def rule_welcome(c: Record, events: list[Record], w: Window) -> list[str]:
 def rule_birthday(c: Record, events: list[Record], w: Window) -> list[str]:
     """09:00 local on the birthday's month and day (Feb 29: Feb 28 in other years) in the last
     day; email. Written independently of engine/triggers.py, so it also cross-checks it."""
-    if c["email"] is None or c["birthday"] is None or not _existed(c, w):
+    birthday = c["birthday"]
+    if c["email"] is None or birthday is None or not _existed(c, w):
         return []
     zone = ZoneInfo(c["timezone"] if c["timezone"] and valid_timezone(c["timezone"]) else "UTC")
-    month, day = int(c["birthday"][5:7]), int(c["birthday"][8:10])
+    if isinstance(birthday, date):
+        month, day = birthday.month, birthday.day
+    else:
+        month, day = int(birthday[5:7]), int(birthday[8:10])
     for year in (w.as_of.year - 1, w.as_of.year, w.as_of.year + 1):
         leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
         on = date(year, month, 28 if (month, day) == (2, 29) and not leap else day)
@@ -437,33 +464,57 @@ RULES: dict[str, tuple[Rule, tuple[str, ...]]] = {  # playbook -> rule, event ty
 }
 
 
-def _rows(raw: sqlite3.Connection, sql: str, *params: Any) -> list[Record]:
+def _time(text: str) -> datetime:
+    """A stored time (`2024-12-02 10:00:00.000000`, UTC) as an aware datetime."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+CONVERT: dict[str, Callable[[Any], Any]] = {  # declared column type -> Python value
+    "DATETIME": _time, "DATE": date.fromisoformat, "JSON": json.loads}
+
+
+def _records(raw: sqlite3.Connection, sql: str, *params: Any, typed: bool = False
+             ) -> Iterable[Record]:
+    """The rows of `sql` as dicts of every column; `typed`: each value converted by its
+    column's declared type (the table is the query's `FROM`), as a record loader would."""
     cursor = raw.execute(sql, params)
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
+    if not typed:
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+        return
+    table = re.search(r"FROM (\w+)", sql)
+    assert table is not None
+    declared = {name: kind for _, name, kind, *_ in raw.execute(f"PRAGMA table_info({table[1]})")}
+    converters = [CONVERT.get(declared[name]) for name in names]
+    for row in cursor:
+        yield {name: value if convert is None or value is None else convert(value)
+               for name, convert, value in zip(names, converters, row, strict=True)}
 
 
-def per_record(raw: sqlite3.Connection, playbook: Playbook, as_of: datetime) -> list[tuple[str, str]]:
+def per_record(raw: sqlite3.Connection, playbook: Playbook, as_of: datetime, typed: bool = False
+               ) -> list[tuple[str, str]]:
     """(b): every customer fetched as a dict (with its events of the types the rule reads) and
-    tested in Python, then the playbook's reentry checked against its enrollments."""
+    tested in Python, then the playbook's reentry checked against its enrollments. `typed`:
+    (b-dict), values converted by column type; else (b-min), values as the driver gives them."""
     rule, types = RULES[playbook.id]
-    w = Window.at(as_of)
+    w = Window.at(as_of, typed)
     events: dict[str, list[Record]] = defaultdict(list)
     if types:
         marks = ", ".join("?" for _ in types)
-        for event in _rows(raw, f"SELECT * FROM events WHERE type IN ({marks})", *types):
+        for event in _records(raw, f"SELECT * FROM events WHERE type IN ({marks})", *types,
+                              typed=typed):
             events[event["customer_id"]].append(event)
     enrolled: dict[str, list[Record]] = defaultdict(list)
-    for row in _rows(raw, "SELECT * FROM enrollments WHERE playbook_id = ?", playbook.id):
+    for row in _records(raw, "SELECT * FROM enrollments WHERE playbook_id = ?", playbook.id,
+                        typed=typed):
         enrolled[row["customer_id"]].append(row)
     reentry = playbook.document.reentry
-    window = stamp(as_of - reentry.every) if isinstance(reentry, Every) else None
+    since = as_of - reentry.every if isinstance(reentry, Every) else None
+    window = None if since is None else since.astimezone(UTC) if typed else stamp(since)
     membership = isinstance(playbook.trigger, SegmentTrigger)
     found = []
-    cursor = raw.execute("SELECT * FROM customers")
-    names = [d[0] for d in cursor.description]
-    for row in cursor:
-        customer = dict(zip(names, row, strict=True))
+    for customer in _records(raw, "SELECT * FROM customers", typed=typed):
         cid = customer["customer_id"]
         for occurrence in rule(customer, events.get(cid, []), w):
             if not any(e["occurrence_key"] == occurrence
@@ -473,12 +524,17 @@ def per_record(raw: sqlite3.Connection, playbook: Playbook, as_of: datetime) -> 
     return found
 
 
+def load_customers(raw: sqlite3.Connection, typed: bool) -> int:
+    """Only (b)'s loading: every customer as a dict, tested by nothing."""
+    return sum(1 for _ in _records(raw, "SELECT * FROM customers", typed=typed))
+
+
 # --- measuring -------------------------------------------------------------------------------
 
 
-def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(function: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     started = time.perf_counter()
-    result = function()
+    result = function(*args)
     return time.perf_counter() - started, result
 
 
@@ -537,11 +593,12 @@ def measure_playbook(connection: sa.Connection, playbook: Playbook, moment: Mome
             _timed(lambda: sum(1 for _ in candidates(connection, query)))[0])
         samples["hand_sql"].append(_timed(lambda: raw.execute(sql, params).fetchall())[0])
         if with_per_record:
-            seconds, found = _timed(lambda: per_record(raw, playbook, as_of))
-            if round_ == 0:
-                _same(playbook.id, engine_rows, found, "per-record")
-            samples["per_record"].append(seconds)
-            del found
+            for name, typed in (("per_record_min", False), ("per_record_dict", True)):
+                seconds, found = _timed(per_record, raw, playbook, as_of, typed)
+                if round_ == 0:
+                    _same(playbook.id, engine_rows, found, name.replace("_", "-"))
+                samples[name].append(seconds)
+                del found
     tracemalloc.start()
     make_plan(connection, [playbook], as_of, show=10)
     peak = tracemalloc.get_traced_memory()[1]
@@ -556,8 +613,10 @@ def measure_playbook(connection: sa.Connection, playbook: Playbook, moment: Mome
         result[name] = statistics.median(values)
     result["dry_run_vs_hand"] = result["dry_run"] / result["hand_sql"]
     result["query_vs_hand"] = result["engine_query"] / result["hand_sql"]
-    if "per_record" in result:
-        result["per_record_vs_dry_run"] = result["per_record"] / result["dry_run"]
+    for name in ("per_record_min", "per_record_dict"):
+        if name in result:
+            result[f"{name}_vs_dry_run"] = result[name] / result["dry_run"]
+            result[f"{name}_vs_hand"] = result[name] / result["hand_sql"]
     return result
 
 
@@ -595,18 +654,18 @@ def plan_alternatives(connection: sa.Connection, playbooks: list[Playbook], mome
 
     - winback-30d, hand-written: `+c.last_active_at` (its index range matches a third of all
       customers);
-    - birthday-greeting, the engine's query: `customers NOT INDEXED` (its `timezone IN (...)`
-      lists every zone, so the `timezone` index, where there is one, looks up every customer).
+    - birthday-greeting, hand-written: `+c.timezone` (its `timezone IN (...)` lists every zone,
+      so the `timezone` index looks up every customer; the engine writes `+timezone` since
+      commit 4c02bd2).
     """
     raw: sqlite3.Connection = connection.connection.driver_connection  # type: ignore[assignment]
     by_id = {p.id: p for p in playbooks}
     sql, params = hand_sql(by_id["winback-30d"], moment)
-    birthday = _literal(playbook_query(by_id["birthday-greeting"],
-                                       moment.trigger_context("birthday-greeting")), connection)
+    birthday, birthday_params = hand_sql(by_id["birthday-greeting"], moment)
     cases = [("winback-30d", "(a) as written -> `+c.last_active_at`", sql, params,
               sql.replace("WHERE c.last_active_at <=", "WHERE +c.last_active_at <=", 1)),
-             ("birthday-greeting", "engine query -> `customers NOT INDEXED`", birthday, {},
-              re.sub(r"FROM customers\s*\n", "FROM customers NOT INDEXED\n", birthday, count=1))]
+             ("birthday-greeting", "(a) as written -> `+c.timezone`", birthday, birthday_params,
+              birthday.replace("c.timezone IN (", "+c.timezone IN ("))]
     out = []
     for playbook_id, what, planned, binds, alternative in cases:
         assert alternative != planned and query_plan(raw, alternative, binds)[0].startswith("SCAN")
@@ -637,6 +696,11 @@ def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> di
         assert latest is not None, "no events"
         out["latest_event"] = iso(latest)
         moment = prepare(connection, latest, playbooks)
+        if per_record_for is None or per_record_for:
+            # What (b) pays before testing anything: loading every customer as a dict.
+            for name, typed in (("min", False), ("dict", True)):
+                out[f"load_customers_{name}_s"] = statistics.median(
+                    _timed(load_customers, raw, typed)[0] for _ in range(min(repeat, 3)))
         for playbook in playbooks:
             wanted = per_record_for is None or playbook.id in per_record_for
             out["playbooks"].append(measure_playbook(connection, playbook, moment, repeat, wanted))
@@ -706,18 +770,29 @@ def _ratio(value: float | None) -> str:
 def markdown(runs: list[dict[str, Any]]) -> str:
     """The results as markdown tables: main, historical, selective triggers, memory."""
     head = ("| customers | playbook | trigger | entering | dry-run s | dry-run show=0 s "
-            "| engine query s | (a) hand SQL s | dry-run / (a) | query / (a) | (b) per-record s | (b) / dry-run "
-            "| make_plan peak MB |")
-    lines = [head, "|" + "---|" * 13]
+            "| engine query s | (a) hand SQL s | dry-run / (a) | query / (a) | (b-min) s "
+            "| (b-min) / dry-run | (b-dict) s | (b-dict) / dry-run | make_plan peak MB |")
+    lines = [head, "|" + "---|" * 15]
     for run in runs:
         for r in run["playbooks"]:
-            pr = r.get("per_record")
+            pr = [r.get(name) for name in ("per_record_min", "per_record_dict")]
             lines.append(
                 f"| {run['size']:,} | {r['playbook']} | {r['trigger'].removesuffix('Trigger')} "
                 f"| {r['entering']:,} | {r['dry_run']:.3f} | {r['dry_run_show_0']:.3f} "
                 f"| {r['engine_query']:.3f} | {r['hand_sql']:.3f} | {_ratio(r['dry_run_vs_hand'])} "
-                f"| {_ratio(r['query_vs_hand'])} | {'' if pr is None else f'{pr:.2f}'} "
-                f"| {_ratio(r.get('per_record_vs_dry_run'))} | {r['make_plan_peak_mb']:.2f} |")
+                f"| {_ratio(r['query_vs_hand'])} | {'' if pr[0] is None else f'{pr[0]:.2f}'} "
+                f"| {_ratio(r.get('per_record_min_vs_dry_run'))} "
+                f"| {'' if pr[1] is None else f'{pr[1]:.2f}'} "
+                f"| {_ratio(r.get('per_record_dict_vs_dry_run'))} | {r['make_plan_peak_mb']:.2f} |")
+    lines += ["", "Loading every customer as a dict, testing nothing (median of up to 3):", "",
+              "| customers | (b-min) load s | (b-dict) load s | us per customer (b-min / b-dict) |",
+              "|" + "---|" * 4]
+    for run in runs:
+        if "load_customers_dict_s" in run:
+            low, high = run["load_customers_min_s"], run["load_customers_dict_s"]
+            lines.append(f"| {run['size']:,} | {low:.2f} | {high:.2f} "
+                         f"| {low / run['customers'] * 1e6:.1f} / "
+                         f"{high / run['customers'] * 1e6:.1f} |")
     lines += ["", "Historical (as_of 30 days before the latest event: facts derived from events):",
               "", "| customers | playbook | entering | dry-run s | dry-run show=0 s | engine query s "
               "| (a) hand SQL s | dry-run / (a) | query / (a) | make_plan peak MB |",
@@ -765,15 +840,20 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
             if r["dry_run_vs_hand"] > TARGET_VS_HAND]
     slow_query = [f"{r['playbook']}@{n:,} {r['query_vs_hand']:.1f}x" for n, r in rows
                   if r["query_vs_hand"] > TARGET_VS_HAND]
-    measured = [(n, r) for n, r in rows if "per_record_vs_dry_run" in r]
-    short = [f"{r['playbook']}@{n:,} {r['per_record_vs_dry_run']:.1f}x" for n, r in measured
-             if r["per_record_vs_dry_run"] < TARGET_VS_PER_RECORD]
+    per_record = []
+    for name, label in (("per_record_min", "(b-min)"), ("per_record_dict", "(b-dict)")):
+        ratio = f"{name}_vs_dry_run"
+        measured = [(n, r) for n, r in rows if ratio in r]
+        short = [f"{r['playbook']}@{n:,} {r[ratio]:.1f}x" for n, r in measured
+                 if r[ratio] < TARGET_VS_PER_RECORD]
+        per_record.append(f">= {TARGET_VS_PER_RECORD:g}x faster than per-record {label} "
+                          f"({len(measured)} measured): "
+                          + ("met" if not short else "MISSED for " + ", ".join(short)))
     out = [f"dry-run within {TARGET_VS_HAND:g}x of hand-written SQL: "
            + ("met" if not slow else "MISSED for " + ", ".join(slow)),
            f"engine query alone within {TARGET_VS_HAND:g}x of hand-written SQL: "
            + ("met" if not slow_query else "MISSED for " + ", ".join(slow_query)),
-           f">= {TARGET_VS_PER_RECORD:g}x faster than per-record ({len(measured)} measured): "
-           + ("met" if not short else "MISSED for " + ", ".join(short))]
+           *per_record]
     if len(runs) > 1:
         # make_plan counts rows a batch at a time, so a playbook with fewer entering rows than
         # a batch peaks lower at the small size; flat means the largest peak (and the dry-run

@@ -99,7 +99,9 @@ class _SqliteJson:
         v, d2 = self.value, "[0-9][0-9]"
         day = f"{d2}{d2}-{d2}-{d2}"
         zone = sa.func.ltrim(sa.func.substr(v, 20), ".0123456789")
-        fraction = sa.func.substr(v, 21, sa.func.length(v) - 20 - sa.func.length(zone))
+        # Only after a "."; SQLite's substr with a negative length reads backwards ("...00Z").
+        fraction = sa.case((sa.func.substr(v, 20, 1) == ".", sa.func.substr(
+            v, 21, sa.func.length(v) - 20 - sa.func.length(zone))), else_="")
         real_day = sa.and_(sa.func.substr(v, 1, 4) != "0000", sa.func.date(
             sa.func.substr(v, 1, 10), "+0 days") == sa.func.substr(v, 1, 10))
         clock = sa.and_(_glob(v, f"{day}[T ]{d2}:{d2}:{d2}*"), sa.func.substr(v, 12, 2) <= "23",

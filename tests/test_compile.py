@@ -325,3 +325,22 @@ def test_every_operator_has_sql() -> None:
 def test_as_of_must_be_aware() -> None:
     with pytest.raises(ValueError, match="aware"):
         CompileContext(datetime(2025, 1, 1))  # noqa: DTZ001  (the mistake under test)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2024-12-31T00:00:00Z", datetime(2024, 12, 31, tzinfo=UTC)),  # "Z" with no fraction
+    ("2024-12-31T00:00:00.5Z", datetime(2024, 12, 31, 0, 0, 0, 500000, tzinfo=UTC)),
+    ("2024-12-31T00:00:00+01:00", datetime(2024, 12, 30, 23, tzinfo=UTC)),
+    ("2024-12-31T00:00:00.Z", None),
+])
+def test_json_time_reading_of_zoned_text(db: sa.Engine, text: str,
+                                         expected: datetime | None) -> None:
+    from engine.sqljson import json_reading
+
+    table = sa.table("zoned", sa.column("p", sa.JSON))
+    with db.connect() as connection:
+        kind = "jsonb" if connection.dialect.name == "postgresql" else "json"  # as in tables.py
+        connection.exec_driver_sql(f"create temporary table zoned (p {kind})")
+        connection.execute(sa.text("insert into zoned values (:p)"), {"p": f'{{"t": "{text}"}}'})
+        found = connection.execute(sa.select(json_reading(table.c.p, "t", "time"))).scalar()
+    assert found == expected

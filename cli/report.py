@@ -8,7 +8,13 @@ from typing import Annotated, Any
 import typer
 
 from cli import render
+from cli.evaluate import playbooks_at
 from cli.playbooks import JsonOpt
+from engine.clock import parse_as_of
+from engine.config import load_settings
+from engine.durations import parse_duration
+from engine.reports import nps, retention, rfm, value
+from engine.reports import playbooks as playbook_effect
 from engine.reports.html import HtmlPage
 from engine.reports.periods import PeriodKind
 from engine.store import open_existing_store
@@ -20,10 +26,10 @@ HtmlOpt = Annotated[Path | None, typer.Option(
     "--html", help="Also write a self-contained HTML page with charts to this file.",
     show_default=False, dir_okay=False)]
 FromOpt = Annotated[str | None, typer.Option(
-    "--from", help="First day (ISO date, UTC) [default: the start of the data].",
+    "--from", help="First day (ISO date, UTC; default: the start of the data).",
     show_default=False)]
 ToOpt = Annotated[str | None, typer.Option(
-    "--to", help="Day after the last (ISO date, UTC, exclusive) [default: the end of the data].",
+    "--to", help="Day after the last (ISO date, UTC, exclusive; default: the end of the data).",
     show_default=False)]
 PeriodOpt = Annotated[PeriodKind, typer.Option("--period", help="Calendar periods (UTC).")]
 
@@ -42,21 +48,8 @@ def emit(result: Any, as_json: bool, html: Path | None, title: str) -> None:
         render.err_console.print(f"Wrote {html}", markup=False)
 
 
-def connect(ctx: typer.Context) -> Any:
-    """A read-only connection to the project's database."""
-    return open_existing_store(ctx.obj.db_url).connect()
-
-
-# --- value and NPS -------------------------------------------------------------------------------
-
-TopOpt = Annotated[int, typer.Option("--top", min=1, metavar="N",
-                                     help="How many of the highest-revenue customers to list.")]
-
-
-def _value_nps_window(start: str | None, end: str | None) -> tuple[Any, Any]:
+def window_option(start: str | None, end: str | None) -> tuple[Any, Any]:
     """`--from` / `--to` as aware UTC times (None: unbounded); malformed or empty is exit 2."""
-    from engine.clock import parse_as_of
-
     bounds = []
     for text, hint in ((start, "--from"), (end, "--to")):
         try:
@@ -69,15 +62,24 @@ def _value_nps_window(start: str | None, end: str | None) -> tuple[Any, Any]:
     return bounds[0], bounds[1]
 
 
+def connect(ctx: typer.Context) -> Any:
+    """A read-only connection to the project's database."""
+    return open_existing_store(ctx.obj.db_url).connect()
+
+
+# --- value and NPS -------------------------------------------------------------------------------
+
+TopOpt = Annotated[int, typer.Option("--top", min=1, metavar="N",
+                                     help="How many of the highest-revenue customers to list.")]
+
+
 @report_app.command("value")
 def value_command(ctx: typer.Context, start: FromOpt = None, end: ToOpt = None,
                   top: TopOpt = 10, as_json: JsonOpt = False, html: HtmlOpt = None) -> None:
     """Revenue, AOV, repeat-purchase rate, CLV per customer and cohort, value tiers.
 
     Definitions: docs/REPORTS.md, "Value"."""
-    from engine.reports import value
-
-    window = _value_nps_window(start, end)
+    window = window_option(start, end)
     with connect(ctx) as connection:
         result = value.build(connection, *window, top=top)
     emit(result, as_json, html, "Retain: customer value")
@@ -90,9 +92,7 @@ def nps_command(ctx: typer.Context, start: FromOpt = None, end: ToOpt = None,
     """Net Promoter Score from feedback scores 0-10, overall and per calendar period.
 
     Definitions: docs/REPORTS.md, "NPS"."""
-    from engine.reports import nps
-
-    window = _value_nps_window(start, end)
+    window = window_option(start, end)
     with connect(ctx) as connection:
         result = nps.build(connection, *window, kind=period)
     emit(result, as_json, html, "Retain: Net Promoter Score")
@@ -105,29 +105,10 @@ PlaybookPathsOpt = Annotated[list[Path] | None, typer.Option(
     "playbooks folder).", show_default=False)]
 
 
-def _playbooks_window(start: str | None, end: str | None) -> tuple[Any, Any]:
-    """`--from` / `--to` as aware UTC times (None: unbounded); malformed or empty is exit 2."""
-    from engine.clock import parse_as_of
-
-    bounds = []
-    for text, hint in ((start, "--from"), (end, "--to")):
-        try:
-            bounds.append(None if text is None else parse_as_of(text))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint=hint) from None
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] >= bounds[1]:
-        raise typer.BadParameter(f"--from {start} is not before --to {end}: the window is empty",
-                                 param_hint="--from")
-    return bounds[0], bounds[1]
-
-
 def _report_playbooks(paths: list[Path] | None) -> list[Any]:
     """The playbooks whose goals the report measures. Without `--playbooks`, a project with no
     playbooks folder still gets entered and actions (its enrollments show "no goal defined")
     instead of an error: the report reads the database, the files only add the goals."""
-    from cli.evaluate import playbooks_at
-    from engine.config import load_settings
-
     if paths is None and not Path(load_settings().playbooks_dir).is_dir():
         return []
     return playbooks_at(paths)
@@ -139,12 +120,10 @@ def playbooks_command(ctx: typer.Context, start: FromOpt = None, end: ToOpt = No
                       html: HtmlOpt = None) -> None:
     """Per playbook: entered, holdout, actions by connector and status, goal conversion in
     treatment and holdout, and the uplift with a 95% interval (definitions: docs/REPORTS.md)."""
-    from engine.reports import playbooks
-
-    window = _playbooks_window(start, end)
+    window = window_option(start, end)
     loaded = _report_playbooks(paths)
     with connect(ctx) as connection:
-        result = playbooks.build(connection, loaded, *window)
+        result = playbook_effect.build(connection, loaded, *window)
     emit(result, as_json, html, "Retain: playbook effect")
 
 
@@ -156,8 +135,6 @@ def rfm_command(ctx: typer.Context, as_json: JsonOpt = False, html: HtmlOpt = No
     """RFM scores (recency, frequency, monetary; 1-5 each) and named segments, with customers
     and revenue per segment; `--json` adds every scored customer. Definitions: docs/REPORTS.md,
     "RFM"."""
-    from engine.reports import rfm
-
     with connect(ctx) as connection:
         result = rfm.build(connection, with_customers=as_json)  # 1 row per customer: JSON only
     emit(result, as_json, html, "Retain: RFM segments")
@@ -179,18 +156,7 @@ ActivityOpt = Annotated[str | None, typer.Option(
 def _retention_options(start: str | None, end: str | None, window: str, activity: str | None
                        ) -> dict[str, Any]:
     """The retention options as build() arguments; anything malformed is a usage error (exit 2)."""
-    from engine.clock import parse_as_of
-    from engine.durations import parse_duration
-
-    bounds = []
-    for text, hint in ((start, "--from"), (end, "--to")):
-        try:
-            bounds.append(None if text is None else parse_as_of(text))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint=hint) from None
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] >= bounds[1]:
-        raise typer.BadParameter(f"--from {start} is not before --to {end}: no period fits",
-                                 param_hint="--from")
+    bounds = window_option(start, end)
     try:
         width = parse_duration(window)
     except ValueError as exc:
@@ -214,8 +180,6 @@ def retention_command(ctx: typer.Context, period: PeriodOpt = PeriodKind.MONTH,
                       as_json: JsonOpt = False, html: HtmlOpt = None) -> None:
     """Customer retention rate (CRR) and churn per period, with new and returned customers, and
     a signup-cohort retention matrix (definitions: docs/REPORTS.md, "Retention")."""
-    from engine.reports import retention
-
     options = _retention_options(start, end, active_window, activity)
     with connect(ctx) as connection:
         result = retention.build(connection, kind=period, **options)

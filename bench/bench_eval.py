@@ -104,10 +104,11 @@ def fingerprint(loaded: Iterable[str] | None = None) -> str:
     """A short sha256 of the project code a process has loaded (`loaded` module files; None:
     this process's modules), bench/ excepted, and of the sample playbooks and templates.
 
-    Taken right after the imports, it names the code that ran even if files change later.
+    Taken once everything is imported (the connectors load with the playbooks), it names the
+    code that ran even if files change later.
     """
     if loaded is None:
-        loaded = [m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+        loaded = module_files()
     files = {Path(name).resolve() for name in loaded if name}
     files = {f for f in files if f.is_relative_to(ROOT) and not f.is_relative_to(HERE)
              and not f.is_relative_to(ROOT / ".venv") and f.is_file()}
@@ -116,6 +117,11 @@ def fingerprint(loaded: Iterable[str] | None = None) -> str:
     for path in sorted(files):
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def module_files() -> list[str]:
+    """The files of the modules this process has imported."""
+    return [m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
 
 
 def head_commit() -> str | None:
@@ -684,10 +690,11 @@ def plan_alternatives(connection: sa.Connection, playbooks: list[Playbook], mome
 
 def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> dict[str, Any]:
     """All measurements for one database, in this (fresh) process."""
-    out: dict[str, Any] = {"fingerprint": fingerprint(), "playbooks": [], "historical": [],
-                           "selective": []}
     engine = open_store(f"sqlite:///{db}")  # migrations (a no-op here) outside the clock
     playbooks = sorted(load_valid_playbooks([SAMPLES_DIR]), key=lambda p: p.id)
+    loaded = module_files()  # the connectors are imported with the playbooks
+    out: dict[str, Any] = {"fingerprint": fingerprint(loaded), "playbooks": [], "historical": [],
+                           "selective": []}
     with engine.connect() as connection:
         raw = connection.connection.driver_connection
         out["customers"] = raw.execute("SELECT count(*) FROM customers").fetchone()[0]
@@ -696,7 +703,7 @@ def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> di
         assert latest is not None, "no events"
         out["latest_event"] = iso(latest)
         moment = prepare(connection, latest, playbooks)
-        if per_record_for is None or per_record_for:
+        if per_record_for is None or any(p.id in per_record_for for p in playbooks):
             # What (b) pays before testing anything: loading every customer as a dict.
             for name, typed in (("min", False), ("dict", True)):
                 out[f"load_customers_{name}_s"] = statistics.median(
@@ -716,7 +723,11 @@ def child_measure(db: Path, repeat: int, per_record_for: list[str] | None) -> di
         out["plan_alternatives"] = plan_alternatives(connection, playbooks, moment, repeat)
         connection.rollback()
     engine.dispose()
-    out["files_changed_since_import"] = fingerprint() != out["fingerprint"]
+    out["files_changed_since_import"] = fingerprint(loaded) != out["fingerprint"]
+    late = set(module_files()) - set(loaded)
+    out["imported_later"] = sorted(str(Path(f).resolve().relative_to(ROOT)) for f in late
+                                   if Path(f).resolve().is_relative_to(ROOT)
+                                   and not Path(f).resolve().is_relative_to(ROOT / ".venv"))
     return out
 
 

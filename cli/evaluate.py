@@ -19,7 +19,7 @@ from engine.errors import InputError
 from engine.explain import Explanation, explain, show_value
 from engine.facts import customers
 from engine.fields import did_you_mean
-from engine.plan import Plan, PlaybookPlan, make_plan
+from engine.plan import Plan, PlannedAction, PlaybookPlan, make_plan
 from engine.playbook import Playbook
 from engine.store import open_existing_store
 from engine.validation import load_valid_playbooks
@@ -133,14 +133,13 @@ def _enrollment_table(pp: PlaybookPlan) -> Table:
     return table
 
 
-def _action_line(action: object) -> str:
-    fields = action.fields  # type: ignore[attr-defined]
+def _action_line(action: PlannedAction) -> str:
+    fields = action.fields
     headline = fields.get("subject") or fields.get("title") or fields.get("url")
-    if action.kind == "points":  # type: ignore[attr-defined]
+    if action.kind == "points":
         headline = f"{fields['amount']:+d} ({fields.get('reason') or 'no reason'})"
-    when = f" at {action.run_at:%Y-%m-%d %H:%M}"  # type: ignore[attr-defined]
-    status = "" if action.status == "planned" else f" [{action.status}: {action.reason}]"  # type: ignore[attr-defined]
-    return f"{action.kind}{when}: {headline}{status}"  # type: ignore[attr-defined]
+    status = "" if action.status == "planned" else f" [{action.status}: {action.reason}]"
+    return f"{action.kind} at {action.run_at:%Y-%m-%d %H:%M}: {headline}{status}"
 
 
 def explain_command(

@@ -851,20 +851,20 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
             if r["dry_run_vs_hand"] > TARGET_VS_HAND]
     slow_query = [f"{r['playbook']}@{n:,} {r['query_vs_hand']:.1f}x" for n, r in rows
                   if r["query_vs_hand"] > TARGET_VS_HAND]
-    per_record = []
+    per_record_lines = []
     for name, label in (("per_record_min", "(b-min)"), ("per_record_dict", "(b-dict)")):
         ratio = f"{name}_vs_dry_run"
         measured = [(n, r) for n, r in rows if ratio in r]
         short = [f"{r['playbook']}@{n:,} {r[ratio]:.1f}x" for n, r in measured
                  if r[ratio] < TARGET_VS_PER_RECORD]
-        per_record.append(f">= {TARGET_VS_PER_RECORD:g}x faster than per-record {label} "
-                          f"({len(measured)} measured): "
-                          + ("met" if not short else "MISSED for " + ", ".join(short)))
+        per_record_lines.append(f">= {TARGET_VS_PER_RECORD:g}x faster than per-record {label} "
+                                f"({len(measured)} measured): "
+                                + ("met" if not short else "MISSED for " + ", ".join(short)))
     out = [f"dry-run within {TARGET_VS_HAND:g}x of hand-written SQL: "
            + ("met" if not slow else "MISSED for " + ", ".join(slow)),
            f"engine query alone within {TARGET_VS_HAND:g}x of hand-written SQL: "
            + ("met" if not slow_query else "MISSED for " + ", ".join(slow_query)),
-           *per_record]
+           *per_record_lines]
     if len(runs) > 1:
         # make_plan counts rows a batch at a time, so a playbook with fewer entering rows than
         # a batch peaks lower at the small size; flat means the largest peak (and the dry-run

@@ -1,4 +1,4 @@
-"""A/B of sync_events with and without the pyarrow fast path (engine/syncarrow.py).
+"""A/B of sync_events with and without the pyarrow fast path (engine/sync/arrow.py).
 
 Usage: python bench/ab_syncarrow.py [DATA_DIR] [ROUNDS]   (DATA_DIR: customers.csv + events.csv)
 Each run: a fresh SQLite file, sync_customers then sync_events timed; old and new alternate.
@@ -11,13 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import engine.syncarrow
-from engine.store import open_store
-from engine.sync import sync_customers, sync_events
+import engine.sync.arrow
+from engine.store.open import open_store
+from engine.sync.ingest import sync_customers, sync_events
 
 
 def run(data: Path, fast: bool) -> float:
-    engine.syncarrow.MIN_BYTES = 8 * 1024 * 1024 if fast else 1 << 62
+    engine.sync.arrow.MIN_BYTES = 8 * 1024 * 1024 if fast else 1 << 62
     with tempfile.TemporaryDirectory() as folder:
         db = open_store(f"sqlite:///{folder}/bench.db")
         sync_customers(db, data / "customers.csv")

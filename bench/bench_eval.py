@@ -46,7 +46,7 @@ results name the code they measured, and a run whose sizes measured different co
 
     python bench/bench_eval.py --sizes 100000,1000000 [--repeat 3]
 
-Databases are synced once per size with engine.sync from bench/gen_data.py's seeded files and
+Databases are synced once per size with engine.sync.ingest from bench/gen_data.py's seeded files and
 kept as bench/out/eval-<N>.db (gitignored); results go to bench/out/eval-results.json.
 """
 
@@ -78,13 +78,13 @@ from bench_sync import OUT, ensure_data  # bench/ is sys.path[0] when this runs 
 from gen_data import END
 
 from engine.clock import iso
-from engine.evaluate import Moment, candidates, latest_event_time, playbook_query, prepare
-from engine.plan import make_plan
-from engine.playbook import Every, Playbook
-from engine.store import open_store
-from engine.sync import sync_customers, sync_events
-from engine.triggers import DateTrigger, SegmentTrigger, TriggerContext, valid_timezone
-from engine.validation import load_valid_playbooks
+from engine.format.playbook import Every, Playbook
+from engine.format.triggers import DateTrigger, SegmentTrigger, TriggerContext, valid_timezone
+from engine.format.validation import load_valid_playbooks
+from engine.plan.planner import make_plan
+from engine.query.evaluate import Moment, candidates, latest_event_time, playbook_query, prepare
+from engine.store.open import open_store
+from engine.sync.ingest import sync_customers, sync_events
 from playbooks import SAMPLES_DIR
 
 HERE = Path(__file__).resolve().parent
@@ -256,7 +256,7 @@ HAND_SQL: dict[str, str] = {
                           WHERE n.playbook_id = 'welcome-series'
                             AND n.customer_id = c.customer_id AND n.occurrence_key = e.event_id)""",
     # Which month-days are at 09:00 local within the last day, per time zone, is computed in
-    # Python (engine/triggers.py does the same, by design); {fires} tests them, {year} names
+    # Python (engine/format/triggers.py does the same, by design); {fires} tests them, {year} names
     # the year each fires in: `(c.timezone IN (...) AND substr(c.birthday, 6, 5) IN (...)) OR`.
     "birthday-greeting": """
         SELECT c.customer_id, {year}
@@ -441,7 +441,7 @@ def rule_welcome(c: Record, events: list[Record], w: Window) -> list[str]:
 
 def rule_birthday(c: Record, events: list[Record], w: Window) -> list[str]:
     """09:00 local on the birthday's month and day (Feb 29: Feb 28 in other years) in the last
-    day; email. Written independently of engine/triggers.py, so it also cross-checks it."""
+    day; email. Written independently of engine/format/triggers.py, so it also cross-checks it."""
     birthday = c["birthday"]
     if c["email"] is None or birthday is None or not _existed(c, w):
         return []
@@ -751,7 +751,7 @@ def dry_run_rss(db: Path, as_of: str) -> dict[str, float]:
     rss, seconds, loaded = peak(modules + "from cli.main import main; main(sys.argv[1:])",
                                 "--db", f"sqlite:///{db}", "dry-run", str(SAMPLES_DIR),
                                 "--as-of", as_of)
-    imports, _, _ = peak("import cli.main, engine.plan")
+    imports, _, _ = peak("import cli.main, engine.plan.planner")
     return {"dry_run_rss_mb": rss, "dry_run_all_s": seconds, "imports_rss_mb": imports,
             "dry_run_fingerprint": fingerprint(loaded.splitlines())}
 

@@ -101,7 +101,7 @@ def child_build(db: Path, kind: str) -> dict[str, Any]:
     """One timed build() of the retention report (imports before the clock)."""
     from engine.reports import retention
     from engine.reports.periods import PeriodKind
-    from engine.store import open_existing_store
+    from engine.store.open import open_existing_store
 
     engine = open_existing_store(f"sqlite:///{db}")
     with engine.connect() as connection:
@@ -122,7 +122,7 @@ def child_build(db: Path, kind: str) -> dict[str, Any]:
 def _types(raw: sqlite3.Connection) -> tuple[list[str], str]:
     """The activity types, and the SQL filter for them: none when every type is activity (as
     the report does; a `type IN` makes SQLite read ix_events_type_time and sort every event)."""
-    from engine.facts import ENGINE_EVENT_TYPES
+    from engine.store.facts import ENGINE_EVENT_TYPES
 
     present = [t for (t,) in raw.execute("SELECT DISTINCT type FROM events")]
     types = [t for t in present if t not in ENGINE_EVENT_TYPES]

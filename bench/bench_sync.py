@@ -1,4 +1,4 @@
-"""Benchmark `retain sync` (engine.sync) against plain sqlite3 inserts of the same events.
+"""Benchmark `retain sync` (engine.sync.ingest) against plain sqlite3 inserts of the same events.
 
 The issue sets two targets: >= 100,000 events/second into SQLite, and peak memory < 500 MB while
 syncing 1,000,000 customers. Every measurement runs in a fresh subprocess on a fresh database, so
@@ -35,9 +35,9 @@ from typing import Any
 import sqlalchemy as sa
 from gen_data import generate  # bench/ is sys.path[0] when this runs as a script
 
-from engine.datasets import DATASETS, dataset_rows
-from engine.store import normalize_url, open_store
-from engine.sync import ingest_customers, ingest_events, sync_customers, sync_events
+from engine.store.open import normalize_url, open_store
+from engine.sync.datasets import DATASETS, dataset_rows
+from engine.sync.ingest import ingest_customers, ingest_events, sync_customers, sync_events
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"

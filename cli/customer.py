@@ -1,6 +1,6 @@
 """`retain customer show ID`: the 360° view of one customer, as tables or `--json`.
 
-The data comes from engine/customer_view.py as one plain dict; this module only lays it out, so
+The data comes from engine/query/customer_view.py as one plain dict; this module only lays it out, so
 the text and the JSON always say the same thing. Every value from the data is printed as plain
 text, never as rich markup: a customer named `[bold]` stays `[bold]`.
 """
@@ -17,9 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli import render
-from engine.customer_view import DEFAULT_EVENTS, customer_view
 from engine.errors import InputError
-from engine.store import open_existing_store
+from engine.query.customer_view import DEFAULT_EVENTS, customer_view
+from engine.store.open import open_existing_store
 
 customer_app = typer.Typer(help="Look at one customer: profile, facts, timeline, what was done.",
                            no_args_is_help=True)

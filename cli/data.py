@@ -14,9 +14,9 @@ import typer
 
 from cli import render
 from engine.errors import DataFileError
-from engine.store import open_store
-from engine.sync import SyncReport, sync_customers, sync_events, write_rejects
-from engine.syncfiles import detect_format
+from engine.store.open import open_store
+from engine.sync.files import detect_format
+from engine.sync.ingest import SyncReport, sync_customers, sync_events, write_rejects
 
 sync_app = typer.Typer(help="Ingest customers or events from CSV or JSONL.", no_args_is_help=True)
 

@@ -15,11 +15,11 @@ from rich.table import Table
 
 from cli import render
 from cli.evaluate import print_plan
-from engine.demo import load_demo
-from engine.plan import make_plan
-from engine.store import open_store
-from engine.tables import Customer, Event
-from engine.validation import load_valid_playbooks
+from engine.demo.build import load_demo
+from engine.format.validation import load_valid_playbooks
+from engine.plan.planner import make_plan
+from engine.store.open import open_store
+from engine.store.tables import Customer, Event
 from playbooks import SAMPLES_DIR
 
 

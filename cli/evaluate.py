@@ -16,13 +16,13 @@ from cli.playbooks import JsonOpt, PathsArg
 from engine.clock import iso, parse_as_of, utcnow
 from engine.config import load_settings
 from engine.errors import InputError
-from engine.explain import Explanation, explain, show_value
-from engine.facts import customers
-from engine.fields import did_you_mean
-from engine.plan import Plan, PlannedAction, PlaybookPlan, make_plan
-from engine.playbook import Playbook
-from engine.store import open_existing_store
-from engine.validation import load_valid_playbooks
+from engine.format.fields import did_you_mean
+from engine.format.playbook import Playbook
+from engine.format.validation import load_valid_playbooks
+from engine.plan.planner import Plan, PlannedAction, PlaybookPlan, make_plan
+from engine.query.explain import Explanation, explain, show_value
+from engine.store.facts import customers
+from engine.store.open import open_existing_store
 
 AsOfOpt = Annotated[str | None, typer.Option(
     "--as-of", help="Evaluate as if now were this ISO date or time (naive means UTC); only events "

@@ -12,12 +12,12 @@ from cli.evaluate import playbooks_at
 from cli.playbooks import JsonOpt
 from engine.clock import parse_as_of
 from engine.config import load_settings
-from engine.durations import parse_duration
+from engine.format.durations import parse_duration
 from engine.reports import nps, retention, rfm, value
 from engine.reports import playbooks as playbook_effect
 from engine.reports.html import HtmlPage
 from engine.reports.periods import PeriodKind
-from engine.store import open_existing_store
+from engine.store.open import open_existing_store
 
 report_app = typer.Typer(no_args_is_help=True, help="KPI reports: retention, value, RFM, NPS, "
                          "playbook effect against holdout.")

@@ -2,7 +2,7 @@
 
 Built-ins (`email`, `task`, `points`, `webhook`) are declared in our own pyproject.toml under the
 `retain.connectors` entry-point group and loaded exactly like a third party's (CONVENTIONS 12), so
-the plugin door is the one we use every day. Loading lives in `engine.registry` (the engine finds
+the plugin door is the one we use every day. Loading lives in `engine.format.registry` (the engine finds
 connectors only through entry points, never by importing this package). A connector owns everything about its action: the params model (its
 schema), a docstring with a YAML example, and its semantic `check`. Rendering and sending are a
 later issue and will join `check` here; `plan` says what the action would do for one customer.
@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from engine.errors import Location, Problem
-from engine.templates import TemplateChecker
+from engine.format.templates import TemplateChecker
 
 PathKey = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)

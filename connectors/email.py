@@ -21,7 +21,7 @@ from connectors.base import (
     inline_problems,
 )
 from engine.errors import Problem
-from engine.templates import TemplateChecker
+from engine.format.templates import TemplateChecker
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from connectors.base import Connector, ConnectorParams, Render, expect
 from engine.errors import Problem
-from engine.templates import TemplateChecker
+from engine.format.templates import TemplateChecker
 
 
 class PointsParams(ConnectorParams):

@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from connectors.base import Connector, ConnectorParams, Render, expect, inline_problems
-from engine.durations import Duration
 from engine.errors import Problem
-from engine.templates import TemplateChecker
+from engine.format.durations import Duration
+from engine.format.templates import TemplateChecker
 
 
 class TaskParams(ConnectorParams):

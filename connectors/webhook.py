@@ -26,7 +26,7 @@ from connectors.base import (
     inline_problems,
 )
 from engine.errors import Problem, TemplateError
-from engine.templates import (
+from engine.format.templates import (
     ENV_REFERENCE,
     TemplateChecker,
     env_var_problems,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.fields import did_you_mean
-from engine.store import DEFAULT_URL
+from engine.format.fields import did_you_mean
+from engine.store.open import DEFAULT_URL
 
 CONFIG_FILE = "retain.toml"
 

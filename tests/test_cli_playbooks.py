@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import Cli
 
-from engine.schema import schema_text
+from engine.format.schema import schema_text
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "playbooks"

@@ -1,4 +1,4 @@
-"""Conditions compiled to SQL (engine/compile.py) on hand-made customers with known answers.
+"""Conditions compiled to SQL (engine/format/compile.py) on hand-made customers with known answers.
 
 Every case runs on SQLite and PostgreSQL: a table of (condition, expected customer ids) per topic,
 checked in one query each, all mismatches reported together.
@@ -12,17 +12,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.compile import (
+from engine.errors import PlaybookError
+from engine.format.compile import (
     OPERATOR_SQL,
     CompileContext,
     compile_condition,
     compile_event_condition,
     customer_field,
 )
-from engine.conditions import OPERATORS, ConditionParser, event_property_type
-from engine.errors import PlaybookError
-from engine.facts import customers, events, points, refresh_facts
-from engine.sync import ingest_customers, ingest_events
+from engine.format.conditions import OPERATORS, ConditionParser, event_property_type
+from engine.store.facts import customers, events, points
+from engine.sync.facts import refresh_facts
+from engine.sync.ingest import ingest_customers, ingest_events
 
 PRESENT = datetime(2025, 3, 1, tzinfo=UTC)  # after every event: the kept facts describe it
 EARLY = datetime(2025, 1, 1, tzinfo=UTC)  # before some events: facts must come from the events
@@ -335,7 +336,7 @@ def test_as_of_must_be_aware() -> None:
 ])
 def test_json_time_reading_of_zoned_text(db: sa.Engine, text: str,
                                          expected: datetime | None) -> None:
-    from engine.sqljson import json_reading
+    from engine.store.dialect import json_reading
 
     table = sa.table("zoned", sa.column("p", sa.JSON))
     with db.connect() as connection:

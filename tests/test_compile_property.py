@@ -1,6 +1,6 @@
 """Property test: compiled conditions select exactly whom a plain Python reading of the spec selects.
 
-`expected` below is engine/compile.py's module docstring in executable form, written without
+`expected` below is engine/format/compile.py's module docstring in executable form, written without
 looking at the SQL: random customers (every field kind, with NULLs), events, points and random
 valid conditions go through both, and the two answers must agree on SQLite and PostgreSQL.
 Numbers are quarters and times whole seconds or simple fractions, so no float rounding decides.
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.compile import CompileContext, compile_condition, compile_event_condition
-from engine.conditions import (
+from engine.format.compile import CompileContext, compile_condition, compile_event_condition
+from engine.format.conditions import (
     OPERATORS,
     AllOf,
     AnyOf,
@@ -30,8 +30,8 @@ from engine.conditions import (
     Not,
     event_property_type,
 )
-from engine.facts import ENGINE_EVENT_TYPES, customers, events, points
-from engine.fields import CUSTOMER_FIELDS, FieldType
+from engine.format.fields import CUSTOMER_FIELDS, FieldType
+from engine.store.facts import ENGINE_EVENT_TYPES, customers, events, points
 
 T = FieldType
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -159,7 +159,7 @@ def holds(op: str, raw: Any, field_type: FieldType, value: Any, as_of: datetime)
 
 
 def stored_fact(world: World, customer: dict[str, Any], name: str) -> Any:
-    """A derived fact as engine/facts.py defines it, from the events and points up to as_of."""
+    """A derived fact as engine/store/facts.py defines it, from the events and points up to as_of."""
     mine = [e for e in world.events
             if e["customer_id"] == customer["customer_id"] and e["occurred_at"] <= world.as_of]
 

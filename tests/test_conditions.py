@@ -6,8 +6,16 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from engine.conditions import OPERATORS, AllOf, AnyOf, ConditionParser, EventsTest, FieldTest, Not
-from engine.fields import CUSTOMER_FIELDS, FieldType
+from engine.format.conditions import (
+    OPERATORS,
+    AllOf,
+    AnyOf,
+    ConditionParser,
+    EventsTest,
+    FieldTest,
+    Not,
+)
+from engine.format.fields import CUSTOMER_FIELDS, FieldType
 
 
 def parse(raw: list[object]) -> tuple[AllOf, list[str]]:

@@ -15,22 +15,22 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-import engine.registry as registry
+import engine.format.registry as registry
 from connectors.base import Connector, ConnectorParams
 from connectors.email import EmailConnector, EmailParams
 from connectors.points import PointsConnector, PointsParams
 from connectors.tasks import TaskConnector, TaskParams
 from connectors.webhook import WebhookConnector, WebhookParams, render_with_env
 from engine.errors import Location, Problem, TemplateError
-from engine.fields import CUSTOMER_FIELDS
-from engine.registry import (
+from engine.format.fields import CUSTOMER_FIELDS
+from engine.format.registry import (
     ConnectorLoadError,
     connector_names,
     load_connectors,
     register_connector,
     unregister_connector,
 )
-from engine.templates import TemplateChecker, make_environment
+from engine.format.templates import TemplateChecker, make_environment
 
 FIELDS = {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}
 BUILT_INS = {"email": EmailConnector, "task": TaskConnector, "points": PointsConnector,

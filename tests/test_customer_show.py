@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from conftest import Cli
 from test_sync import FIXTURES, NOW
 
-from engine.customer_view import customer_view
-from engine.facts import customers
-from engine.sync import sync_customers, sync_events
-from engine.tables import Action, Enrollment, Event, PointsEntry, Suppression, Task
+from engine.query.customer_view import customer_view
+from engine.store.facts import customers
+from engine.store.tables import Action, Enrollment, Event, PointsEntry, Suppression, Task
+from engine.sync.ingest import sync_customers, sync_events
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 

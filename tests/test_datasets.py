@@ -1,4 +1,4 @@
-"""engine.datasets: the real datasets become Retain rows exactly as shared/data/README.md says.
+"""engine.sync.datasets: the real datasets become Retain rows exactly as shared/data/README.md says.
 
 Whole-file counts are checked against the README's published figures, and loaded samples against
 an independent pandas computation from the raw files (not against the loader's own code), down to
@@ -18,7 +18,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from engine.datasets import (
+from engine.errors import DataFileError
+from engine.store.open import open_store
+from engine.store.tables import Customer, Event
+from engine.sync.datasets import (
     DATASETS,
     cdnow_rows,
     dataset_rows,
@@ -27,9 +30,6 @@ from engine.datasets import (
     read_invoices,
     retail_rows,
 )
-from engine.errors import DataFileError
-from engine.store import open_store
-from engine.tables import Customer, Event
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAMPLE = 300

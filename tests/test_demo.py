@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from conftest import Cli
 
-from engine.demo import CUSTOMERS_FILE, DEMO_DIR, EVENTS_FILE, build_demo_files, load_demo
-from engine.tables import Customer, Event
+from engine.demo.build import CUSTOMERS_FILE, DEMO_DIR, EVENTS_FILE, build_demo_files, load_demo
+from engine.store.tables import Customer, Event
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -19,12 +19,12 @@ import sqlalchemy as sa
 from conftest import Cli
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.demo import load_demo
-from engine.evaluate import Moment, candidates, playbook_query, prepare
-from engine.explain import explain
-from engine.plan import make_plan
-from engine.store import open_store
-from engine.validation import load_valid_playbooks
+from engine.demo.build import load_demo
+from engine.format.validation import load_valid_playbooks
+from engine.plan.planner import make_plan
+from engine.query.evaluate import Moment, candidates, playbook_query, prepare
+from engine.query.explain import explain
+from engine.store.open import open_store
 from playbooks import SAMPLES_DIR
 
 GOLDEN = Path(__file__).parent / "golden" / "sql"
@@ -206,7 +206,7 @@ def test_demo_command_prints_the_dry_run(tmp_path: Path, cli: Cli) -> None:
 
 
 def test_a_missing_value_renders_as_nothing_not_none(tmp_path: Path, cli: Cli) -> None:
-    from engine.templates import make_environment, render
+    from engine.format.templates import make_environment, render
 
     environment = make_environment()
     assert render(environment, "Hi {{ customer.name }}!", {"customer": {"name": None}}) == "Hi !"
@@ -215,7 +215,7 @@ def test_a_missing_value_renders_as_nothing_not_none(tmp_path: Path, cli: Cli) -
 @pytest.mark.parametrize("first", [None, 0, 3, 4999, 5000, 5001, 11999, 12000, 20000])
 def test_count_and_first_counts_every_row_whatever_is_shown(db: sa.Engine,
                                                             first: int | None) -> None:
-    from engine.evaluate import count_and_first
+    from engine.query.evaluate import count_and_first
 
     with db.connect() as connection:
         connection.exec_driver_sql("create temporary table many (a varchar, b varchar, c integer)")

@@ -10,7 +10,7 @@ are the ones sync keeps), and enrollments / playbook versions are inserted direc
 
 gives who enters and for which occurrence key; `make_plan` and the `retain dry-run` CLI are
 checked on top. Sections follow DESIGN 2.1 (triggers), 2.2 (conditions, re-entry, backfill),
-3 (the plan) and 5 (--as-of, the CLI); engine/triggers.py's docstring is the semantics table.
+3 (the plan) and 5 (--as-of, the CLI); engine/format/triggers.py's docstring is the semantics table.
 
 Most tests evaluate at AS_OF (2024-05-01T08:30:00Z) with every event at or before it, so the
 kept facts describe the instant; section 10 adds later events on purpose (historical mode).
@@ -29,13 +29,13 @@ import sqlalchemy as sa
 from conftest import Cli
 
 from engine.clock import iso
-from engine.evaluate import candidates, playbook_query, prepare
-from engine.facts import customers
-from engine.plan import Plan, PlannedAction, PlannedEnrollment, make_plan
-from engine.playbook import Playbook
-from engine.sync import ingest_customers, ingest_events
-from engine.tables import Enrollment, PlaybookVersion, Suppression
-from engine.validation import load_valid_playbooks
+from engine.format.playbook import Playbook
+from engine.format.validation import load_valid_playbooks
+from engine.plan.planner import Plan, PlannedAction, PlannedEnrollment, make_plan
+from engine.query.evaluate import candidates, playbook_query, prepare
+from engine.store.facts import customers
+from engine.store.tables import Enrollment, PlaybookVersion, Suppression
+from engine.sync.ingest import ingest_customers, ingest_events
 
 AS_OF = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
 SYNCED = datetime(2019, 1, 1, tzinfo=UTC)  # first_synced_at: never equal to a given created_at

@@ -1,4 +1,4 @@
-"""Derived facts (engine/facts.py) on real SQLite and PostgreSQL, against a plain recomputation."""
+"""Derived facts (engine/store/facts.py) on real SQLite and PostgreSQL, against a plain recomputation."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.facts import ENGINE_EVENT_TYPES, refresh_facts
-from engine.sync import ingest_customers, ingest_events
-from engine.tables import Customer, PointsEntry
+from engine.store.facts import ENGINE_EVENT_TYPES
+from engine.store.tables import Customer, PointsEntry
+from engine.sync.facts import refresh_facts
+from engine.sync.ingest import ingest_customers, ingest_events
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 BASE = datetime(2024, 1, 1, tzinfo=UTC)

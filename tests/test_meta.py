@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.conditions import OPERATORS
-from engine.registry import load_connectors
-from engine.schema import playbook_schema
-from engine.triggers import TRIGGERS
+from engine.format.conditions import OPERATORS
+from engine.format.registry import load_connectors
+from engine.format.schema import playbook_schema
+from engine.format.triggers import TRIGGERS
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = (REPO / "docs" / "PLAYBOOKS.md").read_text(encoding="utf-8")
@@ -54,7 +54,7 @@ def trigger_doc_examples() -> list[tuple[str, str]]:
 def test_docstring_examples_validate(name: str, block: str, tmp_path: Path) -> None:
     import textwrap
 
-    from engine.validation import load_playbooks
+    from engine.format.validation import load_playbooks
     text = f"id: example\nname: Example\n{textwrap.dedent(block)}actions:\n  - wait: 1d\n"
     (tmp_path / "example.yaml").write_text(text)
     result = load_playbooks([tmp_path / "example.yaml"], env={})
@@ -63,7 +63,7 @@ def test_docstring_examples_validate(name: str, block: str, tmp_path: Path) -> N
 
 
 def test_engine_never_imports_cli_or_connectors() -> None:
-    code = ("import sys, engine.validation, engine.schema, engine.store, engine.tables;"
+    code = ("import sys, engine.format.validation, engine.format.schema, engine.store.open, engine.store.tables;"
             "print(sorted({m.split('.')[0] for m in sys.modules}))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                        text=True, check=True, cwd=REPO / "tests"
@@ -80,7 +80,7 @@ def test_wheel_contains_exactly_our_packages(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.startswith("retain-")}
     assert top == {"engine", "connectors", "cli", "playbooks"}
-    assert "engine/migrations/versions/0001_initial_schema.py" in names
+    assert "engine/store/migrations/versions/0001_initial_schema.py" in names
     assert "playbooks/winback-30d.yaml" in names
     assert "playbooks/templates/winback.txt.j2" in names
     assert not any(n.startswith("tests/") for n in names)

@@ -25,8 +25,8 @@ import pytest
 from conftest import Cli
 from test_report_retention import worked_example
 
-from engine.store import open_store
-from engine.sync import ingest_customers, ingest_events
+from engine.store.open import open_store
+from engine.sync.ingest import ingest_customers, ingest_events
 
 CHROMIUM = Path(os.environ.get("RETAIN_TEST_CHROMIUM", "/usr/bin/chromium"))
 

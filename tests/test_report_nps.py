@@ -20,8 +20,8 @@ from conftest import Cli
 
 from engine.reports import nps
 from engine.reports.periods import PeriodKind
-from engine.store import open_store
-from engine.sync import ingest_customers, ingest_events
+from engine.store.open import open_store
+from engine.sync.ingest import ingest_customers, ingest_events
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import Cli
 
-from engine.playbook import Playbook
+from engine.format.playbook import Playbook
+from engine.format.validation import load_valid_playbooks
 from engine.reports import playbooks as report
-from engine.tables import Action, Customer, Enrollment, Event
-from engine.validation import load_valid_playbooks
+from engine.store.tables import Action, Customer, Enrollment, Event
 
 T0 = datetime(2024, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)  # a fraction: SQLite compares text
 GOAL = timedelta(days=14)

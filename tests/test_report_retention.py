@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from engine.datasets import dataset_rows
-from engine.durations import parse_duration
-from engine.facts import ENGINE_EVENT_TYPES, customers, events
+from engine.format.durations import parse_duration
 from engine.reports import retention
 from engine.reports.periods import PeriodKind
-from engine.store import open_store
-from engine.sync import ingest_customers, ingest_events
+from engine.store.facts import ENGINE_EVENT_TYPES, customers, events
+from engine.store.open import open_store
+from engine.sync.datasets import dataset_rows
+from engine.sync.ingest import ingest_customers, ingest_events
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 TICK = timedelta(microseconds=1)

@@ -20,11 +20,12 @@ import pytest
 import sqlalchemy as sa
 from conftest import PG_URL, Cli, require_postgres
 
-from engine.datasets import DATASETS, load_dataset
-from engine.facts import customers, refresh_rfm
 from engine.reports import rfm
-from engine.store import normalize_url, open_store
-from engine.sync import ingest_customers, ingest_events
+from engine.store.facts import customers
+from engine.store.open import normalize_url, open_store
+from engine.sync.datasets import DATASETS, load_dataset
+from engine.sync.facts import refresh_rfm
+from engine.sync.ingest import ingest_customers, ingest_events
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 BASE = datetime(2024, 1, 1, tzinfo=UTC)

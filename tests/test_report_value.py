@@ -19,10 +19,10 @@ import pytest
 import sqlalchemy as sa
 from conftest import SHARED_DATA, Cli
 
-from engine.datasets import DATASETS, dataset_rows
 from engine.reports import value
-from engine.store import open_store
-from engine.sync import ingest_customers, ingest_events
+from engine.store.open import open_store
+from engine.sync.datasets import DATASETS, dataset_rows
+from engine.sync.ingest import ingest_customers, ingest_events
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 RETAIL = SHARED_DATA / DATASETS["online_retail"]

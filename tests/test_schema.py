@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from engine.schema import SCHEMA_FILE, playbook_schema, schema_text
-from engine.yamlsource import load_yaml_file
+from engine.format.schema import SCHEMA_FILE, playbook_schema, schema_text
+from engine.format.yamlsource import load_yaml_file
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / "playbooks").glob("*.yaml"))

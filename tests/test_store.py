@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from engine.store import migrate, open_store
-from engine.tables import Customer, Enrollment, Event
+from engine.store.open import migrate, open_store
+from engine.store.tables import Customer, Enrollment, Event
 
 TABLES = {
     "customers", "events", "playbook_versions", "enrollments", "actions", "tasks",

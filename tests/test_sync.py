@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import engine.sync as sync_module
-from engine.sync import (
+import engine.sync.ingest as sync_module
+from engine.store.tables import Customer, Event
+from engine.sync.ingest import (
     RowError,
     SyncReport,
     ingest_customers,
@@ -23,8 +24,7 @@ from engine.sync import (
     sync_customers,
     sync_events,
 )
-from engine.syncrows import RowProblem, _checked_event_values, event_values
-from engine.tables import Customer, Event
+from engine.sync.rows import RowProblem, _checked_event_values, event_values
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sync"
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -90,7 +90,7 @@ def test_customers_are_inserted_with_their_columns_and_attributes(db: sa.Engine,
 
 
 def test_csv_and_jsonl_files_give_the_same_state(tmp_path: Path, sqlite_url: str) -> None:
-    from engine.store import open_store
+    from engine.store.open import open_store
 
     states = []
     for fmt in ("csv", "jsonl"):
@@ -217,7 +217,7 @@ def test_resyncing_the_same_files_changes_nothing(db: sa.Engine) -> None:
 
 
 def test_sqlite_times_are_stored_exactly_as_sqlalchemy_writes_them(sqlite_url: str) -> None:
-    from engine.store import open_store
+    from engine.store.open import open_store
 
     engine = open_store(sqlite_url)
     ingest_customers(engine, [(2, {"customer_id": "c1"})], "test", now=NOW)
@@ -291,7 +291,7 @@ CUSTOMER_ERRORS = [
 @pytest.mark.parametrize(("row", "reason"), CUSTOMER_ERRORS)
 def test_bad_customer_rows_name_every_problem(sqlite_url: str, row: dict[str, str],
                                               reason: str) -> None:
-    from engine.store import open_store
+    from engine.store.open import open_store
 
     engine = open_store(sqlite_url)
     report = ingest_customers(engine, [(3, row)], "x.csv", now=NOW)
@@ -353,7 +353,7 @@ def test_a_crash_mid_file_leaves_whole_batches_and_a_rerun_completes(
 
 def test_progress_reports_bytes_for_files_and_rows_for_ingest(sqlite_url: str,
                                                               tmp_path: Path) -> None:
-    from engine.store import open_store
+    from engine.store.open import open_store
 
     engine = open_store(sqlite_url)
     seen: list[int] = []

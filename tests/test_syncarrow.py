@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from test_sync import NOW, rows_of, write_csv
 
-import engine.syncarrow as syncarrow
-from engine.store import open_store
-from engine.sync import SyncReport, sync_customers, sync_events
-from engine.tables import Customer, Event
+import engine.sync.arrow as syncarrow
+from engine.store.open import open_store
+from engine.store.tables import Customer, Event
+from engine.sync.ingest import SyncReport, sync_customers, sync_events
 
 HEADER = ["event_id", "customer_id", "type", "occurred_at", "amount", "score", "page", "note",
           "_reason"]

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 from engine.errors import DataFileError
-from engine.store import open_store
-from engine.sync import RowError, SyncReport, read_rows, sync_customers, sync_events
-from engine.tables import Customer, Event
+from engine.store.open import open_store
+from engine.store.tables import Customer, Event
+from engine.sync.ingest import RowError, SyncReport, read_rows, sync_customers, sync_events
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sync"
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

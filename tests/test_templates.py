@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import TemplateError
-from engine.fields import CUSTOMER_FIELDS
-from engine.templates import (
+from engine.format.fields import CUSTOMER_FIELDS
+from engine.format.templates import (
     CONTEXT_NAMES,
     MAX_OUTPUT_BYTES,
     TemplateChecker,

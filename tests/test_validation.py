@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.validation import load_playbooks
+from engine.format.validation import load_playbooks
 
 FIXTURES = Path(__file__).parent / "fixtures" / "playbooks"
 BAD = sorted((FIXTURES / "bad").glob("*.yaml"))

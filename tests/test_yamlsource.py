@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.yamlsource import load_yaml
+from engine.format.yamlsource import load_yaml
 
 
 def data(text: str) -> object:

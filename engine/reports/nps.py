@@ -34,9 +34,9 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.clock import iso
-from engine.facts import FEEDBACK, events
 from engine.reports.html import HtmlPage, figure
 from engine.reports.periods import Period, PeriodKind, periods
+from engine.store.facts import FEEDBACK, events
 
 PROMOTER_MIN = 9
 PASSIVE_MIN = 7

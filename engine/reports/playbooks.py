@@ -55,12 +55,12 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.clock import iso, utcnow
-from engine.durations import format_duration
-from engine.facts import events
-from engine.playbook import Goal, Playbook
+from engine.format.durations import format_duration
+from engine.format.playbook import Goal, Playbook
 from engine.reports.html import HtmlPage, figure
-from engine.sqljson import PerDialect
-from engine.tables import Action, Enrollment, UTCDateTime
+from engine.store.dialect import PerDialect
+from engine.store.facts import events
+from engine.store.tables import Action, Enrollment, UTCDateTime
 
 enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
 actions: sa.Table = Action.__table__  # type: ignore[assignment]

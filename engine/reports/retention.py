@@ -65,10 +65,10 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.clock import iso
-from engine.durations import format_duration
-from engine.facts import ENGINE_EVENT_TYPES, customers, events
+from engine.format.durations import format_duration
 from engine.reports.html import HtmlPage, figure
 from engine.reports.periods import Period, PeriodKind, next_start, period_start, periods
+from engine.store.facts import ENGINE_EVENT_TYPES, customers, events
 
 DEFAULT_WINDOW = timedelta(days=90)
 BITS = 62  # bits per word: distinct powers of two below 2**62 never overflow SQLite's SUM

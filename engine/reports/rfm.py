@@ -1,16 +1,16 @@
 """`retain report rfm`: RFM scores and named segments (DESIGN section 1), with counts and revenue.
 
-Definitions (docs/REPORTS.md, "RFM", says the same; engine/facts.py holds the SQL):
+Definitions (docs/REPORTS.md, "RFM", says the same; engine/store/facts.py holds the SQL):
 
 - Over the customers with at least one purchase, R = `last_purchase_at`, F = `purchase_count` and
   M = `total_spent` (purchase revenue, returns not subtracted), the facts sync keeps. M is
   compared rounded to 4 decimals, so float summation noise never outranks the customer_id rule
-  (`engine.facts.revenue_key`).
+  (`engine.store.facts.revenue_key`).
 - Each is scored 1-5 by `NTILE(5) OVER (ORDER BY value ASC, customer_id ASC)`: 5 is the most
   recent / most frequent / highest. Equal values are split by customer_id compared byte by byte
   (`COLLATE "C"` on PostgreSQL), so both databases give every customer the same scores. NTILE puts
   n // 5 customers in each score and one more in the first n % 5 scores.
-- The segment follows from R and F by `engine.facts.RFM_SEGMENTS`.
+- The segment follows from R and F by `engine.sync.facts.RFM_SEGMENTS`.
 
 The scores are computed live by the same query that sync uses for the `rfm_score` /
 `rfm_segment` facts, so after a sync the report and the facts agree. Everything is aggregated in
@@ -31,8 +31,14 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.clock import iso
-from engine.facts import RFM_SEGMENT_ORDER, RFM_SEGMENTS, customer_id_order, customers, rfm_scores
 from engine.reports.html import HtmlPage, figure
+from engine.store.facts import (
+    RFM_SEGMENT_ORDER,
+    RFM_SEGMENTS,
+    customer_id_order,
+    customers,
+    rfm_scores,
+)
 
 PLACES = 4  # rounding of money and shares in JSON: removes float noise, keeps 3-decimal prices
 SCORES = range(1, 6)

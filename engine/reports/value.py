@@ -42,11 +42,11 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.clock import iso
-from engine.facts import PURCHASE, customers, events
 from engine.reports.html import HtmlPage, figure
+from engine.store.facts import PURCHASE, customers, events
 
 RETURN = "return"
-"""The event type of a returned order (engine/datasets.py maps `C` invoices to it)."""
+"""The event type of a returned order (engine/sync/datasets.py maps `C` invoices to it)."""
 
 DEFAULT_TOP = 10
 TIERS: tuple[tuple[str, int], ...] = (("high", 2), ("mid", 5), ("low", 10))

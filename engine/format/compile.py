@@ -28,7 +28,7 @@ list in executable form:
   properties: `amount`/`score` typed columns, others read from `properties` like attributes.
 
 Historical mode (`--as-of` before the latest event, DESIGN 5) derives the facts from the events
-up to `as_of` by engine/facts.py's definitions; `created_at` and `rfm_*` are read as kept.
+up to `as_of` by engine/store/facts.py's definitions; `created_at` and `rfm_*` are read as kept.
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not
 from engine.errors import Issue, Location, PlaybookError
-from engine.facts import EMAIL_SENT, ENGINE_EVENT_TYPES, FEEDBACK, PURCHASE, customers, points
-from engine.facts import events as events_table
-from engine.fields import ATTRIBUTE_PREFIX, CUSTOMER_FIELDS, EVENT_PROPERTIES, FieldType
-from engine.sqljson import (
+from engine.format.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not
+from engine.format.fields import ATTRIBUTE_PREFIX, CUSTOMER_FIELDS, EVENT_PROPERTIES, FieldType
+from engine.format.yamlsource import PathKey, dotted
+from engine.store.dialect import (
     KIND_TYPES,
     Bool,
     Column,
@@ -55,8 +54,9 @@ from engine.sqljson import (
     substring,
     tag_member,
 )
-from engine.tables import UTCDateTime
-from engine.yamlsource import PathKey, dotted
+from engine.store.facts import DERIVED_FACTS, customers, fact_as_of
+from engine.store.facts import events as events_table
+from engine.store.tables import UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -118,36 +118,9 @@ def _event_operand(events: sa.FromClause, name: str) -> Operand:
     return Operand(document[name], FieldType.ANY, document=document, key=name)
 
 
-FACT_EVENT_TYPES: dict[str, str | None] = {
-    # derived fact -> the event type it is computed from (None: every activity type)
-    "last_active_at": None, "first_purchase_at": PURCHASE, "last_purchase_at": PURCHASE,
-    "purchase_count": PURCHASE, "total_spent": PURCHASE, "last_feedback_at": FEEDBACK,
-    "last_feedback_score": FEEDBACK, "last_emailed_at": EMAIL_SENT}
-DERIVED_FACTS = frozenset({*FACT_EVENT_TYPES, "points_balance"})  # points: from the ledger
-
-
 def historical_fact(ctx: CompileContext, name: str) -> Column:
-    """A derived fact as of `ctx.as_of`, by engine/facts.py's definition, from the events then."""
-    if name == "points_balance":
-        total = (sa.select(sa.func.sum(points.c.amount))
-                 .where(points.c.customer_id == customers.c.customer_id,
-                        points.c.created_at <= at(ctx.as_of)).scalar_subquery())
-        return sa.func.coalesce(total, 0)
-    ev = events_table.alias("fact_events")
-    kind = FACT_EVENT_TYPES[name]
-    query = sa.select().where(
-        ev.c.customer_id == customers.c.customer_id, ev.c.occurred_at <= at(ctx.as_of),
-        ev.c.type.not_in(sorted(ENGINE_EVENT_TYPES)) if kind is None else ev.c.type == kind,
-    ).correlate_except(ev)
-    if name == "last_feedback_score":  # the latest feedback's score; ties go to the last synced
-        latest = query.add_columns(ev.c.score).order_by(ev.c.occurred_at.desc(), ev.c.id.desc())
-        return latest.limit(1).scalar_subquery()
-    measure = {"first_purchase_at": sa.func.min(ev.c.occurred_at), "purchase_count": sa.func.count(),
-               "total_spent": sa.func.sum(ev.c.amount)}.get(name, sa.func.max(ev.c.occurred_at))
-    value = query.add_columns(measure).scalar_subquery()
-    if name == "last_active_at":
-        return sa.func.coalesce(value, customers.c.created_at)
-    return sa.func.coalesce(value, 0.0) if name == "total_spent" else value
+    """A derived fact as of `ctx.as_of`, by engine/store/facts.py's one definition."""
+    return fact_as_of(name, ctx.as_of)
 
 
 # ---- operators ---------------------------------------------------------------------------------
@@ -277,7 +250,7 @@ OPERATOR_SQL: dict[str, OperatorSql] = {
     "lt": _comparison(operator.lt, True), "lte": _comparison(operator.le, True),
     "in": _in, "not_in": _not_in, "between": _between, "contains": _contains,
     "is_null": _is_null, "older_than": _older_than, "within": _within}
-"""Each operator of engine.conditions.OPERATORS -> its SQL (a test checks the names agree)."""
+"""Each operator of engine.format.conditions.OPERATORS -> its SQL (a test checks the names agree)."""
 
 
 # ---- conditions --------------------------------------------------------------------------------

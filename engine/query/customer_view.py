@@ -19,9 +19,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.facts import customers, events, points
-from engine.sqljson import json_reading
-from engine.tables import Action, Enrollment, Suppression, Task
+from engine.store.dialect import json_reading
+from engine.store.facts import customers, events, points
+from engine.store.tables import Action, Enrollment, Suppression, Task
 
 DEFAULT_EVENTS = 50
 
@@ -32,7 +32,7 @@ PROFILE_FIELDS = ("customer_id", "email", "name", "created_at", "birthday", "tim
 FACT_FIELDS = ("last_active_at", "first_purchase_at", "last_purchase_at", "purchase_count",
                "total_spent", "last_feedback_score", "last_feedback_at", "points_balance",
                "last_emailed_at", "rfm_score", "rfm_segment")
-"""The derived facts that engine/facts.py keeps on the customer row."""
+"""The derived facts that engine/store/facts.py keeps on the customer row."""
 
 SUMMARY_KEYS = ("subject", "title")
 """Payload keys that say in a few words what an action is (an email's subject, a task's title)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from engine.errors import DataFileError
-from engine.syncrows import REASON_KEY
+from engine.sync.rows import REASON_KEY
 
 FORMATS = ("csv", "jsonl")
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -42,7 +42,7 @@ class BadLine(dict[str, Any]):
 
 
 class Rejected(Protocol):
-    """What `write_rejects` needs of a rejected row (engine.sync.RowError has it)."""
+    """What `write_rejects` needs of a rejected row (engine.sync.ingest.RowError has it)."""
 
     line: int
     reason: str

@@ -1,7 +1,7 @@
 """One SQL expression spelled per database: JSON reading, text search and tag membership.
 
 SQLite and PostgreSQL spell JSON and text functions differently; `PerDialect` carries both
-spellings and the compiler picks one, so the condition compiler (engine/compile.py) stays
+spellings and the compiler picks one, so the condition compiler (engine/format/compile.py) stays
 dialect-free. Values read from JSON never raise on either database: a value of the wrong kind
 reads as NULL.
 """
@@ -18,7 +18,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from engine.tables import UTCDateTime
+from engine.store.tables import UTCDateTime
 
 Bool = sa.ColumnElement[bool]
 Column = sa.ColumnElement[Any]

@@ -1,7 +1,7 @@
 """`retain explain`: why one customer does or does not enter one playbook.
 
-Every clause is evaluated with the same compiled SQL the playbook's query uses (engine/compile.py,
-engine/triggers.py), for the one customer, in one SELECT: what `explain` says is what the
+Every clause is evaluated with the same compiled SQL the playbook's query uses (engine/format/compile.py,
+engine/format/triggers.py), for the one customer, in one SELECT: what `explain` says is what the
 evaluation does. Each clause gets its path, what it wants, the customer's actual value and the
 result; combinators (`any`, `all`, `not`) show their own result above their items.
 """
@@ -15,13 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import iso
-from engine.compile import CompileContext, compile_condition, customer_field, events_measure
-from engine.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not
-from engine.evaluate import candidates, compose, prepare
-from engine.facts import customers
-from engine.playbook import Every, Playbook
-from engine.sqljson import Bool, Column
-from engine.yamlsource import dotted
+from engine.format.compile import CompileContext, compile_condition, customer_field, events_measure
+from engine.format.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not
+from engine.format.playbook import Every, Playbook
+from engine.format.yamlsource import dotted
+from engine.query.evaluate import candidates, compose, prepare
+from engine.store.dialect import Bool, Column
+from engine.store.facts import customers
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from engine.errors import RetainError
-from engine.fields import did_you_mean
+from engine.format.fields import did_you_mean
 
 T = TypeVar("T", bound=type)
 

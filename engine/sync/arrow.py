@@ -1,6 +1,6 @@
 """A vectorised fast path for large CSV event files, with pyarrow.
 
-`engine.syncrows.event_values` stays the definition of an event row. This module reads a plain
+`engine.sync.rows.event_values` stays the definition of an event row. This module reads a plain
 CSV file in blocks with `pyarrow.csv` and computes, column by column, the values of the rows it
 can handle exactly as `event_values` would: printable-ASCII cells, non-empty ids, times of the
 form `YYYY-MM-DD[T ]HH:MM:SS[.fff|.ffffff][Z|+HH:MM]`, plain decimal numbers. Every other row
@@ -24,8 +24,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from engine.syncfiles import BOM, GZIP_MAGIC, DataFile, Row, open_data_file
-from engine.syncrows import EVENT_COLUMNS, REASON_KEY, EventValues, json_text
+from engine.sync.files import BOM, GZIP_MAGIC, DataFile, Row, open_data_file
+from engine.sync.rows import EVENT_COLUMNS, REASON_KEY, EventValues, json_text
 
 MIN_BYTES = 8 * 1024 * 1024  # smaller files keep the per-row reader
 BLOCK_BYTES = 1 << 18  # ~4,500 event rows per block: less memory than larger blocks

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.conditions import OPERATORS, condition_schema
-from engine.durations import DURATION_PATTERN
-from engine.playbook import PlaybookDocument
-from engine.registry import load_connectors
-from engine.triggers import TRIGGERS
+from engine.format.conditions import OPERATORS, condition_schema
+from engine.format.durations import DURATION_PATTERN
+from engine.format.playbook import PlaybookDocument
+from engine.format.registry import load_connectors
+from engine.format.triggers import TRIGGERS
 
 SCHEMA_ID = "https://retain.dev/schema/playbook.schema.json"
 SCHEMA_FILE = "playbook.schema.json"

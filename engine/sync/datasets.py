@@ -40,10 +40,10 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from engine.errors import DataFileError, Issue, Location
-from engine.sync import SyncReport, ingest_customers, ingest_events
+from engine.sync.ingest import SyncReport, ingest_customers, ingest_events
 
 Row = tuple[int, dict[str, Any]]
-"""(line number in the source file, row in Retain's standard shape), as `engine.sync` ingests."""
+"""(line number in the source file, row in Retain's standard shape), as `engine.sync.ingest` ingests."""
 
 DATASETS: dict[str, str] = {
     "online_retail": "online_retail.csv.gz",

@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.syncrows import EventValues, json_text, utc_text
-from engine.tables import Event, UTCDateTime
+from engine.store.tables import Event, UTCDateTime
+from engine.sync.rows import EventValues, json_text, utc_text
 
 SQLITE_CACHE_KIB = 64 * 1024
 EVENT_SQL_COLUMNS = "event_id, customer_id, type, occurred_at, amount, score, properties"

@@ -61,7 +61,7 @@ class Customer(SQLModel, table=True):
     tags: list[str] = _json(list)
     attributes: dict[str, Any] = _json(dict)
     first_synced_at: datetime | None = _time()
-    # Derived facts (engine/facts.py); never written from a customer file.
+    # Derived facts (engine/store/facts.py); never written from a customer file.
     last_active_at: datetime | None = _time(index=True)
     first_purchase_at: datetime | None = _time(index=True)
     last_purchase_at: datetime | None = _time()

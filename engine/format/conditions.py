@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 
-from engine.durations import DURATION_PATTERN, parse_duration
 from engine.errors import Problem
-from engine.fields import (
+from engine.format.durations import DURATION_PATTERN, parse_duration
+from engine.format.fields import (
     CUSTOMER_FIELDS,
     EVENT_PROPERTIES,
     FieldType,
     customer_field_type,
     unknown_field_message,
 )
-from engine.registry import Registry
-from engine.yamlsource import PathKey
+from engine.format.registry import Registry
+from engine.format.yamlsource import PathKey
 
 T = FieldType
 ORDERED = frozenset({T.NUMBER, T.TIME, T.DATE, T.ANY})

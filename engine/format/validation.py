@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Issue, Location, PlaybookError, Problem
-from engine.fields import CUSTOMER_FIELDS
-from engine.playbook import ActionStep, Playbook, parse_playbook
-from engine.registry import load_connectors
-from engine.templates import TemplateChecker, make_environment
-from engine.yamlsource import Document, SourceMap, dotted, load_yaml_file
+from engine.format.fields import CUSTOMER_FIELDS
+from engine.format.playbook import ActionStep, Playbook, parse_playbook
+from engine.format.registry import load_connectors
+from engine.format.templates import TemplateChecker, make_environment
+from engine.format.yamlsource import Document, SourceMap, dotted, load_yaml_file
 
 SUFFIXES = (".yaml", ".yml")
 TEMPLATES_DIR = "templates"

@@ -1,7 +1,7 @@
 """Evaluation (DESIGN 4): each playbook's trigger and `when` compiled to ONE SQL statement.
 
-`playbook_query` joins the trigger's part (engine/triggers.py) with the compiled `when`
-(engine/compile.py) and anti-joins the enrollments already made, according to `reentry`:
+`playbook_query` joins the trigger's part (engine/format/triggers.py) with the compiled `when`
+(engine/format/compile.py) and anti-joins the enrollments already made, according to `reentry`:
 
 - `once` (default): one enrollment per occurrence key;
 - `always`: the same rule. The occurrence key is what keeps a run idempotent: an inactivity
@@ -23,11 +23,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.compile import CompileContext, at, compile_condition
-from engine.facts import customers, events
-from engine.playbook import Every, Playbook
-from engine.tables import Enrollment, PlaybookVersion
-from engine.triggers import DateTrigger, TriggerContext, TriggerSql
+from engine.format.compile import CompileContext, at, compile_condition
+from engine.format.playbook import Every, Playbook
+from engine.format.triggers import DateTrigger, TriggerContext, TriggerSql
+from engine.store.facts import customers, events
+from engine.store.tables import Enrollment, PlaybookVersion
 
 enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
 versions: sa.Table = PlaybookVersion.__table__  # type: ignore[assignment]

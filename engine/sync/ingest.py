@@ -11,7 +11,7 @@ events (dedupe by id), update derived facts"). Guarantees:
   each commit rewrites every index page the batch touched, and event inserts touch pages all
   over the customer index: 100,000 rows per commit synced 1.5x faster than 10,000.
 - Customers: the columns a row gives are set (an empty value sets NULL, except `created_at`,
-  which is kept or derived, see engine/facts.py); columns it does not give are never touched,
+  which is kept or derived, see engine/store/facts.py); columns it does not give are never touched,
   nor are the derived facts. Extra columns are merged into `attributes`. `first_synced_at` is
   set when a customer is first inserted. Facts are refreshed batch by batch, in the batch's
   transaction.
@@ -19,14 +19,14 @@ events (dedupe by id), update derived facts"). Guarantees:
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
   a crash also repairs facts the crash left stale.
 - RFM scores (`rfm_score`, `rfm_segment`) rank customers against each other, so after an event
-  sync that touched any customer, every customer's scores are recomputed (engine/facts.py,
+  sync that touched any customer, every customer's scores are recomputed (engine/store/facts.py,
   `refresh_rfm`), in the transaction of the last facts refresh. A customer file changes no
   purchase fact and skips it.
 
 Report counts add up: read = inserted + updated + duplicates + rejected. For customers, an
 existing customer whose given values all match is a duplicate, not an update.
 
-Inserts take a fast path per backend (engine/syncbulk.py); everything else is SQLAlchemy Core.
+Inserts take a fast path per backend (engine/sync/bulk.py); everything else is SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from engine.errors import DataFileError
-from engine.facts import CustomerIdSet, customers, refresh_facts, refresh_rfm
-from engine.syncarrow import ParsedBatch, event_rows
-from engine.syncbulk import EventWriter, bulk_session, event_writer, insert_rows
-from engine.syncfiles import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
-from engine.syncrows import (
+from engine.store.facts import customers
+from engine.sync.arrow import ParsedBatch, event_rows
+from engine.sync.bulk import EventWriter, bulk_session, event_writer, insert_rows
+from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
+from engine.sync.files import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
+from engine.sync.rows import (
     CUSTOMER_COLUMNS,
     EVENT_COLUMNS,
     CustomerValues,
@@ -244,7 +245,7 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
     batch: list[Row] = []
     try:
         for row in rows:
-            if row.__class__ is ParsedBatch:  # already a batch (engine/syncarrow.py)
+            if row.__class__ is ParsedBatch:  # already a batch (engine/sync/arrow.py)
                 if batch:
                     yield batch
                     batch = []
@@ -373,7 +374,7 @@ def _new_customer(item: CustomerValues, now: datetime) -> dict[str, Any]:
     row.update(item.columns, customer_id=item.customer_id, first_synced_at=now,
                attributes=item.apply_attributes({}), **FACT_DEFAULTS)
     row["tags"] = row["tags"] or []
-    row["created_at"] = row["created_at"] or now  # until events say better (engine/facts.py)
+    row["created_at"] = row["created_at"] or now  # until events say better (engine/store/facts.py)
     return row
 
 

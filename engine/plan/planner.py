@@ -2,7 +2,7 @@
 
 A dry-run prints the plan; a live run commits the same object (enrollments and outbox rows), so
 what a dry-run shows is what would happen (DESIGN 3). Planning only reads: the per-playbook
-query (engine/evaluate.py) finds who enters, then, for the enrollments asked for (the first
+query (engine/query/evaluate.py) finds who enters, then, for the enrollments asked for (the first
 `show`, or all), the planner reads those customers and triggering events in batches and renders
 each action's fields. Deterministic: the same database and as_of give the same plan.
 
@@ -29,16 +29,16 @@ import sqlalchemy as sa
 from jinja2 import Environment
 
 from engine.clock import iso
-from engine.compile import DERIVED_FACTS, CompileContext, at, historical_fact
 from engine.errors import TemplateError
-from engine.evaluate import Candidate, Moment, compose, count_and_first, prepare
-from engine.facts import customers, events
-from engine.fields import CUSTOMER_FIELDS
-from engine.playbook import ActionStep, Playbook, Wait
-from engine.registry import load_connectors
-from engine.tables import Suppression
-from engine.templates import make_environment, render
-from engine.validation import templates_dir
+from engine.format.compile import DERIVED_FACTS, CompileContext, at, historical_fact
+from engine.format.fields import CUSTOMER_FIELDS
+from engine.format.playbook import ActionStep, Playbook, Wait
+from engine.format.registry import load_connectors
+from engine.format.templates import make_environment, render
+from engine.format.validation import templates_dir
+from engine.query.evaluate import Candidate, Moment, compose, count_and_first, prepare
+from engine.store.facts import customers, events
+from engine.store.tables import Suppression
 
 BATCH = 500
 suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]

@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from engine.conditions import AllOf, ConditionParser
-from engine.durations import Duration, Percent, parse_duration
 from engine.errors import Problem
-from engine.fields import did_you_mean
-from engine.triggers import TRIGGERS, Trigger
-from engine.yamlsource import PathKey
+from engine.format.conditions import AllOf, ConditionParser
+from engine.format.durations import Duration, Percent, parse_duration
+from engine.format.fields import did_you_mean
+from engine.format.triggers import TRIGGERS, Trigger
+from engine.format.yamlsource import PathKey
 
 ID_PATTERN = r"^[a-z0-9-]+$"
 

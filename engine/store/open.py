@@ -66,7 +66,7 @@ def migrate(engine: sa.Engine) -> None:
 
 def ensure_indexes(engine: sa.Engine) -> None:
     """Create declared indexes that are missing (a bulk load that died before rebuilding them)."""
-    from engine.tables import Customer, Event
+    from engine.store.tables import Customer, Event
 
     with engine.begin() as connection:
         inspector = sa.inspect(connection)

@@ -2,7 +2,7 @@
 
 A trigger decides *who* enters and *which occurrence* they enter for (the occurrence key that
 makes re-entry `once` mean "once per episode"). `Trigger.sql` gives the trigger's part of the one
-query per playbook (engine/evaluate.py): clauses over `customers` (and, for event triggers, a
+query per playbook (engine/query/evaluate.py): clauses over `customers` (and, for event triggers, a
 joined alias of `events`), and the occurrence key as a SQL text expression:
 
 | trigger | fires at `as_of` for | occurrence key |
@@ -34,18 +34,17 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from engine.clock import iso
-from engine.compile import (
+from engine.errors import Problem
+from engine.format.compile import (
     CompileContext,
     at,
     compile_event_condition,
     customer_field,
     historical_fact,
 )
-from engine.conditions import AllOf, ConditionParser, event_property_type
-from engine.durations import Duration, SignedDuration
-from engine.errors import Problem
-from engine.facts import FEEDBACK, PURCHASE, customers, events
-from engine.fields import (
+from engine.format.conditions import AllOf, ConditionParser, event_property_type
+from engine.format.durations import Duration, SignedDuration
+from engine.format.fields import (
     ATTRIBUTE_PREFIX,
     CUSTOMER_FIELDS,
     DATE_TRIGGER_FIELDS,
@@ -53,9 +52,10 @@ from engine.fields import (
     customer_field_type,
     did_you_mean,
 )
-from engine.registry import Registry
-from engine.sqljson import Bool, Column, iso_text, json_reading, month_day, scanned
-from engine.yamlsource import PathKey
+from engine.format.registry import Registry
+from engine.format.yamlsource import PathKey
+from engine.store.dialect import Bool, Column, iso_text, json_reading, month_day, scanned
+from engine.store.facts import FEEDBACK, PURCHASE, customers, events
 
 ONE_DAY = timedelta(days=1)
 LOCAL_HOUR = time(9)  # date triggers fire at 09:00 in the customer's time zone

@@ -4,7 +4,7 @@ The purchases are real (a seeded sample of 1,500 customers of UCI "Online Retail
 CC BY 4.0; see shared/data/README.md). That data has no contact details, logins or feedback, so
 names, e-mail addresses, birthdays, `login` events and `feedback` scores are generated with a
 fixed seed and marked `"generated": true` in their properties. The files are shipped inside the
-package (engine/demo_data/) so `retain demo` works on a machine without the raw datasets;
+package (engine/demo/data/) so `retain demo` works on a machine without the raw datasets;
 `build_demo_files` regenerates them byte for byte from the raw file.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.datasets import DATASETS, retail_rows
-from engine.sync import SyncReport, sync_customers, sync_events
+from engine.sync.datasets import DATASETS, retail_rows
+from engine.sync.ingest import SyncReport, sync_customers, sync_events
 
-DEMO_DIR = Path(__file__).with_name("demo_data")
+DEMO_DIR = Path(__file__).with_name("data")
 CUSTOMERS_FILE = "customers.csv.gz"
 EVENTS_FILE = "events.jsonl.gz"
 DEMO_CUSTOMERS = 1500

@@ -23,6 +23,11 @@ def parse_as_of(text: str) -> datetime:
                          "2011-12-10T09:00:00Z") from None
     if len(value) == 10:
         moment = datetime.combine(date.fromisoformat(value), datetime.min.time())
+    return aware_utc(moment)
+
+
+def aware_utc(moment: datetime) -> datetime:
+    """The one reading of a datetime as an instant: naive means UTC (DESIGN 5), aware is converted."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
+from engine.clock import aware_utc
 from engine.errors import Problem
 from engine.format.durations import DURATION_PATTERN, parse_duration
 from engine.format.fields import (
@@ -72,7 +73,7 @@ def time_value(value: Any, field_type: FieldType) -> datetime | date:
         raise ValueError(f"expected an ISO 8601 date or time like 2024-05-01, got {value!r}") from None
     if field_type == T.DATE:
         return parsed.date()
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return aware_utc(parsed)
 
 
 @OPERATORS.register("eq")

@@ -30,14 +30,14 @@ from jinja2 import Environment
 
 from engine.clock import iso
 from engine.errors import TemplateError
-from engine.format.compile import DERIVED_FACTS, CompileContext, at, historical_fact
+from engine.format.compile import DERIVED_FACTS, CompileContext, historical_fact
 from engine.format.fields import CUSTOMER_FIELDS
 from engine.format.playbook import ActionStep, Playbook, Wait
 from engine.format.registry import load_connectors
 from engine.format.templates import make_environment, render
 from engine.format.validation import templates_dir
 from engine.query.evaluate import Candidate, Moment, compose, count_and_first, prepare
-from engine.store.facts import customers, events
+from engine.store.facts import customers, events, existed_at
 from engine.store.tables import Suppression
 
 BATCH = 500
@@ -152,9 +152,7 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
             connection, compose(playbook, tc, part, customer_id), show)
         limits = playbook.document.limits
         if limits and limits.max_percent is not None and total is None:
-            total = connection.execute(sa.select(sa.func.count()).where(  # who existed by then
-                sa.or_(customers.c.created_at.is_(None), customers.c.created_at <= at(as_of))
-            )).scalar_one()
+            total = connection.execute(sa.select(sa.func.count()).where(existed_at(as_of))).scalar_one()
         result.over_limit = over_limit(playbook, result.entering, total)
         planner = _Planner(connection, playbook, moment, connectors)
         result.enrollments = list(planner.enrollments(kept))

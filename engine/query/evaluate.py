@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from engine.clock import aware_utc
 from engine.format.compile import CompileContext, at, compile_condition
 from engine.format.playbook import Every, Playbook
 from engine.format.triggers import DateTrigger, TriggerContext, TriggerSql
-from engine.store.facts import customers, events
+from engine.store.facts import customers, events, existed_at
 from engine.store.tables import Enrollment, PlaybookVersion
 
 enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
@@ -101,7 +102,7 @@ def at_utc(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):  # SQLite hands back its stored text for computed columns
         value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware_utc(value)
 
 
 def prepare(connection: sa.Connection, as_of: datetime, playbooks: list[Playbook]) -> Moment:
@@ -133,7 +134,7 @@ def compose(playbook: Playbook, tc: TriggerContext, part: TriggerSql,
         source = part.event.join(customers, c.customer_id == part.event.c.customer_id)
         event_ref = part.event.c.id
     where = [*part.where,
-             sa.or_(c.created_at.is_(None), c.created_at <= at(tc.as_of)),  # existed by then
+             existed_at(tc.as_of),
              compile_condition(tc.compile, playbook.when)]
     if reentry:
         where.append(~_already_enrolled(playbook, tc, part))

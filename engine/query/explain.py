@@ -21,7 +21,7 @@ from engine.format.playbook import Every, Playbook
 from engine.format.yamlsource import dotted
 from engine.query.evaluate import candidates, compose, prepare
 from engine.store.dialect import Bool, Column
-from engine.store.facts import customers
+from engine.store.facts import customers, existed_at
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,7 @@ def explain(connection: sa.Connection, playbook: Playbook, customer_id: str,
     for index, (_, _, _, actual, test) in enumerate(terms):
         columns.append((actual if actual is not None else sa.null()).label(f"a{index}"))
         columns.append(test.label(f"t{index}"))
-    columns.append(sa.or_(customers.c.created_at.is_(None),
-                          customers.c.created_at <= sa.literal(as_of, customers.c.created_at.type))
-                   .label("existed"))
+    columns.append(existed_at(as_of).label("existed"))
     row = connection.execute(sa.select(*columns).where(
         customers.c.customer_id == customer_id)).mappings().one()
     clauses = [Clause(path, depth, wanted, row[f"a{i}"], bool(row[f"t{i}"]))

@@ -124,6 +124,12 @@ def created_at(first_event: Column) -> Column:
     )
 
 
+def existed_at(as_of: datetime) -> Column:
+    """The customer existed at as_of: created by then (a customer without created_at always has)."""
+    return sa.or_(customers.c.created_at.is_(None),
+                  customers.c.created_at <= sa.literal(as_of, UTCDateTime()))
+
+
 def fact_as_of(name: str, as_of: datetime) -> Column:
     """A derived fact as of `as_of`, from the events (and ledger entries) up to it.
 

@@ -11,12 +11,13 @@ psycopg sends untyped for the server to cast. Everything else in sync uses SQLAl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
 
+from engine.clock import aware_utc
 from engine.store.tables import Event, UTCDateTime
 from engine.sync.rows import EventValues, json_text, utc_text
 
@@ -144,11 +145,9 @@ def _encoder(column_type: sa.types.TypeEngine[Any], sqlite: bool) -> Any:
     if isinstance(column_type, sa.JSON):
         return json_text
     if isinstance(column_type, UTCDateTime):
-        return utc_text if sqlite else _aware_time
+        return utc_text if sqlite else aware_utc
     if sqlite and isinstance(column_type, sa.Date):
         return date.isoformat
     return None
 
 
-def _aware_time(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # naive means UTC

@@ -28,10 +28,12 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import lru_cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine.clock import aware_utc
 
 CUSTOMER_COLUMNS = ("email", "name", "created_at", "birthday", "timezone", "country", "segment",
                     "tags")
@@ -96,7 +98,7 @@ def parse_time(value: Any) -> datetime:
         moment = datetime.fromisoformat(value.strip())
     else:
         raise ValueError(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware_utc(moment)
 
 
 def event_values(row: dict[str, Any]) -> EventValues:

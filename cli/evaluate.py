@@ -15,8 +15,7 @@ from cli import render
 from cli.playbooks import JsonOpt, PathsArg
 from engine.clock import iso, parse_as_of, utcnow
 from engine.config import load_settings
-from engine.errors import InputError
-from engine.format.fields import did_you_mean
+from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
 from engine.format.validation import load_valid_playbooks
 from engine.plan.planner import Plan, PlannedAction, PlaybookPlan, make_plan

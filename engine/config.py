@@ -11,11 +11,10 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from engine.errors import InputError
-from engine.format.fields import did_you_mean
-from engine.store.open import DEFAULT_URL
+from engine.errors import InputError, did_you_mean
 
 CONFIG_FILE = "retain.toml"
+DEFAULT_URL = "sqlite:///retain.db"
 
 
 @dataclass(frozen=True)

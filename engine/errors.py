@@ -17,6 +17,7 @@ and action) instead of leaving the user to guess.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -131,3 +132,9 @@ class TransientError(ConnectorError):
 
 class PermanentError(ConnectorError):
     """A failure that retrying will not fix; the action is dead-lettered."""
+
+
+def did_you_mean(name: str, choices: list[str] | set[str] | dict[str, object]) -> str:
+    """` (did you mean 'x'?)` when a close choice exists, else an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -6,8 +6,9 @@ extra column from the customer file, whose type is only known at run time (`any`
 
 from __future__ import annotations
 
-import difflib
 from enum import StrEnum
+
+from engine.errors import did_you_mean
 
 
 class FieldType(StrEnum):
@@ -54,12 +55,6 @@ EVENT_PROPERTIES: dict[str, FieldType] = {"amount": FieldType.NUMBER, "score": F
 # Customer fields a `date` trigger can fire on (month and day of a date or time).
 DATE_TRIGGER_FIELDS = [name for name, kind in CUSTOMER_FIELDS.items()
                        if kind in (FieldType.DATE, FieldType.TIME)]
-
-
-def did_you_mean(name: str, choices: list[str] | set[str] | dict[str, object]) -> str:
-    """` (did you mean 'x'?)` when a close choice exists, else an empty string."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def customer_field_type(name: str) -> FieldType | None:

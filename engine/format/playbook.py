@@ -15,10 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from engine.errors import Problem
+from engine.errors import Problem, did_you_mean
 from engine.format.conditions import AllOf, ConditionParser
 from engine.format.durations import Duration, Percent, parse_duration
-from engine.format.fields import did_you_mean
 from engine.format.triggers import TRIGGERS, Trigger
 from engine.format.yamlsource import PathKey
 

@@ -13,8 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from engine.errors import RetainError
-from engine.format.fields import did_you_mean
+from engine.errors import RetainError, did_you_mean
 
 T = TypeVar("T", bound=type)
 

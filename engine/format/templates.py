@@ -25,8 +25,7 @@ from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 from jinja2.utils import missing
 
-from engine.errors import Issue, Location, TemplateError
-from engine.format.fields import did_you_mean
+from engine.errors import Issue, Location, TemplateError, did_you_mean
 
 CONTEXT_NAMES = frozenset({"customer", "event", "playbook", "unsubscribe_url"})
 MAX_OUTPUT_BYTES = 256 * 1024

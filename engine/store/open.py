@@ -13,9 +13,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.exc import OperationalError
 
+from engine.config import DEFAULT_URL
 from engine.errors import StoreError
 
-DEFAULT_URL = "sqlite:///retain.db"
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 

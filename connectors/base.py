@@ -16,8 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from engine.errors import Location, Problem
-from engine.format.templates import TemplateChecker
+from engine import Location, Problem, TemplateChecker
 
 PathKey = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)

@@ -20,8 +20,7 @@ from connectors.base import (
     file_problems,
     inline_problems,
 )
-from engine.errors import Problem
-from engine.format.templates import TemplateChecker
+from engine import Problem, TemplateChecker
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")

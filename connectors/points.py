@@ -11,8 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from connectors.base import Connector, ConnectorParams, Render, expect
-from engine.errors import Problem
-from engine.format.templates import TemplateChecker
+from engine import Problem, TemplateChecker
 
 
 class PointsParams(ConnectorParams):

@@ -11,9 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from connectors.base import Connector, ConnectorParams, Render, expect, inline_problems
-from engine.errors import Problem
-from engine.format.durations import Duration
-from engine.format.templates import TemplateChecker
+from engine import Duration, Problem, TemplateChecker
 
 
 class TaskParams(ConnectorParams):

@@ -25,10 +25,11 @@ from connectors.base import (
     expect,
     inline_problems,
 )
-from engine.errors import Problem, TemplateError
-from engine.format.templates import (
+from engine import (
     ENV_REFERENCE,
+    Problem,
     TemplateChecker,
+    TemplateError,
     env_var_problems,
     expand_env,
     header_problem,

@@ -1,23 +1,81 @@
 """The Typer app, its global options, and the one place that maps RetainError to an exit code.
 
 Exit codes (DESIGN section 5): 0 ok, 1 the input is wrong, 2 usage (Click's own).
+
+Commands load lazily: `COMMANDS` names each command's module and its one-line help, and a
+command's module (with the engine parts, SQLAlchemy, Jinja2, ... it needs) is imported only when
+that command runs. `retain --help` and `retain validate` therefore pay for what they use, not for
+every report's charting library (bench/bench_startup.py measures it).
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from cli import customer, data, demo, evaluate, playbooks, render, report
 from engine.config import load_settings
 from engine.errors import RetainError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module:attribute, the one-line help `retain --help` lists)
+    "init": ("cli.playbooks:init", "Scaffold a project: retain.toml, playbooks/ with a commented "
+             "example, templates/."),
+    "validate": ("cli.playbooks:validate", "Check playbooks and their templates; every problem "
+                 "with file:line:column."),
+    "schema": ("cli.playbooks:schema", "Print the playbook JSON Schema (generated from the "
+               "models)."),
+    "sync": ("cli.data:sync_app", "Ingest customers or events from CSV or JSONL."),
+    "dry-run": ("cli.evaluate:dry_run", "The plan: who would enter which playbook and what would "
+                "be done. Writes and sends nothing."),
+    "explain": ("cli.evaluate:explain_command", "Each clause of trigger and conditions, true or "
+                "false, for one customer."),
+    "customer": ("cli.customer:customer_app", "Look at one customer: profile, facts, timeline, "
+                 "what was done."),
+    "report": ("cli.report:report_app", "KPI reports: retention, value, RFM, NPS, playbook effect "
+               "against holdout."),
+    "demo": ("cli.demo:demo", "Create a demo database (real purchases, generated extras) and "
+             "dry-run the samples."),
+}
+
+
+def load_command(name: str) -> typer.core.TyperCommand | TyperGroup:
+    """Import one command's module and build its Click command."""
+    module_name, attribute = COMMANDS[name][0].split(":")
+    target = getattr(import_module(module_name), attribute)
+    holder = typer.Typer()  # built as a part of an app, as the root would: a group stays a group
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    command = typer.main.get_group(holder).commands[name]
+    return command  # type: ignore[return-value]
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists commands from COMMANDS, imports one only when it is run."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        return list(COMMANDS)
+
+    def get_command(self, ctx: typer.Context, cmd_name: str):  # type: ignore[no-untyped-def,override]
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
+        rows = [(name, help_text) for name, (_, help_text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 app = typer.Typer(
     name="retain",
     help="Retain: rules-driven workflow automation for customer retention.",
+    cls=LazyGroup,
+    rich_markup_mode=None,  # plain help: rich would import every command to list them
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -35,22 +93,11 @@ class State:
 def root(
     ctx: typer.Context,
     db: Annotated[str | None, typer.Option("--db", help="Database URL (env RETAIN_DATABASE_URL).",
-                                           show_default=False)] = None,
+                                           metavar="URL", show_default=False)] = None,
 ) -> None:
     """Retain: rules-driven workflow automation for customer retention."""
     settings = load_settings()
     ctx.obj = State(db_url=db or settings.database_url)
-
-
-app.add_typer(data.sync_app, name="sync")
-app.add_typer(customer.customer_app, name="customer")
-app.command("validate")(playbooks.validate)
-app.command("schema")(playbooks.schema)
-app.command("init")(playbooks.init)
-app.command("dry-run")(evaluate.dry_run)
-app.command("explain")(evaluate.explain_command)
-app.command("demo")(demo.demo)
-app.add_typer(report.report_app, name="report")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,5 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="retain")
     except RetainError as exc:
+        from cli import render
+
         render.error(str(exc))
         sys.exit(exc.exit_code)

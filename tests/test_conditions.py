@@ -132,3 +132,13 @@ def test_attributes_accept_any_operator() -> None:
                          {"attributes.seats": {"gt": 5}}])
     assert problems == []
     assert FieldType.ANY in OPERATORS.get("within").fits  # type: ignore[union-attr]
+
+
+def test_an_event_trigger_has_its_where_without_check() -> None:
+    """The `where` filter is part of the parsed trigger, whatever the call order."""
+    from engine.format.triggers import EventParams, EventTrigger
+
+    params = EventParams.model_validate({"type": "ticket", "where": [{"priority": {"eq": "high"}}]})
+    trigger = EventTrigger(params)
+    assert [item.field for item in trigger.where.items] == ["priority"]  # type: ignore[union-attr]
+    assert trigger.condition_words() == " matching where"

@@ -1,5 +1,9 @@
 """Conditions compiled to SQLAlchemy expressions, so the database evaluates them (DESIGN 4).
 
+Each operator owns its SQL (engine/format/operators.py); this module resolves a field to what
+the operator tests (a column, a JSON reading, a historical fact, an events aggregate) and
+composes the operators into whole conditions. What they mean:
+
 `compile_condition` gives a boolean over `customers` (a `when:` list or any part of it);
 `compile_event_condition` one over events (a trigger's `where:`). Results are never NULL, so
 `not:` of a test that fails on a missing value holds. tests/test_compile_property.py is this
@@ -33,30 +37,24 @@ up to `as_of` by engine/store/facts.py's definitions; `created_at` and `rfm_*` a
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from engine.errors import Issue, Location, PlaybookError
+from engine.errors import Issue, Location, PlaybookError, Problem
 from engine.format.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not
 from engine.format.fields import ATTRIBUTE_PREFIX, CUSTOMER_FIELDS, EVENT_PROPERTIES, FieldType
+from engine.format.operators import OPERATORS, Operand, at
 from engine.format.yamlsource import PathKey, dotted
-from engine.store.dialect import (
-    KIND_TYPES,
-    Bool,
-    Column,
-    json_reading,
-    no_tags,
-    substring,
-    tag_member,
-)
+from engine.store.dialect import Bool, Column
 from engine.store.facts import DERIVED_FACTS, customers, fact_as_of
 from engine.store.facts import events as events_table
-from engine.store.tables import UTCDateTime
+
+__all__ = ["CompileContext", "CompileRefused", "Operand", "at", "compile_condition",
+           "compile_event_condition", "customer_field", "events_measure", "historical_fact"]
 
 
 @dataclass(frozen=True)
@@ -72,27 +70,7 @@ class CompileContext:
         object.__setattr__(self, "as_of", self.as_of.astimezone(UTC))
 
 
-def at(moment: datetime) -> sa.BindParameter[datetime]:
-    """An instant bound as UTCDateTime: SQLite then compares the text it stores, byte for byte."""
-    return sa.literal(moment, UTCDateTime())
-
-
 # ---- fields ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Operand:
-    """What an operator tests: a typed column, or a key of a JSON document read by value kind."""
-
-    column: Column
-    field_type: FieldType
-    nullable: bool = True
-    document: Column | None = None
-    key: str = ""
-
-    def read(self, kind: str) -> Column:
-        """The value as `kind`; a typed column is already of its one kind."""
-        return self.column if self.document is None else json_reading(self.document, self.key, kind)
 
 
 def customer_field(ctx: CompileContext, name: str) -> Column:
@@ -121,136 +99,6 @@ def _event_operand(events: sa.FromClause, name: str) -> Operand:
 def historical_fact(ctx: CompileContext, name: str) -> Column:
     """A derived fact as of `ctx.as_of`, by engine/store/facts.py's one definition."""
     return fact_as_of(name, ctx.as_of)
-
-
-# ---- operators ---------------------------------------------------------------------------------
-
-OperatorSql = Callable[[CompileContext, Operand, Any], Bool]
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    return "time" if isinstance(value, datetime) else "date" if isinstance(value, date) else "text"
-
-
-def _bound(value: Any) -> Any:
-    """A value bound with its kind's type: numbers as floats (see _bound_list)."""
-    kind = _kind(value)
-    return sa.literal(float(value) if kind == "number" else value, KIND_TYPES[kind])
-
-
-def _bound_list(values: list[Any]) -> Any:
-    """An IN list bound with its kind's type: SQLAlchemy would type it by its first value, and
-    PostgreSQL would then cast 12.5 in `in: [3, 12.5]` to an integer."""
-    kind = _kind(values[0])
-    items = [float(value) for value in values] if kind == "number" else values
-    return sa.bindparam(None, items, type_=KIND_TYPES[kind], expanding=True)
-
-
-def _known(operand: Operand, column: Column, test: Bool, missing: bool = False) -> Bool:
-    """The test, with `missing` (never NULL) where the value is NULL.
-
-    A plain column gets an IS NULL guard, which keeps its index usable; a computed value (a
-    JSON reading, a subquery) is wrapped in coalesce instead, so it is evaluated once per row.
-    """
-    if not operand.nullable:
-        return test
-    if isinstance(column, sa.ColumnClause):
-        return sa.or_(column.is_(None), test) if missing else sa.and_(column.is_not(None), test)
-    return sa.func.coalesce(test, sa.true() if missing else sa.false())
-
-
-def _comparison(compare: Callable[[Column, Any], Bool], ordered: bool) -> OperatorSql:
-    def compile_test(ctx: CompileContext, operand: Operand, value: Any) -> Bool:
-        if ordered and operand.document is not None and _kind(value) not in ("number", "text"):
-            raise ValueError(f"gt, gte, lt and lte compare numbers or text, not {value!r}")
-        column = operand.read(_kind(value))
-        return _known(operand, column, compare(column, _bound(value)))
-
-    return compile_test
-
-
-def _by_kind(operand: Operand, values: tuple[Any, ...]) -> list[tuple[Column, list[Any]]]:
-    groups: dict[str, list[Any]] = {}
-    for value in values:
-        groups.setdefault(_kind(value), []).append(value)
-    return [(operand.read(kind), items) for kind, items in groups.items()]
-
-
-def _in(ctx: CompileContext, operand: Operand, values: tuple[Any, ...]) -> Bool:
-    return sa.or_(*(_known(operand, column, column.in_(_bound_list(items)))
-                    for column, items in _by_kind(operand, values)))
-
-
-def _not_in(ctx: CompileContext, operand: Operand, values: tuple[Any, ...]) -> Bool:
-    readings = _by_kind(operand, values)
-    if len(readings) == 1:
-        (column, items), = readings
-        return _known(operand, column, column.not_in(_bound_list(items)))
-    present = sa.or_(*(column.is_not(None) for column, _ in readings))
-    return sa.and_(present, sa.not_(_in(ctx, operand, values)))
-
-
-def _between(ctx: CompileContext, operand: Operand, value: tuple[Any, Any]) -> Bool:
-    low, high = value
-    kinds = {_kind(low), _kind(high)}
-    if operand.document is not None and kinds not in ({"number"}, {"text"}):
-        raise ValueError(f"between needs two numbers or two texts, not {list(value)!r}")
-    column = operand.read(_kind(low))
-    return _known(operand, column, column.between(_bound(low), _bound(high)))
-
-
-def _contains(ctx: CompileContext, operand: Operand, value: Any) -> Bool:
-    if operand.field_type == FieldType.LIST:
-        return _known(operand, operand.column, tag_member(operand.column, value))
-    if operand.document is None:
-        return _known(operand, operand.column, substring(operand.column, value))
-    if isinstance(value, bool):
-        raise ValueError("contains looks for text, not true or false")
-    text = operand.read("text")
-    return sa.or_(_known(operand, text, substring(text, str(value))),
-                  json_reading(operand.document, operand.key, "has_text", str(value)))
-
-
-def _is_null(ctx: CompileContext, operand: Operand, value: bool) -> Bool:
-    if operand.field_type == FieldType.LIST:
-        test = no_tags(operand.column)
-    elif operand.document is not None:
-        test = json_reading(operand.document, operand.key, "missing")
-    else:
-        test = operand.column.is_(None)
-    return test if value else sa.not_(test)
-
-
-def _instant(operand: Operand, moment: datetime, *, up: bool = False) -> Column:
-    """`moment` bound for this field; a date field compares whole days (midnight UTC)."""
-    if operand.field_type != FieldType.DATE:
-        return at(moment)
-    day = moment.date() + timedelta(days=int(up and moment.time() != time(0)))
-    return sa.literal(day, sa.Date())
-
-
-def _older_than(ctx: CompileContext, operand: Operand, delta: timedelta) -> Bool:
-    column = operand.read("time")
-    return _known(operand, column, column <= _instant(operand, ctx.as_of - delta), missing=True)
-
-
-def _within(ctx: CompileContext, operand: Operand, delta: timedelta) -> Bool:
-    column = operand.read("time")
-    low, high = _instant(operand, ctx.as_of - delta, up=True), _instant(operand, ctx.as_of)
-    return _known(operand, column, column.between(low, high))
-
-
-OPERATOR_SQL: dict[str, OperatorSql] = {
-    "eq": _comparison(operator.eq, False), "ne": _comparison(operator.ne, False),
-    "gt": _comparison(operator.gt, True), "gte": _comparison(operator.ge, True),
-    "lt": _comparison(operator.lt, True), "lte": _comparison(operator.le, True),
-    "in": _in, "not_in": _not_in, "between": _between, "contains": _contains,
-    "is_null": _is_null, "older_than": _older_than, "within": _within}
-"""Each operator of engine.format.conditions.OPERATORS -> its SQL (a test checks the names agree)."""
 
 
 # ---- conditions --------------------------------------------------------------------------------
@@ -288,8 +136,11 @@ class _Compiler:
         return self.events(condition)
 
     def test(self, path: PathKey, name: str, operand: Operand, value: Any) -> Bool:
+        operator = OPERATORS.get(name)
         try:
-            return OPERATOR_SQL[name](self.ctx, operand, value)
+            if operator is None:
+                raise ValueError(OPERATORS.unknown(name))
+            return operator().compile(operand, value, self.ctx.as_of)
         except ValueError as exc:
             raise _refused(path, str(exc)) from None
 
@@ -320,5 +171,15 @@ def events_measure(ctx: CompileContext, test: EventsTest) -> Column:
     return sa.select(measure).where(*where).correlate_except(ev).scalar_subquery()
 
 
-def _refused(path: PathKey, message: str) -> PlaybookError:
-    return PlaybookError(f"{dotted(path)}: {message}", [Issue(Location(), dotted(path), message)])
+class CompileRefused(PlaybookError):
+    """A condition that parses but that SQL cannot express; `problem` keeps its path, so
+    validation places it at the condition's file:line:column."""
+
+    def __init__(self, problem: Problem) -> None:
+        where = dotted(problem.path)
+        super().__init__(f"{where}: {problem.message}", [Issue(Location(), where, problem.message)])
+        self.problem = problem
+
+
+def _refused(path: PathKey, message: str) -> CompileRefused:
+    return CompileRefused(Problem(path, message))

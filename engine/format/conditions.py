@@ -1,18 +1,18 @@
-"""Conditions (`when:` and an event trigger's `where:`): operators, any/all/not, events aggregates.
+"""Conditions (`when:` and an event trigger's `where:`): field tests, any/all/not, events aggregates.
 
-Each operator is one small class registered in OPERATORS that owns its value check and which
-field types it fits. Parsing turns raw YAML into frozen condition values and collects every
-problem with its path; nothing here touches the database (SQL compilation is layered on top).
+Each operator is one small class in engine/format/operators.py (registered in OPERATORS) that
+owns its value check, the field types it fits and its SQL. Parsing turns raw YAML into frozen
+condition values and collects every problem with its path; engine/format/compile.py composes the
+operators' SQL into whole conditions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import Any, ClassVar
+from datetime import timedelta
+from typing import Any
 
-from engine.clock import aware_utc
 from engine.errors import Problem
 from engine.format.durations import DURATION_PATTERN, parse_duration
 from engine.format.fields import (
@@ -22,174 +22,10 @@ from engine.format.fields import (
     customer_field_type,
     unknown_field_message,
 )
-from engine.format.registry import Registry
+from engine.format.operators import OPERATORS
 from engine.format.yamlsource import PathKey
 
 T = FieldType
-ORDERED = frozenset({T.NUMBER, T.TIME, T.DATE, T.ANY})
-SCALAR = frozenset({T.TEXT, T.NUMBER, T.TIME, T.DATE, T.ANY})
-SCALAR_SCHEMA: dict[str, Any] = {"type": ["string", "number", "boolean"]}
-
-
-class Operator:
-    """One comparison: its name, the field types it fits, and how its value is checked."""
-
-    kind: ClassVar[str]
-    fits: ClassVar[frozenset[FieldType]] = SCALAR
-    value_schema: ClassVar[dict[str, Any]] = SCALAR_SCHEMA
-
-    def parse_value(self, value: Any, field_type: FieldType) -> Any:
-        """The checked value, or ValueError saying what was expected."""
-        return scalar_value(value, field_type)
-
-
-OPERATORS: Registry[type[Operator]] = Registry("operator")
-
-
-def scalar_value(value: Any, field_type: FieldType) -> Any:
-    """Check one comparison value against the field's type; times become aware datetimes."""
-    if value is None:
-        raise ValueError("a null value here never matches; use is_null: true")
-    if field_type in (T.TIME, T.DATE):
-        return time_value(value, field_type)
-    if field_type == T.NUMBER:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"expected a number, got {value!r}")
-        return value
-    if field_type in (T.TEXT, T.LIST):
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError(f"expected text, got {value!r}")
-        return str(value)
-    if not isinstance(value, str | int | float | bool):
-        raise ValueError(f"expected a single value, got {value!r}")
-    return value
-
-
-def time_value(value: Any, field_type: FieldType) -> datetime | date:
-    """An ISO 8601 date or time; naive times are UTC (DESIGN section 5)."""
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"expected an ISO 8601 date or time like 2024-05-01, got {value!r}") from None
-    if field_type == T.DATE:
-        return parsed.date()
-    return aware_utc(parsed)
-
-
-@OPERATORS.register("eq")
-class EqOperator(Operator):
-    """Equal to a value: `country: { eq: NO }` (Norway: YAML 1.1 booleans are not read)."""
-
-
-@OPERATORS.register("ne")
-class NeOperator(Operator):
-    """Not equal (a missing value is neither equal nor unequal): `segment: { ne: churned }`."""
-
-
-@OPERATORS.register("gt")
-class GtOperator(Operator):
-    """Greater than: `total_spent: { gt: 100 }`."""
-
-    fits = ORDERED
-
-
-@OPERATORS.register("gte")
-class GteOperator(Operator):
-    """Greater than or equal: `purchase_count: { gte: 3 }`."""
-
-    fits = ORDERED
-
-
-@OPERATORS.register("lt")
-class LtOperator(Operator):
-    """Less than: `last_feedback_score: { lt: 7 }`."""
-
-    fits = ORDERED
-
-
-@OPERATORS.register("lte")
-class LteOperator(Operator):
-    """Less than or equal: `points_balance: { lte: 0 }`."""
-
-    fits = ORDERED
-
-
-class _ListOperator(Operator):
-    fits = frozenset({T.TEXT, T.NUMBER, T.DATE, T.ANY})
-    value_schema = {"type": "array", "items": SCALAR_SCHEMA, "minItems": 1}
-
-    def parse_value(self, value: Any, field_type: FieldType) -> Any:
-        if not isinstance(value, list) or not value:
-            raise ValueError(f"expected a non-empty list like [gold, silver], got {value!r}")
-        return tuple(scalar_value(item, field_type) for item in value)
-
-
-@OPERATORS.register("in")
-class InOperator(_ListOperator):
-    """One of several values: `segment: { in: [gold, silver] }`."""
-
-
-@OPERATORS.register("not_in")
-class NotInOperator(_ListOperator):
-    """None of several values: `country: { not_in: [US, CA] }`."""
-
-
-@OPERATORS.register("contains")
-class ContainsOperator(Operator):
-    """A tag in a list, or a substring of text: `tags: { contains: vip }`."""
-
-    fits = frozenset({T.LIST, T.TEXT, T.ANY})
-    value_schema = {"type": ["string", "number"]}
-
-    def parse_value(self, value: Any, field_type: FieldType) -> Any:
-        return scalar_value(value, T.TEXT if field_type == T.LIST else field_type)
-
-
-@OPERATORS.register("is_null")
-class IsNullOperator(Operator):
-    """Has no value (true) or has one (false): `email: { is_null: false }`."""
-
-    fits = frozenset(FieldType)
-    value_schema = {"type": "boolean"}
-
-    def parse_value(self, value: Any, field_type: FieldType) -> Any:
-        if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value
-
-
-@OPERATORS.register("between")
-class BetweenOperator(Operator):
-    """Inclusive range: `total_spent: { between: [100, 500] }`."""
-
-    fits = ORDERED
-    value_schema = {"type": "array", "items": SCALAR_SCHEMA, "minItems": 2, "maxItems": 2}
-
-    def parse_value(self, value: Any, field_type: FieldType) -> Any:
-        if not isinstance(value, list) or len(value) != 2:
-            raise ValueError(f"expected two values [low, high], got {value!r}")
-        low, high = (scalar_value(item, field_type) for item in value)
-        if type(low) is type(high) and low > high:
-            raise ValueError(f"low end {value[0]!r} is above high end {value[1]!r}")
-        return low, high
-
-
-class _AgeOperator(Operator):
-    fits = frozenset({T.TIME, T.DATE, T.ANY})
-    value_schema = {"type": "string", "pattern": DURATION_PATTERN}
-
-    def parse_value(self, value: Any, field_type: FieldType) -> Any:
-        return parse_duration(value) if isinstance(value, str) else parse_duration(repr(value))
-
-
-@OPERATORS.register("older_than")
-class OlderThanOperator(_AgeOperator):
-    """At least this long ago; a missing time counts as older: `last_emailed_at: { older_than: 7d }`."""
-
-
-@OPERATORS.register("within")
-class WithinOperator(_AgeOperator):
-    """No longer ago than this: `last_purchase_at: { within: 30d }`."""
 
 
 # ---- parsed condition values ------------------------------------------------------------------

@@ -184,7 +184,8 @@ def parse_trigger(raw: dict[str, Any], path: PathKey) -> tuple[Trigger | None, l
     if cls is None:
         return None, [Problem((*path, kind), TRIGGERS.unknown(kind), at="key")]
     try:
-        trigger = cls(cls.Params.model_validate(params if params is not None else {}))
+        trigger = cls(cls.Params.model_validate(params if params is not None else {}),
+                      (*path, kind))
     except ValidationError as exc:
         return None, pydantic_problems(exc, cls.Params, (*path, kind))
     return trigger, trigger.check((*path, kind))

@@ -101,8 +101,10 @@ class Trigger:
     Params: ClassVar[type[TriggerParams]]
     state_based: ClassVar[bool] = False  # enrolls on a state, so `backfill` applies
 
-    def __init__(self, params: TriggerParams) -> None:
+    def __init__(self, params: TriggerParams, path: PathKey = ()) -> None:
+        """`path` is where the params sit in the document (`("trigger", kind)`), for problems."""
         self.params = params
+        self.path = path
 
     def check(self, path: PathKey) -> list[Problem]:
         """Semantic problems beyond the params model; none by default."""
@@ -300,14 +302,16 @@ class EventTrigger(EventTriggerBase):
 
     Params = EventParams
 
-    def __init__(self, params: TriggerParams) -> None:
-        super().__init__(params)
-        self.where = AllOf((), ())
+    def __init__(self, params: TriggerParams, path: PathKey = ("trigger", "event")) -> None:
+        """The `where` filter is parsed here, with the trigger, so it is there whatever the call
+        order; its problems wait for `check`."""
+        super().__init__(params, path)
+        parser = ConditionParser(event_property_type, allow_events=False)
+        self.where: AllOf = parser.parse_list(params.where, (*path, "where"))  # type: ignore[attr-defined]
+        self.where_problems = parser.problems
 
     def check(self, path: PathKey) -> list[Problem]:
-        parser = ConditionParser(event_property_type, allow_events=False)
-        self.where = parser.parse_list(self.params.where, (*path, "where"))  # type: ignore[attr-defined]
-        return parser.problems
+        return list(self.where_problems)
 
     def event_type_name(self) -> str:
         return self.params.type  # type: ignore[attr-defined]

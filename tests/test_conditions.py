@@ -14,8 +14,9 @@ from engine.format.conditions import (
     EventsTest,
     FieldTest,
     Not,
+    yearly_age_message,
 )
-from engine.format.fields import CUSTOMER_FIELDS, FieldType
+from engine.format.fields import CUSTOMER_FIELDS, YEARLY_DATE_FIELDS, FieldType
 
 
 def parse(raw: list[object]) -> tuple[AllOf, list[str]]:
@@ -59,7 +60,9 @@ def test_every_operator_on_every_field(field: str, op: str) -> None:
     elif op == "is_null":
         value = True
     _, problems = parse([{field: {op: value}}])
-    if kind in FITS[op].split():
+    if field in YEARLY_DATE_FIELDS and op in ("older_than", "within"):
+        assert problems == [f"when.0.{field}.{op}: {yearly_age_message(op, field)}"]
+    elif kind in FITS[op].split():
         assert problems == []
     else:
         assert problems == [f"when.0.{field}.{op}: operator {op!r} does not fit {kind} field {field!r}"]
@@ -142,3 +145,15 @@ def test_an_event_trigger_has_its_where_without_check() -> None:
     trigger = EventTrigger(params)
     assert [item.field for item in trigger.where.items] == ["priority"]  # type: ignore[union-attr]
     assert trigger.condition_words() == " matching where"
+
+
+@pytest.mark.parametrize("op", ["within", "older_than"])
+def test_an_age_test_on_a_yearly_date_is_refused_with_a_hint(op: str) -> None:
+    parser = ConditionParser()
+    parser.parse({"birthday": {op: "7d"}}, ("when", 0))
+    [problem] = parser.problems
+    assert problem.path == ("when", 0, "birthday", op) and problem.at == "key"
+    assert problem.message == (
+        f"{op} on 'birthday' compares the year too (a birthday is years ago), so it selects "
+        "nonsense; to act around the day each year use the date trigger: "
+        "trigger: {date: {field: birthday, offset: -7d}}")

@@ -18,6 +18,7 @@ from engine.format.durations import DURATION_PATTERN, parse_duration
 from engine.format.fields import (
     CUSTOMER_FIELDS,
     EVENT_PROPERTIES,
+    YEARLY_DATE_FIELDS,
     FieldType,
     customer_field_type,
     unknown_field_message,
@@ -165,6 +166,9 @@ class ConditionParser:
             self.problems.append(Problem(
                 path, f"operator {op!r} does not fit {field_type} field {name!r}", at="key"))
             return None
+        if op in ("within", "older_than") and name in YEARLY_DATE_FIELDS:
+            self.problems.append(Problem(path, yearly_age_message(op, name), at="key"))
+            return None
         try:
             return operator().parse_value(value, field_type)
         except ValueError as exc:
@@ -209,6 +213,13 @@ class ConditionParser:
         except ValueError as exc:
             self.problems.append(Problem(path, str(exc)))
             return None
+
+
+def yearly_age_message(op: str, name: str) -> str:
+    """Why an age test on a yearly date is refused, and what to write instead."""
+    return (f"{op} on {name!r} compares the year too (a {name} is years ago), so it selects "
+            f"nonsense; to act around the day each year use the date trigger: "
+            f"trigger: {{date: {{field: {name}, offset: -7d}}}}")
 
 
 def condition_schema() -> dict[str, Any]:

@@ -52,6 +52,10 @@ ATTRIBUTE_PREFIX = "attributes."
 # Event properties with a known type; any other property is `any`.
 EVENT_PROPERTIES: dict[str, FieldType] = {"amount": FieldType.NUMBER, "score": FieldType.NUMBER}
 
+# Dates that recur yearly: an age test (`within`, `older_than`) compares the year too, so it
+# selects nonsense; the `date` trigger follows their month and day.
+YEARLY_DATE_FIELDS = frozenset({"birthday"})
+
 # Customer fields a `date` trigger can fire on (month and day of a date or time).
 DATE_TRIGGER_FIELDS = [name for name, kind in CUSTOMER_FIELDS.items()
                        if kind in (FieldType.DATE, FieldType.TIME)]

@@ -16,8 +16,8 @@ from rich.table import Table
 from cli import render
 from cli.evaluate import print_plan
 from engine.demo.build import load_demo
-from engine.format.validation import load_valid_playbooks
 from engine.plan.planner import make_plan
+from engine.query.checks import load_valid_playbooks
 from engine.store.open import open_store
 from engine.store.tables import Customer, Event
 from playbooks import SAMPLES_DIR

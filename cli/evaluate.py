@@ -17,8 +17,8 @@ from engine.clock import iso, parse_as_of, utcnow
 from engine.config import load_settings
 from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
-from engine.format.validation import load_valid_playbooks
 from engine.plan.planner import Plan, PlannedAction, PlaybookPlan, make_plan
+from engine.query.checks import load_valid_playbooks
 from engine.query.explain import Explanation, explain, show_value
 from engine.store.facts import customers
 from engine.store.open import open_existing_store

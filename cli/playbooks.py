@@ -10,7 +10,7 @@ import typer
 from cli import render
 from engine.config import CONFIG_FILE, load_settings
 from engine.format.schema import SCHEMA_FILE, schema_text
-from engine.format.validation import load_playbooks
+from engine.query.checks import load_playbooks
 
 PathsArg = Annotated[list[Path] | None, typer.Argument(
     help="Playbook files or folders (default: the project's playbooks folder).", show_default=False)]

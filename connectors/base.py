@@ -80,8 +80,8 @@ def inline_problems(templates: TemplateChecker, path: PathKey, source: str, *,
 def file_problems(templates: TemplateChecker, path: PathKey, name: str) -> list[Problem]:
     """Problems inside a template file, located in that file (the path names the using value)."""
     file = str(templates.template_path(name))
-    return [Problem(path, message, location=Location(file=file, line=line))
-            for line, message in templates.check_file(name)]
+    return [Problem(path, message, location=Location(file=file, line=line, column=column))
+            for line, column, message in templates.check_file(name)]
 
 
 def env_problems(templates: TemplateChecker, path: PathKey, text: str) -> list[Problem]:

@@ -154,6 +154,5 @@ def test_an_age_test_on_a_yearly_date_is_refused_with_a_hint(op: str) -> None:
     [problem] = parser.problems
     assert problem.path == ("when", 0, "birthday", op) and problem.at == "key"
     assert problem.message == (
-        f"{op} on 'birthday' compares the year too (a birthday is years ago), so it selects "
-        "nonsense; to act around the day each year use the date trigger: "
-        "trigger: {date: {field: birthday, offset: -7d}}")
+        f"{op} on 'birthday' compares the year too, so it selects nonsense; to act around "
+        "the day each year, use trigger: {date: {field: birthday, offset: -7d}}")

@@ -37,7 +37,7 @@ up to `as_of` by engine/store/facts.py's definitions; `created_at` and `rfm_*` a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,7 +54,8 @@ from engine.store.facts import DERIVED_FACTS, customers, fact_as_of
 from engine.store.facts import events as events_table
 
 __all__ = ["CompileContext", "CompileRefused", "Operand", "at", "compile_condition",
-           "compile_event_condition", "customer_field", "events_measure", "historical_fact"]
+           "compile_event_condition", "customer_field", "events_measure", "historical_fact",
+           "refused_conditions"]
 
 
 @dataclass(frozen=True)
@@ -183,3 +184,32 @@ class CompileRefused(PlaybookError):
 
 def _refused(path: PathKey, message: str) -> CompileRefused:
     return CompileRefused(Problem(path, message))
+
+
+def refused_conditions(condition: Condition, *, event_scope: bool = False) -> list[Problem]:
+    """Every test in `condition` that parses but that SQL cannot express, each at its path.
+
+    Each leaf is compiled on its own, so all of them are found, not only the first; validation
+    runs this on whatever parsed, so they show beside the file's other problems.
+    """
+    ctx = CompileContext(datetime(2024, 2, 29, tzinfo=UTC))
+    problems = []
+    for leaf in _leaves(condition):
+        try:
+            if event_scope:
+                compile_event_condition(ctx, leaf, events_table)
+            else:
+                compile_condition(ctx, leaf)
+        except CompileRefused as exc:
+            problems.append(exc.problem)
+    return problems
+
+
+def _leaves(condition: Condition) -> Iterator[Condition]:
+    if isinstance(condition, AllOf | AnyOf):
+        for item in condition.items:
+            yield from _leaves(item)
+    elif isinstance(condition, Not):
+        yield from _leaves(condition.item)
+    else:
+        yield condition

@@ -217,9 +217,8 @@ class ConditionParser:
 
 def yearly_age_message(op: str, name: str) -> str:
     """Why an age test on a yearly date is refused, and what to write instead."""
-    return (f"{op} on {name!r} compares the year too (a {name} is years ago), so it selects "
-            f"nonsense; to act around the day each year use the date trigger: "
-            f"trigger: {{date: {{field: {name}, offset: -7d}}}}")
+    return (f"{op} on {name!r} compares the year too, so it selects nonsense; to act around "
+            f"the day each year, use trigger: {{date: {{field: {name}, offset: -7d}}}}")
 
 
 def condition_schema() -> dict[str, Any]:

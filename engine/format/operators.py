@@ -109,6 +109,11 @@ def time_value(value: Any, field_type: FieldType) -> datetime | date:
     return aware_utc(parsed)
 
 
+def shown(value: Any) -> str:
+    """A value as the playbook spells it (YAML's true, not Python's True)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 # ---- SQL helpers -------------------------------------------------------------------------------
 
 
@@ -173,7 +178,7 @@ class _Comparison(Operator):
     def compile(self, operand: Operand, value: Any, as_of: datetime) -> Bool:
         if self.ordered and operand.document is not None and value_kind(value) not in (
                 "number", "text"):
-            raise ValueError(f"gt, gte, lt and lte compare numbers or text, not {value!r}")
+            raise ValueError(f"gt, gte, lt and lte compare numbers or text, not {shown(value)}")
         column = operand.read(value_kind(value))
         return known(operand, column, type(self).compare(column, _bound(value)))
 

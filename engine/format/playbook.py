@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from engine.errors import Problem, did_you_mean
+from engine.format.compile import refused_conditions
 from engine.format.conditions import AllOf, ConditionParser
 from engine.format.durations import Duration, Percent, parse_duration
 from engine.format.triggers import TRIGGERS, Trigger
@@ -240,9 +241,20 @@ def _parse_parts(data: dict[str, Any], connectors: dict[str, Any]) -> tuple[
     if isinstance(data.get("trigger"), dict):
         trigger, found = parse_trigger(data["trigger"], ("trigger",))
         problems += found
+    if trigger is not None:
+        problems += trigger.refused()
     parser = ConditionParser()
     when = parser.parse_list(data.get("when"), ("when",))
-    problems += parser.problems
+    problems += parser.problems + refused_conditions(when)
+    steps, found = parse_steps(data, connectors)
+    return trigger, when, steps, problems + found
+
+
+def parse_steps(data: dict[str, Any], connectors: dict[str, Any]) -> tuple[tuple[Step, ...],
+                                                                          list[Problem]]:
+    """The actions that parse, and the problems of those that do not: validation checks the
+    templates of the good ones even when another part of the file is wrong."""
+    problems: list[Problem] = []
     steps: list[Step] = []
     actions = data.get("actions")
     for index, raw in enumerate(actions if isinstance(actions, list) else []):
@@ -250,4 +262,4 @@ def _parse_parts(data: dict[str, Any], connectors: dict[str, Any]) -> tuple[
         problems += found
         if step is not None:
             steps.append(step)
-    return trigger, when, tuple(steps), problems
+    return tuple(steps), problems

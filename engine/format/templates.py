@@ -310,7 +310,7 @@ class TemplateChecker:
         self.env_vars = env_vars
         self.templates_dir = templates_dir_of(environment)
         self._context = sample_context(customer_fields)
-        self._file_results: dict[str, list[tuple[int, str]]] = {}
+        self._file_results: dict[str, list[tuple[int, int, str]]] = {}
 
     def template_path(self, name: str) -> Path:
         """Where the template file `name` is (or would be), for messages."""
@@ -321,68 +321,73 @@ class TemplateChecker:
         return env_var_problems(text, self.env_vars)
 
     def check_string(self, source: str, *, header: bool = False) -> list[tuple[int, str]]:
-        """Problems in an inline template as (0-based line offset, message)."""
-        problems = self._static(source, header)
-        if problems:
-            return [(line - 1, message) for line, message in problems]
+        """Problems in an inline template as (0-based line offset, message), every one found."""
+        problems = [(line, message) for line, _, message in self._static(source, header)]
         try:
             template = _compile(self.environment, source, html=False)
             _run(template, dict(self._context), header)
         except _Failure as failure:
-            return [(max(failure.line - 1, 0), failure.message)]
-        return []
+            problems = _add_failure(problems, failure.line, failure.message)
+        return [(max(line - 1, 0), message) for line, message in problems]
 
-    def check_file(self, name: str) -> list[tuple[int, str]]:
-        """Problems in a template file as (1-based line, message); 0 when no line applies."""
+    def check_file(self, name: str) -> list[tuple[int, int, str]]:
+        """Problems in a template file as (1-based line, column, message); 0 when none applies."""
         if name not in self._file_results:
             self._file_results[name] = self._check_file(name)
         return self._file_results[name]
 
-    def _check_file(self, name: str) -> list[tuple[int, str]]:
+    def _check_file(self, name: str) -> list[tuple[int, int, str]]:
         path = self.template_path(name)
         if self.templates_dir is None or not path.is_file():
-            return [(0, f"template file {path} does not exist")]
+            return [(0, 0, f"template file {path} does not exist")]
         try:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            return [(0, f"template file {path} cannot be read: {exc}")]
+            return [(0, 0, f"template file {path} cannot be read: {exc}")]
         problems = self._static(source, header=False)
-        if problems:
+        if any(message.startswith("template syntax error") for _, _, message in problems):
             return problems
         try:
             _run(self.environment.get_template(name), dict(self._context), header=False)
         except jinja2.TemplateError as exc:  # compile errors the parse did not catch
-            return [(getattr(exc, "lineno", 0) or 0, _describe(exc))]
-        except _Failure as failure:
-            return [(failure.line, failure.message)]
-        return []
+            failure = _Failure(_describe(exc), getattr(exc, "lineno", 0) or 0)
+        except _Failure as exc:
+            failure = exc
+        else:
+            return problems
+        if problems and (not failure.line or any(line == failure.line for line, _, _ in problems)):
+            return problems  # the render stopped on a problem already listed
+        return sorted([*problems, (failure.line, _column(source, failure.line), failure.message)])
 
-    def _static(self, source: str, header: bool) -> list[tuple[int, str]]:
-        """Syntax, line breaks in headers, unknown filters, tests, variables and fields."""
+    def _static(self, source: str, header: bool) -> list[tuple[int, int, str]]:
+        """Every problem found without rendering, as (line, column, message): syntax, line breaks
+        in headers, unsafe attributes, unknown filters, tests, variables and fields."""
         try:
             ast = self.environment.parse(source)
         except jinja2.TemplateSyntaxError as exc:
-            return [(exc.lineno, _describe(exc))]
-        problems: list[tuple[int, str]] = []
+            return [(exc.lineno, _column(source, exc.lineno), _describe(exc))]
+        problems: list[tuple[int, str, str]] = []
         if header and (found := _LINE_BREAK.search(source)):
-            problems.append((source.count("\n", 0, found.start()) + 1,
+            problems.append((source.count("\n", 0, found.start()) + 1, "",
                              "line break in a header template (header injection)"))
+        problems += _unsafe_attributes(ast)
         problems += _unknown(ast.find_all(nodes.Filter), "filter", self.environment.filters)
         problems += _unknown(ast.find_all(nodes.Test), "test", self.environment.tests)
         problems += self._unknown_variables(ast)
         problems += self._unknown_customer_fields(ast)
-        return sorted(problems)
+        return sorted((line, _column(source, line, needle), message)
+                      for line, needle, message in problems)
 
-    def _unknown_variables(self, ast: nodes.Template) -> list[tuple[int, str]]:
+    def _unknown_variables(self, ast: nodes.Template) -> list[tuple[int, str, str]]:
         names = _undeclared(ast) - CONTEXT_NAMES - set(self.environment.globals)
         first_line = {}
         for node in ast.find_all(nodes.Name):
             first_line.setdefault(node.name, node.lineno)
-        return [(first_line.get(name, 1),
+        return [(first_line.get(name, 1), name,
                  f"unknown variable {name!r}{did_you_mean(name, sorted(CONTEXT_NAMES))}")
                 for name in sorted(names)]
 
-    def _unknown_customer_fields(self, ast: nodes.Template) -> list[tuple[int, str]]:
+    def _unknown_customer_fields(self, ast: nodes.Template) -> list[tuple[int, str, str]]:
         known = {*self.customer_fields, "attributes"}
         problems = []
         for node, field in _customer_lookups(ast):
@@ -390,13 +395,50 @@ class TemplateChecker:
                 continue
             hint = did_you_mean(field, sorted(known))
             hint = hint or f" (did you mean 'customer.attributes.{field}'?)"
-            problems.append((node.lineno, f"unknown customer field {field!r}{hint}"))
+            problems.append((node.lineno, field, f"unknown customer field {field!r}{hint}"))
         return problems
 
 
+def _add_failure(problems: list[tuple[int, str]], line: int,
+                 message: str) -> list[tuple[int, str]]:
+    """The trial render's failure beside the static problems, unless it stopped on one of them."""
+    if problems and (not line or any(known == line for known, _ in problems)):
+        return problems
+    return sorted([*problems, (line, message)])
+
+
+def _column(source: str, line: int, needle: str = "") -> int:
+    """The 1-based column of `needle` on `line` of `source` (Jinja only knows lines): of the
+    first tag on the line when there is no needle or it is not found; 0 for no line."""
+    lines = source.splitlines()
+    if not 1 <= line <= len(lines):
+        return 0
+    text = lines[line - 1]
+    if needle and (found := re.search(rf"(?<![\w.]){re.escape(needle)}(?!\w)", text)):
+        return found.start() + 1
+    if needle and (index := text.find(needle)) >= 0:
+        return index + 1
+    tag = re.search(r"\{[{%#]", text)
+    return tag.start() + 1 if tag else 1
+
+
+def _unsafe_attributes(ast: nodes.Template) -> list[tuple[int, str, str]]:
+    """`x.__class__` and other underscore attributes, which the sandbox refuses at render: all
+    of them listed here, where a trial render would stop at the first."""
+    return [(node.lineno, node.attr, f"unsafe template: access to attribute {node.attr!r} is "
+             "unsafe") for node in ast.find_all(nodes.Getattr)
+            if node.attr.startswith("_") and not _unsafe(node.node)]
+
+
+def _unsafe(node: nodes.Node) -> bool:
+    """An underscore attribute: a chain of them (`x.__class__.__mro__`) is one problem."""
+    return isinstance(node, nodes.Getattr) and node.attr.startswith("_")
+
+
 def _unknown(found: Iterable[nodes.Filter | nodes.Test], what: str,
-             known: Mapping[str, Any]) -> list[tuple[int, str]]:
-    return [(node.lineno, f"unknown {what} {node.name!r}{did_you_mean(node.name, sorted(known))}")
+             known: Mapping[str, Any]) -> list[tuple[int, str, str]]:
+    return [(node.lineno, node.name,
+             f"unknown {what} {node.name!r}{did_you_mean(node.name, sorted(known))}")
             for node in found if node.name not in known]
 
 

@@ -41,6 +41,7 @@ from engine.format.compile import (
     compile_event_condition,
     customer_field,
     historical_fact,
+    refused_conditions,
 )
 from engine.format.conditions import AllOf, ConditionParser, event_property_type
 from engine.format.durations import Duration, SignedDuration
@@ -108,6 +109,10 @@ class Trigger:
 
     def check(self, path: PathKey) -> list[Problem]:
         """Semantic problems beyond the params model; none by default."""
+        return []
+
+    def refused(self) -> list[Problem]:
+        """Conditions of the trigger that parse but that SQL cannot express; none by default."""
         return []
 
     def sql(self, tc: TriggerContext, backfill: bool) -> TriggerSql:
@@ -312,6 +317,9 @@ class EventTrigger(EventTriggerBase):
 
     def check(self, path: PathKey) -> list[Problem]:
         return list(self.where_problems)
+
+    def refused(self) -> list[Problem]:
+        return refused_conditions(self.where, event_scope=True)
 
     def event_type_name(self) -> str:
         return self.params.type  # type: ignore[attr-defined]

@@ -7,20 +7,21 @@ validates is exactly a playbook the engine will accept.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from engine.errors import Issue, Location, PlaybookError, Problem
 from engine.format.fields import CUSTOMER_FIELDS
-from engine.format.playbook import ActionStep, Playbook, parse_playbook
+from engine.format.playbook import ActionStep, Playbook, Step, parse_playbook, parse_steps
 from engine.format.registry import load_connectors
 from engine.format.templates import TemplateChecker, make_environment
 from engine.format.yamlsource import Document, SourceMap, dotted, load_yaml_file
 
 SUFFIXES = (".yaml", ".yml")
 TEMPLATES_DIR = "templates"
+PlaybookCheck = Callable[[Playbook], list[Problem]]  # a last layer, given by a caller
 
 
 @dataclass
@@ -70,13 +71,17 @@ def templates_dir(playbook_file: Path) -> Path | None:
     return None
 
 
-def check_templates(playbook: Playbook, connectors: Mapping[str, Any],
+def check_templates(steps: Sequence[Step], file: Path, connectors: Mapping[str, Any],
                     env: Mapping[str, str]) -> list[Problem]:
-    """Each action's semantic checks, templates included, with paths from the document root."""
-    checker = TemplateChecker(make_environment(templates_dir(Path(playbook.file))),
+    """Each action's semantic checks, templates included, with paths from the document root.
+
+    Run on every action that parsed, even when another part of the file is wrong, so a schema
+    error in one key does not hide the template errors elsewhere.
+    """
+    checker = TemplateChecker(make_environment(templates_dir(file)),
                               {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}, env)
     problems: list[Problem] = []
-    for step in playbook.steps:
+    for step in steps:
         if not isinstance(step, ActionStep):
             continue
         prefix = (*step.path, step.kind)
@@ -85,21 +90,32 @@ def check_templates(playbook: Playbook, connectors: Mapping[str, Any],
     return problems
 
 
-def load_file(path: Path, connectors: Mapping[str, Any],
-              env: Mapping[str, str]) -> tuple[Playbook | None, Document | None, list[Issue]]:
-    """One file through every layer; the playbook is None when anything is wrong."""
+def load_file(path: Path, connectors: Mapping[str, Any], env: Mapping[str, str],
+              checks: Sequence[PlaybookCheck] = ()
+              ) -> tuple[Playbook | None, Document | None, list[Issue]]:
+    """One file through every layer; the playbook is None when anything is wrong.
+
+    `checks` are the last layers, run on a playbook that parsed (templates may still be wrong):
+    engine/query/checks.py adds "compiles for both databases" there, since format may not
+    import the statement building of query.
+    """
     document, issues = load_yaml_file(path)
     if document is None:
         return None, None, issues
     playbook, problems = parse_playbook(document.data, document.text, str(path), dict(connectors))
+    steps = playbook.steps if playbook is not None else (
+        parse_steps(document.data, dict(connectors))[0] if isinstance(document.data, dict) else ())
+    problems += check_templates(steps, path, connectors, env)
     if playbook is not None:
-        problems += check_templates(playbook, connectors, env)
+        for check in checks:
+            problems += check(playbook)
     issues += [to_issue(problem, document.source_map) for problem in problems]
     return (None if issues else playbook), document, issues
 
 
 def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,
-                   connectors: Mapping[str, Any] | None = None) -> LoadResult:
+                   connectors: Mapping[str, Any] | None = None,
+                   checks: Sequence[PlaybookCheck] = ()) -> LoadResult:
     """Load and validate every playbook under `paths`; ids must be unique across files."""
     env = dict(os.environ) if env is None else env
     connectors = load_connectors() if connectors is None else connectors
@@ -107,7 +123,7 @@ def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,
     result = LoadResult(files=files, issues=issues)
     first_file: dict[str, str] = {}
     for path in files:
-        playbook, document, found = load_file(path, connectors, env)
+        playbook, document, found = load_file(path, connectors, env, checks)
         result.issues += found
         pid = document.data.get("id") if document and isinstance(document.data, dict) else None
         if isinstance(pid, str) and pid in first_file:
@@ -123,9 +139,10 @@ def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,
     return result
 
 
-def load_valid_playbooks(paths: list[Path], env: Mapping[str, str] | None = None) -> list[Playbook]:
+def load_valid_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,
+                         checks: Sequence[PlaybookCheck] = ()) -> list[Playbook]:
     """The playbooks under `paths`, or PlaybookError listing every issue in every file."""
-    result = load_playbooks(paths, env)
+    result = load_playbooks(paths, env, checks=checks)
     if result.issues:
         count = len(result.issues)
         raise PlaybookError(f"{count} problem{'s' if count != 1 else ''} found", result.issues)

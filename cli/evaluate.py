@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli import render
-from cli.playbooks import JsonOpt, PathsArg
+from cli.playbooks import JsonOpt, PathsArg, issue_json, show_warnings
 from engine.clock import iso, parse_as_of, utcnow
 from engine.config import load_settings
 from engine.errors import InputError, did_you_mean
@@ -20,6 +20,7 @@ from engine.format.playbook import Playbook
 from engine.plan.planner import Plan, PlannedAction, PlaybookPlan, make_plan
 from engine.query.checks import load_valid_playbooks
 from engine.query.explain import Explanation, explain, show_value
+from engine.query.vocabulary import typo_warnings
 from engine.store.facts import customers
 from engine.store.open import open_existing_store
 
@@ -73,11 +74,13 @@ def dry_run(
             plan = make_plan(connection, playbooks, moment, customer_id=customer,
                              show=show if show is not None else (None if as_json else 10),
                              progress=advance)
+        warnings = typo_warnings(connection, playbooks)
         connection.rollback()
     if as_json:
-        render.print_json(plan.to_json())
+        render.print_json({**plan.to_json(), "warnings": [issue_json(w) for w in warnings]})
     else:
         print_plan(plan)
+        show_warnings(warnings)
     if plan.errors:
         for line in plan.errors:
             render.error(line)

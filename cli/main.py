@@ -87,6 +87,7 @@ class State:
     """Global options shared by every command."""
 
     db_url: str
+    db_given: bool = False  # --db was on the command line (validate then reads it too)
 
 
 @app.callback()
@@ -97,7 +98,7 @@ def root(
 ) -> None:
     """Retain: rules-driven workflow automation for customer retention."""
     settings = load_settings()
-    ctx.obj = State(db_url=db or settings.database_url)
+    ctx.obj = State(db_url=db or settings.database_url, db_given=db is not None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,41 +3,84 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cli import render
 from engine.config import CONFIG_FILE, load_settings
+from engine.errors import Issue
+from engine.format.playbook import Playbook
 from engine.format.schema import SCHEMA_FILE, schema_text
+from engine.format.validation import LoadResult
 from engine.query.checks import load_playbooks
+from engine.query.vocabulary import typo_warnings
 
 PathsArg = Annotated[list[Path] | None, typer.Argument(
     help="Playbook files or folders (default: the project's playbooks folder).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def validate(paths: PathsArg = None, as_json: JsonOpt = False) -> None:
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", metavar="URL", show_default=False,
+    help="Also warn of event types and properties this database never had (as does --db "
+    "before the command).")]
+
+
+def issue_json(issue: Issue) -> dict[str, Any]:
+    """An issue (or warning) as JSON: where, which value, what."""
+    where = issue.location
+    return {"file": where.file, "line": where.line, "column": where.column, "path": issue.path,
+            "message": issue.message}
+
+
+def show_warnings(warnings: list[Issue]) -> None:
+    """Warnings on stderr; they do not change the exit code."""
+    for warning in warnings:
+        render.err_console.print(f"warning: {warning}", style="yellow", markup=False,
+                                 soft_wrap=True)
+
+
+def data_warnings(url: str, playbooks: list[Playbook]) -> list[Issue]:
+    """The typo warnings of `playbooks` against the synced data at `url`."""
+    from engine.store.open import open_existing_store  # only with a database: Alembic is heavy
+
+    with open_existing_store(url).connect() as connection:
+        warnings = typo_warnings(connection, playbooks)
+        connection.rollback()
+    return warnings
+
+
+def validate(ctx: typer.Context, paths: PathsArg = None, db: DbOpt = None,
+             as_json: JsonOpt = False) -> None:
     """Check playbooks and their templates; every problem with file:line:column."""
     result = load_playbooks(paths or [Path(load_settings().playbooks_dir)])
+    url = db or (ctx.obj.db_url if ctx.obj is not None and ctx.obj.db_given else None)
+    warnings = data_warnings(url, result.playbooks) if url and result.playbooks else []
     if as_json:
         render.print_json({
             "valid": not result.issues, "files": [str(f) for f in result.files],
             "playbooks": [p.id for p in result.playbooks],
-            "issues": [{"file": i.location.file, "line": i.location.line,
-                        "column": i.location.column, "path": i.path, "message": i.message}
-                       for i in result.issues]})
-    elif result.issues:
+            "issues": [issue_json(i) for i in result.issues],
+            "warnings": [issue_json(w) for w in warnings]})
+    else:
+        print_validation(result, warnings)
+    if result.issues:
+        raise typer.Exit(1)
+
+
+def print_validation(result: LoadResult, warnings: list[Issue]) -> None:
+    """Warnings, then every problem and a count, or OK."""
+    show_warnings(warnings)
+    if result.issues:
         for issue in result.issues:
             render.error(str(issue))
         files = len({i.location.file for i in result.issues})
         render.error(f"{len(result.issues)} problem(s) in {files} file(s)")
-    else:
-        count = len(result.playbooks)
-        render.console.print(f"OK: {count} playbook{'s' if count != 1 else ''} valid "
-                             f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
-    if result.issues:
-        raise typer.Exit(1)
+        return
+    count = len(result.playbooks)
+    render.console.print(f"OK: {count} playbook{'s' if count != 1 else ''} valid "
+                         f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
 def schema() -> None:

@@ -37,7 +37,7 @@ up to `as_of` by engine/store/facts.py's definitions; `created_at` and `rfm_*` a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,7 +45,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.errors import Issue, Location, PlaybookError, Problem
-from engine.format.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not
+from engine.format.conditions import AllOf, AnyOf, Condition, EventsTest, FieldTest, Not, leaves
 from engine.format.fields import ATTRIBUTE_PREFIX, CUSTOMER_FIELDS, EVENT_PROPERTIES, FieldType
 from engine.format.operators import OPERATORS, Operand, at
 from engine.format.yamlsource import PathKey, dotted
@@ -194,7 +194,7 @@ def refused_conditions(condition: Condition, *, event_scope: bool = False) -> li
     """
     ctx = CompileContext(datetime(2024, 2, 29, tzinfo=UTC))
     problems = []
-    for leaf in _leaves(condition):
+    for leaf in leaves(condition):
         try:
             if event_scope:
                 compile_event_condition(ctx, leaf, events_table)
@@ -203,13 +203,3 @@ def refused_conditions(condition: Condition, *, event_scope: bool = False) -> li
         except CompileRefused as exc:
             problems.append(exc.problem)
     return problems
-
-
-def _leaves(condition: Condition) -> Iterator[Condition]:
-    if isinstance(condition, AllOf | AnyOf):
-        for item in condition.items:
-            yield from _leaves(item)
-    elif isinstance(condition, Not):
-        yield from _leaves(condition.item)
-    else:
-        yield condition

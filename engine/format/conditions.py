@@ -8,7 +8,7 @@ operators' SQL into whole conditions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -87,6 +87,17 @@ COMBINATORS = ("any", "all", "not", "events")
 def event_property_type(name: str) -> FieldType:
     """Inside an event trigger's `where`, any property may be named; amount and score are numbers."""
     return EVENT_PROPERTIES.get(name, T.ANY)
+
+
+def leaves(condition: Condition) -> Iterator[Condition]:
+    """The field and events tests inside any/all/not, in document order."""
+    if isinstance(condition, AllOf | AnyOf):
+        for item in condition.items:
+            yield from leaves(item)
+    elif isinstance(condition, Not):
+        yield from leaves(condition.item)
+    else:
+        yield condition
 
 
 class ConditionParser:

@@ -9,7 +9,7 @@ adds `Problem`s with a path; nothing stops at the first.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -20,7 +20,7 @@ from engine.format.compile import refused_conditions
 from engine.format.conditions import AllOf, ConditionParser
 from engine.format.durations import Duration, Percent, parse_duration
 from engine.format.triggers import TRIGGERS, Trigger
-from engine.format.yamlsource import PathKey
+from engine.format.yamlsource import PathKey, SourceMap
 
 ID_PATTERN = r"^[a-z0-9-]+$"
 
@@ -107,6 +107,8 @@ class Playbook:
     steps: tuple[Step, ...]
     version: str
     file: str
+    source_map: SourceMap | None = field(default=None, compare=False, repr=False)  # set by the
+    # loader, so whatever is found later (a warning at dry-run) still names file:line:column
 
     @property
     def id(self) -> str:

@@ -63,6 +63,11 @@ def to_issue(problem: Problem, source_map: SourceMap) -> Issue:
     return Issue(location, dotted(problem.path), problem.message)
 
 
+def locate(playbook: Playbook, problem: Problem) -> Issue:
+    """A problem found after loading (a warning against the synced data) at file:line:column."""
+    return to_issue(problem, playbook.source_map or SourceMap(playbook.file))
+
+
 def templates_dir(playbook_file: Path) -> Path | None:
     """`templates/` beside the playbook files, or beside their folder (the `retain init` layout)."""
     for folder in (playbook_file.parent, playbook_file.parent.parent):
@@ -110,7 +115,9 @@ def load_file(path: Path, connectors: Mapping[str, Any], env: Mapping[str, str],
         for check in checks:
             problems += check(playbook)
     issues += [to_issue(problem, document.source_map) for problem in problems]
-    return (None if issues else playbook), document, issues
+    if issues or playbook is None:
+        return None, document, issues
+    return replace(playbook, source_map=document.source_map), document, issues
 
 
 def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,

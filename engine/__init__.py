@@ -27,7 +27,7 @@ _PUBLIC = {
     "RetainError": "engine.errors", "Location": "engine.errors", "Problem": "engine.errors",
     "TemplateError": "engine.errors", "ConnectorError": "engine.errors",
     "TransientError": "engine.errors", "PermanentError": "engine.errors",
-    "TemplateChecker": "engine.format.templates", "render": "engine.format.templates",
+    "TemplateChecker": "engine.format.template_checks", "render": "engine.format.templates",
     "render_file": "engine.format.templates", "header_problem": "engine.format.templates",
     "ENV_REFERENCE": "engine.format.templates", "env_var_problems": "engine.format.templates",
     "expand_env": "engine.format.templates", "Duration": "engine.format.durations",
@@ -51,9 +51,9 @@ if TYPE_CHECKING:
         TransientError,
     )
     from engine.format.durations import Duration
+    from engine.format.template_checks import TemplateChecker
     from engine.format.templates import (
         ENV_REFERENCE,
-        TemplateChecker,
         env_var_problems,
         expand_env,
         header_problem,

@@ -30,7 +30,8 @@ from engine.format.registry import (
     register_connector,
     unregister_connector,
 )
-from engine.format.templates import TemplateChecker, make_environment
+from engine.format.template_checks import TemplateChecker
+from engine.format.templates import make_environment
 
 FIELDS = {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}
 BUILT_INS = {"email": EmailConnector, "task": TaskConnector, "points": PointsConnector,

@@ -13,10 +13,10 @@ import pytest
 
 from engine.errors import TemplateError
 from engine.format.fields import CUSTOMER_FIELDS
+from engine.format.template_checks import TemplateChecker
 from engine.format.templates import (
     CONTEXT_NAMES,
     MAX_OUTPUT_BYTES,
-    TemplateChecker,
     date_filter,
     env_var_problems,
     expand_env,

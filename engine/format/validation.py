@@ -16,7 +16,8 @@ from engine.errors import Issue, Location, PlaybookError, Problem
 from engine.format.fields import CUSTOMER_FIELDS
 from engine.format.playbook import ActionStep, Playbook, Step, parse_playbook, parse_steps
 from engine.format.registry import load_connectors
-from engine.format.templates import TemplateChecker, make_environment
+from engine.format.template_checks import TemplateChecker
+from engine.format.templates import make_environment
 from engine.format.yamlsource import Document, SourceMap, dotted, load_yaml_file
 
 SUFFIXES = (".yaml", ".yml")

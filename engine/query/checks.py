@@ -2,10 +2,14 @@
 
 `retain validate` must accept only what runs: a condition that parses but that SQL cannot
 express (`attributes.plan: {gt: true}`) has to be refused there, at its file:line:column, not
-later by dry-run with no location. The statement is built by `compose` here in query, and
-format may not import query (docs/ARCHITECTURE.md), so the check lives here and is handed to
-format's loader as a last layer (`checks=`): `load_playbooks` and `load_valid_playbooks` below
-are format's loaders with it, and every command that loads playbooks goes through them.
+later by dry-run with no location. Such conditions are refused while parsing, in format
+(compile.refused_conditions: every one, without a statement). What only the whole statement can
+show is checked here: the statement is built by `compose` in query, and format may not import
+query (docs/ARCHITECTURE.md), so this check is handed to format's loader as a last layer
+(`checks=`) rather than moving the statement building down into format, where the planner and
+explain, which own how it is run, would no longer see it. `load_playbooks` and
+`load_valid_playbooks` below are format's loaders with it; validate, dry-run, explain and demo
+load through them.
 
 Nothing here opens a connection: the statement is built from the playbook and representative
 values of what a run reads from the database (as-of, time zones, first enable), in both the
@@ -31,7 +35,7 @@ from engine.query.evaluate import playbook_query
 
 DIALECTS: tuple[sa.Dialect, ...] = (sqlite.dialect(), postgresql.dialect())
 AS_OF = datetime(2024, 2, 29, 12, 0, tzinfo=UTC)  # a leap day: the date trigger's odd case
-CONTEXTS = (  # (what is exercised, the context): present and historical facts, zones, enables
+CONTEXTS = (  # kept facts and no enable; historical facts, a DST zone and a first enable
     TriggerContext(CompileContext(AS_OF), (None, "UTC")),
     TriggerContext(CompileContext(AS_OF, historical=True), (None, "America/New_York"),
                    datetime(2024, 1, 1, tzinfo=UTC)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.format.yamlsource import load_yaml
@@ -75,3 +77,26 @@ def test_multiple_documents_are_refused() -> None:
     document, issues = load_yaml("a: 1\n---\nb: 2\n", "f.yaml")
     assert document is None
     assert "single document" in issues[0].message
+
+
+def test_libyaml_and_python_parsers_read_every_playbook_alike() -> None:
+    """The fast (libyaml) loader must read exactly what the pure-Python StrictLoader reads."""
+    import yaml
+
+    from engine.format.yamlsource import StrictLoader, _FastLoader
+
+    repo = Path(__file__).resolve().parent.parent
+    files = [*repo.glob("playbooks/*.yaml"), *repo.glob("tests/fixtures/playbooks/**/*.yaml")]
+    text = "\n".join(["a: NO", "b: yes", "c: 1:30", "d: 2024-01-01", "e: 0x1F", "f: .inf",
+                      "g: 1e3", "h: ~", "i: on", "j: 010"])
+    sources = [text] + [f.read_text() for f in files]
+    read = 0
+    for source in sources:
+        try:
+            slow = yaml.load(source, Loader=StrictLoader)
+        except yaml.YAMLError:
+            continue
+        assert yaml.load(source, Loader=_FastLoader) == slow
+        read += 1
+    assert read > 10
+    assert yaml.load(text, Loader=_FastLoader)["a"] == "NO"

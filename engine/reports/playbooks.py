@@ -15,11 +15,12 @@ Definitions (docs/REPORTS.md, "Playbooks", says the same):
 - An enrollment **converts** when its customer has an event of type T with
   `entered_at < occurred_at <= entered_at + D`; events outside that window do not count.
 - Only enrollments whose goal window has **ended** are measured: `entered_at + D <= cutoff`. The
-  cutoff is the latest synced event of any type, capped at now. Not the wall clock alone: a
-  conversion can only be seen once its event is synced, so with a sync lagging by days the wall
-  clock would close windows whose goal events are not in yet and understate conversion (and a
-  historical data set, like the demo's, would look finished when it is not). The others are
-  **open** and shown as a count, never as non-conversions.
+  cutoff is now (the clock, or `--as-of`), as for every report (DESIGN 1: a period that has
+  ended is complete; no goal event in the window means not converted). Enrollments entered at
+  or after now are not seen. The others are **open** and shown as a count, never as
+  non-conversions. A sync that lags would understate conversion, so when the latest synced event
+  is more than a week before the cutoff the report says so (`notes`); for a historical data set
+  pass `--as-of` just after its latest event.
 - **conversion rate** of a group = converted / measured (in %); **uplift** = treatment rate -
   holdout rate, in percentage points (pp).
 - **95% confidence interval** of the uplift: Newcombe's hybrid score interval (Newcombe 1998,
@@ -51,13 +52,13 @@ from statistics import NormalDist
 from typing import Any
 
 import sqlalchemy as sa
-from rich.table import Table
-from rich.text import Text
 
-from engine.clock import iso, utcnow
+from engine.clock import iso
 from engine.format.durations import format_duration
 from engine.format.playbook import Goal, Playbook
 from engine.reports.html import HtmlPage, figure
+from engine.reports.periods import quiet_note, report_now
+from engine.reports.sheet import Column, Sheet
 from engine.store.dialect import PerDialect
 from engine.store.facts import events
 from engine.store.tables import Action, Enrollment, UTCDateTime
@@ -227,8 +228,19 @@ class PlaybooksReport:
 
     start: datetime | None
     end: datetime | None
-    cutoff: datetime | None
+    cutoff: datetime  # now: goal windows ended by it are measured
+    latest: datetime | None  # the latest event of any type before the cutoff
     playbooks: list[PlaybookEffect]
+
+    @property
+    def notes(self) -> list[str]:
+        """Said when the latest event is more than a week before the cutoff (and some playbook
+        measures a goal): a lagging sync would look like customers who did not convert."""
+        if not any(p.goal is not None and p.entered for p in self.playbooks):
+            return []
+        note = quiet_note(self.latest, [("the cutoff", self.cutoff)],
+                          "enrollments with no goal event by then count as not converted")
+        return [] if note is None else [note]
 
     @property
     def message(self) -> str | None:
@@ -243,7 +255,9 @@ class PlaybooksReport:
         return {
             "from": None if self.start is None else iso(self.start),
             "to": None if self.end is None else iso(self.end),
-            "cutoff": None if self.cutoff is None else iso(self.cutoff),
+            "cutoff": iso(self.cutoff),
+            "latest_event": None if self.latest is None else iso(self.latest),
+            "notes": self.notes,
             "confidence": CONFIDENCE,
             "method": METHOD,
             "minimum": {"enrollments": MIN_ENROLLMENTS, "conversions": MIN_OUTCOMES,
@@ -252,21 +266,21 @@ class PlaybooksReport:
             "playbooks": [p.to_json() for p in self.playbooks],
         }
 
-    def tables(self) -> list[Table]:
+    def sheets(self) -> list[Sheet]:
         """Entered and actions, conversion per group, the statements (with the uplift) and the
-        actions by status, each narrow enough for an 80-column terminal; with no enrollments at
-        all, only the message."""
+        actions by status, text folding in an 80-column terminal; with no enrollments at all,
+        only the message."""
         message = self.message
         if message is not None:
-            table = Table(title=self._title(), title_justify="left", show_header=False)
-            table.add_column("message")
-            table.add_row(Text(message))
-            return [table]
-        return [_table(self._title(), SUMMARY_COLUMNS, self._summary_rows()),
-                _table("Goal conversion", CONVERSION_COLUMNS, self._conversion_rows(),
-                       self._caption()),
-                _table("Against the holdout", ["playbook", "statement"], self._statements()),
-                _table("Actions by connector and status", *self._action_rows())]
+            return [Sheet(self._title(), [Column("message", left=True, wrap=True)], [[message]])]
+        return [Sheet(self._title(), _columns(SUMMARY_COLUMNS), self._summary_rows()),
+                Sheet("Goal conversion", _columns(CONVERSION_COLUMNS), self._conversion_rows(),
+                      self._caption(), self.notes),
+                Sheet("Against the holdout", _columns(["playbook", "statement"]),
+                      self._statements()),
+                Sheet("Actions by connector and status",
+                      _columns(["playbook", "connector", "status", "actions"]),
+                      self._action_lines())]
 
     def html(self, page: HtmlPage) -> None:
         """Sections for `--html`: the summary, conversion by group (chart with interval bars and
@@ -285,6 +299,8 @@ class PlaybooksReport:
                        "Goal conversion by group, with 95% Wilson intervals")
         page.table([*CONVERSION_COLUMNS, "95% CI"], self._conversion_rows(with_interval=True))
         page.note(self._caption())
+        for note in self.notes:
+            page.note(f"Note: {note}.")
         page.heading("Against the holdout")
         page.table(["playbook", "statement"], self._statements())
         page.heading("Actions by connector and status")
@@ -304,9 +320,8 @@ class PlaybooksReport:
         return f"Playbooks: {self._window_words()}"
 
     def _caption(self) -> str:
-        cutoff = "no events yet" if self.cutoff is None else iso(self.cutoff)
-        return (f"Rate = converted / measured: enrollments whose goal window ended by {cutoff} "
-                "(the latest event, capped at now); open ones are not counted yet.")
+        return (f"Rate = converted / measured: enrollments whose goal window ended by "
+                f"{iso(self.cutoff)} (now, or --as-of); open ones are not counted yet.")
 
     def _summary_rows(self) -> list[list[Any]]:
         return [[p.playbook_id, p.entered, p.holdout.entered,
@@ -335,6 +350,13 @@ class PlaybooksReport:
     def _statements(self) -> list[list[Any]]:
         return [[p.playbook_id, p.statement] for p in self.playbooks]
 
+    def _action_lines(self) -> list[list[Any]]:
+        """One row per (playbook, connector, status): as narrow as a terminal needs, however
+        many statuses there are (the page pivots them into columns)."""
+        return [[p.playbook_id, connector, status, count]
+                for p in self.playbooks for connector, counts in sorted(p.actions.items())
+                for status, count in sorted(counts.items())]
+
     def _action_rows(self) -> tuple[list[str], list[list[Any]]]:
         statuses = sorted({s for p in self.playbooks for c in p.actions.values() for s in c})
         rows = [[p.playbook_id, connector, *(counts.get(s, 0) for s in statuses),
@@ -343,7 +365,8 @@ class PlaybooksReport:
         return ["playbook", "connector", *statuses, "total"], rows
 
 
-TEXT_COLUMNS = {"goal", "statement", "connector", "group"}
+TEXT_COLUMNS = {"goal", "statement", "connector", "group", "status"}
+WRAP_COLUMNS = ("goal", "statement")
 SUMMARY_COLUMNS = ["playbook", "entered", "holdout", "actions", "goal"]
 CONVERSION_COLUMNS = ["playbook", "group", "measured", "converted", "rate", "open"]
 
@@ -370,14 +393,22 @@ def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = Z) -> tuple[float, f
             difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
+def _columns(names: list[str]) -> list[Column]:
+    """The playbook column and text columns left-aligned, goals and statements folding."""
+    return [Column(n, left=i == 0 or n in TEXT_COLUMNS, wrap=n in WRAP_COLUMNS)
+            for i, n in enumerate(names)]
+
+
 def build(connection: sa.Connection, playbooks: Sequence[Playbook],
           start: datetime | None = None, end: datetime | None = None,
-          cutoff: datetime | None = None) -> PlaybooksReport:
+          now: datetime | None = None) -> PlaybooksReport:
     """The report over enrollments that entered in `[start, end)`, with the goals of `playbooks`
-    (the loaded files). `cutoff` closes goal windows; None: the latest event, capped at now."""
-    if cutoff is None:
-        latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))).scalar()
-        cutoff = None if latest is None else min(latest, utcnow())
+    (the loaded files). `now` (`--as-of`; None: the clock) closes goal windows and hides
+    enrollments entered at or after it."""
+    cutoff = report_now(now)
+    given_end, end = end, cutoff if end is None else min(end, cutoff)
+    latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))
+                                .where(events.c.occurred_at < cutoff)).scalar()
     known = {p.id: p for p in playbooks}
     goals = {p.id: p.document.goal for p in playbooks if p.document.goal is not None}
     entered = _entered(connection, start, end)
@@ -395,7 +426,7 @@ def build(connection: sa.Connection, playbooks: Sequence[Playbook],
                 groups.append(Group(count))
         result.append(PlaybookEffect(playbook_id, known.get(playbook_id), groups[0], groups[1],
                                      done.get(playbook_id, {})))
-    return PlaybooksReport(start, end, cutoff, result)
+    return PlaybooksReport(start, given_end, cutoff, latest, result)
 
 
 def _in_window(start: datetime | None, end: datetime | None) -> sa.ColumnElement[bool]:
@@ -437,11 +468,11 @@ def _goal_end(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
 
 
 def _measured(connection: sa.Connection, start: datetime | None, end: datetime | None,
-              goals: dict[str, Goal], cutoff: datetime | None
+              goals: dict[str, Goal], cutoff: datetime
               ) -> dict[tuple[str, bool], tuple[int, int]]:
     """(closed, converted) per (playbook, holdout) for the playbooks with a goal: one aggregate,
     with an EXISTS per enrollment for a goal event inside its window."""
-    if not goals or cutoff is None:
+    if not goals:
         return {}
     e, ev = enrollments.c, events.c
     goal_type = sa.case({pid: sa.literal(g.event, sa.String()) for pid, g in goals.items()},
@@ -521,15 +552,3 @@ def _conversion_chart(playbooks: list[PlaybookEffect]) -> Any:
     axes.set_title("Goal conversion by group (whiskers: 95% Wilson intervals)")
     return chart
 
-
-def _table(title: str, columns: list[str], rows: list[list[Any]],
-           caption: str | None = None) -> Table:
-    """A table whose cells are plain text (no rich markup from data)."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
-                  min_width=len(title))
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 or column in TEXT_COLUMNS
-                         else "right", no_wrap=index == 0)
-    for row in rows:
-        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
-    return table

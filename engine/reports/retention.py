@@ -11,11 +11,12 @@ Definitions (DESIGN section 1; docs/REPORTS.md, "Retention", says the same):
   instants, so CRR = kept / S x 100 never exceeds 100 (None when S = 0); churn = 100 - CRR.
 - Periods are calendar weeks (ISO, Monday), months or quarters in UTC, from the one containing
   `--from` (default: the first activity event) to the one containing the report's end. The end
-  is `--to` (default: the end of the data), but never after the end of the data, the instant just
-  after the latest event of a non-engine type: a customer cannot be seen at an instant the data
-  does not reach, so counting E there would turn every window that runs out in the gap into
-  churn. A period cut short (by `--to`, the end of the data or a `--from` inside it) is measured
-  at the cut and marked `partial`.
+  is `--to` (default: the end of the period holding the latest event of a non-engine type), but
+  never after now (the clock, or `--as-of`). A period that has ended is complete even if no
+  event was synced after some earlier day: no activity in the window means lapsed (DESIGN 1).
+  Only a period cut short (by now, `--to` or a `--from` inside it) is measured at the cut and
+  marked `partial`. When the latest event is more than a week older than a period's end, the
+  report says so (`notes`): those customers count as lapsed, which a lagging sync would fake.
 - **Cohorts**: a customer's cohort is the calendar month of `customers.created_at` (sync sets it
   to the first event when the customer file has none). Cell (cohort, k) = % of the cohort with
   an activity event in month cohort + k. Cohorts are the months from the one containing the
@@ -55,19 +56,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from matplotlib.patches import Rectangle
-from rich.table import Table
-from rich.text import Text
 
 from engine.clock import iso
 from engine.format.durations import format_duration
 from engine.reports.html import HtmlPage, figure
-from engine.reports.periods import Period, PeriodKind, next_start, period_start, periods
+from engine.reports.periods import (
+    Period,
+    PeriodKind,
+    next_start,
+    period_start,
+    periods,
+    quiet_note,
+    report_now,
+)
+from engine.reports.sheet import Column, Sheet, columns
 from engine.store.facts import ENGINE_EVENT_TYPES, customers, events
 
 DEFAULT_WINDOW = timedelta(days=90)
@@ -125,7 +132,7 @@ class PeriodCounts:
 
     def as_dict(self) -> dict[str, Any]:
         """The period under the `--json` keys."""
-        return {"label": self.label, "start": _iso(self.start), "end": _iso(self.end),
+        return {"label": self.label, "start": iso(self.start), "end": iso(self.end),
                 "start_customers": self.start_customers, "end_customers": self.end_customers,
                 "joined_customers": self.joined_customers,
                 "returned_customers": self.returned_customers,
@@ -154,7 +161,7 @@ class Cohort:
 
     def as_dict(self) -> dict[str, Any]:
         """The cohort under the `--json` keys."""
-        return {"cohort": self.label, "start": _iso(self.start), "customers": self.customers,
+        return {"cohort": self.label, "start": iso(self.start), "customers": self.customers,
                 "active": self.active, "percent": self.percent}
 
 
@@ -167,7 +174,8 @@ class RetentionReport:
     activity: tuple[str, ...] | None  # None: every type but the engine's
     start: datetime | None  # --from / --to as given
     end: datetime | None
-    data_end: datetime | None  # just after the latest event of a non-engine type
+    now: datetime  # the clock or --as-of: no period is measured past it
+    latest: datetime | None  # the latest event of a non-engine type before now
     periods: list[PeriodCounts] = field(default_factory=list)
     cohorts: list[Cohort] = field(default_factory=list)
     cohort_end: datetime | None = None  # activity in the cohort matrix is counted before this
@@ -180,29 +188,45 @@ class RetentionReport:
             "period": self.kind.value,
             "active_window": format_duration(self.window),
             "activity": None if self.activity is None else list(self.activity),
-            "from": None if self.start is None else _iso(self.start),
-            "to": None if self.end is None else _iso(self.end),
-            "data_end": None if self.data_end is None else _iso(self.data_end),
+            "from": None if self.start is None else iso(self.start),
+            "to": None if self.end is None else iso(self.end),
+            "as_of": iso(self.now),
+            "latest_event": None if self.latest is None else iso(self.latest),
+            "notes": self.notes,
             "periods": [p.as_dict() for p in self.periods],
             "cohorts": [c.as_dict() for c in self.cohorts],
-            "cohorts_end": None if self.cohort_end is None else _iso(self.cohort_end),
+            "cohorts_end": None if self.cohort_end is None else iso(self.cohort_end),
             "cohorts_last_month_partial": self.cohort_last_partial,
             "activity_types_without_events": list(self.absent),
         }
 
-    def tables(self) -> list[Table]:
-        """The periods, then the cohort matrix; without data, one table that says so."""
+    @property
+    def notes(self) -> list[str]:
+        """What a reader must know about the data: the periods that end long after the latest
+        event (their quiet customers count as lapsed)."""
+        note = quiet_note(self.latest, [(f"{p.label} ends", p.end) for p in self.periods],
+                          "customers with no later activity count as lapsed")
+        return [] if note is None else [note]
+
+    def sheets(self) -> list[Sheet]:
+        """The periods, then the cohort matrix (months after M{TERMINAL_MONTHS - 1} and churn
+        with --wide); without data, one table that says so."""
         if not self.periods:
-            return [_table("Customer retention", ["note"], [[self._empty_note()]])]
-        tables = [_table(f"Customer retention per {self.kind.value}", _PERIOD_COLUMNS,
-                         self._period_rows(), f"{_PERIOD_CAPTION} {self._scope()}.")]
+            return [Sheet("Customer retention", [Column("note", left=True, wrap=True)],
+                          [[self._empty_note()]])]
+        sheets = [Sheet(f"Customer retention per {self.kind.value}", _PERIOD_COLUMNS,
+                        self._period_rows(), f"{_PERIOD_CAPTION} {self._scope()}.",
+                        self.notes)]
         if self.cohorts:
-            columns, rows = self._cohort_rows(TERMINAL_MONTHS, places=0)
-            cut = max(len(c.active) for c in self.cohorts) > TERMINAL_MONTHS
-            tail = f" Months after M{TERMINAL_MONTHS - 1}: --json or --html." if cut else ""
-            tables.append(_table("Signup cohorts: % active per month after signup", columns,
-                                 rows, self._cohort_caption() + tail))
-        return tables
+            names, rows = self._cohort_rows(places=0)
+            months = [Column(n, narrow=k < TERMINAL_MONTHS + 2) for k, n in enumerate(names)]
+            months[0] = Column(names[0], left=True)
+            cut = len(names) - 2 > TERMINAL_MONTHS
+            tail = f" Months after M{TERMINAL_MONTHS - 1}: --wide, --json or --html." \
+                if cut else ""
+            sheets.append(Sheet("Signup cohorts: % active per month after signup", months,
+                                rows, self._cohort_caption() + tail))
+        return sheets
 
     def html(self, page: HtmlPage) -> None:
         """Sections for `--html`: the CRR trend, counts per period, the cohort heat map, tables."""
@@ -211,9 +235,11 @@ class RetentionReport:
             page.note(self._empty_note())
             return
         page.note(f"{_PERIOD_CAPTION} {self._scope()}.")
+        for note in self.notes:
+            page.note(f"Note: {note}.")
         page.chart(self._trend_chart(), f"CRR and churn per {self.kind.value}")
         page.chart(self._counts_chart(), f"Customers counted at each {self.kind.value}'s end")
-        page.table(_PERIOD_COLUMNS, self._period_rows())
+        page.table([c.name for c in _PERIOD_COLUMNS], self._period_rows())
         if self.cohorts:
             page.heading("Signup cohorts")
             page.note(self._cohort_caption())
@@ -246,10 +272,10 @@ class RetentionReport:
                      ) -> tuple[list[str], list[list[Any]]]:
         width = max(len(c.active) for c in self.cohorts)
         width = width if months is None else min(width, months)
-        columns = ["cohort", "size", *(f"M{k}" for k in range(width))]
+        names = ["cohort", "size", *(f"M{k}" for k in range(width))]
         rows = [[c.label, c.customers, *(_pct(v, places) for v in c.percent[:width]),
                  *([""] * (width - len(c.active)))] for c in self.cohorts]
-        return columns, rows
+        return names, rows
 
     def _trend_chart(self) -> Any:
         chart = figure(max(6.0, 0.35 * len(self.periods) + 2), 3.5)
@@ -291,6 +317,8 @@ class RetentionReport:
         return chart
 
     def _heatmap(self) -> Any:
+        from matplotlib.patches import Rectangle  # only when a page is drawn
+
         width = max(len(c.active) for c in self.cohorts)
         matrix = np.full((len(self.cohorts), width), np.nan)
         for row, cohort in enumerate(self.cohorts):
@@ -319,10 +347,11 @@ class RetentionReport:
         return chart
 
 
-_PERIOD_COLUMNS = ["period", "S", "joined", "returned", "kept", "E", "CRR %", "churn %"]
+_PERIOD_COLUMNS = columns(["period", "S", "joined", "returned", "kept", "E", "CRR %",
+                           "churn %"], wide=("churn %",))  # churn = 100 - CRR
 _PERIOD_CAPTION = ("S, E: customers counted at the start, at the end; N = joined + returned; "
                    "kept = E - N; CRR = kept / S x 100. * partial: measured up to the cut.")
-TERMINAL_MONTHS = 12  # cohort columns in the terminal; --json and --html have them all
+TERMINAL_MONTHS = 9  # cohort months in an 80-column terminal; --wide, --json, --html: all
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -330,11 +359,13 @@ TERMINAL_MONTHS = 12  # cohort columns in the terminal; --json and --html have t
 
 def build(connection: sa.Connection, start: datetime | None = None, end: datetime | None = None,
           *, kind: PeriodKind = MONTH, window: timedelta = DEFAULT_WINDOW,
-          activity: Sequence[str] | None = None, bits: int = BITS) -> RetentionReport:
+          activity: Sequence[str] | None = None, bits: int = BITS,
+          now: datetime | None = None) -> RetentionReport:
     """The retention report for the periods of `kind` covering `[start, end)` (None: the data's).
 
     `activity` lists the event types that count (None: all but the engine's); `bits` is the word
-    size of the slice masks (tests make it small to exercise many words).
+    size of the slice masks (tests make it small to exercise many words); `now` is `--as-of`
+    (None: the clock): nothing at or after it is seen.
     """
     if window <= timedelta(0):
         raise ValueError("the active window must be positive")
@@ -344,14 +375,14 @@ def build(connection: sa.Connection, start: datetime | None = None, end: datetim
     present = _event_types(connection)
     types = sorted(set(present) - ENGINE_EVENT_TYPES) if chosen is None \
         else sorted(set(chosen) & set(present))
-    first_activity = _extreme(connection, types, latest=False)
+    now = report_now(now)
+    first_activity = _extreme(connection, types, latest=False, before=now)
     latest = _extreme(connection, sorted((set(present) - ENGINE_EVENT_TYPES) | set(types)),
-                      latest=True)
-    data_end = None if latest is None else latest + TICK
+                      latest=True, before=now)
     absent = tuple(t for t in chosen or () if t not in present)
-    report = RetentionReport(kind, window, chosen, start, end, data_end, absent=absent)
+    report = RetentionReport(kind, window, chosen, start, end, now, latest, absent=absent)
     first = start if start is not None else first_activity
-    stop = data_end if end is None or data_end is None else min(end, data_end)
+    stop = _stop(end, latest, now, kind)
     if first_activity is None or first is None or stop is None or first >= stop:
         return report
     cuts = _cut(first, stop, kind, clip_start=start is not None)
@@ -359,10 +390,21 @@ def build(connection: sa.Connection, start: datetime | None = None, end: datetim
     scan = _Scan(types=None if types == present else types,
                  bounded=(_extreme(connection, present, latest=True) or stop) >= stop)
     patterns = _patterns(connection, scan, grid)
-    return RetentionReport(kind, window, chosen, start, end, data_end,
+    return RetentionReport(kind, window, chosen, start, end, now, latest,
                            _period_counts(cuts, grid, patterns),
                            _cohorts(connection, grid, patterns), grid.boundaries[-1],
                            grid.months_end_partial, absent)
+
+
+def _stop(end: datetime | None, latest: datetime | None, now: datetime,
+          kind: PeriodKind) -> datetime | None:
+    """Where the last period is measured: `--to`, else the end of the period holding the
+    latest event; never after now. (None: no event, nothing to measure.)"""
+    if end is None:
+        if latest is None:
+            return None
+        end = next_start(period_start(latest, kind), kind)
+    return min(end, now)
 
 
 @dataclass(frozen=True)
@@ -491,12 +533,15 @@ def _event_types(connection: sa.Connection) -> list[str]:
     return sorted(t for (t,) in connection.execute(sa.select(walk.c.type)) if t is not None)
 
 
-def _extreme(connection: sa.Connection, types: list[str], latest: bool) -> datetime | None:
-    """The earliest or latest event time over `types`: one index probe per type (MIN/MAX over a
-    type list would scan every matching event)."""
+def _extreme(connection: sa.Connection, types: list[str], latest: bool,
+             before: datetime | None = None) -> datetime | None:
+    """The earliest or latest event time over `types` (before `before`, if given): one index
+    probe per type (MIN/MAX over a type list would scan every matching event)."""
     e = events.c
     function = sa.func.max if latest else sa.func.min
-    found = [connection.execute(sa.select(function(e.occurred_at)).where(e.type == t)).scalar()
+    bound = [] if before is None else [e.occurred_at < _at(before)]
+    found = [connection.execute(sa.select(function(e.occurred_at))
+                                .where(e.type == t, *bound)).scalar()
              for t in types]
     found = [f for f in found if f is not None]
     if not found:
@@ -627,24 +672,5 @@ def _cohorts(connection: sa.Connection, grid: _Grid, patterns: _Patterns) -> lis
 # --- formatting ----------------------------------------------------------------------------------
 
 
-def _iso(moment: datetime) -> str:
-    """Like engine.clock.iso, with the microseconds when there are any (a cut just after an
-    event must not read as the event's own second)."""
-    if moment.microsecond:
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return iso(moment)
-
-
 def _pct(value: float | None, places: int = 2) -> str:
     return "-" if value is None else f"{value:.{places}f}"
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]],
-           caption: str | None = None) -> Table:
-    """A table whose cells are plain text (no rich markup from data)."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
-    for row in rows:
-        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
-    return table

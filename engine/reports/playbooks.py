@@ -36,10 +36,8 @@ Definitions (docs/REPORTS.md, "Playbooks", says the same):
   n*(1-p) >= 5 rule), and a team acting on an interval from 12 customers does harm.
   **no holdout**: no holdout enrollment entered in the window, so there is nothing to compare with.
 
-Counting is SQL: one aggregate of enrollments GROUP BY playbook and holdout, with a correlated
-EXISTS per enrollment for the goal event (the goal's event type and window come from a CASE over
-the playbook id), and one of actions GROUP BY playbook, connector and status. Python only does the
-interval arithmetic per playbook. Works on SQLite and PostgreSQL.
+Counting is SQL (engine/reports/playbook_counts.py: enrollments, conversions and actions, per
+playbook and group, in a few aggregates); Python only does the interval arithmetic per playbook.
 """
 
 from __future__ import annotations
@@ -47,8 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from statistics import NormalDist
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,22 +54,16 @@ from engine.clock import iso
 from engine.format.durations import format_duration
 from engine.format.playbook import Goal, Playbook
 from engine.reports.html import HtmlPage, figure
+from engine.reports.intervals import CONFIDENCE, METHOD, newcombe, wilson
 from engine.reports.periods import quiet_note, report_now
+from engine.reports.playbook_counts import action_counts, entered_counts, measured_counts
 from engine.reports.sheet import Column, Sheet
-from engine.store.dialect import PerDialect
 from engine.store.facts import events
-from engine.store.tables import Action, Enrollment, UTCDateTime
 
-enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
-actions: sa.Table = Action.__table__  # type: ignore[assignment]
-
-CONFIDENCE = 0.95
-Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # 1.959963984540054
 MIN_ENROLLMENTS = 30
 """Measured enrollments each group needs before the report states an uplift."""
 MIN_OUTCOMES = 5
 """Conversions, and non-conversions, each group needs before the report states an uplift."""
-METHOD = "Newcombe hybrid score interval (from Wilson score intervals)"
 PLACES = 4
 GROUPS = ("treatment", "holdout")
 
@@ -371,28 +362,6 @@ SUMMARY_COLUMNS = ["playbook", "entered", "holdout", "actions", "goal"]
 CONVERSION_COLUMNS = ["playbook", "group", "measured", "converted", "rate", "open"]
 
 
-def wilson(successes: int, trials: int, z: float = Z) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (fractions): unlike Wald it never leaves [0, 1]
-    and does not collapse to a point at 0 or all successes."""
-    p = successes / trials
-    z2 = z * z
-    denominator = 1 + z2 / trials
-    centre = (p + z2 / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = Z) -> tuple[float, float]:
-    """Newcombe's hybrid score interval for p1 - p2 (fractions), from each side's Wilson
-    interval; see the module docstring for why this and not Wald."""
-    p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = wilson(x1, n1, z)
-    l2, u2 = wilson(x2, n2, z)
-    difference = p1 - p2
-    return (difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
-            difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
-
-
 def _columns(names: list[str]) -> list[Column]:
     """The playbook column and text columns left-aligned, goals and statements folding."""
     return [Column(n, left=i == 0 or n in TEXT_COLUMNS, wrap=n in WRAP_COLUMNS)
@@ -411,9 +380,9 @@ def build(connection: sa.Connection, playbooks: Sequence[Playbook],
                                 .where(events.c.occurred_at < cutoff)).scalar()
     known = {p.id: p for p in playbooks}
     goals = {p.id: p.document.goal for p in playbooks if p.document.goal is not None}
-    entered = _entered(connection, start, end)
-    measured = _measured(connection, start, end, goals, cutoff)
-    done = _actions(connection, start, end)
+    entered = entered_counts(connection, start, end)
+    measured = measured_counts(connection, start, end, goals, cutoff)
+    done = action_counts(connection, start, end)
     result = []
     for playbook_id in sorted(set(known) | {pid for pid, _h in entered}):
         groups = []
@@ -427,89 +396,6 @@ def build(connection: sa.Connection, playbooks: Sequence[Playbook],
         result.append(PlaybookEffect(playbook_id, known.get(playbook_id), groups[0], groups[1],
                                      done.get(playbook_id, {})))
     return PlaybooksReport(start, given_end, cutoff, latest, result)
-
-
-def _in_window(start: datetime | None, end: datetime | None) -> sa.ColumnElement[bool]:
-    entered_at = enrollments.c.entered_at
-    condition: sa.ColumnElement[bool] = sa.true()
-    if start is not None:
-        condition &= entered_at >= start
-    if end is not None:
-        condition &= entered_at < end
-    return condition
-
-
-def _entered(connection: sa.Connection, start: datetime | None,
-             end: datetime | None) -> dict[tuple[str, bool], int]:
-    """Enrollments per (playbook, holdout), goal or not."""
-    e = enrollments.c
-    rows = connection.execute(sa.select(e.playbook_id, e.holdout, sa.func.count())
-                              .where(_in_window(start, end)).group_by(e.playbook_id, e.holdout))
-    counts: dict[tuple[str, bool], int] = {}
-    for playbook_id, holdout, count in rows:
-        key = (playbook_id, bool(holdout))
-        counts[key] = counts.get(key, 0) + count
-    return counts
-
-
-def _goal_end(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """`entered_at + seconds` as each database compares times.
-
-    SQLite stores `YYYY-MM-DD HH:MM:SS.ffffff` text and compares it as text, so the sum must keep
-    that exact shape: `strftime` adds the whole seconds (goal windows are whole minutes) and the
-    original fraction is appended unchanged. PostgreSQL adds an interval to the timestamptz.
-    """
-    entered_at = enrollments.c.entered_at
-    sqlite = sa.func.strftime("%Y-%m-%d %H:%M:%S", entered_at,
-                              sa.literal("+").op("||")(seconds).op("||")(sa.literal(" seconds"))
-                              ).op("||")(sa.func.substr(entered_at, 20))
-    postgresql = entered_at.op("+")(seconds.op("*")(sa.literal_column("INTERVAL '1 second'")))
-    return PerDialect(sqlite, postgresql, UTCDateTime())
-
-
-def _measured(connection: sa.Connection, start: datetime | None, end: datetime | None,
-              goals: dict[str, Goal], cutoff: datetime
-              ) -> dict[tuple[str, bool], tuple[int, int]]:
-    """(closed, converted) per (playbook, holdout) for the playbooks with a goal: one aggregate,
-    with an EXISTS per enrollment for a goal event inside its window."""
-    if not goals:
-        return {}
-    e, ev = enrollments.c, events.c
-    goal_type = sa.case({pid: sa.literal(g.event, sa.String()) for pid, g in goals.items()},
-                        value=e.playbook_id)
-    seconds = sa.case({pid: sa.literal(int(g.within / timedelta(seconds=1)), sa.Integer())
-                       for pid, g in goals.items()}, value=e.playbook_id)
-    goal_end = _goal_end(seconds)
-    closed = goal_end <= sa.bindparam("cutoff", cutoff, type_=UTCDateTime())
-    converted = (sa.select(ev.id).where(ev.customer_id == e.customer_id, ev.type == goal_type,
-                                        ev.occurred_at > e.entered_at, ev.occurred_at <= goal_end)
-                 .exists())
-    rows = connection.execute(
-        sa.select(e.playbook_id, e.holdout, sa.func.count(sa.case((closed, 1))),
-                  sa.func.count(sa.case((closed & converted, 1))))
-        .where(_in_window(start, end), e.playbook_id.in_(list(goals)))
-        .group_by(e.playbook_id, e.holdout))
-    counts: dict[tuple[str, bool], tuple[int, int]] = {}
-    for playbook_id, holdout, n_closed, n_converted in rows:
-        key = (playbook_id, bool(holdout))
-        before = counts.get(key, (0, 0))
-        counts[key] = (before[0] + n_closed, before[1] + n_converted)
-    return counts
-
-
-def _actions(connection: sa.Connection, start: datetime | None,
-             end: datetime | None) -> dict[str, dict[str, dict[str, int]]]:
-    """{playbook: {connector: {status: count}}} over the actions of the window's enrollments."""
-    e, a = enrollments.c, actions.c
-    rows = connection.execute(
-        sa.select(e.playbook_id, a.connector, a.status, sa.func.count())
-        .select_from(actions.join(enrollments, a.enrollment_id == e.id))
-        .where(_in_window(start, end))
-        .group_by(e.playbook_id, a.connector, a.status))
-    result: dict[str, dict[str, dict[str, int]]] = {}
-    for playbook_id, connector, status, count in rows:
-        result.setdefault(playbook_id, {}).setdefault(connector, {})[status] = count
-    return result
 
 
 def _pct(value: float | None) -> float | None:

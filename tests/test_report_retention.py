@@ -72,8 +72,9 @@ def worked_example(start: int, new: int, end: int, returned: int, later: bool = 
 
     At 2024-03-01 a customer counts with an activity event in [2023-12-02, 2024-03-01); at
     2024-04-01 with one in [2024-01-02, 2024-04-01). So: kept customers act on 2024-02-15 (inside
-    both windows; half also act in March), lost ones last acted on 2023-12-20 (only inside the
-    first), joined ones first act on 2024-03-10, returned ones acted in June 2023 (long lapsed)
+    both windows; half also act in March), lost ones last acted on 2023-12-25 (only inside the
+    first; still inside the window of 2024-03-20, so a report cut at the latest event would
+    keep them), joined ones first act on 2024-03-10, returned ones acted in June 2023 (long lapsed)
     and again on 2024-03-12. Lost customers get an email in March: engine events are not
     activity. With `later`, one customer acting in June 2024 takes the data past March; without,
     the latest activity is on 2024-03-20, and March, which has ended, is whole all the same.
@@ -88,7 +89,7 @@ def worked_example(start: int, new: int, end: int, returned: int, later: bool = 
             happenings.append((f"k{i}", "login", "2024-03-20T10:00:00Z"))
     for i in range(start - kept):
         people[f"l{i}"] = "2023-05-01"
-        happenings.append((f"l{i}", "purchase", "2023-12-20T10:00:00Z"))
+        happenings.append((f"l{i}", "purchase", "2023-12-25T10:00:00Z"))
         happenings.append((f"l{i}", "email_sent", "2024-03-25T10:00:00Z"))
     for i in range(new - returned):
         people[f"j{i}"] = "2024-03-10"
@@ -122,7 +123,8 @@ def test_worked_examples_arise_from_activity(db: sa.Engine, start: int, new: int
 
 def test_a_period_that_ended_is_whole_however_old_the_latest_event(db: sa.Engine) -> None:
     """DESIGN's S=50, E=60, 80% with no event after 2024-03-20: March has ended, so E is
-    counted at April 1 (not at the latest event, which read 100%), and a note says the latest
+    counted at April 1. Cut at the latest event (the old behaviour) the 10 lost customers, last
+    active on 2023-12-25, were still inside the window and it read 100%. A note says the latest
     event is 12 days before March ends. March running past --as-of is partial, cut there."""
     load(db, *worked_example(50, 20, 60, 5, later=False))
     document = report(db)
@@ -137,9 +139,10 @@ def test_a_period_that_ended_is_whole_however_old_the_latest_event(db: sa.Engine
     assert (march["end"], march["partial"], march["end_customers"]) == (
         "2024-03-25T00:00:00Z", True, 60)
     assert cut["as_of"] == "2024-03-25T00:00:00Z" and cut["notes"] == []
-    before = period(report(db, now=utc("2024-03-15")), "2024-03")  # returns on 03-20: unseen
-    assert (before["end"], before["partial"], before["returned_customers"]) == (
-        "2024-03-15T00:00:00Z", True, 5)
+    # Cut at 03-15 the lost customers' December 25 is still inside the window: all 50 kept.
+    before = period(report(db, now=utc("2024-03-15")), "2024-03")
+    assert (before["end"], before["partial"], before["kept_customers"], before["crr"]) == (
+        "2024-03-15T00:00:00Z", True, 50, 100.0)
 
 
 def test_worked_example_through_the_cli(cli: Cli, tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""`retain report ...`: the KPIs of DESIGN section 1 as rich tables, `--json` or `--html FILE`."""
+"""`retain report ...`: the KPIs of DESIGN section 1 as tables, `--json` or `--html FILE`.
+
+Each command parses its options and calls one `build()` in engine/reports; the tables are drawn
+by cli/report_tables.py (80 columns unless `--wide`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import typer
 from cli import render
 from cli.evaluate import playbooks_at
 from cli.playbooks import JsonOpt
+from cli.report_tables import print_sheets
 from engine.clock import parse_as_of
 from engine.config import load_settings
 from engine.format.durations import parse_duration
@@ -32,15 +37,20 @@ ToOpt = Annotated[str | None, typer.Option(
     "--to", help="Day after the last (ISO date, UTC, exclusive; default: the end of the data).",
     show_default=False)]
 PeriodOpt = Annotated[PeriodKind, typer.Option("--period", help="Calendar periods (UTC).")]
+AsOfOpt = Annotated[str | None, typer.Option(
+    "--as-of", metavar="TS", help="Report as if now were TS (ISO date or time, UTC): nothing "
+    "later is seen, and a period running past TS is partial (default: now).",
+    show_default=False)]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="Show every column, however wide (default: fit 80 columns).")]
 
 
-def emit(result: Any, as_json: bool, html: Path | None, title: str) -> None:
+def emit(result: Any, as_json: bool, html: Path | None, title: str, wide: bool = False) -> None:
     """Print the report (tables or JSON) and write its HTML page when asked."""
     if as_json:
         render.print_json(result.to_json())
     else:
-        for table in result.tables():
-            render.console.print(table)
+        print_sheets(render.console, result.sheets(), wide)
     if html is not None:
         page = HtmlPage(title)
         result.html(page)
@@ -62,6 +72,14 @@ def window_option(start: str | None, end: str | None) -> tuple[Any, Any]:
     return bounds[0], bounds[1]
 
 
+def as_of_option(text: str | None) -> Any:
+    """`--as-of` as an aware UTC time (None: now); malformed is a usage error (exit 2)."""
+    try:
+        return None if text is None else parse_as_of(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--as-of") from None
+
+
 def connect(ctx: typer.Context) -> Any:
     """A read-only connection to the project's database."""
     return open_existing_store(ctx.obj.db_url).connect()
@@ -75,27 +93,28 @@ TopOpt = Annotated[int, typer.Option("--top", min=1, metavar="N",
 
 @report_app.command("value")
 def value_command(ctx: typer.Context, start: FromOpt = None, end: ToOpt = None,
-                  top: TopOpt = 10, as_json: JsonOpt = False, html: HtmlOpt = None) -> None:
+                  top: TopOpt = 10, as_of: AsOfOpt = None, as_json: JsonOpt = False,
+                  html: HtmlOpt = None, wide: WideOpt = False) -> None:
     """Revenue, AOV, repeat-purchase rate, CLV per customer and cohort, value tiers.
 
     Definitions: docs/REPORTS.md, "Value"."""
-    window = window_option(start, end)
+    window, now = window_option(start, end), as_of_option(as_of)
     with connect(ctx) as connection:
-        result = value.build(connection, *window, top=top)
-    emit(result, as_json, html, "Retain: customer value")
+        result = value.build(connection, *window, top=top, now=now)
+    emit(result, as_json, html, "Retain: customer value", wide)
 
 
 @report_app.command("nps")
 def nps_command(ctx: typer.Context, start: FromOpt = None, end: ToOpt = None,
-                period: PeriodOpt = PeriodKind.MONTH, as_json: JsonOpt = False,
-                html: HtmlOpt = None) -> None:
+                period: PeriodOpt = PeriodKind.MONTH, as_of: AsOfOpt = None,
+                as_json: JsonOpt = False, html: HtmlOpt = None, wide: WideOpt = False) -> None:
     """Net Promoter Score from feedback scores 0-10, overall and per calendar period.
 
     Definitions: docs/REPORTS.md, "NPS"."""
-    window = window_option(start, end)
+    window, now = window_option(start, end), as_of_option(as_of)
     with connect(ctx) as connection:
-        result = nps.build(connection, *window, kind=period)
-    emit(result, as_json, html, "Retain: Net Promoter Score")
+        result = nps.build(connection, *window, kind=period, now=now)
+    emit(result, as_json, html, "Retain: Net Promoter Score", wide)
 
 
 # --- playbooks -----------------------------------------------------------------------------------
@@ -116,28 +135,30 @@ def _report_playbooks(paths: list[Path] | None) -> list[Any]:
 
 @report_app.command("playbooks")
 def playbooks_command(ctx: typer.Context, start: FromOpt = None, end: ToOpt = None,
-                      paths: PlaybookPathsOpt = None, as_json: JsonOpt = False,
-                      html: HtmlOpt = None) -> None:
+                      paths: PlaybookPathsOpt = None, as_of: AsOfOpt = None,
+                      as_json: JsonOpt = False, html: HtmlOpt = None,
+                      wide: WideOpt = False) -> None:
     """Per playbook: entered, holdout, actions by connector and status, goal conversion in
     treatment and holdout, and the uplift with a 95% interval (definitions: docs/REPORTS.md)."""
-    window = window_option(start, end)
+    window, now = window_option(start, end), as_of_option(as_of)
     loaded = _report_playbooks(paths)
     with connect(ctx) as connection:
-        result = playbook_effect.build(connection, loaded, *window)
-    emit(result, as_json, html, "Retain: playbook effect")
+        result = playbook_effect.build(connection, loaded, *window, now=now)
+    emit(result, as_json, html, "Retain: playbook effect", wide)
 
 
 # --- RFM -----------------------------------------------------------------------------------------
 
 
 @report_app.command("rfm")
-def rfm_command(ctx: typer.Context, as_json: JsonOpt = False, html: HtmlOpt = None) -> None:
+def rfm_command(ctx: typer.Context, as_json: JsonOpt = False, html: HtmlOpt = None,
+                wide: WideOpt = False) -> None:
     """RFM scores (recency, frequency, monetary; 1-5 each) and named segments, with customers
     and revenue per segment; `--json` adds every scored customer. Definitions: docs/REPORTS.md,
     "RFM"."""
     with connect(ctx) as connection:
         result = rfm.build(connection, with_customers=as_json)  # 1 row per customer: JSON only
-    emit(result, as_json, html, "Retain: RFM segments")
+    emit(result, as_json, html, "Retain: RFM segments", wide)
 
 
 # --- retention -----------------------------------------------------------------------------------
@@ -177,10 +198,12 @@ def _retention_options(start: str | None, end: str | None, window: str, activity
 def retention_command(ctx: typer.Context, period: PeriodOpt = PeriodKind.MONTH,
                       start: FromOpt = None, end: ToOpt = None,
                       active_window: ActiveWindowOpt = "90d", activity: ActivityOpt = None,
-                      as_json: JsonOpt = False, html: HtmlOpt = None) -> None:
+                      as_of: AsOfOpt = None, as_json: JsonOpt = False, html: HtmlOpt = None,
+                      wide: WideOpt = False) -> None:
     """Customer retention rate (CRR) and churn per period, with new and returned customers, and
     a signup-cohort retention matrix (definitions: docs/REPORTS.md, "Retention")."""
     options = _retention_options(start, end, active_window, activity)
+    now = as_of_option(as_of)
     with connect(ctx) as connection:
-        result = retention.build(connection, kind=period, **options)
-    emit(result, as_json, html, "Retain: customer retention")
+        result = retention.build(connection, kind=period, now=now, **options)
+    emit(result, as_json, html, "Retain: customer retention", wide)

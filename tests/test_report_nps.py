@@ -47,12 +47,14 @@ def answer(event_id: str, customer_id: str, when: str, score: float | None,
 
 
 def report(engine: sa.Engine, start: str | None = None, end: str | None = None,
-           kind: PeriodKind = PeriodKind.MONTH, timezone: str | None = None) -> dict[str, Any]:
+           kind: PeriodKind = PeriodKind.MONTH, timezone: str | None = None,
+           now: str | None = None) -> dict[str, Any]:
     with engine.connect() as connection:
         if timezone and connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SET TIME ZONE '{timezone}'")
         result = nps.build(connection, None if start is None else utc(start),
-                           None if end is None else utc(end), kind)
+                           None if end is None else utc(end), kind,
+                           now=None if now is None else utc(now))
     return result.to_json()
 
 
@@ -76,13 +78,15 @@ SURVEY = [
     answer("x3", "c", "2024-03-06T00:00:00Z", -1),
     answer("x4", "c", "2024-01-07T00:00:00Z", 10, kind="review"),
     {"event_id": "v1", "customer_id": "a", "type": "page_view",
-     "occurred_at": "2024-03-10T00:00:00Z"},  # the data end here: March is partial
+     "occurred_at": "2024-03-10T00:00:00Z"},  # the latest event: March has ended all the same
 ]
 
 
 def test_every_number_of_a_small_survey(db: sa.Engine) -> None:
     """7 responses: 2 promoters, 2 passives, 3 detractors -> NPS 100 x (2 - 3) / 7.
-    January: 10, 9, 6, 7 -> 100 x (2 - 1) / 4 = 25; February: none; March: 0, 8, 6.5 -> -66.7."""
+    January: 10, 9, 6, 7 -> 100 x (2 - 1) / 4 = 25; February: none; March: 0, 8, 6.5 -> -66.7.
+    March has ended (now is the clock), so it is complete although the latest event is on
+    03-10: the report says so in a note instead of cutting March there."""
     load(db, ["a", "b", "c"], SURVEY)
     got = report(db)
     assert {k: got[k] for k in ("nps", "responses", "promoters", "passives", "detractors")} == {
@@ -92,10 +96,26 @@ def test_every_number_of_a_small_survey(db: sa.Engine) -> None:
     assert trend(got) == [
         ("2024-01-01", 4, 2, 1, 1, 25.0, False),
         ("2024-02-01", 0, 0, 0, 0, None, False),
-        ("2024-03-01", 3, 0, 1, 2, pytest.approx(-66.6667), True),
+        ("2024-03-01", 3, 0, 1, 2, pytest.approx(-66.6667), False),
     ]
     assert [(p["start"], p["end"]) for p in got["periods"]][0] == (
         "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z")
+    assert got["periods"][-1]["end"] == "2024-04-01T00:00:00Z"
+    assert got["latest_event"] == "2024-03-10T00:00:00Z"
+    assert got["notes"] == ["latest event 2024-03-10, 22 days before 2024-03 ends: feedback "
+                            "after it is not in the data"]
+
+
+def test_a_period_running_past_as_of_is_partial(db: sa.Engine) -> None:
+    """As of 2024-03-05T12:00, f7 (03-05) is seen and x3/v1 are not; March runs past now, so
+    it is partial and cut there; the latest event is hours old, so there is no note."""
+    load(db, ["a", "b", "c"], SURVEY)
+    got = report(db, now="2024-03-05T12:00:00")
+    assert trend(got)[-1] == ("2024-03-01", 3, 0, 1, 2, pytest.approx(-66.6667), True)
+    assert (got["as_of"], got["latest_event"], got["notes"]) == (
+        "2024-03-05T12:00:00Z", "2024-03-05T00:00:00Z", [])
+    earlier = report(db, now="2024-03-04T00:00:00")  # f6 at that instant is not seen yet
+    assert trend(earlier)[-1] == ("2024-03-01", 1, 0, 0, 1, -100.0, True)
 
 
 def test_the_window_includes_from_excludes_to_and_marks_cut_periods_partial(
@@ -115,9 +135,9 @@ def test_the_window_includes_from_excludes_to_and_marks_cut_periods_partial(
 
 
 def test_weeks_and_quarters(db: sa.Engine) -> None:
-    """ISO weeks from Monday 2024-01-01 to the week of 2024-03-05 (Monday 03-04): 10 weeks, the
-    last one partial because the data end on 2024-03-10, before its end on 03-11.
-    One quarter holds everything, partial because the data end on 2024-03-10."""
+    """ISO weeks from Monday 2024-01-01 to the week of 2024-03-05 (Monday 03-04): 10 weeks, all
+    ended. One quarter holds everything, ended too; as of 2024-03-08 the last week and the
+    quarter run past now and are partial."""
     load(db, ["a", "b", "c"], SURVEY)
     weeks = report(db, kind=PeriodKind.WEEK)
     assert weeks["period"] == "week"
@@ -127,9 +147,15 @@ def test_weeks_and_quarters(db: sa.Engine) -> None:
     assert weeks["periods"][-1]["start"] == "2024-03-04T00:00:00Z"
     # f5 (Sunday 03-03) closes the week of 02-26; f6 and f7 open the week of 03-04.
     assert [p["responses"] for p in weeks["periods"]] == [1, 1, 1, 1, 0, 0, 0, 0, 1, 2]
-    assert [p["partial"] for p in weeks["periods"]] == [False] * 9 + [True]  # data end 03-10
+    assert [p["partial"] for p in weeks["periods"]] == [False] * 10
+    assert weeks["notes"] == []  # the last week ends a day after the latest event
     quarters = report(db, kind=PeriodKind.QUARTER)
-    assert trend(quarters) == [("2024-01-01", 7, 2, 2, 3, pytest.approx(-14.2857), True)]
+    assert trend(quarters) == [("2024-01-01", 7, 2, 2, 3, pytest.approx(-14.2857), False)]
+    assert quarters["notes"][0].startswith("latest event 2024-03-10, 22 days before 2024-Q1")
+    weeks = report(db, kind=PeriodKind.WEEK, now="2024-03-08")
+    assert [p["partial"] for p in weeks["periods"]] == [False] * 9 + [True]
+    quarters = report(db, kind=PeriodKind.QUARTER, now="2024-03-08")
+    assert [p["partial"] for p in quarters["periods"]] == [True]
 
 
 def test_periods_are_utc_whatever_the_session_time_zone(db: sa.Engine) -> None:
@@ -143,13 +169,17 @@ def test_periods_are_utc_whatever_the_session_time_zone(db: sa.Engine) -> None:
 
 def test_no_feedback_gives_no_nps_and_no_crash(db: sa.Engine) -> None:
     load(db, ["a"], [answer("x1", "a", "2024-01-15T00:00:00Z", None)])
-    assert report(db) == {"nps": None, "responses": 0, "promoters": 0, "passives": 0,
-                          "detractors": 0, "from": None, "to": None, "period": "month",
-                          "periods": []}
-    # With both bounds the periods are known even without answers; the data end on 01-15.
+    assert report(db, now="2024-06-01") == {
+        "nps": None, "responses": 0, "promoters": 0, "passives": 0, "detractors": 0,
+        "from": None, "to": None, "as_of": "2024-06-01T00:00:00Z",
+        "latest_event": "2024-01-15T00:00:00Z", "notes": [], "period": "month", "periods": []}
+    # With both bounds the periods are known even without answers. Both have ended: complete,
+    # with a note that the latest event (01-15) is long before they end.
     got = report(db, "2024-01-01", "2024-03-01")
-    assert trend(got) == [("2024-01-01", 0, 0, 0, 0, None, True),
-                          ("2024-02-01", 0, 0, 0, 0, None, True)]
+    assert trend(got) == [("2024-01-01", 0, 0, 0, 0, None, False),
+                          ("2024-02-01", 0, 0, 0, 0, None, False)]
+    assert got["notes"] == ["latest event 2024-01-15, 17 days before 2024-01 ends (and 1 "
+                            "later): feedback after it is not in the data"]
 
 
 # --- made-up random scores against pandas --------------------------------------------------------
@@ -240,10 +270,14 @@ def test_json_shape(cli: Cli, survey: str) -> None:
 
 
 def test_text_shows_the_score_and_the_trend(cli: Cli, survey: str) -> None:
-    code, out, _err = cli(["--db", survey, "report", "nps", "--from", "2024-01-01"])
+    code, out, _err = cli(["--db", survey, "report", "nps", "--from", "2024-01-01",
+                           "--as-of", "2024-03-20"])
     assert code == 0
     for text in ("-14.3", "promoters (9-10)", "2 (28.6%)", "2024-01", "+25.0", "2024-03 *"):
         assert text in out
+    code, out, _err = cli(["--db", survey, "report", "nps"])
+    assert code == 0 and "2024-03 *" not in out
+    assert "Note: latest event 2024-03-10, 22 days before 2024-03 ends" in " ".join(out.split())
 
 
 def test_html_writes_a_page_with_charts(cli: Cli, survey: str, tmp_path: Path) -> None:

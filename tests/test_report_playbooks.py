@@ -24,7 +24,7 @@ from engine.store.tables import Action, Customer, Enrollment, Event
 
 T0 = datetime(2024, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)  # a fraction: SQLite compares text
 GOAL = timedelta(days=14)
-LATE = datetime(2024, 9, 1, tzinfo=UTC)  # the latest event: every window above has ended
+LATE = datetime(2024, 9, 1, tzinfo=UTC)  # the latest event and now: every window above ended
 
 WINBACK = """\
 id: winback
@@ -121,7 +121,7 @@ class Data:
             "payload": {}})
 
     def write(self, db: sa.Engine, latest: datetime | None = LATE) -> None:
-        if latest is not None:  # the latest event, which sets the cutoff
+        if latest is not None:  # the latest event
             self.customers.append({"customer_id": "clock"})
             self.event("clock", "login", latest)
         with db.begin() as connection:
@@ -132,7 +132,8 @@ class Data:
 
 
 def build(db: sa.Engine, loaded: list[Playbook], **kwargs: Any) -> dict[str, Any]:
-    """The report's JSON by playbook id."""
+    """The report's JSON by playbook id, as of LATE unless told otherwise."""
+    kwargs.setdefault("now", LATE)
     with db.connect() as connection:
         document = report.build(connection, loaded, **kwargs).to_json()
     return {p["playbook_id"]: p for p in document["playbooks"]}
@@ -205,7 +206,7 @@ def test_windows_not_yet_ended_are_open_not_failures(db: sa.Engine,
     data = Data()
     data.enroll("winback", 40, 10)
     data.enroll("winback", 40, 10, holdout=True)
-    late = LATE - GOAL + timedelta(seconds=1)  # its window ends a second after the latest event
+    late = LATE - GOAL + timedelta(seconds=1)  # its window ends a second after now
     data.enroll("winback", 5, 5, at=late)
     data.enroll("winback", 3, 0, holdout=True, at=late)
     data.write(db)
@@ -218,8 +219,43 @@ def test_windows_not_yet_ended_are_open_not_failures(db: sa.Engine,
     assert winback["statement"].endswith(
         "; 8 more enrollments still inside the goal window, not counted yet")
     # A window ending exactly at the cutoff has ended.
-    closed = build(db, loaded, cutoff=LATE + timedelta(seconds=1))["winback"]
+    closed = build(db, loaded, now=LATE + timedelta(seconds=1))["winback"]
     assert closed["groups"]["treatment"]["open"] == 0
+
+
+def test_a_window_that_ended_counts_however_old_the_latest_event(
+        db: sa.Engine, loaded: list[Playbook]) -> None:
+    """No event was synced after the conversions of 2024-03-02, but every goal window ended
+    long before now: each is measured (no goal event = not converted), not left open, and the
+    report says how old the latest event is. (Cutting at the latest event left all 80 open.)"""
+    data = Data()
+    data.enroll("winback", 40, 10)
+    data.enroll("winback", 40, 5, holdout=True)
+    data.write(db, latest=None)
+    with db.connect() as connection:
+        document = report.build(connection, loaded, now=LATE).to_json()
+    winback = next(p for p in document["playbooks"] if p["playbook_id"] == "winback")
+    treatment, holdout = winback["groups"]["treatment"], winback["groups"]["holdout"]
+    assert (treatment["open"], treatment["measured"], treatment["converted"]) == (0, 40, 10)
+    assert (holdout["open"], holdout["measured"], holdout["converted"]) == (0, 40, 5)
+    assert (document["cutoff"], document["latest_event"]) == (
+        "2024-09-01T00:00:00Z", "2024-03-02T09:30:00Z")
+    assert document["notes"] == ["latest event 2024-03-02, 183 days before the cutoff: "
+                                 "enrollments with no goal event by then count as not converted"]
+
+
+def test_as_of_hides_later_enrollments_and_keeps_their_windows_open(
+        db: sa.Engine, loaded: list[Playbook]) -> None:
+    """As of T0 + 10 days, enrollments entered at T0 are open (their 14-day window runs on) and
+    the ones entered later do not exist yet."""
+    data = Data()
+    data.enroll("winback", 40, 10)
+    data.enroll("winback", 7, 0, at=T0 + timedelta(days=11))
+    data.write(db)
+    winback = build(db, loaded, now=T0 + timedelta(days=10))["winback"]
+    assert winback["entered"] == 40
+    assert (winback["groups"]["treatment"]["open"], winback["groups"]["treatment"]["measured"]) \
+        == (40, 0)
 
 
 def test_too_few_enrollments_says_so_instead_of_an_uplift(
@@ -326,12 +362,13 @@ def test_cli_json_text_and_html(cli: Cli, db: sa.Engine, db_url: str, folder: Pa
     data.act(1, "email", "sent")
     data.write(db)
     base = ["--db", db_url, "report", "playbooks", "--playbooks", str(folder)]
-    code, out, err = cli([*base, "--json"])
+    code, out, err = cli([*base, "--json", "--as-of", "2024-09-02"])
     assert (code, err) == (0, "")
     document = json.loads(out)
-    assert set(document) == {"from", "to", "cutoff", "confidence", "method", "minimum",
-                             "message", "playbooks"}
-    assert document["cutoff"] == "2024-09-01T00:00:00Z" and document["message"] is None
+    assert set(document) == {"from", "to", "cutoff", "latest_event", "notes", "confidence",
+                             "method", "minimum", "message", "playbooks"}
+    assert document["cutoff"] == "2024-09-02T00:00:00Z" and document["message"] is None
+    assert document["notes"] == []  # the latest event is a day old
     assert [p["playbook_id"] for p in document["playbooks"]] == ["nogoal", "plain", "winback"]
     winback = document["playbooks"][2]
     assert set(winback) == {"playbook_id", "name", "file", "goal", "holdout_share", "entered",
@@ -366,7 +403,7 @@ def test_empty_database_is_a_clear_message(cli: Cli, db: sa.Engine, db_url: str,
     assert "No playbook enrollments" in page.read_text(encoding="utf-8")
     code, out, _ = cli([*base, "--json"])
     document = json.loads(out)
-    assert code == 0 and document["cutoff"] is None
+    assert code == 0 and document["cutoff"].endswith("Z") and document["latest_event"] is None
     assert {p["conclusion"] for p in document["playbooks"]} == {"no_enrollments", "no_goal"}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -23,8 +24,8 @@ import sqlalchemy as sa
 from conftest import SHARED_DATA, Cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rich.console import Console
 
+from engine.clock import iso
 from engine.format.durations import parse_duration
 from engine.reports import retention
 from engine.reports.periods import PeriodKind
@@ -65,16 +66,18 @@ def period(document: dict[str, Any], label: str) -> dict[str, Any]:
 # --- DESIGN section 1's worked examples, as data ------------------------------------------------
 
 
-def worked_example(start: int, new: int, end: int, returned: int
+def worked_example(start: int, new: int, end: int, returned: int, later: bool = True
                    ) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
     """Customers and events whose March 2024 (default 90-day window) has this S, N and E.
 
     At 2024-03-01 a customer counts with an activity event in [2023-12-02, 2024-03-01); at
     2024-04-01 with one in [2024-01-02, 2024-04-01). So: kept customers act on 2024-02-15 (inside
-    both windows; half also act in March), lost ones last acted on 2023-12-20 (only inside the
-    first), joined ones first act on 2024-03-10, returned ones acted in June 2023 (long lapsed)
+    both windows; half also act in March), lost ones last acted on 2023-12-25 (only inside the
+    first; still inside the window of 2024-03-20, so a report cut at the latest event would
+    keep them), joined ones first act on 2024-03-10, returned ones acted in June 2023 (long lapsed)
     and again on 2024-03-12. Lost customers get an email in March: engine events are not
-    activity. One customer acting in June 2024 takes the data past March, so March is whole.
+    activity. With `later`, one customer acting in June 2024 takes the data past March; without,
+    the latest activity is on 2024-03-20, and March, which has ended, is whole all the same.
     """
     kept = end - new
     people: dict[str, str] = {}
@@ -86,7 +89,7 @@ def worked_example(start: int, new: int, end: int, returned: int
             happenings.append((f"k{i}", "login", "2024-03-20T10:00:00Z"))
     for i in range(start - kept):
         people[f"l{i}"] = "2023-05-01"
-        happenings.append((f"l{i}", "purchase", "2023-12-20T10:00:00Z"))
+        happenings.append((f"l{i}", "purchase", "2023-12-25T10:00:00Z"))
         happenings.append((f"l{i}", "email_sent", "2024-03-25T10:00:00Z"))
     for i in range(new - returned):
         people[f"j{i}"] = "2024-03-10"
@@ -95,8 +98,9 @@ def worked_example(start: int, new: int, end: int, returned: int
         people[f"r{i}"] = "2023-05-01"
         happenings.append((f"r{i}", "purchase", "2023-06-01T10:00:00Z"))
         happenings.append((f"r{i}", "login", "2024-03-12T10:00:00Z"))
-    people["later"] = "2024-06-01"
-    happenings.append(("later", "purchase", "2024-06-01T10:00:00Z"))
+    if later:
+        people["later"] = "2024-06-01"
+        happenings.append(("later", "purchase", "2024-06-01T10:00:00Z"))
     return people, happenings
 
 
@@ -117,9 +121,33 @@ def test_worked_examples_arise_from_activity(db: sa.Engine, start: int, new: int
         "partial": False}
 
 
+def test_a_period_that_ended_is_whole_however_old_the_latest_event(db: sa.Engine) -> None:
+    """DESIGN's S=50, E=60, 80% with no event after 2024-03-20: March has ended, so E is
+    counted at April 1. Cut at the latest event (the old behaviour) the 10 lost customers, last
+    active on 2023-12-25, were still inside the window and it read 100%. A note says the latest
+    event is 12 days before March ends. March running past --as-of is partial, cut there."""
+    load(db, *worked_example(50, 20, 60, 5, later=False))
+    document = report(db)
+    march = period(document, "2024-03")
+    assert (march["end"], march["start_customers"], march["end_customers"], march["crr"],
+            march["partial"]) == ("2024-04-01T00:00:00Z", 50, 60, 80.0, False)
+    assert document["latest_event"] == "2024-03-20T10:00:00Z"
+    assert document["notes"] == ["latest event 2024-03-20, 12 days before 2024-03 ends: "
+                                 "customers with no later activity count as lapsed"]
+    cut = report(db, now=utc("2024-03-25"))
+    march = period(cut, "2024-03")
+    assert (march["end"], march["partial"], march["end_customers"]) == (
+        "2024-03-25T00:00:00Z", True, 60)
+    assert cut["as_of"] == "2024-03-25T00:00:00Z" and cut["notes"] == []
+    # Cut at 03-15 the lost customers' December 25 is still inside the window: all 50 kept.
+    before = period(report(db, now=utc("2024-03-15")), "2024-03")
+    assert (before["end"], before["partial"], before["kept_customers"], before["crr"]) == (
+        "2024-03-15T00:00:00Z", True, 50, 100.0)
+
+
 def test_worked_example_through_the_cli(cli: Cli, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    load(open_store(url), *worked_example(50, 20, 60, 5))
+    load(open_store(url), *worked_example(50, 20, 60, 5, later=False))
     code, out, err = cli(["--db", url, "report", "retention", "--from", "2024-03-01",
                           "--to", "2024-04-01", "--json"])
     assert code == 0, err
@@ -131,6 +159,14 @@ def test_worked_example_through_the_cli(cli: Cli, tmp_path: Path) -> None:
 
     code, out, err = cli(["--db", url, "report", "retention", "--from", "2024-03-01",
                           "--to", "2024-04-01"])
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "2024-03" in line)
+    assert [cell.strip() for cell in row.strip("│ ").split("│")] == [
+        "2024-03", "50", "15", "5", "40", "60", "80.00"]  # churn % only with --wide
+    assert "Note: latest event 2024-03-20, 12 days before 2024-03 ends" in " ".join(out.split())
+
+    code, out, err = cli(["--db", url, "report", "retention", "--from", "2024-03-01",
+                          "--to", "2024-04-01", "--wide"])
     assert code == 0, err
     row = next(line for line in out.splitlines() if "2024-03" in line)
     assert [cell.strip() for cell in row.strip("│ ").split("│")] == [
@@ -157,18 +193,23 @@ def test_engine_events_and_the_activity_option(db: sa.Engine) -> None:
 # --- periods, partial periods, options -----------------------------------------------------------
 
 
-def test_the_last_period_is_cut_at_the_end_of_the_data(db: sa.Engine) -> None:
+def test_the_last_period_ends_at_its_end_or_at_now(db: sa.Engine) -> None:
+    """The periods run to the end of the one holding the latest event (not the engine's): a
+    period that has ended is whole. Only now (--as-of) cuts one short."""
     load(db, {"a": "2024-01-05", "b": "2024-01-05"},
          [("a", "purchase", "2024-01-05T00:00:00Z"), ("b", "purchase", "2024-02-10T12:30:00Z"),
-          ("a", "purchase", "2024-03-10T08:00:00Z"),
+          ("a", "purchase", "2024-03-10T08:00:00.250000Z"),
           ("b", "email_sent", "2024-05-01T00:00:00Z")])  # the engine's record: not the data end
     document = report(db)
-    assert document["data_end"] == "2024-03-10T08:00:00.000001Z"
+    assert document["latest_event"] == "2024-03-10T08:00:00Z"  # JSON times: no microseconds
     assert [(p["label"], p["start"], p["end"], p["start_customers"], p["end_customers"],
              p["partial"]) for p in document["periods"]] == [
         ("2024-01", "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", 0, 1, False),
         ("2024-02", "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z", 1, 2, False),
-        ("2024-03", "2024-03-01T00:00:00Z", "2024-03-10T08:00:00.000001Z", 2, 2, True)]
+        ("2024-03", "2024-03-01T00:00:00Z", "2024-04-01T00:00:00Z", 2, 2, False)]
+    assert not re.search(r"T\d\d:\d\d:\d\d\.", json.dumps(document))
+    cut = report(db, now=utc("2024-03-10T08:00:00.250001"))  # just after the latest event
+    assert cut["periods"][-1]["end"] == "2024-03-10T08:00:00Z" and cut["periods"][-1]["partial"]
     assert period(document, "2024-01")["crr"] is None
     assert period(document, "2024-01")["churn_rate"] is None
 
@@ -216,26 +257,27 @@ def test_cohorts_by_signup_month(db: sa.Engine) -> None:
           ("b", "login", "2024-01-21T00:00:00Z"), ("b", "login", "2024-02-29T23:59:59Z"),
           ("c", "purchase", "2024-02-02T00:00:00Z"), ("c", "email_sent", "2024-03-02T00:00:00Z"),
           ("c", "purchase", "2024-03-15T00:00:00Z")])
-    document = report(db)
+    document = report(db, now=utc("2024-03-20"))
     assert document["cohorts"] == [
         {"cohort": "2024-01", "start": "2024-01-01T00:00:00Z", "customers": 2,
          "active": [2, 1, 1], "percent": [100.0, 50.0, 50.0]},
         # quiet signed up without acting: in the cohort, never active
         {"cohort": "2024-02", "start": "2024-02-01T00:00:00Z", "customers": 2,
          "active": [1, 1], "percent": [50.0, 50.0]}]
-    assert document["cohorts_end"] == "2024-03-15T00:00:00.000001Z"
+    assert document["cohorts_end"] == "2024-03-20T00:00:00Z"
     assert document["cohorts_last_month_partial"] is True
+    whole = report(db)  # March has ended
+    assert (whole["cohorts_end"], whole["cohorts_last_month_partial"]) == (
+        "2024-04-01T00:00:00Z", False)
+    assert whole["cohorts"] == document["cohorts"]
 
 
 def test_an_empty_database_reports_no_periods(db: sa.Engine) -> None:
     document = report(db)
     assert (document["periods"], document["cohorts"]) == ([], [])
     with db.connect() as connection:
-        result = retention.build(connection)
-    console = Console(record=True, width=200)
-    for table in result.tables():
-        console.print(table)
-    assert "No activity events in range" in console.export_text()
+        [sheet] = retention.build(connection).sheets()
+    assert sheet.rows[0][0].startswith("No activity events in range")
 
 
 def test_sqlite_streams_the_events_in_customer_order(tmp_path: Path) -> None:
@@ -359,21 +401,23 @@ def test_online_retail_sample_matches_pandas(db: sa.Engine, retail_sample: tuple
 
     width = pd.Timedelta(parse_duration(window))
     document = report(db, kind=PeriodKind(kind), window=width.to_pytimedelta())
-    data_end = invoices["time"].max() + pd.Timedelta(microseconds=1)
+    latest = invoices["time"].max()
     first_time = invoices["time"].min()
     if kind == "month":
-        starts = month_starts(first_time, data_end)
+        starts = month_starts(first_time, latest)
+        stop = (latest.replace(day=1) + pd.DateOffset(months=1)).normalize()
     else:
         monday = (first_time - pd.Timedelta(days=first_time.weekday())).normalize()
-        starts = list(pd.date_range(monday, data_end, freq="7D"))
-    boundaries = [*starts, data_end]
+        starts = list(pd.date_range(monday, latest, freq="7D"))
+        stop = starts[-1] + pd.Timedelta(days=7)
+    boundaries = [*starts, stop]  # the period of the latest invoice has ended: whole
     expected = pandas_retention(invoices, boundaries, width)
     got = [{k: p[k] for k in expected[0]} for p in document["periods"]]
     assert len(got) == len(expected) >= 12
     for index, (mine, theirs) in enumerate(zip(got, expected, strict=True)):
         assert mine == theirs, (document["periods"][index]["label"], mine, theirs)
-    assert [p["partial"] for p in document["periods"]] == [False] * (len(got) - 1) + [True]
-    assert pd.Timestamp(document["periods"][-1]["end"]) == data_end
+    assert [p["partial"] for p in document["periods"]] == [False] * len(got)
+    assert pd.Timestamp(document["periods"][-1]["end"]) == stop
 
     # Cohorts: the month of each customer's first invoice (created_at is empty in this dataset,
     # so sync takes the first event), active = any invoice in that month + k.
@@ -423,19 +467,20 @@ def calendar_next(start: datetime, kind: str) -> datetime:
 
 
 def definitions(history: History, kind: str, window: timedelta, activity: list[str] | None,
-                start: datetime | None, end: datetime | None) -> dict[str, Any]:
+                start: datetime | None, end: datetime | None, now: datetime
+                ) -> dict[str, Any]:
     """Periods and cohorts straight from the definitions (docs/REPORTS.md), customer by customer:
     slow, obvious, and sharing no code with the report."""
     types = {t for _, t, _ in history.happenings}
     active_types = types - ENGINE_EVENT_TYPES if activity is None else set(activity) & types
-    acts = [(c, t) for c, kind_, t in history.happenings if kind_ in active_types]
+    acts = [(c, t) for c, kind_, t in history.happenings if kind_ in active_types and t < now]
     data = [t for _, kind_, t in history.happenings
-            if kind_ not in ENGINE_EVENT_TYPES or kind_ in active_types]
+            if (kind_ not in ENGINE_EVENT_TYPES or kind_ in active_types) and t < now]
     if not acts:
         return {"periods": [], "cohorts": []}
-    data_end = max(data) + TICK
     first = start if start is not None else min(t for _, t in acts)
-    stop = data_end if end is None else min(end, data_end)
+    last_period_end = calendar_next(calendar_start(max(data), kind), kind)
+    stop = min(last_period_end if end is None else end, now)
     if first >= stop:
         return {"periods": [], "cohorts": []}
     cuts = []
@@ -493,17 +538,18 @@ def store(engine: sa.Engine, history: History) -> None:
 
 def check(engine: sa.Engine, history: History, kind: str, window: timedelta,
           activity: list[str] | None, start: datetime | None, end: datetime | None,
-          bits: int, timezone: str | None = None) -> None:
+          bits: int, timezone: str | None = None, now: datetime | None = None) -> None:
     with engine.connect() as connection:
         if timezone and connection.dialect.name == "postgresql":  # UTC must not depend on it
             connection.exec_driver_sql(f"SET TIME ZONE '{timezone}'")
         got = retention.build(connection, start, end, kind=PeriodKind(kind), window=window,
-                              activity=activity, bits=bits).to_json()
-    want = definitions(history, kind, window, activity, start, end)
+                              activity=activity, bits=bits, now=now).to_json()
+    want = definitions(history, kind, window, activity, start, end,
+                       datetime.now(UTC) if now is None else now)
     keys = ("start_customers", "end_customers", "joined_customers", "returned_customers",
             "kept_customers", "crr", "partial")
     assert [(p["start"], p["end"], *(p[k] for k in keys)) for p in got["periods"]] == [
-        (retention._iso(p["start"]), retention._iso(p["end"]), *(p[k] for k in keys))
+        (iso(p["start"]), iso(p["end"]), *(p[k] for k in keys))
         for p in want["periods"]]
     assert [{k: c[k] for k in ("cohort", "customers", "active")}
             for c in got["cohorts"]] == want["cohorts"]
@@ -545,16 +591,17 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sa.Engine]:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=histories(), kind=st.sampled_from(KINDS), window=st.sampled_from(WINDOWS),
        activity=st.sampled_from(ACTIVITIES), start=st.none() | moments(),
-       end=st.none() | moments(), bits=st.sampled_from([1, 3, 62]))
+       end=st.none() | moments(), bits=st.sampled_from([1, 3, 62]),
+       now=st.none() | moments())
 def test_random_histories_follow_the_definitions(scratch: sa.Engine, history: History,
                                                  kind: str, window: timedelta,
                                                  activity: list[str] | None,
                                                  start: datetime | None, end: datetime | None,
-                                                 bits: int) -> None:
+                                                 bits: int, now: datetime | None) -> None:
     if start is not None and end is not None and start >= end:
         start, end = end, start + timedelta(days=1)
     store(scratch, history)
-    check(scratch, history, kind, window, activity, start, end, bits)
+    check(scratch, history, kind, window, activity, start, end, bits, now=now)
 
 
 def test_seeded_histories_on_both_backends(db: sa.Engine) -> None:
@@ -575,4 +622,5 @@ def test_seeded_histories_on_both_backends(db: sa.Engine) -> None:
         check(db, history, kind, WINDOWS[round_ % len(WINDOWS)], ACTIVITIES[round_ % 3],
               None if round_ < 3 else ORIGIN + timedelta(days=45),
               None if round_ % 2 else ORIGIN + timedelta(days=250), bits=[62, 4][round_ % 2],
-              timezone=["Pacific/Kiritimati", "America/Los_Angeles"][round_ % 2])
+              timezone=["Pacific/Kiritimati", "America/Los_Angeles"][round_ % 2],
+              now=None if round_ % 3 else ORIGIN + timedelta(days=200 + round_))

@@ -9,6 +9,7 @@ or the report's own code.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def test_the_window_includes_from_excludes_to_and_counts_customers_created_befor
     assert (got["from"], got["to"]) == ("2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z")
     assert got["summary"] == {
         "customers": 4, "buyers": 2, "repeat_buyers": 1, "orders": 3, "revenue": 80.0,
-        "average_order_value": pytest.approx(26.6667), "repeat_purchase_rate_pct": 50.0,
+        "average_order_value": 26.67, "repeat_purchase_rate_pct": 50.0,  # money: to the cent
         "returns": {"count": 1, "amount": 30.0},
     }
     assert got["cohorts"] == [
@@ -268,8 +269,9 @@ def expected(invoices: pd.DataFrame, start: str | None, end: str | None) -> dict
 
 
 def close(got: Any, want: Any) -> bool:
-    """Equal up to the report's 4 decimals (pandas sums floats in another order)."""
-    return bool(got == pytest.approx(want, abs=1e-3, rel=1e-9))
+    """Equal up to the report's rounding: money to the cent, ratios to 4 decimals (pandas sums
+    floats in another order)."""
+    return bool(got == pytest.approx(want, abs=5e-3 + 1e-9, rel=1e-9))
 
 
 @pytest.mark.parametrize(("start", "end"), [(None, None), ("2011-03-01", "2011-09-01")])
@@ -320,10 +322,48 @@ def test_json_has_every_section(cli: Cli, shop: str) -> None:
     code, out, err = cli(["--db", shop, "report", "value", "--json", "--top", "1"])
     assert (code, err) == (0, "")
     got = json.loads(out)
-    assert set(got) == {"from", "to", "summary", "clv", "cohorts", "tiers"}
+    assert set(got) == {"from", "to", "as_of", "latest_event", "notes", "summary", "clv",
+                        "cohorts", "tiers"}
+    assert got["latest_event"] == "2024-04-01T00:00:00Z" and got["notes"] == []
+    assert got["as_of"].endswith("Z") and "." not in got["as_of"]  # seconds, no microseconds
     assert got["summary"]["revenue"] == 450.0
     assert [t["customer_id"] for t in got["clv"]["top"]] == ["b"]
     assert [t["tier"] for t in got["tiers"]] == ["high", "mid", "low", "none"]
+
+
+def test_as_of_sees_nothing_later_and_a_far_end_says_so(cli: Cli, shop: str) -> None:
+    """--as-of 2024-03-01: b's 200 at that instant and every later order are unseen, and e,
+    created then, is not a customer yet. A --to weeks after the latest event gets the note."""
+    code, out, _err = cli(["--db", shop, "report", "value", "--json", "--as-of", "2024-03-01"])
+    assert code == 0
+    got = json.loads(out)
+    assert (got["summary"]["revenue"], got["summary"]["customers"]) == (180.0, 4)
+    assert (got["as_of"], got["latest_event"]) == ("2024-03-01T00:00:00Z", "2024-02-16T00:00:00Z")
+    assert got["notes"] == ["latest event 2024-02-16, 14 days before the window ends: purchases "
+                            "after it are not in the data"]
+    code, out, _err = cli(["--db", shop, "report", "value", "--to", "2024-04-02"])
+    assert code == 0 and "Note: " not in out  # the latest event (04-01) is a day before --to
+    code, out, _err = cli(["--db", shop, "report", "value", "--to", "2024-05-01"])
+    assert code == 0
+    assert "latest event 2024-04-01, 30 days before the window ends" in " ".join(out.split())
+
+
+def test_money_is_rounded_to_the_cent_in_json_and_text(cli: Cli, db: sa.Engine,
+                                                       db_url: str) -> None:
+    """Orders of 10, 10 and 13.37: the average order value 11.123333... is 11.12 in JSON and
+    text (4 places gave 11.1233), and no float noise of the sums shows anywhere."""
+    amounts = [10.0, 10.0, 13.37]
+    load(db, [{"customer_id": "m", "created_at": "2024-01-01T00:00:00Z"}],
+         [purchase(f"m{i}", "m", f"2024-01-0{i + 2}T00:00:00Z", a) for i, a in enumerate(amounts)])
+    code, out, _err = cli(["--db", db_url, "report", "value", "--json"])
+    assert code == 0
+    got = json.loads(out)
+    assert (got["summary"]["revenue"], got["summary"]["average_order_value"]) == (33.37, 11.12)
+    assert (got["clv"]["mean"], got["clv"]["median"], got["clv"]["top"][0]["revenue"],
+            got["cohorts"][0]["clv"], got["tiers"][0]["max_revenue"]) == (33.37,) * 5
+    assert not re.search(r"\d\.\d{3}", out.replace(got["as_of"], ""))  # no 3rd decimal
+    code, out, _err = cli(["--db", db_url, "report", "value"])
+    assert code == 0 and "11.12 " in out and "11.123" not in out
 
 
 def test_from_and_to_reach_the_report(cli: Cli, shop: str) -> None:

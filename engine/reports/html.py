@@ -1,7 +1,9 @@
 """`--html FILE`: one self-contained page per report, charts embedded as PNG (matplotlib).
 
 The page needs no network to be viewed and can be attached to an email: styles are inline and
-every chart is a `data:` image. Charts are drawn with matplotlib's Agg backend (no display).
+every chart is a `data:` image. Charts are drawn with matplotlib's Agg backend (no display),
+imported by `figure()`, so only when a page is drawn: a report printed as text or JSON, and the
+CLI around it, never pay for (or depend on) matplotlib.
 """
 
 from __future__ import annotations
@@ -13,11 +15,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
@@ -54,7 +51,7 @@ class HtmlPage:
                        + "</tr>" for row in rows)
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
-    def chart(self, figure: Figure, alt: str) -> None:
+    def chart(self, figure: Any, alt: str) -> None:
         """A matplotlib figure, embedded as a PNG `data:` image of class `chart`."""
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -87,6 +84,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def figure(width: float = 8, height: float = 3.5) -> Figure:
-    """A new figure for one chart (no pyplot global state)."""
+def figure(width: float = 8, height: float = 3.5) -> Any:
+    """A new matplotlib Figure for one chart (no pyplot global state), the Agg backend chosen
+    before the first one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height))

@@ -15,9 +15,10 @@ Definitions (docs/REPORTS.md, "NPS", says the same):
 - **Trend**: calendar periods (engine/reports/periods.py: ISO weeks, months, quarters, UTC) from the
   one containing `--from` (default: the first response) to the one containing the window's last
   instant (default: the last response). Periods without responses are listed with NPS null. A
-  period is `partial` when the window or the data cut it: it starts before `--from`, or it ends
-  after `--to` or after the latest event of any type (feedback is sparse, so the last response
-  does not mark where the data end).
+  period is `partial` when the window or now cut it: it starts before `--from`, or it ends after
+  `--to` or after now (the clock, or `--as-of`; nothing at or after it is seen). A period that
+  has ended is complete however long ago the latest event is (DESIGN 1); when that is more than
+  a week before a period's end the report says so (`notes`).
 
 Counts come from SQL aggregates: the period of each response is a CASE over the few period
 boundaries, grouped in the database; Python only divides the counts.
@@ -30,12 +31,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from rich.table import Table
-from rich.text import Text
 
 from engine.clock import iso
 from engine.reports.html import HtmlPage, figure
-from engine.reports.periods import Period, PeriodKind, periods
+from engine.reports.periods import Period, PeriodKind, periods, quiet_note, report_now
+from engine.reports.sheet import Sheet, columns
 from engine.store.facts import FEEDBACK, events
 
 PROMOTER_MIN = 9
@@ -75,6 +75,16 @@ class NpsReport:
     kind: PeriodKind
     total: Counts
     periods: list[tuple[Period, Counts]]
+    now: datetime
+    latest: datetime | None  # the latest event of any type before now
+
+    @property
+    def notes(self) -> list[str]:
+        """Said when a period ends more than a week after the latest event."""
+        note = quiet_note(self.latest, [(f"{p.label} ends", min(p.end, self.now))
+                                        for p, _c in self.periods],
+                          "feedback after it is not in the data")
+        return [] if note is None else [note]
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` document."""
@@ -83,18 +93,22 @@ class NpsReport:
             "nps": total.pop("nps"), **total,
             "from": None if self.start is None else iso(self.start),
             "to": None if self.end is None else iso(self.end),
+            "as_of": iso(self.now),
+            "latest_event": None if self.latest is None else iso(self.latest),
+            "notes": self.notes,
             "period": self.kind.value,
             "periods": [{"start": iso(p.start), "end": iso(p.end), **c.as_dict(),
                          "partial": p.partial} for p, c in self.periods],
         }
 
-    def tables(self) -> list[Table]:
+    def sheets(self) -> list[Sheet]:
         """The overall NPS with its groups, then the trend; without responses, a clear note."""
-        overall = _table(self._title(), ["metric", "value"], self._total_rows(), self._caption())
+        overall = Sheet(self._title(), columns(["metric", "value"]), self._total_rows(),
+                        self._caption())
         if not self.total.responses:
             return [overall]
-        return [overall, _table(f"NPS per {self.kind.value}", _PERIOD_COLUMNS,
-                                self._period_rows(), "* partial period")]
+        return [overall, Sheet(f"NPS per {self.kind.value}", columns(_PERIOD_COLUMNS),
+                               self._period_rows(), "* partial period", self.notes)]
 
     def html(self, page: HtmlPage) -> None:
         """Sections for `--html`: the groups as bars, the trend as a line, and the tables."""
@@ -107,7 +121,9 @@ class NpsReport:
         page.heading(f"NPS per {self.kind.value}")
         page.chart(self._trend_chart(), f"NPS per {self.kind.value}")
         page.table(_PERIOD_COLUMNS, self._period_rows())
-        page.note("* partial period: cut by --from/--to or by the end of the data.")
+        page.note("* partial period: cut by --from/--to or by now (--as-of).")
+        for note in self.notes:
+            page.note(f"Note: {note}.")
 
     def _caption(self) -> str:
         if not self.total.responses:
@@ -160,17 +176,21 @@ _PERIOD_COLUMNS = ["period", "responses", "promoters", "passives", "detractors",
 
 
 def build(connection: sa.Connection, start: datetime | None = None, end: datetime | None = None,
-          kind: PeriodKind = PeriodKind.MONTH) -> NpsReport:
-    """The NPS over responses in `[start, end)` (None: unbounded), with a trend per `kind`."""
+          kind: PeriodKind = PeriodKind.MONTH, now: datetime | None = None) -> NpsReport:
+    """The NPS over responses in `[start, end)` (None: unbounded), with a trend per `kind`;
+    `now` is `--as-of` (None: the clock): nothing at or after it is seen."""
     e = events.c
+    now = report_now(now)
+    upto = now if end is None else min(end, now)
     response = (e.type == FEEDBACK) & e.score.is_not(None) & (e.score >= 0) & (e.score <= 10)
+    response &= e.occurred_at < upto
     if start is not None:
         response &= e.occurred_at >= start
-    if end is not None:
-        response &= e.occurred_at < end
     first, last, total = _totals(connection, response)
-    cut = _periods(connection, start, end, first, last, kind)
-    return NpsReport(start, end, kind, total, _per_period(connection, response, cut))
+    cut = _periods(start, end, upto, first, last, kind)
+    latest = connection.execute(sa.select(sa.func.max(e.occurred_at))
+                                .where(e.occurred_at < now)).scalar()
+    return NpsReport(start, end, kind, total, _per_period(connection, response, cut), now, latest)
 
 
 def _counts(score: sa.ColumnElement[Any]) -> list[sa.ColumnElement[Any]]:
@@ -191,18 +211,14 @@ def _totals(connection: sa.Connection, response: sa.ColumnElement[bool]
     return first, last, Counts(*counts)
 
 
-def _periods(connection: sa.Connection, start: datetime | None, end: datetime | None,
+def _periods(start: datetime | None, end: datetime | None, upto: datetime,
              first: datetime | None, last: datetime | None, kind: PeriodKind) -> list[Period]:
-    """The trend's periods, `partial` marked by the window and the latest event of any type."""
+    """The trend's periods, `partial` when `--from` or `upto` (`--to` or now) cuts them."""
     first = start if start is not None else first
-    last = end - TICK if end is not None else last
+    last = upto - TICK if end is not None else last
     if first is None or last is None or last < first:
         return []
-    latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))).scalar()
-    data_end = None if latest is None else latest + TICK
-    if end is not None:
-        data_end = end if data_end is None else min(data_end, end)
-    cut = periods(first, last, kind, data_end)
+    cut = periods(first, last, kind, upto)
     return [Period(p.start, p.end, p.partial or (start is not None and p.start < start))
             for p in cut]
 
@@ -230,14 +246,3 @@ def _score(value: float | None) -> str:
 def _share(part: int, whole: int) -> str:
     return f"{part:,}" if not whole else f"{part:,} ({100.0 * part / whole:.1f}%)"
 
-
-def _table(title: str, columns: list[str], rows: list[list[Any]],
-           caption: str | None = None) -> Table:
-    """A table whose cells are plain text (no rich markup from data)."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
-                  min_width=max(len(title), len(caption or "")))  # title, caption: one line
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
-    for row in rows:
-        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
-    return table

@@ -15,11 +15,12 @@ Definitions (docs/REPORTS.md, "Playbooks", says the same):
 - An enrollment **converts** when its customer has an event of type T with
   `entered_at < occurred_at <= entered_at + D`; events outside that window do not count.
 - Only enrollments whose goal window has **ended** are measured: `entered_at + D <= cutoff`. The
-  cutoff is the latest synced event of any type, capped at now. Not the wall clock alone: a
-  conversion can only be seen once its event is synced, so with a sync lagging by days the wall
-  clock would close windows whose goal events are not in yet and understate conversion (and a
-  historical data set, like the demo's, would look finished when it is not). The others are
-  **open** and shown as a count, never as non-conversions.
+  cutoff is now (the clock, or `--as-of`), as for every report (DESIGN 1: a period that has
+  ended is complete; no goal event in the window means not converted). Enrollments entered at
+  or after now are not seen. The others are **open** and shown as a count, never as
+  non-conversions. A sync that lags would understate conversion, so when the latest synced event
+  is more than a week before the cutoff the report says so (`notes`); for a historical data set
+  pass `--as-of` just after its latest event.
 - **conversion rate** of a group = converted / measured (in %); **uplift** = treatment rate -
   holdout rate, in percentage points (pp).
 - **95% confidence interval** of the uplift: Newcombe's hybrid score interval (Newcombe 1998,
@@ -35,10 +36,8 @@ Definitions (docs/REPORTS.md, "Playbooks", says the same):
   n*(1-p) >= 5 rule), and a team acting on an interval from 12 customers does harm.
   **no holdout**: no holdout enrollment entered in the window, so there is nothing to compare with.
 
-Counting is SQL: one aggregate of enrollments GROUP BY playbook and holdout, with a correlated
-EXISTS per enrollment for the goal event (the goal's event type and window come from a CASE over
-the playbook id), and one of actions GROUP BY playbook, connector and status. Python only does the
-interval arithmetic per playbook. Works on SQLite and PostgreSQL.
+Counting is SQL (engine/reports/playbook_counts.py: enrollments, conversions and actions, per
+playbook and group, in a few aggregates); Python only does the interval arithmetic per playbook.
 """
 
 from __future__ import annotations
@@ -46,32 +45,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from statistics import NormalDist
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from rich.table import Table
-from rich.text import Text
 
-from engine.clock import iso, utcnow
+from engine.clock import iso
 from engine.format.durations import format_duration
 from engine.format.playbook import Goal, Playbook
 from engine.reports.html import HtmlPage, figure
-from engine.store.dialect import PerDialect
+from engine.reports.intervals import CONFIDENCE, METHOD, newcombe, wilson
+from engine.reports.periods import quiet_note, report_now
+from engine.reports.playbook_counts import action_counts, entered_counts, measured_counts
+from engine.reports.sheet import Column, Sheet
 from engine.store.facts import events
-from engine.store.tables import Action, Enrollment, UTCDateTime
 
-enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
-actions: sa.Table = Action.__table__  # type: ignore[assignment]
-
-CONFIDENCE = 0.95
-Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # 1.959963984540054
 MIN_ENROLLMENTS = 30
 """Measured enrollments each group needs before the report states an uplift."""
 MIN_OUTCOMES = 5
 """Conversions, and non-conversions, each group needs before the report states an uplift."""
-METHOD = "Newcombe hybrid score interval (from Wilson score intervals)"
 PLACES = 4
 GROUPS = ("treatment", "holdout")
 
@@ -227,8 +219,19 @@ class PlaybooksReport:
 
     start: datetime | None
     end: datetime | None
-    cutoff: datetime | None
+    cutoff: datetime  # now: goal windows ended by it are measured
+    latest: datetime | None  # the latest event of any type before the cutoff
     playbooks: list[PlaybookEffect]
+
+    @property
+    def notes(self) -> list[str]:
+        """Said when the latest event is more than a week before the cutoff (and some playbook
+        measures a goal): a lagging sync would look like customers who did not convert."""
+        if not any(p.goal is not None and p.entered for p in self.playbooks):
+            return []
+        note = quiet_note(self.latest, [("the cutoff", self.cutoff)],
+                          "enrollments with no goal event by then count as not converted")
+        return [] if note is None else [note]
 
     @property
     def message(self) -> str | None:
@@ -243,7 +246,9 @@ class PlaybooksReport:
         return {
             "from": None if self.start is None else iso(self.start),
             "to": None if self.end is None else iso(self.end),
-            "cutoff": None if self.cutoff is None else iso(self.cutoff),
+            "cutoff": iso(self.cutoff),
+            "latest_event": None if self.latest is None else iso(self.latest),
+            "notes": self.notes,
             "confidence": CONFIDENCE,
             "method": METHOD,
             "minimum": {"enrollments": MIN_ENROLLMENTS, "conversions": MIN_OUTCOMES,
@@ -252,21 +257,21 @@ class PlaybooksReport:
             "playbooks": [p.to_json() for p in self.playbooks],
         }
 
-    def tables(self) -> list[Table]:
+    def sheets(self) -> list[Sheet]:
         """Entered and actions, conversion per group, the statements (with the uplift) and the
-        actions by status, each narrow enough for an 80-column terminal; with no enrollments at
-        all, only the message."""
+        actions by status, text folding in an 80-column terminal; with no enrollments at all,
+        only the message."""
         message = self.message
         if message is not None:
-            table = Table(title=self._title(), title_justify="left", show_header=False)
-            table.add_column("message")
-            table.add_row(Text(message))
-            return [table]
-        return [_table(self._title(), SUMMARY_COLUMNS, self._summary_rows()),
-                _table("Goal conversion", CONVERSION_COLUMNS, self._conversion_rows(),
-                       self._caption()),
-                _table("Against the holdout", ["playbook", "statement"], self._statements()),
-                _table("Actions by connector and status", *self._action_rows())]
+            return [Sheet(self._title(), [Column("message", left=True, wrap=True)], [[message]])]
+        return [Sheet(self._title(), _columns(SUMMARY_COLUMNS), self._summary_rows()),
+                Sheet("Goal conversion", _columns(CONVERSION_COLUMNS), self._conversion_rows(),
+                      self._caption(), self.notes),
+                Sheet("Against the holdout", _columns(["playbook", "statement"]),
+                      self._statements()),
+                Sheet("Actions by connector and status",
+                      _columns(["playbook", "connector", "status", "actions"]),
+                      self._action_lines())]
 
     def html(self, page: HtmlPage) -> None:
         """Sections for `--html`: the summary, conversion by group (chart with interval bars and
@@ -285,6 +290,8 @@ class PlaybooksReport:
                        "Goal conversion by group, with 95% Wilson intervals")
         page.table([*CONVERSION_COLUMNS, "95% CI"], self._conversion_rows(with_interval=True))
         page.note(self._caption())
+        for note in self.notes:
+            page.note(f"Note: {note}.")
         page.heading("Against the holdout")
         page.table(["playbook", "statement"], self._statements())
         page.heading("Actions by connector and status")
@@ -304,9 +311,8 @@ class PlaybooksReport:
         return f"Playbooks: {self._window_words()}"
 
     def _caption(self) -> str:
-        cutoff = "no events yet" if self.cutoff is None else iso(self.cutoff)
-        return (f"Rate = converted / measured: enrollments whose goal window ended by {cutoff} "
-                "(the latest event, capped at now); open ones are not counted yet.")
+        return (f"Rate = converted / measured: enrollments whose goal window ended by "
+                f"{iso(self.cutoff)} (now, or --as-of); open ones are not counted yet.")
 
     def _summary_rows(self) -> list[list[Any]]:
         return [[p.playbook_id, p.entered, p.holdout.entered,
@@ -335,6 +341,13 @@ class PlaybooksReport:
     def _statements(self) -> list[list[Any]]:
         return [[p.playbook_id, p.statement] for p in self.playbooks]
 
+    def _action_lines(self) -> list[list[Any]]:
+        """One row per (playbook, connector, status): as narrow as a terminal needs, however
+        many statuses there are (the page pivots them into columns)."""
+        return [[p.playbook_id, connector, status, count]
+                for p in self.playbooks for connector, counts in sorted(p.actions.items())
+                for status, count in sorted(counts.items())]
+
     def _action_rows(self) -> tuple[list[str], list[list[Any]]]:
         statuses = sorted({s for p in self.playbooks for c in p.actions.values() for s in c})
         rows = [[p.playbook_id, connector, *(counts.get(s, 0) for s in statuses),
@@ -343,46 +356,33 @@ class PlaybooksReport:
         return ["playbook", "connector", *statuses, "total"], rows
 
 
-TEXT_COLUMNS = {"goal", "statement", "connector", "group"}
+TEXT_COLUMNS = {"goal", "statement", "connector", "group", "status"}
+WRAP_COLUMNS = ("goal", "statement")
 SUMMARY_COLUMNS = ["playbook", "entered", "holdout", "actions", "goal"]
 CONVERSION_COLUMNS = ["playbook", "group", "measured", "converted", "rate", "open"]
 
 
-def wilson(successes: int, trials: int, z: float = Z) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (fractions): unlike Wald it never leaves [0, 1]
-    and does not collapse to a point at 0 or all successes."""
-    p = successes / trials
-    z2 = z * z
-    denominator = 1 + z2 / trials
-    centre = (p + z2 / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = Z) -> tuple[float, float]:
-    """Newcombe's hybrid score interval for p1 - p2 (fractions), from each side's Wilson
-    interval; see the module docstring for why this and not Wald."""
-    p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = wilson(x1, n1, z)
-    l2, u2 = wilson(x2, n2, z)
-    difference = p1 - p2
-    return (difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
-            difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+def _columns(names: list[str]) -> list[Column]:
+    """The playbook column and text columns left-aligned, goals and statements folding."""
+    return [Column(n, left=i == 0 or n in TEXT_COLUMNS, wrap=n in WRAP_COLUMNS)
+            for i, n in enumerate(names)]
 
 
 def build(connection: sa.Connection, playbooks: Sequence[Playbook],
           start: datetime | None = None, end: datetime | None = None,
-          cutoff: datetime | None = None) -> PlaybooksReport:
+          now: datetime | None = None) -> PlaybooksReport:
     """The report over enrollments that entered in `[start, end)`, with the goals of `playbooks`
-    (the loaded files). `cutoff` closes goal windows; None: the latest event, capped at now."""
-    if cutoff is None:
-        latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))).scalar()
-        cutoff = None if latest is None else min(latest, utcnow())
+    (the loaded files). `now` (`--as-of`; None: the clock) closes goal windows and hides
+    enrollments entered at or after it."""
+    cutoff = report_now(now)
+    given_end, end = end, cutoff if end is None else min(end, cutoff)
+    latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))
+                                .where(events.c.occurred_at < cutoff)).scalar()
     known = {p.id: p for p in playbooks}
     goals = {p.id: p.document.goal for p in playbooks if p.document.goal is not None}
-    entered = _entered(connection, start, end)
-    measured = _measured(connection, start, end, goals, cutoff)
-    done = _actions(connection, start, end)
+    entered = entered_counts(connection, start, end)
+    measured = measured_counts(connection, start, end, goals, cutoff)
+    done = action_counts(connection, start, end)
     result = []
     for playbook_id in sorted(set(known) | {pid for pid, _h in entered}):
         groups = []
@@ -395,90 +395,7 @@ def build(connection: sa.Connection, playbooks: Sequence[Playbook],
                 groups.append(Group(count))
         result.append(PlaybookEffect(playbook_id, known.get(playbook_id), groups[0], groups[1],
                                      done.get(playbook_id, {})))
-    return PlaybooksReport(start, end, cutoff, result)
-
-
-def _in_window(start: datetime | None, end: datetime | None) -> sa.ColumnElement[bool]:
-    entered_at = enrollments.c.entered_at
-    condition: sa.ColumnElement[bool] = sa.true()
-    if start is not None:
-        condition &= entered_at >= start
-    if end is not None:
-        condition &= entered_at < end
-    return condition
-
-
-def _entered(connection: sa.Connection, start: datetime | None,
-             end: datetime | None) -> dict[tuple[str, bool], int]:
-    """Enrollments per (playbook, holdout), goal or not."""
-    e = enrollments.c
-    rows = connection.execute(sa.select(e.playbook_id, e.holdout, sa.func.count())
-                              .where(_in_window(start, end)).group_by(e.playbook_id, e.holdout))
-    counts: dict[tuple[str, bool], int] = {}
-    for playbook_id, holdout, count in rows:
-        key = (playbook_id, bool(holdout))
-        counts[key] = counts.get(key, 0) + count
-    return counts
-
-
-def _goal_end(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """`entered_at + seconds` as each database compares times.
-
-    SQLite stores `YYYY-MM-DD HH:MM:SS.ffffff` text and compares it as text, so the sum must keep
-    that exact shape: `strftime` adds the whole seconds (goal windows are whole minutes) and the
-    original fraction is appended unchanged. PostgreSQL adds an interval to the timestamptz.
-    """
-    entered_at = enrollments.c.entered_at
-    sqlite = sa.func.strftime("%Y-%m-%d %H:%M:%S", entered_at,
-                              sa.literal("+").op("||")(seconds).op("||")(sa.literal(" seconds"))
-                              ).op("||")(sa.func.substr(entered_at, 20))
-    postgresql = entered_at.op("+")(seconds.op("*")(sa.literal_column("INTERVAL '1 second'")))
-    return PerDialect(sqlite, postgresql, UTCDateTime())
-
-
-def _measured(connection: sa.Connection, start: datetime | None, end: datetime | None,
-              goals: dict[str, Goal], cutoff: datetime | None
-              ) -> dict[tuple[str, bool], tuple[int, int]]:
-    """(closed, converted) per (playbook, holdout) for the playbooks with a goal: one aggregate,
-    with an EXISTS per enrollment for a goal event inside its window."""
-    if not goals or cutoff is None:
-        return {}
-    e, ev = enrollments.c, events.c
-    goal_type = sa.case({pid: sa.literal(g.event, sa.String()) for pid, g in goals.items()},
-                        value=e.playbook_id)
-    seconds = sa.case({pid: sa.literal(int(g.within / timedelta(seconds=1)), sa.Integer())
-                       for pid, g in goals.items()}, value=e.playbook_id)
-    goal_end = _goal_end(seconds)
-    closed = goal_end <= sa.bindparam("cutoff", cutoff, type_=UTCDateTime())
-    converted = (sa.select(ev.id).where(ev.customer_id == e.customer_id, ev.type == goal_type,
-                                        ev.occurred_at > e.entered_at, ev.occurred_at <= goal_end)
-                 .exists())
-    rows = connection.execute(
-        sa.select(e.playbook_id, e.holdout, sa.func.count(sa.case((closed, 1))),
-                  sa.func.count(sa.case((closed & converted, 1))))
-        .where(_in_window(start, end), e.playbook_id.in_(list(goals)))
-        .group_by(e.playbook_id, e.holdout))
-    counts: dict[tuple[str, bool], tuple[int, int]] = {}
-    for playbook_id, holdout, n_closed, n_converted in rows:
-        key = (playbook_id, bool(holdout))
-        before = counts.get(key, (0, 0))
-        counts[key] = (before[0] + n_closed, before[1] + n_converted)
-    return counts
-
-
-def _actions(connection: sa.Connection, start: datetime | None,
-             end: datetime | None) -> dict[str, dict[str, dict[str, int]]]:
-    """{playbook: {connector: {status: count}}} over the actions of the window's enrollments."""
-    e, a = enrollments.c, actions.c
-    rows = connection.execute(
-        sa.select(e.playbook_id, a.connector, a.status, sa.func.count())
-        .select_from(actions.join(enrollments, a.enrollment_id == e.id))
-        .where(_in_window(start, end))
-        .group_by(e.playbook_id, a.connector, a.status))
-    result: dict[str, dict[str, dict[str, int]]] = {}
-    for playbook_id, connector, status, count in rows:
-        result.setdefault(playbook_id, {}).setdefault(connector, {})[status] = count
-    return result
+    return PlaybooksReport(start, given_end, cutoff, latest, result)
 
 
 def _pct(value: float | None) -> float | None:
@@ -521,15 +438,3 @@ def _conversion_chart(playbooks: list[PlaybookEffect]) -> Any:
     axes.set_title("Goal conversion by group (whiskers: 95% Wilson intervals)")
     return chart
 
-
-def _table(title: str, columns: list[str], rows: list[list[Any]],
-           caption: str | None = None) -> Table:
-    """A table whose cells are plain text (no rich markup from data)."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
-                  min_width=len(title))
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 or column in TEXT_COLUMNS
-                         else "right", no_wrap=index == 0)
-    for row in rows:
-        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
-    return table

@@ -26,12 +26,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from matplotlib.ticker import FuncFormatter
-from rich.table import Table
-from rich.text import Text
 
 from engine.clock import iso
 from engine.reports.html import HtmlPage, figure
+from engine.reports.sheet import Sheet, columns
 from engine.store.facts import (
     RFM_SEGMENT_ORDER,
     RFM_SEGMENTS,
@@ -40,7 +38,8 @@ from engine.store.facts import (
     rfm_scores,
 )
 
-PLACES = 4  # rounding of money and shares in JSON: removes float noise, keeps 3-decimal prices
+PLACES = 4  # rounding of shares and averages in JSON: removes float noise
+CENTS = 2  # money is rounded to the cent everywhere, JSON included
 SCORES = range(1, 6)
 
 
@@ -129,18 +128,21 @@ class RfmReport:
             document["customers"] = self.customer_rows
         return document
 
-    def tables(self) -> list[Table]:
-        """Segments, what each score means, and the R x F grid; without purchases, a clear note."""
+    def sheets(self) -> list[Sheet]:
+        """Segments, what each score means, and the R x F grid; without purchases, a clear note.
+        An 80-column terminal gets each segment's size and revenue; its rule and averages come
+        with --wide (and in JSON and HTML)."""
         if not self.scored:
-            return [_table("RFM", ["metric", "value"], self._summary_rows(), _EMPTY)]
+            return [Sheet("RFM", columns(["metric", "value"]), self._summary_rows(), _EMPTY)]
         return [
-            _table("RFM segments", _SEGMENT_COLUMNS[:-2] + _SEGMENT_COLUMNS[-1:],
-                   [row[:-2] + row[-1:] for row in self._segment_rows()], self._caption(),
-                   left=2),  # without avg purchases: fits 100 columns (JSON and HTML have it)
-            _table("RFM scores: the values each score covers", _SCORE_COLUMNS,
-                   self._score_rows(), "NTILE(5): 5 is the most recent / frequent / highest."),
-            _table("Customers by R (rows) and F (columns) score", _GRID_COLUMNS,
-                   self._grid_rows(), "Each square's segment is in docs/REPORTS.md."),
+            Sheet("RFM segments", columns(_SEGMENT_COLUMNS, text=2, wide=(
+                "R, F", "avg purchases", "avg revenue")), self._segment_rows(), self._caption()),
+            Sheet("RFM scores: the values each score covers",
+                  columns(_SCORE_COLUMNS, wide=("customers",), wrap=tuple(_SCORE_COLUMNS[2:])),
+                  self._score_rows(), "NTILE(5): 5 is the most recent / frequent / highest. "
+                  "R: the UTC day of the last purchase."),
+            Sheet("Customers by R (rows) and F (columns) score", columns(_GRID_COLUMNS),
+                  self._grid_rows(), "Each square's segment is in docs/REPORTS.md."),
         ]
 
     def html(self, page: HtmlPage) -> None:
@@ -170,7 +172,7 @@ class RfmReport:
             "customers_pct": _pct(group.customers, self.scored),
             "revenue": _money(group.revenue), "revenue_pct": _pct(group.revenue, self.revenue),
             "avg_purchases": _avg(group.purchases, group.customers),
-            "avg_revenue": _avg(group.revenue, group.customers),
+            "avg_revenue": _avg(group.revenue, group.customers, CENTS),
             "last_purchase_from": _iso_or_none(group.last_purchase, 0),
             "last_purchase_to": _iso_or_none(group.last_purchase, 1),
         }
@@ -221,6 +223,8 @@ class RfmReport:
                 for r in reversed(SCORES)]
 
     def _segment_chart(self) -> Any:
+        from matplotlib.ticker import FuncFormatter  # only when a page is drawn
+
         chart = figure(10, 4)
         left, right = chart.subplots(1, 2, sharey=True)
         names = list(reversed(RFM_SEGMENT_ORDER))  # the best segment on top
@@ -256,8 +260,7 @@ _EMPTY = ("No customer has a purchase yet, so there is nothing to score: sync pu
           "first (`retain sync events FILE`).")
 _SEGMENT_COLUMNS = ["segment", "R, F", "customers", "cust %", "revenue", "rev %",
                     "avg purchases", "avg revenue"]
-_SCORE_COLUMNS = ["score", "customers", "R: last purchase (UTC day)", "F: purchases",
-                  "M: revenue"]
+_SCORE_COLUMNS = ["score", "customers", "R: last purchase", "F: purchases", "M: revenue"]
 _GRID_COLUMNS = ["R \\ F", *(f"F {f}" for f in SCORES)]
 
 
@@ -325,15 +328,16 @@ def _span(spans: Iterable[tuple[Any, Any]]) -> tuple[Any, Any]:
 
 
 def _money(value: float) -> float:
-    return round(float(value), PLACES)
+    """Money as JSON shows it: to the cent, no float noise."""
+    return round(float(value), CENTS)
 
 
 def _pct(part: float, whole: float) -> float | None:
     return round(100.0 * part / whole, PLACES) if whole else None
 
 
-def _avg(total: float, count: int) -> float | None:
-    return round(total / count, PLACES) if count else None
+def _avg(total: float, count: int, places: int = PLACES) -> float | None:
+    return round(total / count, places) if count else None
 
 
 def _iso_or_none(span: tuple[datetime, datetime] | None, index: int) -> str | None:
@@ -362,14 +366,3 @@ def _range(span: tuple[Any, Any] | None, show: Any) -> str:
     low, high = show(span[0]), show(span[1])
     return low if low == high else f"{low} .. {high}"
 
-
-def _table(title: str, columns: list[str], rows: list[list[Any]], caption: str,
-           left: int = 1) -> Table:
-    """A table whose cells are plain text (no rich markup from data); `left` columns text-aligned."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
-                  min_width=min(max(len(title), len(caption)), 96))  # each on one line
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index < left else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row))
-    return table

@@ -1,7 +1,10 @@
 """`retain report value`: revenue, orders, repeat purchases, historical CLV and value tiers.
 
 Definitions (docs/REPORTS.md, "Value", says the same). The window is `[start, end)` on the events'
-`occurred_at`; without `--from` / `--to` it is all of the data.
+`occurred_at`; without `--from` / `--to` it is all of the data. Nothing at or after now (the
+clock, or `--as-of`) is seen: the window ends at now at the latest, and customers created after
+it do not exist yet. When `--to` or `--as-of` ends the window more than a week after the latest
+event, the report says so (`notes`).
 
 - **customers**: every customer that existed by the end of the window (`created_at < end`, or any
   `created_at` without `--to`; a customer with no `created_at` always counts). Customers who did
@@ -25,6 +28,7 @@ Definitions (docs/REPORTS.md, "Value", says the same). The window is `[start, en
   customers without an order are `none`. NTILE gives the first deciles one more buyer when the
   count does not divide by 10, so with fewer than 10 buyers `high` is the top 2, `mid` the next 3.
   Each tier shows its customers, revenue, share of all revenue and revenue range.
+- Money (revenue, AOV, CLV, amounts) is rounded to the cent, in JSON too; ratios to 4 places.
 
 Everything is computed in SQL (one aggregate of events per customer, then aggregates and window
 functions over it); Python only shapes the few result rows. Works on SQLite >= 3.25 and PostgreSQL.
@@ -38,11 +42,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from rich.table import Table
-from rich.text import Text
 
 from engine.clock import iso
 from engine.reports.html import HtmlPage, figure
+from engine.reports.periods import quiet_note, report_now
+from engine.reports.sheet import Sheet, columns
 from engine.store.facts import PURCHASE, customers, events
 
 RETURN = "return"
@@ -53,7 +57,8 @@ TIERS: tuple[tuple[str, int], ...] = (("high", 2), ("mid", 5), ("low", 10))
 """(tier, last decile in it): deciles 1-2 high, 3-5 mid, 6-10 low."""
 NO_ORDER_TIER = "none"
 UNKNOWN_COHORT = "unknown"
-PLACES = 4  # rounding of money and ratios in the JSON: no float noise, more than any currency has
+PLACES = 4  # rounding of ratios and percentages in the JSON: no float noise
+CENTS = 2  # money is rounded to the cent everywhere, JSON included
 
 
 @dataclass(frozen=True)
@@ -62,43 +67,62 @@ class ValueReport:
 
     start: datetime | None
     end: datetime | None
+    now: datetime
+    latest: datetime | None  # the latest event of any type before now
     summary: dict[str, Any]
     clv: dict[str, Any]
     cohorts: list[dict[str, Any]]
     tiers: list[dict[str, Any]]
+    as_of_given: bool = False
+
+    @property
+    def notes(self) -> list[str]:
+        """Said when `--to` or `--as-of` ends the window a week or more after the latest event."""
+        if self.end is None and not self.as_of_given:
+            return []
+        stop = self.now if self.end is None else min(self.end, self.now)
+        note = quiet_note(self.latest, [("the window ends", stop)],
+                          "purchases after it are not in the data")
+        return [] if note is None else [note]
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` document."""
         return {
             "from": None if self.start is None else iso(self.start),
             "to": None if self.end is None else iso(self.end),
+            "as_of": iso(self.now),
+            "latest_event": None if self.latest is None else iso(self.latest),
+            "notes": self.notes,
             "summary": self.summary,
             "clv": self.clv,
             "cohorts": self.cohorts,
             "tiers": self.tiers,
         }
 
-    def tables(self) -> list[Table]:
-        """Rich tables for the terminal; with no order in the window, the summary says so."""
-        result = [self._summary_table()]
+    def sheets(self) -> list[Sheet]:
+        """The tables for a terminal (tier ranges with --wide); with no order in the window,
+        the summary says so."""
+        result = [self._summary_sheet()]
         if self.summary["orders"] == 0:
             return result
-        result.append(_table("Historical CLV per customer (revenue)",
-                             ["statistic", "value"], self._clv_rows()))
-        result.append(_table(f"Top {len(self.clv['top'])} customers by revenue",
-                             *self._top()))
-        result.append(_table("Signup cohorts (month of created_at, UTC)",
-                             ["cohort", "customers", "buyers", "orders", "revenue", "CLV"],
-                             self._cohort_rows()))
-        result.append(_table("Value tiers (buyers by revenue deciles)",
-                             ["tier", "customers", "revenue", "share", "revenue range"],
-                             self._tier_rows()))
+        result.append(Sheet("Historical CLV per customer (revenue)",
+                            columns(["statistic", "value"]), self._clv_rows()))
+        names, rows = self._top()
+        result.append(Sheet(f"Top {len(self.clv['top'])} customers by revenue",
+                            columns(names, text=2 if "name" in names else 1, wrap=("name",)),
+                            rows))
+        result.append(Sheet("Signup cohorts (month of created_at, UTC)",
+                            columns(_COHORT_COLUMNS), self._cohort_rows()))
+        result.append(Sheet("Value tiers (buyers by revenue deciles)",
+                            columns(_TIER_COLUMNS, wide=("revenue range",)), self._tier_rows()))
         return result
 
     def html(self, page: HtmlPage) -> None:
         """Sections for `--html`: summary, cohort and tier charts, and their tables."""
         page.heading("Summary")
         page.note(f"Events: {_window_text(self.start, self.end)}.")
+        for note in self.notes:
+            page.note(f"Note: {note}.")
         page.table(["metric", "value"], self._summary_rows())
         page.note("Revenue is the sum of purchase amounts; returns are not subtracted and are "
                   "shown separately. Repeat-purchase rate = buyers with 2 or more orders / buyers.")
@@ -107,13 +131,12 @@ class ValueReport:
             return
         page.heading("Revenue and CLV per signup cohort")
         page.chart(self._cohort_chart(), "Revenue and CLV per signup cohort")
-        page.table(["cohort", "customers", "buyers", "orders", "revenue", "CLV"],
-                   self._cohort_rows())
+        page.table(_COHORT_COLUMNS, self._cohort_rows())
         page.note("Cohort: the month (UTC) the customer was created. CLV = cohort revenue / "
                   "customers in the cohort, buyers or not.")
         page.heading("Value tiers")
         page.chart(self._tier_chart(), "Customers and revenue share per value tier")
-        page.table(["tier", "customers", "revenue", "share", "revenue range"], self._tier_rows())
+        page.table(_TIER_COLUMNS, self._tier_rows())
         page.note("Buyers ranked by NTILE(10) over revenue (highest first): deciles 1-2 high, "
                   "3-5 mid, 6-10 low; none: customers without an order in the window.")
         page.heading("Historical CLV per customer")
@@ -136,12 +159,12 @@ class ValueReport:
             ["returned amount", _money(s["returns"]["amount"])],
         ]
 
-    def _summary_table(self) -> Table:
+    def _summary_sheet(self) -> Sheet:
         caption = None
         if self.summary["orders"] == 0:
             caption = "No purchases in this window: no revenue, CLV or tiers to show."
-        return _table(f"Value: {_window_text(self.start, self.end)}", ["metric", "value"],
-                      self._summary_rows(), caption)
+        return Sheet(f"Value: {_window_text(self.start, self.end)}", columns(["metric", "value"]),
+                     self._summary_rows(), caption, self.notes)
 
     def _clv_rows(self) -> list[list[Any]]:
         c = self.clv
@@ -194,13 +217,23 @@ class ValueReport:
         return chart
 
 
+_COHORT_COLUMNS = ["cohort", "customers", "buyers", "orders", "revenue", "CLV"]
+_TIER_COLUMNS = ["tier", "customers", "revenue", "share", "revenue range"]
+
+
 def build(connection: sa.Connection, start: datetime | None = None, end: datetime | None = None,
-          top: int = DEFAULT_TOP) -> ValueReport:
-    """The value report over events in `[start, end)` (None: unbounded), `top` customers listed."""
-    per_customer = _per_customer(connection.dialect.name, start, end)
+          top: int = DEFAULT_TOP, now: datetime | None = None) -> ValueReport:
+    """The value report over events in `[start, end)` (None: unbounded), `top` customers listed;
+    `now` is `--as-of` (None: the clock), before which everything is seen."""
+    as_of = report_now(now)
+    upto = as_of if end is None else min(end, as_of)
+    per_customer = _per_customer(connection.dialect.name, start, upto)
     summary = _summary(connection, per_customer)
+    latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))
+                                .where(events.c.occurred_at < as_of)).scalar()
     return ValueReport(
-        start=start, end=end, summary=summary,
+        start=start, end=end, now=as_of, latest=latest, as_of_given=now is not None,
+        summary=summary,
         clv=_clv(connection, per_customer, summary, top),
         cohorts=_cohorts(connection, per_customer),
         tiers=_tiers(connection, per_customer, summary),
@@ -266,10 +299,10 @@ def _summary(connection: sa.Connection, pc: sa.Subquery) -> dict[str, Any]:
         "buyers": buyers,
         "repeat_buyers": repeat,
         "orders": orders,
-        "revenue": _round(revenue),
-        "average_order_value": _ratio(revenue, orders),
+        "revenue": _cents(revenue),
+        "average_order_value": _ratio(revenue, orders, CENTS),
         "repeat_purchase_rate_pct": _ratio(100.0 * repeat, buyers),
-        "returns": {"count": int(returns or 0), "amount": _round(float(returned or 0.0))},
+        "returns": {"count": int(returns or 0), "amount": _cents(float(returned or 0.0))},
     }
 
 
@@ -291,7 +324,7 @@ def _clv(connection: sa.Connection, pc: sa.Subquery, summary: dict[str, Any],
             return None
         h = wanted[q]
         low, high = float(at[math.floor(h) + 1]), float(at[math.ceil(h) + 1])
-        return _round(low + (h - math.floor(h)) * (high - low))
+        return _cents(low + (h - math.floor(h)) * (high - low))
 
     total = float(summary["revenue"])
     rows = connection.execute(
@@ -301,11 +334,11 @@ def _clv(connection: sa.Connection, pc: sa.Subquery, summary: dict[str, Any],
         .limit(top)).all()
     return {
         "customers": count,
-        "mean": _ratio(total, count),
+        "mean": _ratio(total, count, CENTS),
         "median": quantile(0.5),
         "p90": quantile(0.9),
         "top": [{"customer_id": r.customer_id, "name": r.name, "orders": r.orders,
-                 "revenue": _round(float(r.revenue)),
+                 "revenue": _cents(float(r.revenue)),
                  "revenue_share_pct": _ratio(100.0 * float(r.revenue), total)} for r in rows],
     }
 
@@ -318,8 +351,8 @@ def _cohorts(connection: sa.Connection, pc: sa.Subquery) -> list[dict[str, Any]]
     # NULL sorts first on SQLite and last on PostgreSQL: order the few cohort rows here.
     rows.sort(key=lambda r: (r[0] is None, r[0] or ""))
     return [{"cohort": cohort or UNKNOWN_COHORT, "customers": size, "buyers": buyers,
-             "orders": int(orders), "revenue": _round(float(revenue)),
-             "clv": _ratio(float(revenue), size)}
+             "orders": int(orders), "revenue": _cents(float(revenue)),
+             "clv": _ratio(float(revenue), size, CENTS)}
             for cohort, size, buyers, orders, revenue in rows]
 
 
@@ -348,10 +381,10 @@ def _tiers(connection: sa.Connection, pc: sa.Subquery,
         row = found.get(name)
         revenue = float(row.revenue) if row else 0.0
         result.append({"tier": name, "customers": row.customers if row else 0,
-                       "revenue": _round(revenue),
+                       "revenue": _cents(revenue),
                        "revenue_share_pct": _ratio(100.0 * revenue, total),
-                       "min_revenue": _round(float(row.low)) if row else None,
-                       "max_revenue": _round(float(row.high)) if row else None})
+                       "min_revenue": _cents(float(row.low)) if row else None,
+                       "max_revenue": _cents(float(row.high)) if row else None})
     result.append({"tier": NO_ORDER_TIER, "customers": summary["customers"] - summary["buyers"],
                    "revenue": 0.0, "revenue_share_pct": 0.0 if total else None,
                    "min_revenue": None, "max_revenue": None})
@@ -361,13 +394,14 @@ def _tiers(connection: sa.Connection, pc: sa.Subquery,
 # --- formatting ----------------------------------------------------------------------------------
 
 
-def _round(value: float) -> float:
-    return round(value, PLACES)
+def _cents(value: float) -> float:
+    """Money as JSON shows it: to the cent, no float noise (155.68, not 155.67999999999998)."""
+    return round(value, CENTS)
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
+def _ratio(numerator: float, denominator: float, places: int = PLACES) -> float | None:
     """numerator / denominator, rounded; None (not 0) when there is nothing to divide by."""
-    return None if not denominator else _round(numerator / denominator)
+    return None if not denominator else round(numerator / denominator, places)
 
 
 def _money(value: float | None) -> str:
@@ -390,16 +424,3 @@ def _window_text(start: datetime | None, end: datetime | None) -> str:
         [] if end is None else [f"to {iso(end)} (exclusive)"])
     return " ".join(parts)
 
-
-def _table(title: str, columns: list[str], rows: list[list[Any]],
-           caption: str | None = None) -> Table:
-    """A table whose cells are plain text: a customer called `[bold]` stays `[bold]`."""
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left",
-                  min_width=max(len(title), len(caption or "")))  # title, caption: one line
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right",
-                         no_wrap=index == 0, overflow="fold")
-    for row in rows:
-        table.add_row(*(Text("" if v is None else f"{v:,}" if isinstance(v, int) else str(v))
-                        for v in row))
-    return table

@@ -1,0 +1,106 @@
+"""The counting SQL of `retain report playbooks`: enrollments, goal conversions and actions.
+
+engine/reports/playbooks.py holds the definitions and the statistics; this module only counts,
+in the database, per playbook and group. One aggregate of enrollments GROUP BY playbook and
+holdout, with a correlated EXISTS per enrollment for the goal event (the goal's event type and
+window come from a CASE over the playbook id, so all playbooks are one query), and one of actions
+GROUP BY playbook, connector and status. Works on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.format.playbook import Goal
+from engine.store.dialect import PerDialect
+from engine.store.facts import events
+from engine.store.tables import Action, Enrollment, UTCDateTime
+
+enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
+actions: sa.Table = Action.__table__  # type: ignore[assignment]
+
+
+def in_window(start: datetime | None, end: datetime | None) -> sa.ColumnElement[bool]:
+    entered_at = enrollments.c.entered_at
+    condition: sa.ColumnElement[bool] = sa.true()
+    if start is not None:
+        condition &= entered_at >= start
+    if end is not None:
+        condition &= entered_at < end
+    return condition
+
+
+def entered_counts(connection: sa.Connection, start: datetime | None,
+             end: datetime | None) -> dict[tuple[str, bool], int]:
+    """Enrollments per (playbook, holdout), goal or not."""
+    e = enrollments.c
+    rows = connection.execute(sa.select(e.playbook_id, e.holdout, sa.func.count())
+                              .where(in_window(start, end)).group_by(e.playbook_id, e.holdout))
+    counts: dict[tuple[str, bool], int] = {}
+    for playbook_id, holdout, count in rows:
+        key = (playbook_id, bool(holdout))
+        counts[key] = counts.get(key, 0) + count
+    return counts
+
+
+def _goal_end(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """`entered_at + seconds` as each database compares times.
+
+    SQLite stores `YYYY-MM-DD HH:MM:SS.ffffff` text and compares it as text, so the sum must keep
+    that exact shape: `strftime` adds the whole seconds (goal windows are whole minutes) and the
+    original fraction is appended unchanged. PostgreSQL adds an interval to the timestamptz.
+    """
+    entered_at = enrollments.c.entered_at
+    sqlite = sa.func.strftime("%Y-%m-%d %H:%M:%S", entered_at,
+                              sa.literal("+").op("||")(seconds).op("||")(sa.literal(" seconds"))
+                              ).op("||")(sa.func.substr(entered_at, 20))
+    postgresql = entered_at.op("+")(seconds.op("*")(sa.literal_column("INTERVAL '1 second'")))
+    return PerDialect(sqlite, postgresql, UTCDateTime())
+
+
+def measured_counts(connection: sa.Connection, start: datetime | None, end: datetime | None,
+              goals: dict[str, Goal], cutoff: datetime
+              ) -> dict[tuple[str, bool], tuple[int, int]]:
+    """(closed, converted) per (playbook, holdout) for the playbooks with a goal: one aggregate,
+    with an EXISTS per enrollment for a goal event inside its window."""
+    if not goals:
+        return {}
+    e, ev = enrollments.c, events.c
+    goal_type = sa.case({pid: sa.literal(g.event, sa.String()) for pid, g in goals.items()},
+                        value=e.playbook_id)
+    seconds = sa.case({pid: sa.literal(int(g.within / timedelta(seconds=1)), sa.Integer())
+                       for pid, g in goals.items()}, value=e.playbook_id)
+    goal_end = _goal_end(seconds)
+    closed = goal_end <= sa.bindparam("cutoff", cutoff, type_=UTCDateTime())
+    converted = (sa.select(ev.id).where(ev.customer_id == e.customer_id, ev.type == goal_type,
+                                        ev.occurred_at > e.entered_at, ev.occurred_at <= goal_end)
+                 .exists())
+    rows = connection.execute(
+        sa.select(e.playbook_id, e.holdout, sa.func.count(sa.case((closed, 1))),
+                  sa.func.count(sa.case((closed & converted, 1))))
+        .where(in_window(start, end), e.playbook_id.in_(list(goals)))
+        .group_by(e.playbook_id, e.holdout))
+    counts: dict[tuple[str, bool], tuple[int, int]] = {}
+    for playbook_id, holdout, n_closed, n_converted in rows:
+        key = (playbook_id, bool(holdout))
+        before = counts.get(key, (0, 0))
+        counts[key] = (before[0] + n_closed, before[1] + n_converted)
+    return counts
+
+
+def action_counts(connection: sa.Connection, start: datetime | None,
+             end: datetime | None) -> dict[str, dict[str, dict[str, int]]]:
+    """{playbook: {connector: {status: count}}} over the actions of the window's enrollments."""
+    e, a = enrollments.c, actions.c
+    rows = connection.execute(
+        sa.select(e.playbook_id, a.connector, a.status, sa.func.count())
+        .select_from(actions.join(enrollments, a.enrollment_id == e.id))
+        .where(in_window(start, end))
+        .group_by(e.playbook_id, a.connector, a.status))
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for playbook_id, connector, status, count in rows:
+        result.setdefault(playbook_id, {}).setdefault(connector, {})[status] = count
+    return result

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 SCANNED = ("engine", "connectors", "cli")
 
@@ -173,22 +171,13 @@ def _looks_like_sql(text: str) -> bool:
 # --- the tree as it is ---------------------------------------------------------------------------
 
 
-# Breaches being removed (none left: the report tables are drawn in cli/report_tables.py);
-# strict, so a new entry must go as its breach does. Each is `module: rule` (lines move).
-KNOWN: set[str] = set()
-
-
 def test_the_tree_keeps_the_rules() -> None:
-    found = {re.sub(r":\d+:", ":", v, count=1) for v in violations(sources())}
-    assert found - KNOWN == set()
-    assert KNOWN - found == set(), "a known breach is gone: remove it from KNOWN"
+    assert violations(sources()) == []
 
 
-@pytest.mark.xfail(bool(KNOWN), reason="engine/reports imports rich until its tables move to cli",
-                   strict=True)
 def test_engine_import_loads_no_terminal_or_charting_library() -> None:
     """Importing every engine module (as the CLI would) pulls in neither rich, typer nor matplotlib."""
-    modules = [m for m in sources() if m.startswith("engine") and m != "engine.demo.build"]
+    modules = [m for m in sources() if m.startswith("engine")]
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "print(sorted({'rich', 'typer', 'click', 'matplotlib'} & set(sys.modules)))")

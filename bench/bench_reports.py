@@ -101,9 +101,9 @@ def child_build(db: Path, kind: str) -> dict[str, Any]:
     """One timed build() of the retention report (imports before the clock)."""
     from engine.reports import retention
     from engine.reports.periods import PeriodKind
-    from engine.store.open import open_existing_store
+    from engine.store.open import open_reader
 
-    engine = open_existing_store(f"sqlite:///{db}")
+    engine = open_reader(f"sqlite:///{db}")
     with engine.connect() as connection:
         wall, cpu = time.perf_counter(), time.process_time()
         report = retention.build(connection, kind=PeriodKind(kind))

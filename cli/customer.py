@@ -19,7 +19,7 @@ from rich.text import Text
 from cli import render
 from engine.errors import InputError
 from engine.query.customer_view import DEFAULT_EVENTS, customer_view
-from engine.store.open import open_existing_store
+from engine.store.open import open_reader
 
 customer_app = typer.Typer(help="Look at one customer: profile, facts, timeline, what was done.",
                            no_args_is_help=True)
@@ -37,7 +37,7 @@ EventsOpt = Annotated[int, typer.Option("--events", min=0, metavar="N",
 def show(ctx: typer.Context, customer_id: IdArg, as_json: JsonOpt = False,
          events: EventsOpt = DEFAULT_EVENTS) -> None:
     """Show a customer's profile, facts, newest events, enrollments, actions, tasks and points."""
-    engine = open_existing_store(ctx.obj.db_url)
+    engine = open_reader(ctx.obj.db_url)
     try:
         view = customer_view(engine, customer_id, events)
     finally:

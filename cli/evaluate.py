@@ -22,7 +22,7 @@ from engine.query.checks import load_valid_playbooks
 from engine.query.explain import Explanation, explain, show_value
 from engine.query.vocabulary import typo_warnings
 from engine.store.facts import customers
-from engine.store.open import open_existing_store
+from engine.store.open import open_reader
 
 AsOfOpt = Annotated[str | None, typer.Option(
     "--as-of", help="Evaluate as if now were this ISO date or time (naive means UTC); only events "
@@ -66,7 +66,7 @@ def dry_run(
     """The plan: who would enter which playbook and what would be done. Writes and sends nothing."""
     playbooks = playbooks_at(paths)
     moment = as_of_time(as_of)
-    engine = open_existing_store(ctx.obj.db_url)
+    engine = open_reader(ctx.obj.db_url)
     with engine.connect() as connection:
         if customer is not None:
             require_customer(connection, customer)
@@ -160,7 +160,7 @@ def explain_command(
         hint = did_you_mean(playbook, found) or f" (known: {', '.join(sorted(found))})"
         raise InputError(f"playbook {playbook!r} not found{hint}")
     moment = as_of_time(as_of)
-    engine = open_existing_store(ctx.obj.db_url)
+    engine = open_reader(ctx.obj.db_url)
     with engine.connect() as connection:
         require_customer(connection, customer)
         result = explain(connection, found[playbook], customer, moment)

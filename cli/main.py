@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "with file:line:column."),
     "schema": ("cli.playbooks:schema", "Print the playbook JSON Schema (generated from the "
                "models)."),
+    "migrate": ("cli.migrate:migrate", "Upgrade the database schema (reading commands never "
+                "do)."),
     "sync": ("cli.data:sync_app", "Ingest customers or events from CSV or JSONL."),
     "dry-run": ("cli.evaluate:dry_run", "The plan: who would enter which playbook and what would "
                 "be done. Writes and sends nothing."),

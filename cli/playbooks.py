@@ -43,9 +43,9 @@ def show_warnings(warnings: list[Issue]) -> None:
 
 def data_warnings(url: str, playbooks: list[Playbook]) -> list[Issue]:
     """The typo warnings of `playbooks` against the synced data at `url`."""
-    from engine.store.open import open_existing_store  # only with a database: Alembic is heavy
+    from engine.store.open import open_reader  # only with a database
 
-    with open_existing_store(url).connect() as connection:
+    with open_reader(url).connect() as connection:
         warnings = typo_warnings(connection, playbooks)
         connection.rollback()
     return warnings

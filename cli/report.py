@@ -22,7 +22,7 @@ from engine.reports import nps, retention, rfm, value
 from engine.reports import playbooks as playbook_effect
 from engine.reports.html import HtmlPage
 from engine.reports.periods import PeriodKind
-from engine.store.open import open_existing_store
+from engine.store.open import open_reader
 
 report_app = typer.Typer(no_args_is_help=True, help="KPI reports: retention, value, RFM, NPS, "
                          "playbook effect against holdout.")
@@ -82,7 +82,7 @@ def as_of_option(text: str | None) -> Any:
 
 def connect(ctx: typer.Context) -> Any:
     """A read-only connection to the project's database."""
-    return open_existing_store(ctx.obj.db_url).connect()
+    return open_reader(ctx.obj.db_url).connect()
 
 
 # --- value and NPS -------------------------------------------------------------------------------

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from engine.store.open import migrate, open_store
+from engine.store.open import (
+    make_engine,
+    migrate,
+    open_reader,
+    open_store,
+    read_only_url,
+    schema_revisions,
+)
 from engine.store.tables import Customer, Enrollment, Event
 
 TABLES = {
@@ -21,7 +30,47 @@ def test_migrations_create_all_tables_and_are_idempotent(db: sa.Engine) -> None:
     assert set(sa.inspect(db).get_table_names()) >= TABLES
     migrate(db)  # a second upgrade is a no-op, not an error
     with db.connect() as connection:
-        assert connection.exec_driver_sql("select version_num from alembic_version").scalar() == "0002"
+        revision = connection.exec_driver_sql("select version_num from alembic_version").scalar()
+    assert revision == schema_revisions()[-1]
+
+
+def test_the_readers_revisions_are_alembics_history() -> None:
+    """The reader knows the revisions from file names, without Alembic: they must agree."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from engine.store.open import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    history = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
+    assert schema_revisions() == history[::-1]
+    assert schema_revisions()[0] == "0001"
+
+
+def test_the_reader_opens_a_file_whose_path_needs_quoting(tmp_path: Path) -> None:
+    """A `file:` URI gives `?`, `#` and `%` meanings: the reader's URI quotes the path."""
+    folder = tmp_path / "odd ?name #1 %41"
+    folder.mkdir()
+    url = f"sqlite:///{quote(str(folder / 'retain.db'))}"  # SQLAlchemy unquotes the path
+    open_store(url).dispose()
+    assert read_only_url(url).query == {"mode": "ro", "uri": "true"}
+    reader = open_reader(url)
+    with reader.connect() as connection:
+        assert connection.exec_driver_sql("select count(*) from customers").scalar() == 0
+    reader.dispose()
+    assert sorted(p.name for p in folder.iterdir())[0] == "retain.db"
+    assert list(tmp_path.iterdir()) == [folder]  # no file at an unquoted, truncated path
+
+
+def test_the_writer_upgrades_an_old_schema(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine, to="0001")
+    assert "left_at" not in {c["name"] for c in sa.inspect(engine).get_columns("enrollments")}
+    engine.dispose()
+    engine = open_store(db_url)
+    assert "left_at" in {c["name"] for c in sa.inspect(engine).get_columns("enrollments")}
+    engine.dispose()
 
 
 def test_models_match_the_migrated_schema(db: sa.Engine) -> None:

@@ -28,7 +28,7 @@ from engine.format.templates import make_environment
 from engine.format.validation import templates_dir
 from engine.plan import reader
 from engine.plan.planner import PlannedEnrollment, Planner, in_holdout, over_limit
-from engine.query.evaluate import Moment, compose, prepare
+from engine.query.evaluate import Moment, compose, count, prepare
 
 Batches = Callable[[int | None], Iterator[list[PlannedEnrollment]]]
 
@@ -150,7 +150,7 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment
     part = playbook.trigger.sql(tc, playbook.document.backfill)
     query = compose(playbook, tc, part, customer_id)
     result = PlaybookPlan(playbook, note=part.note)
-    result.entering = reader.count(connection, query)
+    result.entering = count(connection, query)
     result.over_limit = over_limit(playbook, result.entering, total)
     if result.over_limit is not None or result.entering == 0:
         return result

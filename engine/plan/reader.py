@@ -35,12 +35,6 @@ class Records:
     suppressions: dict[str, str]  # lower-cased address -> reason
 
 
-def count(connection: sa.Connection, query: sa.Select[Any]) -> int:
-    """How many rows the playbook's statement gives, counted by the database."""
-    return connection.execute(sa.select(sa.func.count()).select_from(query.subquery())
-                              ).scalar_one()
-
-
 def total_customers(connection: sa.Connection, as_of: datetime) -> int:
     """Customers that existed at as-of (what `limits.max_percent` is a share of)."""
     return connection.execute(sa.select(sa.func.count()).where(existed_at(as_of))).scalar_one()

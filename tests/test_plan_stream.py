@@ -76,3 +76,21 @@ def test_json_lists_all_or_the_first_shown(db: sa.Engine, db_url: str, tmp_path:
     assert code == 0, err
     (part,) = json.loads(out)["playbooks"]
     assert (part["entering"], len(part["enrollments"])) == (BATCH + 5, 2)
+
+
+def test_json_reports_an_error_past_the_first_batch(db: sa.Engine, db_url: str, tmp_path: Path,
+                                                    cli: Cli) -> None:
+    """Errors are collected while streaming: one bad customer late in the plan still fails it."""
+    rows = [customer(f"e{n:04}", email=f"e{n}@x.example", name=f"N{n}") for n in range(BATCH + 3)]
+    rows[-1]["name"] = "Broken\nName"  # a line break cannot go into a subject header
+    add_customers(db, *rows)
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "pb.yaml").write_text("id: pb\nname: P\ntrigger:\n  segment: {}\nactions:\n" + MAIL,
+                                    encoding="utf-8")
+    code, out, err = cli(["--db", db_url, "dry-run", str(folder), "--as-of", "2024-05-01",
+                          "--json"])
+    assert code == 1
+    assert "pb: customer e%04d, actions[0].email: " % (BATCH + 2) in err
+    (part,) = json.loads(out)["playbooks"]  # the document is still whole
+    assert len(part["enrollments"]) == BATCH + 3

@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--old", type=Path, help="another source tree to compare with")
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
+    options.db = options.db.resolve()  # the child processes run in their own tree
     in_process(options.db)
     processes(options.db, options.old, options.rounds)
 

@@ -111,7 +111,7 @@ def print_plan(plan: Plan) -> None:
         entering = Text(f"{pp.entering:,}" + (" (over limit)" if pp.over_limit else ""),
                         style="red" if pp.over_limit else "")
         summary.add_row(Text(pp.playbook.id), str(pp.playbook.document.priority), entering,
-                        f"{pp.holdout:,}", ", ".join(steps))
+                        "-" if pp.over_limit else f"{pp.holdout:,}", ", ".join(steps))
     out.print(summary)
     for pp in plan.playbooks:
         for note in filter(None, (pp.over_limit, pp.note)):

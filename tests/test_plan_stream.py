@@ -91,6 +91,6 @@ def test_json_reports_an_error_past_the_first_batch(db: sa.Engine, db_url: str, 
     code, out, err = cli(["--db", db_url, "dry-run", str(folder), "--as-of", "2024-05-01",
                           "--json"])
     assert code == 1
-    assert "pb: customer e%04d, actions[0].email: " % (BATCH + 2) in err
+    assert f"pb: customer e{BATCH + 2:04}, actions[0].email: " in err
     (part,) = json.loads(out)["playbooks"]  # the document is still whole
     assert len(part["enrollments"]) == BATCH + 3

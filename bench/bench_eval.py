@@ -81,7 +81,7 @@ from engine.clock import iso
 from engine.format.playbook import Every, Playbook
 from engine.format.triggers import DateTrigger, SegmentTrigger, TriggerContext, valid_timezone
 from engine.format.validation import load_valid_playbooks
-from engine.plan.planner import make_plan
+from engine.plan.build import make_plan
 from engine.query.evaluate import Moment, candidates, latest_event_time, playbook_query, prepare
 from engine.store.open import open_store
 from engine.sync.ingest import sync_customers, sync_events
@@ -751,7 +751,7 @@ def dry_run_rss(db: Path, as_of: str) -> dict[str, float]:
     rss, seconds, loaded = peak(modules + "from cli.main import main; main(sys.argv[1:])",
                                 "--db", f"sqlite:///{db}", "dry-run", str(SAMPLES_DIR),
                                 "--as-of", as_of)
-    imports, _, _ = peak("import cli.main, engine.plan.planner")
+    imports, _, _ = peak("import cli.main, engine.plan.build")
     return {"dry_run_rss_mb": rss, "dry_run_all_s": seconds, "imports_rss_mb": imports,
             "dry_run_fingerprint": fingerprint(loaded.splitlines())}
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from cli import render
 from cli.evaluate import print_plan
 from engine.demo.build import load_demo
-from engine.plan.planner import make_plan
+from engine.plan.build import make_plan
 from engine.query.checks import load_valid_playbooks
 from engine.store.open import open_store
 from engine.store.tables import Customer, Event
@@ -44,7 +44,7 @@ def demo(ctx: typer.Context,
                                                 "events": events.inserted},
                "playbooks": [p.id for p in playbooks]}
     if as_json:
-        render.print_json({**summary, "dry_run": plan.to_json()})
+        render.print_json({**summary, "dry_run": plan.to_json(every=False)})
         return
     table = Table(title=f"Demo database {ctx.obj.db_url}")
     table.add_column("what")

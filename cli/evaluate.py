@@ -17,7 +17,8 @@ from engine.clock import iso, parse_as_of, utcnow
 from engine.config import load_settings
 from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
-from engine.plan.planner import Plan, PlannedAction, PlaybookPlan, make_plan
+from engine.plan.build import Plan, PlaybookPlan, make_plan
+from engine.plan.planner import PlannedAction
 from engine.query.checks import load_valid_playbooks
 from engine.query.explain import Explanation, explain, show_value
 from engine.query.vocabulary import typo_warnings
@@ -63,24 +64,28 @@ def dry_run(
         show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The plan: who would enter which playbook and what would be done. Writes and sends nothing."""
+    """The plan: who would enter which playbook and what would be done. Writes and sends nothing.
+
+    `--json` streams every enrollment (or the first --show) with each action's key and due time.
+    """
     playbooks = playbooks_at(paths)
     moment = as_of_time(as_of)
     engine = open_reader(ctx.obj.db_url)
+    shown = (show or 0) if as_json else (10 if show is None else show)
     with engine.connect() as connection:
         if customer is not None:
             require_customer(connection, customer)
         with render.progress("evaluating playbooks", len(playbooks)) as advance:
-            plan = make_plan(connection, playbooks, moment, customer_id=customer,
-                             show=show if show is not None else (None if as_json else 10),
+            plan = make_plan(connection, playbooks, moment, customer_id=customer, show=shown,
                              progress=advance)
         warnings = typo_warnings(connection, playbooks)
+        if as_json:  # streamed while the connection is open: the plan reads as it goes
+            render.write_chunks(plan.json_chunks(
+                every=show is None, extra={"warnings": [issue_json(w) for w in warnings]}))
+        else:
+            print_plan(plan)
+            show_warnings(warnings)
         connection.rollback()
-    if as_json:
-        render.print_json({**plan.to_json(), "warnings": [issue_json(w) for w in warnings]})
-    else:
-        print_plan(plan)
-        show_warnings(warnings)
     if plan.errors:
         for line in plan.errors:
             render.error(line)
@@ -99,33 +104,34 @@ def print_plan(plan: Plan) -> None:
     summary.add_column("playbook", no_wrap=True)
     summary.add_column("priority", justify="right")
     summary.add_column("entering", justify="right")
+    summary.add_column("holdout", justify="right")
     summary.add_column("steps")
     for pp in plan.playbooks:
         steps = [getattr(step, "kind", "wait") for step in pp.playbook.steps]
         entering = Text(f"{pp.entering:,}" + (" (over limit)" if pp.over_limit else ""),
                         style="red" if pp.over_limit else "")
         summary.add_row(Text(pp.playbook.id), str(pp.playbook.document.priority), entering,
-                        ", ".join(steps))
+                        "-" if pp.over_limit else f"{pp.holdout:,}", ", ".join(steps))
     out.print(summary)
     for pp in plan.playbooks:
         for note in filter(None, (pp.over_limit, pp.note)):
             out.print(Text(f"{pp.playbook.id}: {note}",
                            style="red" if note == pp.over_limit else ""))
     for pp in plan.playbooks:
-        if pp.enrollments:
+        if pp.shown:
             out.print(_enrollment_table(pp))
     if plan.disabled:
         out.print(f"Disabled, not evaluated: {', '.join(plan.disabled)}.")
 
 
 def _enrollment_table(pp: PlaybookPlan) -> Table:
-    more = f" (first {len(pp.enrollments)} of {pp.entering:,}; --show N for more)" \
-        if len(pp.enrollments) < pp.entering else ""
+    more = f" (first {len(pp.shown)} of {pp.entering:,}; --show N for more)" \
+        if len(pp.shown) < pp.entering else ""
     table = Table(title=f"{pp.playbook.id}: {pp.entering:,} entering{more}", title_justify="left")
     table.add_column("customer")
     table.add_column("occurrence")
     table.add_column("actions")
-    for enrollment in pp.enrollments:
+    for enrollment in pp.shown:
         if enrollment.holdout:
             lines = ["holdout: no actions (control group)"]
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +18,14 @@ err_console = Console(stderr=True, highlight=False)
 def print_json(data: Any) -> None:
     """One JSON document on stdout, with times and other values as strings."""
     sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def write_chunks(chunks: Iterable[str]) -> None:
+    """A document streamed to stdout piece by piece (a large plan is never held whole)."""
+    write = sys.stdout.write
+    for chunk in chunks:
+        write(chunk)
+    sys.stdout.flush()
 
 
 def error(message: str) -> None:

@@ -11,6 +11,7 @@ later issue and will join `check` here; `plan` says what the action would do for
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -61,6 +62,12 @@ class Connector(ABC):
         """What this action would do for one customer, as plain data: the fields a person checks
         in a dry-run (subject, title, amount, url), rendered. Secrets (`${VAR}`) stay unexpanded.
         """
+
+    def blocked(self, address: str, suppressions: Mapping[str, str]) -> str | None:
+        """Why this action may not go to `address`, or None. Pure, so the planner calls it for
+        dry-run and the dispatcher again at send time; `suppressions` maps lower-cased addresses
+        to their reason. Only a connector that sends to the address blocks anything."""
+        return None
 
 
 def expect(params: BaseModel, model: type[M]) -> M:

@@ -7,6 +7,7 @@ is a later issue. The subject is a header, so it may never carry a line break (R
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -90,6 +91,12 @@ class EmailConnector(Connector):
         body = {"template": email.template} if email.template else {
             "body": "inline text" if email.body is not None else "inline html"}
         return {"subject": render(email.subject, header=True), **body}
+
+    def blocked(self, address: str, suppressions: Mapping[str, str]) -> str | None:
+        """A suppressed address (unsubscribed, bounced) gets no mail, whatever its letter case:
+        `Ann@Example.COM` is blocked by a suppression of `ann@example.com`."""
+        reason = suppressions.get(address.strip().lower())
+        return None if reason is None else f"address is suppressed ({reason})"
 
 
 def _template_problems(templates: TemplateChecker, name: str) -> list[Problem]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.demo.build import load_demo
 from engine.format.validation import load_valid_playbooks
-from engine.plan.planner import make_plan
+from engine.plan.build import make_plan
 from engine.query.evaluate import Moment, candidates, playbook_query, prepare
 from engine.query.explain import explain
 from engine.store.open import open_store
@@ -120,24 +121,45 @@ def test_json_plan_lists_every_enrollment_with_rendered_actions(demo_file: Path,
     assert email["type"] == "email" and email["to"].endswith("@demo.example")
     winback = plan["winback-30d"]
     assert "over limits.max_percent 20% = 300 of 1,500" in winback["over_limit"]
+    assert winback["entering"] > 300 and winback["enrollments"] == []  # over: no one enrolls
+    assert winback["holdout"] == 0
+
+
+def test_json_plan_of_a_playbook_within_limits_times_keys_and_holds_out(
+        demo_file: Path, cli: Cli, tmp_path: Path) -> None:
+    """winback-30d without its limit: every enrollment listed, waits timed, 10% held out."""
+    shutil.copytree(SAMPLES_DIR / "templates", tmp_path / "templates")
+    text = (SAMPLES_DIR / "winback-30d.yaml").read_text(encoding="utf-8")
+    (tmp_path / "winback-30d.yaml").write_text(
+        text.replace("limits:\n  max_percent: 20%\n", ""), encoding="utf-8")
+    code, out, err = cli(["--db", f"sqlite:///{demo_file}", "dry-run", str(tmp_path),
+                          "--as-of", "2011-12-10", "--json"])
+    assert code == 0, err
+    (winback,) = json.loads(out)["playbooks"]
+    assert winback["over_limit"] is None and winback["entering"] == len(winback["enrollments"])
+    held = [e for e in winback["enrollments"] if e["holdout"]]
+    assert winback["holdout"] == len(held)  # the count agrees with the listed enrollments
+    assert 0.05 < len(held) / len(winback["enrollments"]) < 0.15  # holdout: 10%
+    assert all(e["actions"] == [] for e in held)
     planned = [e["actions"] for e in winback["enrollments"] if not e["holdout"]]
     email, task = planned[0]  # the task comes after `wait: 7d` and is due 2 days later
     assert (email["run_at"], task["run_at"]) == ("2011-12-10T00:00:00Z", "2011-12-17T00:00:00Z")
+    assert (email["commit_now"], task["commit_now"]) == (True, False)
     assert task["due_at"] == "2011-12-19T00:00:00Z"
     assert task["title"].startswith("Call ") and task["assignee"] == "retention-team"
-    held = [e for e in winback["enrollments"] if e["holdout"]]
-    assert 0.05 < len(held) / len(winback["enrollments"]) < 0.15  # holdout: 10%
-    assert all(e["actions"] == [] for e in held)
+    keys = [a["key"] for actions in planned for a in actions]
+    assert len(set(keys)) == len(keys) == 2 * len(planned)  # distinct, every one
+    assert max(len(key) for key in keys) <= 255
 
 
 def test_dry_run_for_one_customer_equals_their_part_of_the_full_plan(demo: sa.Engine) -> None:
     with demo.connect() as connection:
         full = make_plan(connection, SAMPLES, AS_OF)
-        someone = full.playbooks[0].enrollments[0]
+        someone = next(e for pp in full.playbooks for e in pp.shown)
         alone = make_plan(connection, SAMPLES, AS_OF, customer_id=someone.customer_id)
-    mine = [(pp.playbook.id, e) for pp in full.playbooks for e in pp.enrollments
+    mine = [(pp.playbook.id, e) for pp in full.playbooks for e in pp.shown
             if e.customer_id == someone.customer_id]
-    assert [(pp.playbook.id, e) for pp in alone.playbooks for e in pp.enrollments] == mine
+    assert [(pp.playbook.id, e) for pp in alone.playbooks for e in pp.shown] == mine
 
 
 def test_explain_a_customer_who_enters(demo: sa.Engine, cli: Cli) -> None:
@@ -212,17 +234,16 @@ def test_a_missing_value_renders_as_nothing_not_none(tmp_path: Path, cli: Cli) -
     assert render(environment, "Hi {{ customer.name }}!", {"customer": {"name": None}}) == "Hi !"
 
 
-@pytest.mark.parametrize("first", [None, 0, 3, 4999, 5000, 5001, 11999, 12000, 20000])
-def test_count_and_first_counts_every_row_whatever_is_shown(db: sa.Engine,
-                                                            first: int | None) -> None:
-    from engine.query.evaluate import count_and_first
+@pytest.mark.parametrize("rows", [0, 1, 12000])
+def test_count_is_the_databases_count_of_the_statement(db: sa.Engine, rows: int) -> None:
+    from engine.query.evaluate import count
 
     with db.connect() as connection:
         connection.exec_driver_sql("create temporary table many (a varchar, b varchar, c integer)")
-        connection.execute(sa.text("insert into many values (:a, 'x', null)"),
-                           [{"a": str(i)} for i in range(12000)])
+        if rows:
+            connection.execute(sa.text("insert into many values (:a, 'x', null)"),
+                               [{"a": str(i)} for i in range(rows)])
         query = sa.select(sa.column("a"), sa.column("b"), sa.column("c")).select_from(
             sa.table("many"))
-        count, kept = count_and_first(connection, query, first)
-    assert count == 12000
-    assert len(kept) == (12000 if first is None else min(first, 12000))
+        assert count(connection, query) == rows
+        assert count(connection, query.where(sa.column("a") == "7")) == (1 if rows > 7 else 0)

@@ -31,7 +31,8 @@ from conftest import Cli
 from engine.clock import iso
 from engine.format.playbook import Playbook
 from engine.format.validation import load_valid_playbooks
-from engine.plan.planner import Plan, PlannedAction, PlannedEnrollment, make_plan
+from engine.plan.build import Plan, make_plan
+from engine.plan.planner import PlannedAction, PlannedEnrollment
 from engine.query.evaluate import candidates, playbook_query, prepare
 from engine.store.facts import customers
 from engine.store.tables import Enrollment, PlaybookVersion, Suppression
@@ -137,8 +138,8 @@ def plan_of(db: sa.Engine, pbs: list[Playbook], as_of: datetime = AS_OF) -> Plan
 
 def by_customer(plan: Plan) -> dict[str, PlannedEnrollment]:
     (only,) = plan.playbooks
-    found = {e.customer_id: e for e in only.enrollments}
-    assert len(found) == len(only.enrollments)
+    found = {e.customer_id: e for e in only.shown}
+    assert len(found) == len(only.shown)
     return found
 
 
@@ -364,7 +365,7 @@ def test_schedule_skips_a_tick_more_than_an_hour_late(countries: sa.Engine,
     at_1100 = datetime(2024, 5, 1, 11, 0, tzinfo=UTC)
     assert entering(countries, pb, at_1100) == {}
     (part,) = plan_of(countries, [pb], at_1100).playbooks
-    assert part.entering == 0 and part.enrollments == []
+    assert part.entering == 0 and part.shown == []
     assert part.note == ("no tick due: the last was 2024-05-01T09:00:00Z, more than 1 hour "
                          "before as-of")
 
@@ -688,11 +689,22 @@ def test_cli_dry_run_json_lists_enrollments_and_actions(cli_project: Path, db_ur
     ann = found["ann"]
     assert (ann["occurrence"], ann["event_id"], ann["holdout"]) == ("p-ann", "p-ann", False)
     email, task = ann["actions"]
-    assert email == {"type": "email", "step": 0, "run_at": "2024-05-01T08:30:00Z",
+    key = email.pop("key")
+    assert key.startswith("welcome/ann/0.0/") and len(key) <= 255
+    assert email == {"type": "email", "step": 0, "stage": 0, "commit_now": True,
+                     "run_at": "2024-05-01T08:30:00Z",
                      "status": "planned", "to": "ann@example.com", "subject": "Welcome Ann",
                      "body": "inline text"}
     assert (task["type"], task["title"], task["run_at"], task["due_at"]) == (
         "task", "Check on Ann", "2024-05-02T08:30:00Z", "2024-05-04T08:30:00Z")
+    assert (task["stage"], task["commit_now"]) == (1, False)  # written when the wait ends
+    assert task["key"].startswith("welcome/ann/1.2/")
+    # a re-plan gives the same keys
+    _, again, _ = cli(["--db", db_url, "dry-run", str(cli_project), "--as-of",
+                       "2024-05-01T08:30:00Z", "--json"])
+    (rerun,) = json.loads(again)["playbooks"]
+    keys = {e["customer_id"]: [a["key"] for a in e["actions"]] for e in rerun["enrollments"]}
+    assert keys["ann"] == [key, task["key"]]
 
 
 def test_cli_dry_run_for_one_customer(cli_project: Path, db_url: str, cli: Cli) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from engine.format.fields import CUSTOMER_FIELDS
 from engine.format.operators import OPERATORS
-from engine.plan.planner import make_plan
+from engine.plan.build import make_plan
 from engine.query.checks import load_playbooks
 from engine.store.open import open_store
 from engine.sync.ingest import ingest_customers, ingest_events

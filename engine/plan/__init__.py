@@ -1,6 +1,8 @@
 """From candidates to the Plan a live run commits: who enters, holdout, limits, idempotency keys,
 due times, rendered actions.
 
-Only reads. May import: engine.errors, engine.clock, engine.store, engine.format, engine.query,
-and the connectors through the registry.
+`reader` reads in batches (candidates, customers, events, suppressions), `planner` decides from
+plain values and a clock (pure: no database), `build.make_plan` wires them. Only reads. May
+import: engine.errors, engine.clock, engine.store, engine.format, engine.query, and the
+connectors through the registry.
 """

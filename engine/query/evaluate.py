@@ -11,7 +11,7 @@
 - `{every: D}`: additionally no enrollment in the playbook entered within D before as-of.
 
 Nothing here loops over customers in Python: rows come back streamed, one per entering
-(customer, occurrence), and only the planner looks at them.
+(customer, occurrence), and only the planner looks at them; `count` asks the database.
 """
 
 from __future__ import annotations
@@ -164,18 +164,11 @@ def candidates(connection: sa.Connection, query: sa.Select[Any]) -> Iterator[Can
         yield Candidate(customer_id, occurrence, event_ref)
 
 
-def count_and_first(connection: sa.Connection, query: sa.Select[Any],
-                    first: int | None) -> tuple[int, list[Candidate]]:
-    """How many rows the query gives, and the first `first` of them (None: all), in one pass.
+def count(connection: sa.Connection, query: sa.Select[Any]) -> int:
+    """How many rows the statement gives, counted by the database: `SELECT count(*) FROM (...)`.
 
-    Rows past the first are only counted, a batch at a time, so a dry-run of a playbook that
-    half the customers enter costs about what fetching their ids costs, in flat memory.
+    Nothing streams through Python to be counted, so a dry-run of a playbook that half the
+    customers enter costs one aggregate, whatever it shows.
     """
-    result = connection.execution_options(stream_results=True, yield_per=5000).execute(query)
-    rows = result if first is None else result.fetchmany(first) if first > 0 else []
-    kept = [Candidate(*row) for row in rows]
-    count = len(kept)
-    if first is not None:  # the rest are only counted, a batch at a time
-        for batch in result.partitions():
-            count += len(batch)
-    return count, kept
+    return connection.execute(sa.select(sa.func.count()).select_from(query.subquery())
+                              ).scalar_one()

@@ -1,0 +1,175 @@
+"""The Plan (DESIGN 4): who enters which playbook at `as_of`, and what each would get.
+
+A dry-run prints the plan; a live run commits the same object (enrollments and outbox rows), so
+what a dry-run shows is what would happen (DESIGN 3). `make_plan` wires the reader (batched
+reads) to the pure planner (decisions): per playbook it counts who enters in SQL, decides the
+limits, counts the holdout, plans the first `show` enrollments, and keeps a way to stream ALL of
+them in batches (`PlaybookPlan.batches`), which is what a live run commits and what
+`dry-run --json` prints, in flat memory. Deterministic: the same database and as_of give the
+same plan. The plan reads through the caller's connection, so stream it while that is open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.clock import iso
+from engine.format.compile import CompileContext
+from engine.format.playbook import Playbook
+from engine.format.registry import load_connectors
+from engine.format.templates import make_environment
+from engine.format.validation import templates_dir
+from engine.plan import reader
+from engine.plan.planner import PlannedEnrollment, Planner, in_holdout, over_limit
+from engine.query.evaluate import Moment, compose, count, prepare
+
+Batches = Callable[[int | None], Iterator[list[PlannedEnrollment]]]
+
+
+@dataclass
+class PlaybookPlan:
+    """One playbook's part of the plan: counts, the first enrollments, and all of them."""
+
+    playbook: Playbook
+    entering: int = 0  # counted in SQL
+    holdout: int = 0  # of those entering, how many are in the control group
+    shown: list[PlannedEnrollment] = field(default_factory=list)
+    over_limit: str | None = None
+    note: str | None = None
+    source: Batches | None = field(default=None, repr=False)
+    problems: dict[str, None] = field(default_factory=dict, repr=False)  # ordered, no repeats
+
+    def batches(self) -> Iterator[list[PlannedEnrollment]]:
+        """Every enrollment a live run commits, a batch at a time; none when over the limit."""
+        if self.over_limit is None and self.source is not None:
+            for batch in self.source(None):
+                for enrollment in batch:
+                    self.problems.update(dict.fromkeys(enrollment.errors(self.playbook.id)))
+                yield batch
+
+    def enrollments(self) -> Iterator[PlannedEnrollment]:
+        """Every enrollment, one at a time (streamed in batches underneath)."""
+        for batch in self.batches():
+            yield from batch
+
+    def header(self) -> dict[str, Any]:
+        """The playbook's part of the `--json` document, without its enrollments."""
+        p = self.playbook
+        return {"id": p.id, "name": p.document.name, "version": p.version, "file": p.file,
+                "priority": p.document.priority, "entering": self.entering,
+                "holdout": self.holdout, "over_limit": self.over_limit, "note": self.note}
+
+
+@dataclass
+class Plan:
+    """Every enabled playbook's plan at one instant."""
+
+    moment: Moment
+    playbooks: list[PlaybookPlan]
+    disabled: list[str]
+
+    @property
+    def errors(self) -> list[str]:
+        """Every action that could not be planned, among those planned so far."""
+        found: dict[str, None] = {}
+        for pp in self.playbooks:
+            for enrollment in pp.shown:
+                found.update(dict.fromkeys(enrollment.errors(pp.playbook.id)))
+            found.update(pp.problems)
+        return list(found)
+
+    def header(self) -> dict[str, Any]:
+        """The `--json` document's fields besides the playbooks."""
+        latest = self.moment.latest_event
+        return {"as_of": iso(self.moment.as_of), "historical": self.moment.historical,
+                "latest_event": iso(latest) if latest else None, "disabled": self.disabled}
+
+    def to_json(self, every: bool = True) -> dict[str, Any]:
+        """The whole document in memory (every enrollment, or those shown): for small plans."""
+        return {**self.header(), "playbooks": [
+            {**pp.header(), "enrollments": [e.to_json() for e in _listed(pp, every)]}
+            for pp in self.playbooks]}
+
+    def json_chunks(self, every: bool = True,
+                    extra: Mapping[str, Any] | None = None) -> Iterator[str]:
+        """The same document as text pieces, one enrollment per line, streamed: memory stays
+        flat however many enter. `every=False` lists only the enrollments shown; `extra` adds
+        top-level fields (the CLI's warnings)."""
+        head = json.dumps({**self.header(), **(extra or {})}, ensure_ascii=False, default=str)
+        yield head[:-1] + ', "playbooks": ['
+        for n, pp in enumerate(self.playbooks):
+            part = json.dumps(pp.header(), ensure_ascii=False)
+            yield ("," if n else "") + "\n" + part[:-1] + ', "enrollments": ['
+            for i, enrollment in enumerate(_listed(pp, every)):
+                yield ("," if i else "") + "\n" + json.dumps(enrollment.to_json(),
+                                                             ensure_ascii=False)
+            yield "]}"
+        yield "\n]}\n"
+
+
+def _listed(pp: PlaybookPlan, every: bool) -> Iterator[PlannedEnrollment]:
+    return pp.enrollments() if every else iter(pp.shown)
+
+
+def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datetime, *,
+              customer_id: str | None = None, show: int | None = None,
+              progress: Callable[[int], object] | None = None) -> Plan:
+    """Evaluate every enabled playbook at `as_of`: counts, holdout, limits, and the first `show`
+    enrollments planned (None: all, in memory; stream large plans with `batches`).
+
+    Reads only; the caller's transaction sees no writes from here.
+    """
+    active = sorted((p for p in playbooks if p.document.enabled),
+                    key=lambda p: (-p.document.priority, p.id))
+    moment = prepare(connection, as_of, active)
+    connectors = {kind: cls() for kind, cls in load_connectors().items()}
+    needs_total = any(p.document.limits and p.document.limits.max_percent is not None
+                      for p in active)
+    total = reader.total_customers(connection, as_of) if needs_total else None
+    plans = []
+    for playbook in active:
+        plans.append(_playbook_plan(connection, playbook, moment, connectors, total,
+                                    customer_id, show))
+        if progress is not None:
+            progress(1)
+    disabled = sorted(p.id for p in playbooks if not p.document.enabled)
+    return Plan(moment, plans, disabled)
+
+
+def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment,
+                   connectors: dict[str, Any], total: int | None, customer_id: str | None,
+                   show: int | None) -> PlaybookPlan:
+    tc = moment.trigger_context(playbook.id)
+    part = playbook.trigger.sql(tc, playbook.document.backfill)
+    query = compose(playbook, tc, part, customer_id)
+    result = PlaybookPlan(playbook, note=part.note)
+    result.entering = count(connection, query)
+    result.over_limit = over_limit(playbook, result.entering, total)
+    if result.over_limit is not None or result.entering == 0:
+        return result
+    if playbook.document.holdout:
+        result.holdout = sum(in_holdout(playbook, customer, occurrence)
+                             for customer, occurrence in reader.keys(connection, query))
+    environment = make_environment(templates_dir(Path(playbook.file)))
+    planner = Planner(playbook, moment.as_of, connectors, environment)
+    ctx = CompileContext(moment.as_of, moment.historical)
+
+    def source(limit: int | None) -> Iterator[list[PlannedEnrollment]]:
+        for batch in reader.candidate_batches(connection, query, limit):
+            found = reader.records(connection, ctx, batch)
+            yield [planner.enrollment(c.customer_id, c.occurrence, found.customers[c.customer_id],
+                                      found.events.get(c.event_ref)
+                                      if c.event_ref is not None else None,
+                                      found.suppressions) for c in batch]
+
+    result.source = source
+    if show != 0:
+        result.shown = [e for batch in source(show) for e in batch]
+    return result

@@ -1,0 +1,124 @@
+"""What the planner needs, read in batches: counts, candidates, customers, events, suppressions.
+
+Only reads. Every read is a batch of at most BATCH ids (an `IN` list every database accepts), so
+planning N enrollments costs N / BATCH round trips of each kind and memory stays flat in N. The
+candidates come from the one statement per playbook (engine/query/evaluate.py), streamed; the
+count of who enters is a `COUNT(*)` over that statement, so nothing streams just to be counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.format.compile import DERIVED_FACTS, CompileContext, historical_fact
+from engine.format.fields import CUSTOMER_FIELDS
+from engine.query.evaluate import Candidate
+from engine.store.facts import customers, events, existed_at
+from engine.store.tables import Suppression
+
+BATCH = 500
+STREAM = 5000  # rows a streamed result holds at a time
+suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Records:
+    """What one batch of candidates is planned from: plain dicts, nothing lazy."""
+
+    customers: dict[str, dict[str, Any]]  # by customer_id
+    events: dict[int, dict[str, Any]]  # by events.id (Candidate.event_ref)
+    suppressions: dict[str, str]  # lower-cased address -> reason
+
+
+def total_customers(connection: sa.Connection, as_of: datetime) -> int:
+    """Customers that existed at as-of (what `limits.max_percent` is a share of)."""
+    return connection.execute(sa.select(sa.func.count()).where(existed_at(as_of))).scalar_one()
+
+
+def keys(connection: sa.Connection, query: sa.Select[Any]) -> Iterator[tuple[str, str]]:
+    """(customer_id, occurrence) of every row, streamed: what holdout is decided from."""
+    inner = query.subquery()
+    result = connection.execution_options(stream_results=True, yield_per=STREAM).execute(
+        sa.select(inner.c.customer_id, inner.c.occurrence))
+    for batch in result.partitions():
+        yield from batch  # type: ignore[misc]
+
+
+def candidate_batches(connection: sa.Connection, query: sa.Select[Any],
+                      limit: int | None = None) -> Iterator[list[Candidate]]:
+    """The statement's rows (the first `limit`, None: all) as lists of at most BATCH, streamed.
+
+    The result stays open between batches while the planner's reads run on the same connection
+    (a server-side cursor on PostgreSQL, a stepping statement on SQLite).
+    """
+    if limit is not None:
+        query = query.limit(limit)
+    result = connection.execution_options(stream_results=True, yield_per=BATCH).execute(query)
+    for rows in result.partitions():
+        yield [Candidate(*row) for row in rows]
+
+
+def records(connection: sa.Connection, ctx: CompileContext, batch: list[Candidate]) -> Records:
+    """Customers, triggering events and suppressions of one batch, a query of each."""
+    people = customer_records(connection, ctx, [c.customer_id for c in batch])
+    found = event_records(connection, [c.event_ref for c in batch if c.event_ref is not None])
+    blocked = suppressed(connection, [p["email"] for p in people.values() if p["email"]])
+    return Records(people, found, blocked)
+
+
+def customer_records(connection: sa.Connection, ctx: CompileContext,
+                     ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Customers by id as templates and explain see them: fields, facts as of ctx, attributes."""
+    columns = [historical_fact(ctx, name).label(name)
+               if ctx.historical and name in DERIVED_FACTS else customers.c[name]
+               for name in CUSTOMER_FIELDS]
+    found = {}
+    for start in range(0, len(ids), BATCH):
+        query = sa.select(*columns, customers.c.attributes).where(
+            customers.c.customer_id.in_(ids[start:start + BATCH]))
+        for row in connection.execute(query).mappings():
+            record = dict(row)
+            # Sums of float amounts carry binary noise (49.989999999999995); money reads in cents.
+            record["total_spent"] = round(record["total_spent"] or 0.0, 2)
+            found[row["customer_id"]] = record
+    return found
+
+
+def event_records(connection: sa.Connection, refs: list[int]) -> dict[int, dict[str, Any]]:
+    """Triggering events by row id; `amount` and `score` also appear among the properties."""
+    found = {}
+    for start in range(0, len(refs), BATCH):
+        query = sa.select(events).where(events.c.id.in_(refs[start:start + BATCH]))
+        for row in connection.execute(query).mappings():
+            properties = dict(row["properties"] or {})
+            typed = {name: _number(row[name]) for name in ("amount", "score")}
+            properties.update({k: v for k, v in typed.items() if v is not None})
+            found[row["id"]] = {"event_id": row["event_id"], "customer_id": row["customer_id"],
+                                "type": row["type"], "occurred_at": row["occurred_at"],
+                                **typed, "properties": properties}
+    return found
+
+
+def _number(value: float | None) -> float | int | None:
+    """A typed number as the source wrote it: a score of 6 reads `6`, not `6.0`."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def suppressed(connection: sa.Connection, emails: list[str]) -> dict[str, str]:
+    """Lower-cased address -> reason, for the suppression rows of `emails` (any letter case).
+
+    Rows are stored lower-cased; the addresses as given are asked too, so a row written in
+    another case by hand is still found (through the primary key index either way).
+    """
+    found: dict[str, str] = {}
+    wanted = sorted({email.strip().lower() for email in emails} | set(emails))
+    for start in range(0, len(wanted), BATCH):
+        query = sa.select(suppressions.c.email, suppressions.c.reason).where(
+            suppressions.c.email.in_(wanted[start:start + BATCH]))
+        found.update((email.lower(), reason) for email, reason in connection.execute(query))
+    return found

@@ -1,0 +1,191 @@
+"""The pure planner, without a database: holdout, limits, keys, due times, email checks.
+
+Playbooks are parsed from YAML files (no connection); customers and events are plain dicts, as
+engine/plan/reader.py hands them over. If one of these needed a database it could not run here:
+no fixture here opens one, and `test_planner_imports_no_database_library` keeps it so.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.email import EmailConnector
+from connectors.tasks import TaskConnector
+from engine.format.playbook import Playbook
+from engine.format.registry import load_connectors
+from engine.format.templates import make_environment
+from engine.format.validation import load_valid_playbooks
+from engine.plan.build import PlaybookPlan
+from engine.plan.planner import (
+    PlannedEnrollment,
+    Planner,
+    action_key,
+    in_holdout,
+    over_limit,
+    schedule,
+)
+
+AS_OF = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)
+MAIL = '  - email: { subject: "Hello {{ customer.name }}", body: "We miss you" }\n'
+_files = count()
+
+
+def playbook(tmp_path: Path, more: str = "", actions: str = MAIL, pid: str = "pb") -> Playbook:
+    """A segment playbook from YAML text, parsed and validated, nothing else."""
+    path = tmp_path / f"{pid}-{next(_files)}.yaml"
+    path.write_text(f"id: {pid}\nname: Test {pid}\ntrigger:\n  segment: {{}}\n{more}"
+                    f"actions:\n{actions}", encoding="utf-8")
+    (loaded,) = load_valid_playbooks([path], env={})
+    return loaded
+
+
+def planner(pb: Playbook) -> Planner:
+    connectors = {kind: cls() for kind, cls in load_connectors().items()}
+    return Planner(pb, AS_OF, connectors, make_environment())
+
+
+def person(cid: str, email: str | None = None, name: str = "Ann") -> dict[str, Any]:
+    return {"customer_id": cid, "email": email, "name": name}
+
+
+def test_planner_imports_no_database_library() -> None:
+    source = (Path(__file__).parent.parent / "engine" / "plan" / "planner.py").read_text()
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(ast.parse(source))
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"sqlalchemy", "sqlite3", "psycopg", "sqlmodel"}
+
+
+def test_holdout_is_stable_and_near_its_share(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, "holdout: 10%\n")
+    keys = [(f"c{n}", f"2024-0{n % 9 + 1}") for n in range(20_000)]
+    first = [in_holdout(pb, cid, occurrence) for cid, occurrence in keys]
+    assert first == [in_holdout(pb, cid, occurrence) for cid, occurrence in keys]
+    assert 0.09 < sum(first) / len(first) < 0.11
+    other = playbook(tmp_path, "holdout: 10%\n", pid="other")  # another playbook, other group
+    assert first != [in_holdout(other, cid, occurrence) for cid, occurrence in keys]
+    none = playbook(tmp_path)
+    assert not any(in_holdout(none, cid, occurrence) for cid, occurrence in keys[:1000])
+
+
+def test_holdout_enrollment_gets_no_actions(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, "holdout: 50%\n")
+    plan = planner(pb)
+    made = [plan.enrollment(f"c{n}", "o", person(f"c{n}", f"c{n}@x.example"), None, {})
+            for n in range(40)]
+    held = [e for e in made if e.holdout]
+    assert 0 < len(held) < 40
+    assert all(e.actions == () for e in held)
+    assert all(len(e.actions) == 1 for e in made if not e.holdout)
+
+
+def test_limits_with_numbers(tmp_path: Path) -> None:
+    capped = playbook(tmp_path, "limits: { max_enrollments: 2 }\n")
+    assert over_limit(capped, 2, None) is None
+    message = over_limit(capped, 3, None)
+    assert message is not None and "3 would enter, over limits.max_enrollments 2" in message
+    share = playbook(tmp_path, "limits: { max_percent: 20% }\n")
+    assert over_limit(share, 300, 1500) is None
+    message = over_limit(share, 301, 1500)
+    assert message is not None and "301 would enter" in message
+    assert "max_percent 20% = 300 of 1,500 customers" in message
+    assert over_limit(playbook(tmp_path), 10**9, 1) is None  # no limits, never over
+
+
+def test_over_limit_playbook_streams_no_enrollment(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, "limits: { max_enrollments: 1 }\n")
+    one = PlannedEnrollment("c1", "o", False, None, ())
+
+    def source(limit: int | None) -> Iterator[list[PlannedEnrollment]]:
+        yield [one, one]
+
+    within = PlaybookPlan(pb, entering=2, source=source)
+    assert list(within.enrollments()) == [one, one]
+    over = PlaybookPlan(pb, entering=2, over_limit=over_limit(pb, 2, None), source=source)
+    assert over.over_limit is not None and list(over.batches()) == []
+
+
+def test_keys_are_stable_short_readable_and_distinct(tmp_path: Path) -> None:
+    pb = playbook(tmp_path)
+    key = action_key(pb, "12347", "2024-05", 0, 0)
+    assert key == action_key(pb, "12347", "2024-05", 0, 0)
+    assert key.startswith("pb/12347/0.0/")
+    variants = {key, action_key(pb, "12348", "2024-05", 0, 0),
+                action_key(pb, "12347", "2024-06", 0, 0), action_key(pb, "12347", "2024-05", 1, 0),
+                action_key(pb, "12347", "2024-05", 0, 1),
+                action_key(playbook(tmp_path, pid="pb2"), "12347", "2024-05", 0, 0)}
+    assert len(variants) == 6
+    edited = playbook(tmp_path, "description: edited\n")  # same id, new version
+    assert edited.version != pb.version
+    assert action_key(edited, "12347", "2024-05", 0, 0) != key
+    long = action_key(pb, "c" * 1000, "o" * 1000, 0, 0)
+    assert len(long) <= 255
+    # the hash covers the whole id: two ids sharing their first 48 characters still differ
+    assert action_key(pb, "x" * 48 + "a", "o", 0, 0) != action_key(pb, "x" * 48 + "b", "o", 0, 0)
+
+
+def test_due_times_and_stages_follow_the_waits(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, actions=MAIL + "  - wait: 3d\n"
+                  '  - task: { title: "Call {{ customer.name }}", due_in: 2d }\n'
+                  "  - wait: 12h\n  - points: { amount: 5 }\n"
+                  '  - task: { title: "Again", due_in: 1d }\n')
+    assert [(s.step, s.stage, s.delay) for s in schedule(pb)] == [
+        (0, 0, timedelta(0)), (2, 1, timedelta(days=3)),
+        (4, 2, timedelta(days=3, hours=12)), (5, 2, timedelta(days=3, hours=12))]
+    made = planner(pb).enrollment("c1", "o", person("c1", "ann@x.example"), None, {})
+    email, task, points, again = made.actions
+    assert email.run_at == AS_OF and email.commit_now
+    assert task.run_at == AS_OF + timedelta(days=3) and not task.commit_now
+    assert task.fields["due_at"] == AS_OF + timedelta(days=5)
+    assert points.run_at == again.run_at == AS_OF + timedelta(days=3, hours=12)
+    assert [a.stage for a in made.actions] == [0, 1, 2, 2]
+    assert len({a.key for a in made.actions}) == 4
+
+
+def test_email_without_address_is_skipped_and_suppressed_in_any_case(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, actions=MAIL + '  - task: { title: "Call", due_in: 1d }\n')
+    plan = planner(pb)
+    blocked = {"ann@example.com": "unsubscribed"}
+    ann = plan.enrollment("ann", "o", person("ann", "Ann@Example.COM"), None, blocked)
+    bob = plan.enrollment("bob", "o", person("bob", None, "Bob"), None, blocked)
+    cy = plan.enrollment("cy", "o", person("cy", "cy@example.com", "Cy"), None, blocked)
+    assert (ann.actions[0].status, ann.actions[0].reason) == (
+        "suppressed", "address is suppressed (unsubscribed)")
+    assert ann.actions[0].fields["to"] == "Ann@Example.COM"  # shown as the customer has it
+    assert (bob.actions[0].status, bob.actions[0].reason) == ("skipped", "no email address")
+    assert (cy.actions[0].status, cy.actions[0].fields["subject"]) == ("planned", "Hello Cy")
+    assert {e.actions[1].status for e in (ann, bob, cy)} == {"planned"}  # tasks need no address
+
+
+def test_the_email_connector_decides_suppression() -> None:
+    """The pure check the planner calls and the dispatcher will call again at send time."""
+    email, task = EmailConnector(), TaskConnector()
+    suppressed = {"ann@example.com": "bounced"}
+    assert email.blocked("ANN@example.com ", suppressed) == "address is suppressed (bounced)"
+    assert email.blocked("bob@example.com", suppressed) is None
+    assert task.blocked("ann@example.com", suppressed) is None  # sends no mail, blocks nothing
+
+
+def test_a_failing_template_is_an_error_naming_customer_and_action(tmp_path: Path) -> None:
+    pb = playbook(tmp_path, actions='  - email: { subject: "Hi {{ customer.name }}", '
+                  'body: "x" }\n')
+    made = planner(pb).enrollment("c9", "o", person("c9", "c9@x.example", "A\nB"), None, {})
+    (action,) = made.actions
+    assert action.status == "error" and action.reason is not None
+    assert action.reason.startswith("customer c9, actions[0].email: ")
+    assert made.errors("pb") == [f"pb: {action.reason}"]
+
+
+@pytest.mark.parametrize("holdout", ["", "holdout: 30%\n"])
+def test_replanning_gives_the_same_enrollment(tmp_path: Path, holdout: str) -> None:
+    pb = playbook(tmp_path, holdout)
+    args = ("c1", "2024-05", person("c1", "c1@x.example"), None, {})
+    assert planner(pb).enrollment(*args) == planner(pb).enrollment(*args)

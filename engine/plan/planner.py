@@ -32,7 +32,7 @@ from jinja2 import Environment
 from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
-from engine.format.templates import render
+from engine.format.templates import as_context, render
 
 UNSUBSCRIBE_PLACEHOLDER = "(unsubscribe link, made when the email is sent)"
 KEY_PREFIX_CHARS = 48  # of the playbook id and of the customer id, for a readable key
@@ -180,11 +180,12 @@ class Planner:
                 event: Mapping[str, Any] | None,
                 suppressions: Mapping[str, str]) -> Iterator[PlannedAction]:
         """Each action rendered for this customer, due after the waits before it."""
-        context: dict[str, Any] = {
+        values: dict[str, Any] = {
             "customer": customer, "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
             "playbook": {"id": self.playbook.id, "name": self.playbook.document.name}}
         if event is not None:
-            context["event"] = event
+            values["event"] = event
+        context = as_context(values)  # wrapped once for all of this enrollment's templates
 
         def render_for(source: str, *, header: bool = False) -> str:
             return render(self.environment, source, context, header=header)

@@ -266,7 +266,7 @@ _GRID_COLUMNS = ["R \\ F", *(f"F {f}" for f in SCORES)]
 
 def build(connection: sa.Connection, *, with_customers: bool = True) -> RfmReport:
     """The RFM report; `with_customers` also fetches every scored customer (for `--json`)."""
-    scored = rfm_scores(connection)
+    scored = rfm_scores()
     s = scored.c
     grouped = connection.execute(
         sa.select(s.r, s.f, s.m, s.segment, sa.func.count(), sa.func.sum(s.total_spent),
@@ -288,12 +288,12 @@ def build(connection: sa.Connection, *, with_customers: bool = True) -> RfmRepor
 
 def _customer_rows(connection: sa.Connection) -> list[dict[str, Any]]:
     """Every scored customer, by customer_id in the byte order RFM breaks ties with."""
-    scored = rfm_scores(connection)
+    scored = rfm_scores()
     s = scored.c
     result = connection.execute(
         sa.select(s.customer_id, s.r, s.f, s.m, s.score, s.segment, s.last_purchase_at,
                   s.purchase_count, s.total_spent)
-        .order_by(customer_id_order(connection, s.customer_id)))
+        .order_by(customer_id_order(s.customer_id)))
     return [{"customer_id": customer_id, "r": r, "f": f, "m": m, "score": score,
              "segment": segment, "last_purchase_at": iso(last), "purchase_count": count,
              "total_spent": _money(spent)}

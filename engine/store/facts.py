@@ -27,10 +27,13 @@ Definitions, in one place:
   three digits R, F, M ("545": R=5, F=4, M=5), `rfm_segment` the name RFM_SEGMENTS gives the R
   and F scores. NULL for customers without a purchase. They rank customers against each other,
   so `refresh_rfm` recomputes every customer, after the refresh of the touched ones.
+  As of a past instant they are ranked the same way over R, F and M as of then, among the
+  customers with a purchase by then (`rfm_scores(as_of=...)`, `fact_as_of`): never today's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +41,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.store.dialect import PerDialect
 from engine.store.tables import Customer, Event, PointsEntry, UTCDateTime
 
 ENGINE_EVENT_TYPES: frozenset[str] = frozenset(
@@ -89,6 +93,8 @@ EVENT_FACTS: dict[str, EventFact] = {
 }
 DERIVED_FACTS: frozenset[str] = frozenset({*EVENT_FACTS, "last_feedback_score", "points_balance"})
 """Every fact sync keeps on customers from events and the points ledger."""
+HISTORICAL_FACTS: frozenset[str] = DERIVED_FACTS | {"rfm_score", "rfm_segment"}
+"""Every kept fact that historical evaluation derives again as of a past instant (`fact_as_of`)."""
 
 
 def _until(column: Column, as_of: datetime | None) -> Column:
@@ -137,6 +143,8 @@ def fact_as_of(name: str, as_of: datetime) -> Column:
     `created_at` is read as kept (it is the first event or earlier, so never after as-of for a
     customer who existed then).
     """
+    if name in ("rfm_score", "rfm_segment"):
+        return rfm_as_of(name, as_of)
     if name == "points_balance":
         return points_balance(as_of)
     if name == "last_feedback_score":
@@ -180,42 +188,52 @@ RFM_SEGMENT_ORDER: tuple[str, ...] = (
 """The segments from the best customers to the most lapsed, as reports list them."""
 
 
-def customer_id_order(connection: sa.Connection,
-                      column: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[Any]:
+def customer_id_order(column: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[Any]:
     """customer_id for ORDER BY, compared byte by byte on both databases.
 
     RFM breaks ties by customer_id, so its text order must not depend on the backend: SQLite
     compares with BINARY (memcmp of UTF-8, i.e. code point order) unless told otherwise, while
     PostgreSQL would use the database's locale (where "a10" < "A2" can hold). `COLLATE "C"` makes
-    PostgreSQL compare bytes too, and a UTF-8 database's bytes order as SQLite's do.
+    PostgreSQL compare bytes too, and a UTF-8 database's bytes order as SQLite's do. Spelled per
+    dialect when compiled, so the condition compiler can use it without a connection.
     """
     column = customers.c.customer_id if column is None else column
-    if connection.dialect.name == "postgresql":
-        return sa.collate(column, "C")
-    return column
+    return PerDialect(column, sa.collate(column, "C"), sa.String())
 
 
-def rfm_scores(connection: sa.Connection, *carry: sa.ColumnElement[Any]) -> sa.Subquery:
+def rfm_scores(*carry: sa.ColumnElement[Any], as_of: datetime | None = None) -> sa.Subquery:
     """One row per customer with a purchase: the three values, `r`, `f`, `m`, `score`, `segment`.
 
-    A query, not a result: the refresh joins it in one UPDATE and the report aggregates it, so both
-    compute exactly the same scores in the database. Values compare as stored: UTC times (text of
-    one fixed width on SQLite, timestamptz on PostgreSQL), counts, and revenue by `revenue_key`.
-    `carry` are more columns of `customers` to pass through (the refresh compares the stored
-    scores in the same scan).
+    A query, not a result: the refresh joins it in one UPDATE, the report aggregates it and
+    historical evaluation looks customers up in it, so all compute exactly the same scores in the
+    database. Values compare as stored: UTC times (text of one fixed width on SQLite, timestamptz
+    on PostgreSQL), counts, and revenue by `revenue_key`. `carry` are more columns of `customers`
+    to pass through (the refresh compares the stored scores in the same scan).
+
+    `as_of`: the scores as of that instant, from R, F and M derived by `fact_as_of` (the events up
+    to it), ranked over the customers with a purchase by then; None: the kept facts.
     """
     c = customers.c
-    key = customer_id_order(connection)
+    if as_of is None:
+        values: sa.FromClause = customers
+        names = {"customer_id": c.customer_id, **{name: c[name] for name in RFM_VALUES}}
+    else:
+        values = sa.select(c.customer_id, *(fact_as_of(name, as_of).label(name)
+                                            for name in RFM_VALUES), *carry).subquery("rfm_values")
+        names = {name: values.c[name] for name in ("customer_id", *RFM_VALUES)}
+        carry = tuple(values.c[column.name] for column in carry)  # type: ignore[attr-defined]
+    key = customer_id_order(names["customer_id"])
 
     def ntile(value: sa.ColumnElement[Any], name: str) -> sa.Label[int]:
         return sa.func.ntile(_sql(5), type_=sa.Integer).over(
             order_by=(value.asc(), key.asc())).label(name)
 
     ranked = (
-        sa.select(c.customer_id, c.last_purchase_at, c.purchase_count, c.total_spent, *carry,
-                  ntile(c.last_purchase_at, "r"), ntile(c.purchase_count, "f"),
-                  ntile(revenue_key(connection), "m"))
-        .where(has_purchased())
+        sa.select(*names.values(), *carry,
+                  ntile(names["last_purchase_at"], "r"), ntile(names["purchase_count"], "f"),
+                  ntile(revenue_key(names["total_spent"]), "m"))
+        .select_from(values)
+        .where(names["purchase_count"] > _sql(0))
         .subquery("rfm_ranked")
     )
     r, f, m = ranked.c.r, ranked.c.f, ranked.c.m
@@ -226,7 +244,41 @@ def rfm_scores(connection: sa.Connection, *carry: sa.ColumnElement[Any]) -> sa.S
     return sa.select(*ranked.c, score.label("score"), segment.label("segment")).subquery("rfm")
 
 
-def revenue_key(connection: sa.Connection) -> sa.ColumnElement[Any]:
+RFM_VALUES = ("last_purchase_at", "purchase_count", "total_spent")
+"""The facts R, F and M rank, in that order."""
+
+
+@functools.lru_cache(maxsize=16)
+def _rfm_as_of(as_of: datetime) -> sa.CTE:
+    """Every customer's RFM as of `as_of`, computed once per statement (MATERIALIZED).
+
+    Cached per instant: a statement that reads both `rfm_score` and `rfm_segment` must name one
+    CTE object.
+    """
+    scores = rfm_scores(as_of=as_of)
+    return (sa.select(scores.c.customer_id, scores.c.score, scores.c.segment)
+            .cte("rfm_as_of").prefix_with("MATERIALIZED"))
+
+
+def rfm_as_of(name: str, as_of: datetime) -> Column:
+    """`rfm_score` or `rfm_segment` as of `as_of`, correlated to `customers` (NULL: no purchase
+    by then).
+
+    The scores are ranked once per statement, then looked up per customer: SQLite indexes the
+    materialized CTE for the correlated lookup by itself, PostgreSQL would scan it for every
+    customer (N x N), so there the scores become one jsonb object (an InitPlan, computed once)
+    read by key.
+    """
+    ranked = _rfm_as_of(as_of)
+    column = ranked.c.score if name == "rfm_score" else ranked.c.segment
+    looked_up = (sa.select(column).where(ranked.c.customer_id == customers.c.customer_id)
+                 .scalar_subquery())
+    by_id = sa.select(sa.func.jsonb_object_agg(ranked.c.customer_id, column)).scalar_subquery()
+    return PerDialect(looked_up, by_id.op("->>", return_type=sa.String())(customers.c.customer_id),
+                      sa.String())
+
+
+def revenue_key(column: sa.ColumnElement[Any] | None = None) -> sa.ColumnElement[Any]:
     """`total_spent` for ordering M: rounded to 4 decimals, so equal revenues compare equal.
 
     total_spent is a float sum, and the same revenue summed from different amounts can differ in
@@ -235,9 +287,9 @@ def revenue_key(connection: sa.Connection) -> sa.ColumnElement[Any]:
     decided by that noise instead of by customer_id. Money has at most 3 decimals here, so 4 keep
     every real difference; PostgreSQL rounds only `numeric`, hence the cast there.
     """
-    if connection.dialect.name == "postgresql":
-        return sa.func.round(sa.cast(customers.c.total_spent, sa.Numeric), _sql(4))
-    return sa.func.round(customers.c.total_spent, _sql(4))
+    column = customers.c.total_spent if column is None else column
+    return PerDialect(sa.func.round(column, _sql(4)),
+                      sa.func.round(sa.cast(column, sa.Numeric), _sql(4)), sa.Numeric())
 
 
 def has_purchased() -> sa.ColumnElement[bool]:

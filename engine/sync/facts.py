@@ -151,7 +151,7 @@ def refresh_rfm(connection: sa.Connection) -> None:
     Run it after `refresh_facts`: it ranks the facts that refresh keeps.
     """
     c = customers.c
-    scored = rfm_scores(connection, c.rfm_score.label("old_score"),
+    scored = rfm_scores(c.rfm_score.label("old_score"),
                         c.rfm_segment.label("old_segment"))
     changed = (
         sa.select(scored.c.customer_id, scored.c.score, scored.c.segment)

@@ -18,9 +18,10 @@ from engine.config import load_settings
 from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
 from engine.plan.build import Plan, PlaybookPlan, make_plan
-from engine.plan.planner import PlannedAction
+from engine.plan.planner import PlannedAction, in_holdout
 from engine.query.checks import load_valid_playbooks
 from engine.query.explain import Explanation, explain, show_value
+from engine.query.staleness import stale_as_of_issues
 from engine.query.vocabulary import typo_warnings
 from engine.store.facts import customers
 from engine.store.open import open_reader
@@ -78,7 +79,7 @@ def dry_run(
         with render.progress("evaluating playbooks", len(playbooks)) as advance:
             plan = make_plan(connection, playbooks, moment, customer_id=customer, show=shown,
                              progress=advance)
-        warnings = typo_warnings(connection, playbooks)
+        warnings = typo_warnings(connection, playbooks) + stale_as_of_issues(moment, plan.moment)
         if as_json:  # streamed while the connection is open: the plan reads as it goes
             render.write_chunks(plan.json_chunks(
                 every=show is None, extra={"warnings": [issue_json(w) for w in warnings]}))
@@ -169,36 +170,49 @@ def explain_command(
     engine = open_reader(ctx.obj.db_url)
     with engine.connect() as connection:
         require_customer(connection, customer)
-        result = explain(connection, found[playbook], customer, moment)
+        result = explain(connection, found[playbook], customer, moment, holdout=in_holdout)
         connection.rollback()
     if as_json:
-        render.print_json(result.to_json())
+        render.print_json({**result.to_json(),
+                           "warnings": [issue_json(w) for w in result.warnings]})
     else:
         print_explanation(result)
+        show_warnings(list(result.warnings))
 
 
 def print_explanation(result: Explanation) -> None:
-    """The clauses as a table, and the verdict."""
+    """The verdict, the trigger's window and event, the clauses as a table."""
     out = render.console
-    verdict = (f"ENTERS for {', '.join(result.entering)}" if result.entering
-               else "does not enter")
+    verdict = "does not enter"
+    if result.entering:
+        held = " (holdout: gets nothing)" if set(result.entering) <= set(result.holdout) else ""
+        verdict = f"ENTERS{held} for {', '.join(result.entering)}"
     out.print(f"{result.playbook.id} for customer {result.customer_id} as of "
-              f"{iso(result.as_of)}: {verdict}")
+              f"{iso(result.as_of)}: {verdict}", markup=False)
+    partly = [key for key in result.holdout if len(result.entering) > 1]
+    if partly:
+        out.print(f"Holdout (gets nothing) for {', '.join(partly)}.", markup=False)
     if result.historical:
         out.print("(facts derived from the events up to as-of)")
     if not result.existed:
         out.print("The customer was created after as-of, so did not exist yet.")
+    if result.window is not None:
+        out.print(f"Window: {result.window.words}", markup=False)
+    if result.event is not None:
+        out.print(f"Event checked: {result.event['event_id']} at "
+                  f"{show_value(result.event['occurred_at'])}", markup=False)
     table = Table()
     table.add_column("clause", overflow="fold")
-    table.add_column("wanted")
+    table.add_column("wanted", overflow="fold")
     table.add_column("actual", overflow="fold")
     table.add_column("result")
     for clause in result.clauses:
-        actual = show_value(clause.actual)
+        actual = show_value(clause.actual, money=clause.money)
         table.add_row(Text("  " * clause.depth + clause.path), Text(clause.wanted),
                       Text("(none)" if actual is None else str(actual)),
                       Text("true" if clause.result else "false",
                            style="green" if clause.result else "red"))
     out.print(table)
     if result.kept_out:
-        out.print(f"Kept out by reentry: already enrolled for {', '.join(result.kept_out)}.")
+        out.print(f"Kept out by reentry: already enrolled for {', '.join(result.kept_out)}.",
+                  markup=False)

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.demo.build import load_demo
 from engine.format.validation import load_valid_playbooks
 from engine.plan.build import make_plan
+from engine.plan.planner import in_holdout
 from engine.query.evaluate import Moment, candidates, playbook_query, prepare
 from engine.query.explain import explain
 from engine.store.open import open_store
@@ -167,7 +168,8 @@ def test_explain_a_customer_who_enters(demo: sa.Engine, cli: Cli) -> None:
         first = next(candidates(connection, playbook_query(
             BY_ID["winback-30d"], prepare(connection, AS_OF, SAMPLES).trigger_context(
                 "winback-30d"))))
-        result = explain(connection, BY_ID["winback-30d"], first.customer_id, AS_OF)
+        result = explain(connection, BY_ID["winback-30d"], first.customer_id, AS_OF,
+                         holdout=in_holdout)
     assert result.entering == [first.occurrence]
     assert all(clause.result for clause in result.clauses)
     paths = [clause.path for clause in result.clauses]
@@ -188,7 +190,7 @@ def test_explain_a_customer_who_does_not_enter(demo: sa.Engine, cli: Cli) -> Non
             "select total_spent, customer_id from customers where purchase_count >= 10 "
             "and total_spent < 5000 order by customer_id limit 1")).one()
         assert customer not in entering
-        result = explain(connection, vip, customer, AS_OF)
+        result = explain(connection, vip, customer, AS_OF, holdout=in_holdout)
     assert result.entering == []
     by_path = {clause.path: clause for clause in result.clauses}
     gte = by_path["when[0].any[1].all[0].total_spent.gte"]

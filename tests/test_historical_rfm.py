@@ -26,6 +26,7 @@ from test_evaluate_triggers import (
     playbook,
 )
 
+from engine.plan.planner import in_holdout
 from engine.query.explain import explain
 from engine.store.facts import customers, rfm_scores
 
@@ -77,7 +78,7 @@ def test_plan_renders_the_past_rfm(shifting: sa.Engine, tmp_path: Path) -> None:
 def test_explain_shows_the_past_rfm(shifting: sa.Engine, tmp_path: Path) -> None:
     pb = playbook(tmp_path, "segment: {}", when=["rfm_segment: { eq: champion }"])
     with shifting.connect() as connection:
-        result = explain(connection, pb, "a", AS_OF)
+        result = explain(connection, pb, "a", AS_OF, holdout=in_holdout)
     clause = next(c for c in result.clauses if c.path == "when[0].rfm_segment.eq")
     assert (clause.actual, clause.result) == ("champion", True)
     assert result.entering

@@ -55,7 +55,8 @@ from engine.store.facts import HISTORICAL_FACTS, customers, fact_as_of
 from engine.store.facts import events as events_table
 
 __all__ = ["CompileContext", "CompileRefused", "Operand", "at", "compile_condition",
-           "compile_event_condition", "customer_field", "events_measure", "historical_fact",
+           "compile_event_condition", "customer_field", "event_field", "events_measure",
+           "historical_fact",
            "refused_conditions"]
 
 
@@ -89,6 +90,11 @@ def _customer_operand(ctx: CompileContext, name: str) -> Operand:
     column = historical_fact(ctx, name) if ctx.historical and name in HISTORICAL_FACTS else None
     return Operand(customers.c[name] if column is None else column, field_type,
                    bool(customers.c[name].nullable))
+
+
+def event_field(events: sa.FromClause, name: str) -> Column:
+    """An event property as a `where:` reads it (typed column or JSON element), for `explain`."""
+    return _event_operand(events, name).column
 
 
 def _event_operand(events: sa.FromClause, name: str) -> Operand:

@@ -35,7 +35,7 @@ def crowd(db: sa.Engine) -> sa.Engine:
     """Twelve customers, each with a purchase of 155.68 made of amounts whose float sum is noisy."""
     add_customers(db, *(customer(f"k{n:02d}") for n in range(12)))
     add_events(db, *((f"k{n:02d}-{i}", f"k{n:02d}", "purchase", ago(days=40 + i), {"amount": a})
-                     for n in range(12) for i, a in enumerate((100.1, 55.58))))
+                     for n in range(12) for i, a in enumerate((10.42, 145.26))))
     return db
 
 

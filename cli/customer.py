@@ -178,5 +178,5 @@ def _money(value: float | None) -> str | None:
 
 
 def _when(iso: str | None) -> str | None:
-    """`2024-04-02T08:15:00+00:00` as `2024-04-02 08:15`; the profile's title says UTC."""
+    """`2024-04-02T08:15:00Z` as `2024-04-02 08:15`; the profile's title says UTC."""
     return None if iso is None else datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")

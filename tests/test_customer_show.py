@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from conftest import Cli
 from test_sync import FIXTURES, NOW
 
+from engine.clock import iso
 from engine.query.customer_view import customer_view
 from engine.store.facts import customers
 from engine.store.tables import Action, Enrollment, Event, PointsEntry, Suppression, Task
@@ -54,21 +55,21 @@ def test_json_has_the_profile_facts_and_newest_events_first(cli: Cli, synced: st
                          "points", "suppressed"}
     assert view["customer"] == {
         "customer_id": "c2", "email": "bjorn@example.org", "name": "Bjorn Berg",
-        "created_at": "2024-02-01T12:30:00+00:00", "birthday": None, "timezone": "Europe/Oslo",
+        "created_at": "2024-02-01T12:30:00Z", "birthday": None, "timezone": "Europe/Oslo",
         "country": "NO", "segment": "silver", "tags": ["newsletter"],
-        "attributes": {"plan": "basic"}, "first_synced_at": NOW.isoformat()}
+        "attributes": {"plan": "basic"}, "first_synced_at": iso(NOW)}
     facts = view["facts"]
     assert facts["purchase_count"] == 2
-    assert facts["total_spent"] == pytest.approx(49.99)
-    assert facts["first_purchase_at"] == "2024-04-05T12:00:00+00:00"
-    assert facts["last_purchase_at"] == "2024-04-06T12:00:00+00:00"
-    assert facts["last_emailed_at"] == "2024-04-07T09:00:00+00:00"
-    assert facts["last_active_at"] == "2024-04-08T12:00:00+00:00"  # the return, not the email
+    assert facts["total_spent"] == 49.99
+    assert facts["first_purchase_at"] == "2024-04-05T12:00:00Z"
+    assert facts["last_purchase_at"] == "2024-04-06T12:00:00Z"
+    assert facts["last_emailed_at"] == "2024-04-07T09:00:00Z"
+    assert facts["last_active_at"] == "2024-04-08T12:00:00Z"  # the return, not the email
     assert view["events"]["total"] == 4
     shown = view["events"]["shown"]
     assert [e["event_id"] for e in shown] == ["e8", "e6", "e5", "e4"]
     assert shown[0] == {"event_id": "e8", "type": "return",
-                        "occurred_at": "2024-04-08T12:00:00+00:00", "amount": -19.99,
+                        "occurred_at": "2024-04-08T12:00:00Z", "amount": -19.99,
                         "score": None, "properties": {"channel": "app"}}
     assert view["enrollments"] == view["actions"] == view["tasks"] == []
     assert view["points"] == {"balance": 0, "entries": []}
@@ -156,16 +157,16 @@ def test_enrollments_actions_tasks_and_points_show_up(
     view = show_json(cli, synced, "c1")
     assert view["enrollments"] == [{
         "playbook_id": "winback-30d", "version": "abc123", "occurrence_key": "2024-05",
-        "status": "active", "step": 1, "holdout": False, "entered_at": "2024-05-01T09:00:00+00:00",
-        "wake_at": "2024-05-04T09:00:00+00:00", "ended_at": None, "end_reason": None}]
+        "status": "active", "step": 1, "holdout": False, "entered_at": "2024-05-01T09:00:00Z",
+        "wake_at": "2024-05-04T09:00:00Z", "ended_at": None, "end_reason": None}]
     assert [(a["connector"], a["summary"], a["status"], a["reason"], a["playbook_id"])
             for a in view["actions"]] == [
         ("task", "Call Ada", "skipped", "quiet hours", "winback-30d"),
         ("email", "We miss you, Ada", "sent", None, "winback-30d")]
     assert "payload" not in view["actions"][0]  # bodies stay out of the view
     assert view["tasks"] == [{"title": "Call Ada", "assignee": "sam", "note": None,
-                              "due_at": "2024-05-03T09:00:00+00:00", "status": "open",
-                              "created_at": "2024-05-01T10:00:00+00:00"}]
+                              "due_at": "2024-05-03T09:00:00Z", "status": "open",
+                              "created_at": "2024-05-01T10:00:00Z"}]
     assert view["points"]["balance"] == 70  # c2's points are not c1's
     assert [(p["amount"], p["reason"]) for p in view["points"]["entries"]] == [
         (-30, "redeemed"), (100, "welcome")]
@@ -187,7 +188,7 @@ def test_a_suppressed_address_matches_whatever_its_case(
                              "created_at": T0})
     view = show_json(cli, synced, "c1")
     assert view["suppressed"] == {"email": "ada@example.com", "reason": "unsubscribed",
-                                  "created_at": "2024-05-01T09:00:00+00:00"}
+                                  "created_at": "2024-05-01T09:00:00Z"}
     assert show_json(cli, synced, "c2")["suppressed"] is None
     _, out, _ = show(cli, synced, "c1")
     assert re.search(r"suppressed +│ yes: unsubscribed since 2024-05-01 09:00 ", out)
@@ -200,3 +201,24 @@ def test_values_from_the_data_are_never_read_as_markup(
                            .values(name="[bold]Chen[/]"))
     _, out, _ = show(cli, synced, "c3")
     assert "[bold]Chen[/]" in out
+
+
+def test_json_money_is_in_cents_and_times_in_whole_seconds(cli: Cli, synced: str,
+                                                          db: sa.Engine) -> None:
+    """A float sum of amounts carries binary noise (10.42 + 145.26 is 155.67999999999998), and a
+    time synced with microseconds would print them: JSON shows cents and `...:SSZ` (clock.iso)."""
+    insert(db, Event, *({"event_id": f"m{i}", "customer_id": "c4", "type": "purchase",
+                         "occurred_at": T0 + timedelta(microseconds=123456 * i), "amount": amount,
+                         "properties": {}} for i, amount in enumerate((10.42, 145.26), 1)))
+    with db.begin() as connection:
+        connection.execute(sa.update(customers).where(customers.c.customer_id == "c4")
+                           .values(total_spent=10.42 + 145.26))
+    view = show_json(cli, synced, "c4")
+    assert view["facts"]["total_spent"] == 155.68
+    times = [e["occurred_at"] for e in view["events"]["shown"]]
+    assert times[:2] == ["2024-05-01T09:00:00Z", "2024-05-01T09:00:00Z"]
+    stamps = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    values = [*view["customer"].values(), *view["facts"].values(),
+              *(e["occurred_at"] for e in view["events"]["shown"])]
+    assert all(stamps.match(v) for v in values if isinstance(v, str) and v[:2] in ("19", "20")
+               and "T" in v)

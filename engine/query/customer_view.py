@@ -8,8 +8,9 @@ with a million events costs no more memory than one with fifty. On PostgreSQL th
 one REPEATABLE READ snapshot (SQLite's read transaction already is one), so the count, the shown
 events and the facts agree even while a sync is writing.
 
-Times come out as `datetime.isoformat()` of aware UTC values (`2024-04-02T08:15:00+00:00`),
-dates as `YYYY-MM-DD`.
+Times come out as engine/clock.py `iso` spells them (`2024-04-02T08:15:00Z`, whole seconds, UTC),
+dates as `YYYY-MM-DD`, money (`total_spent`, event amounts) rounded to the cent: a float sum of
+amounts carries binary noise (155.67999999999998) that nobody paid.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.clock import aware_utc, iso
 from engine.store.dialect import json_reading
 from engine.store.facts import customers, events, points
 from engine.store.tables import Action, Enrollment, Suppression, Task
@@ -33,6 +35,9 @@ FACT_FIELDS = ("last_active_at", "first_purchase_at", "last_purchase_at", "purch
                "total_spent", "last_feedback_score", "last_feedback_at", "points_balance",
                "last_emailed_at", "rfm_score", "rfm_segment")
 """The derived facts that engine/store/facts.py keeps on the customer row."""
+
+MONEY_FIELDS = frozenset({"total_spent", "amount"})
+"""Values that are money; points `amount`s are whole numbers, so rounding leaves them as they are."""
 
 SUMMARY_KEYS = ("subject", "title")
 """Payload keys that say in a few words what an action is (an email's subject, a task's title)."""
@@ -60,7 +65,8 @@ def customer_view(engine: sa.Engine, customer_id: str,
             return None
         return {
             "customer": {name: plain(row[name]) for name in PROFILE_FIELDS},
-            "facts": {name: plain(row[name]) for name in FACT_FIELDS},
+            "facts": {name: plain(row[name], money=name in MONEY_FIELDS)
+                      for name in FACT_FIELDS},
             "events": _events(connection, customer_id, events_limit),
             "enrollments": _enrollments(connection, customer_id),
             "actions": _actions(connection, customer_id),
@@ -70,15 +76,19 @@ def customer_view(engine: sa.Engine, customer_id: str,
         }
 
 
-def plain(value: Any) -> Any:
-    """A value JSON can carry as is: times and dates become ISO 8601 text."""
-    if isinstance(value, datetime | date):
+def plain(value: Any, *, money: bool = False) -> Any:
+    """A value JSON can carry as is: times and dates become ISO 8601 text, money is in cents."""
+    if isinstance(value, datetime):
+        return iso(aware_utc(value))
+    if isinstance(value, date):
         return value.isoformat()
+    if money and isinstance(value, float):
+        return round(value, 2)
     return value
 
 
 def _rows(connection: sa.Connection, statement: sa.Select[Any]) -> list[Row]:
-    return [{key: plain(value) for key, value in row.items()}
+    return [{key: plain(value, money=key in MONEY_FIELDS) for key, value in row.items()}
             for row in connection.execute(statement).mappings()]
 
 

@@ -51,7 +51,7 @@ from engine.format.fields import ATTRIBUTE_PREFIX, CUSTOMER_FIELDS, EVENT_PROPER
 from engine.format.operators import OPERATORS, Operand, at
 from engine.format.yamlsource import PathKey, dotted
 from engine.store.dialect import Bool, Column
-from engine.store.facts import HISTORICAL_FACTS, customers, fact_as_of
+from engine.store.facts import DERIVED_FACTS, customers, fact_as_of
 from engine.store.facts import events as events_table
 
 __all__ = ["CompileContext", "CompileRefused", "Operand", "at", "compile_condition",
@@ -87,7 +87,7 @@ def _customer_operand(ctx: CompileContext, name: str) -> Operand:
         document = customers.c.attributes
         return Operand(document[key], FieldType.ANY, document=document, key=key)
     field_type = CUSTOMER_FIELDS[name]
-    column = historical_fact(ctx, name) if ctx.historical and name in HISTORICAL_FACTS else None
+    column = historical_fact(ctx, name) if ctx.historical and name in DERIVED_FACTS else None
     return Operand(customers.c[name] if column is None else column, field_type,
                    bool(customers.c[name].nullable))
 

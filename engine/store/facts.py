@@ -91,10 +91,10 @@ EVENT_FACTS: dict[str, EventFact] = {
     "last_feedback_at": EventFact(FEEDBACK, sa.func.max, "occurred_at"),
     "last_emailed_at": EventFact(EMAIL_SENT, sa.func.max, "occurred_at"),
 }
-DERIVED_FACTS: frozenset[str] = frozenset({*EVENT_FACTS, "last_feedback_score", "points_balance"})
-"""Every fact sync keeps on customers from events and the points ledger."""
-HISTORICAL_FACTS: frozenset[str] = DERIVED_FACTS | {"rfm_score", "rfm_segment"}
-"""Every kept fact that historical evaluation derives again as of a past instant (`fact_as_of`)."""
+DERIVED_FACTS: frozenset[str] = frozenset({*EVENT_FACTS, "last_feedback_score", "points_balance",
+                                          "rfm_score", "rfm_segment"})
+"""Every fact sync keeps on customers from events and the points ledger (RFM ranks the others):
+historical evaluation derives each again as of a past instant (`fact_as_of`)."""
 
 
 def _until(column: Column, as_of: datetime | None) -> Column:

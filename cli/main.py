@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "be done. Writes and sends nothing."),
     "explain": ("cli.evaluate:explain_command", "Each clause of trigger and conditions, true or "
                 "false, for one customer."),
+    "preview": ("cli.preview:preview_command", "Render the whole message (headers, text, HTML) "
+                "one customer would get. Sends nothing."),
     "customer": ("cli.customer:customer_app", "Look at one customer: profile, facts, timeline, "
                  "what was done."),
     "report": ("cli.report:report_app", "KPI reports: retention, value, RFM, NPS, playbook effect "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -33,9 +34,16 @@ class ConnectorParams(BaseModel):
 
 
 class Render(Protocol):
-    """Renders one inline template for the customer being planned (header: one line only)."""
+    """Renders one inline template for the customer being planned (header: one line only; html:
+    autoescaped like an `.html.j2` file)."""
 
-    def __call__(self, source: str, *, header: bool = False) -> str: ...
+    def __call__(self, source: str, *, header: bool = False, html: bool = False) -> str: ...
+
+
+class RenderFile(Protocol):
+    """Renders a template file (by name, in templates/) for one customer; None if it is absent."""
+
+    def __call__(self, name: str) -> str | None: ...
 
 
 class Connector(ABC):
@@ -68,6 +76,16 @@ class Connector(ABC):
         dry-run and the dispatcher again at send time; `suppressions` maps lower-cased addresses
         to their reason. Only a connector that sends to the address blocks anything."""
         return None
+
+
+    def preview(self, params: BaseModel, render: Render, render_file: RenderFile,
+                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                unsubscribe_url: str) -> dict[str, Any] | EmailMessage:
+        """Everything this action would send for one customer, without sending (`retain
+        preview`): the planned fields by default; an email connector builds the whole message.
+        `key` is the action's idempotency key (an email's Message-ID derives from it), `customer`
+        the record templates see."""
+        return self.plan(params, render, due_at)
 
 
 def expect(params: BaseModel, model: type[M]) -> M:

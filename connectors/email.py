@@ -1,14 +1,24 @@
 """The `email` action: a templated subject and a body from a template file or inline text.
 
-Only parameters and their checks live here for now; sending (SMTP, List-Unsubscribe, Message-ID)
-is a later issue. The subject is a header, so it may never carry a line break (RELIABILITY 14).
+`build_message` makes the one `email.message.EmailMessage` (`email.policy.default`, which
+refuses CR/LF in header values, folding at 998) that `retain preview` shows and the dispatcher
+(a later issue) will send: From, To, Subject, a Message-ID derived from the action's idempotency key (so a retry
+carries the same one, RELIABILITY 7), `List-Unsubscribe` and `List-Unsubscribe-Post` (RFC 8058
+one-click), and a text and/or HTML part. The subject is a header, so it may never carry a line
+break (RELIABILITY 14). The sender comes from `RETAIN_EMAIL_FROM`; until sending is configured a
+reserved `.invalid` address stands in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Mapping
 from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -17,6 +27,7 @@ from connectors.base import (
     Connector,
     ConnectorParams,
     Render,
+    RenderFile,
     expect,
     file_problems,
     inline_problems,
@@ -24,6 +35,13 @@ from connectors.base import (
 from engine import Problem, TemplateChecker
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
+POLICY = policy.default.clone(max_line_length=998)
+"""email.policy.default (CR/LF in a header value is an error), folding only past RFC 5322's hard
+line limit: at the default 78, `List-Unsubscribe: <https://...long token...>` would be folded,
+and it must stay one line (RELIABILITY 15)."""
+FROM_ENV = "RETAIN_EMAIL_FROM"
+PLACEHOLDER_FROM = "Retain <retain@example.invalid>"
+"""The sender until RETAIN_EMAIL_FROM is set: `.invalid` is reserved, so it can never deliver."""
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 
 
@@ -97,6 +115,70 @@ class EmailConnector(Connector):
         `Ann@Example.COM` is blocked by a suppression of `ann@example.com`."""
         reason = suppressions.get(address.strip().lower())
         return None if reason is None else f"address is suppressed ({reason})"
+
+    def preview(self, params: BaseModel, render: Render, render_file: RenderFile,
+                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                unsubscribe_url: str) -> EmailMessage:
+        """The whole message, rendered for one customer: what the dispatcher would send."""
+        email = expect(params, EmailParams)
+        text = render(email.body) if email.body is not None else None
+        html = render(email.html, html=True) if email.html is not None else None
+        if email.template is not None:
+            text = render_file(f"{email.template}.txt.j2")
+            html = render_file(f"{email.template}.html.j2")
+        from_address, address = sender(), customer.get("email")
+        to = recipient(customer.get("name"), address) if address else None
+        return build_message(from_address=from_address, to=to,
+                             subject=render(email.subject, header=True), text=text, html=html,
+                             message_id=message_id(key, from_address),
+                             unsubscribe_url=unsubscribe_url)
+
+
+def sender(env: dict[str, str] | None = None) -> str:
+    """The From address: RETAIN_EMAIL_FROM, else PLACEHOLDER_FROM."""
+    return (os.environ if env is None else env).get(FROM_ENV) or PLACEHOLDER_FROM
+
+
+def message_id(key: str, from_address: str) -> str:
+    """The Message-ID of the action with idempotency `key`: the same on every attempt, unique per
+    action, in the sender's domain (`<40 hex>@example.com`). Hashed, since a key carries ids."""
+    domain = _parse_address(from_address).domain or "localhost"
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
+
+
+def build_message(*, from_address: str, to: str | None, subject: str, text: str | None,
+                  html: str | None, message_id: str, unsubscribe_url: str) -> EmailMessage:
+    """The message as it is sent: headers, then a text part, an HTML part, or both as
+    multipart/alternative (text first: clients show the last part they can display)."""
+    message = EmailMessage(policy=POLICY)
+    message["From"] = from_address
+    if to:
+        message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = message_id
+    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if text is not None:
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_content(html or "", subtype="html")
+    return message
+
+
+def recipient(name: str | None, address: str) -> str:
+    """`Ann Lee <ann@example.com>` (quoted as needed), or the bare address without a name."""
+    if not name:
+        return address
+    return str(Address(display_name=name, addr_spec=address))
+
+
+def _parse_address(text: str) -> Address:
+    message = EmailMessage(policy=policy.default)
+    message["From"] = text
+    addresses = message["From"].addresses
+    return addresses[0] if addresses else Address(addr_spec="retain@localhost")
 
 
 def _template_problems(templates: TemplateChecker, name: str) -> list[Problem]:

@@ -168,3 +168,16 @@ def test_dry_run_and_explain_warn_on_a_far_past_as_of(crowd: sa.Engine, db_url: 
     code, out, _ = cli(["--db", db_url, "explain", "pb", "k00", "--playbooks", pb.file,
                         "--as-of", late, "--json"])
     assert json.loads(out)["warnings"][0]["message"].startswith(f"latest event {latest_day}")
+
+
+def test_date_and_backfill_windows(crowd: sa.Engine, tmp_path: Path) -> None:
+    birthday = playbook(tmp_path, "date: { field: birthday, lookback: 3d }", pid="bday")
+    window = explained(crowd, birthday, "k00").to_json()["window"]
+    assert (window["from"], window["to"]) == (iso(AS_OF - timedelta(days=3)), iso(AS_OF))
+    assert window["text"].startswith("month and day of birthday at 09:00 local in (")
+    late = playbook(tmp_path, "inactive: { days: 30 }", more="backfill: false\n", pid="late")
+    window = explained(crowd, late, "k00").to_json()["window"]
+    assert window["from"] == iso(AS_OF - timedelta(days=30))  # never enabled: as-of stands in
+    assert "backfill: false" in window["text"]
+    segment = playbook(tmp_path, "segment: {}", pid="seg")
+    assert explained(crowd, segment, "k00").window is None

@@ -139,7 +139,8 @@ def existed_at(as_of: datetime) -> Column:
 def fact_as_of(name: str, as_of: datetime) -> Column:
     """A derived fact as of `as_of`, from the events (and ledger entries) up to it.
 
-    Correlated to `customers`: the same definitions as the refresh, with an upper time bound.
+    Correlated to `customers`: the same definitions as the refresh, with an upper time bound;
+    `rfm_score`/`rfm_segment` rank R, F and M as of then (`rfm_as_of`).
     `created_at` is read as kept (it is the first event or earlier, so never after as-of for a
     customer who existed then).
     """

@@ -13,7 +13,7 @@ from cli.playbooks import JsonOpt
 from engine.clock import iso
 from engine.errors import InputError, did_you_mean
 from engine.plan.preview import Preview, message_parts, preview
-from engine.store.open import open_existing_store
+from engine.store.open import open_reader
 
 
 def preview_command(
@@ -37,7 +37,7 @@ def preview_command(
         hint = did_you_mean(playbook, found) or f" (known: {', '.join(sorted(found))})"
         raise InputError(f"playbook {playbook!r} not found{hint}")
     moment = as_of_time(as_of)
-    engine = open_existing_store(ctx.obj.db_url)
+    engine = open_reader(ctx.obj.db_url)
     with engine.connect() as connection:
         require_customer(connection, customer)
         result = preview(connection, found[playbook], customer, moment, step=step)

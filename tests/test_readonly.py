@@ -36,6 +36,7 @@ READING = [
     ["dry-run", str(SAMPLES_DIR), "--as-of", "2023-12-01", "--customer", "c1", "--json"],
     ["explain", "winback-30d", "c1", "--playbooks", str(SAMPLES_DIR), "--as-of", "2024-03-01"],
     ["customer", "show", "c1", "--json"],
+    ["preview", "welcome-series", "c1", "--playbooks", str(SAMPLES_DIR), "--as-of", "2024-03-01"],
     ["validate", str(SAMPLES_DIR), "--json"],  # with --db (given before the command)
     *(["report", name] + (["--playbooks", str(SAMPLES_DIR)] if name == "playbooks" else [])
       for name in REPORTS),

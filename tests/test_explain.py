@@ -17,7 +17,8 @@ from conftest import Cli
 from test_evaluate_triggers import AS_OF, add_customers, add_events, ago, customer, playbook
 
 from engine.clock import iso
-from engine.plan.planner import in_holdout, make_plan
+from engine.plan.build import make_plan
+from engine.plan.planner import in_holdout
 from engine.query.explain import Explanation, explain
 from engine.query.staleness import stale_as_of_warning
 
@@ -43,7 +44,7 @@ def test_holdout_is_said_and_agrees_with_the_plan(crowd: sa.Engine, tmp_path: Pa
     pb = playbook(tmp_path, "inactive: { days: 30 }", more="holdout: 50%\n")
     with crowd.connect() as connection:
         (plan,) = make_plan(connection, [pb], AS_OF).playbooks
-    planned = {e.customer_id: e.holdout for e in plan.enrollments}
+        planned = {e.customer_id: e.holdout for e in plan.enrollments()}
     assert set(planned.values()) == {True, False}  # the 12 hashes fall on both sides
     for customer_id, held in planned.items():
         result = explained(crowd, pb, customer_id)

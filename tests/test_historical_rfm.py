@@ -71,7 +71,7 @@ def test_rfm_segment_selects_by_the_past(shifting: sa.Engine, tmp_path: Path) ->
 def test_plan_renders_the_past_rfm(shifting: sa.Engine, tmp_path: Path) -> None:
     pb = playbook(tmp_path, "segment: {}", when=["customer_id: { eq: a }"], actions=TITLE)
     (only,) = plan_of(shifting, [pb]).playbooks
-    (enrollment,) = only.enrollments
+    (enrollment,) = only.shown
     assert enrollment.actions[0].fields["title"] == "champion 555"
 
 

@@ -160,9 +160,15 @@ def _on_sqlite_reader_connect(dbapi_connection: object, _record: object) -> None
 
 
 def _on_pg_reader_connect(dbapi_connection: object, _record: object) -> None:
-    """Every transaction of this session is READ ONLY: the server refuses any write."""
+    """Every transaction of this session is READ ONLY: the server refuses any write.
+
+    JIT is off too: compiling a statement costs ~0.3 s, more than these queries gain from it, and
+    a plan's reader runs one per batch (a historical dry-run of CDNOW: 8.3 s with JIT, 3.5 s
+    without).
+    """
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cursor.execute("SET jit = off")
     cursor.close()
     dbapi_connection.commit()  # type: ignore[attr-defined]  # a SET rolled back would not hold
 

@@ -123,8 +123,8 @@ import engine.reports
 for info in pkgutil.iter_modules(engine.reports.__path__):
     importlib.import_module("engine.reports." + info.name)
 from engine.reports import nps, retention, rfm, value, playbooks
-from engine.store.open import open_existing_store
-with open_existing_store({demo_url!r}).connect() as c:
+from engine.store.open import open_reader
+with open_reader({demo_url!r}).connect() as c:
     results = [retention.build(c), value.build(c), rfm.build(c), nps.build(c),
                playbooks.build(c, [])]
 for r in results:

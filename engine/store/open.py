@@ -215,7 +215,6 @@ def open_reader(url: str = DEFAULT_URL) -> sa.Engine:
     return engine
 
 
-open_existing_store = open_reader  # the reader's former name, kept while branches using it merge
 
 
 # --- schema versions -------------------------------------------------------------------------

@@ -35,10 +35,9 @@ def issue_json(issue: Issue) -> dict[str, Any]:
 
 
 def show_warnings(warnings: list[Issue]) -> None:
-    """Warnings on stderr; they do not change the exit code."""
+    """Warnings on stderr, folded to the terminal's width; they do not change the exit code."""
     for warning in warnings:
-        render.err_console.print(f"warning: {warning}", style="yellow", markup=False,
-                                 soft_wrap=True)
+        render.err_console.print(f"warning: {warning}", style="yellow", markup=False)
 
 
 def data_warnings(url: str, playbooks: list[Playbook]) -> list[Issue]:

@@ -158,6 +158,7 @@ def test_dry_run_and_explain_warn_on_a_far_past_as_of(crowd: sa.Engine, db_url: 
     code, out, err = cli(["--db", db_url, "dry-run", pb.file, "--as-of", late])
     assert code == 0 and f"latest event {latest_day}: did you mean --as-of" in err
     assert "did you mean" not in out
+    assert max(len(line) for line in err.splitlines()) <= 80  # folded, not one long line
     code, out, err = cli(["--db", db_url, "dry-run", pb.file, "--as-of", late, "--json"])
     (warning,) = (w for w in json.loads(out)["warnings"] if w["path"] == "--as-of")
     assert warning["message"].startswith(f"latest event {latest_day}")

@@ -24,7 +24,7 @@ def test_clean_files_sync_with_exit_0(cli: Cli,
     code, out, err = cli(["--db", db_url, "sync", "customers",
                           str(FIXTURES / "customers.csv")])
     assert (code, err) == (0, "")
-    assert out == (f"{FIXTURES / 'customers.csv'}: read 4, inserted 4, updated 0, duplicates 0,"
+    assert out == (f"{FIXTURES / 'customers.csv'}: read 4, inserted 4, updated 0, unchanged 0,"
                    " rejected 0\n")
     code, out, _ = cli(["--db", db_url, "sync", "events", str(FIXTURES / "events.jsonl")])
     assert code == 0 and "read 8, inserted 8" in out
@@ -46,7 +46,7 @@ def test_rejected_rows_are_listed_by_line_with_exit_1(db_arg: list[str], tmp_pat
     path = bad_events(tmp_path)
     code, out, err = cli([*db_arg, "sync", "events", str(path)])
     assert code == 1
-    assert out == f"{path}: read 4, inserted 2, updated 0, duplicates 0, rejected 2\n"
+    assert out == f"{path}: read 4, inserted 2, duplicates 0, conflicts 0, rejected 2\n"
     assert err.splitlines() == [f"{path}:3: bad amount 'ten': not a number",
                                 f"{path}:4: unknown customer 'c9' (sync customers first)"]
 
@@ -95,7 +95,7 @@ def test_json_report(db_arg: list[str], tmp_path: Path,
     assert (code, err) == (1, "")
     assert json.loads(out) == {
         "kind": "customers", "source": str(path), "read": 2, "inserted": 1, "updated": 0,
-        "duplicates": 0, "rejected": [{
+        "unchanged": 0, "duplicates": 0, "conflicts": [], "rejected": [{
             "line": 3, "reason": "bad birthday 'someday': not a date (YYYY-MM-DD)",
             "raw": {"customer_id": "c2", "birthday": "someday"}}]}
 
@@ -144,3 +144,55 @@ def test_format_option_overrides_the_file_name(db_arg: list[str], tmp_path: Path
     assert code == 0 and "inserted 4" in out
     code, _, err = cli([*db_arg, "sync", "customers", str(path), "--format", "xml"])
     assert code == 2 and "xml" in err
+
+
+def test_a_conflict_is_listed_with_both_lines_and_exit_1(db_url: str, tmp_path: Path,
+                                                          cli: Cli) -> None:
+    cli(["--db", db_url, "sync", "customers", str(FIXTURES / "customers.csv")])
+    path = tmp_path / "events.csv"
+    path.write_text("event_id,customer_id,type,occurred_at,amount\n"
+                    "e1,c1,purchase,2024-01-01,10\n"
+                    "e1,c1,purchase,2024-01-01,10\n"
+                    "e1,c1,purchase,2024-01-01,15\n", encoding="utf-8")
+    rejects = tmp_path / "rejects.csv"
+    code, out, err = cli(["--db", db_url, "sync", "events", str(path), "--rejects", str(rejects)])
+    assert code == 1
+    assert out.splitlines()[0] == f"{path}: read 3, inserted 1, duplicates 1, conflicts 1, rejected 0"
+    assert err.splitlines() == [f"{path}:4: conflict: event_id 'e1' has other contents at {path}:2"
+                                " (amount 10.0 there, 15.0 here)"]
+    assert "15" in rejects.read_text(encoding="utf-8").splitlines()[1]
+
+
+def test_suppressions_load_lower_cased_with_bad_rows_by_line(db_url: str, tmp_path: Path,
+                                                             cli: Cli) -> None:
+    path = tmp_path / "suppressed.csv"
+    path.write_text("email,reason,suppressed_at,list\n"
+                    "Ada@Example.com,bounced,2024-03-01T10:00:00+01:00,news\n"
+                    "bob@example.com,,,\n"
+                    "not-an-address,unsubscribed,yesterday,\n"
+                    "ADA@example.COM,bounced,2024-03-01T09:00:00Z,\n", encoding="utf-8")
+    code, out, err = cli(["--db", db_url, "sync", "suppressions", str(path), "--json"])
+    report = json.loads(out)
+    assert code == 1 and err == ""
+    assert [report[k] for k in ("read", "inserted", "updated", "unchanged")] == [4, 2, 0, 1]
+    assert report["rejected"][0]["line"] == 4
+    assert report["rejected"][0]["reason"] == ("bad email 'not-an-address': not an email address;"
+                                               " bad suppressed_at 'yesterday': not an ISO 8601 time")
+    import sqlalchemy as sa
+
+    from engine.store.open import open_store
+
+    engine = open_store(db_url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(
+            "SELECT email, reason, created_at FROM suppressions ORDER BY email")).all()
+    engine.dispose()
+    assert [tuple(r[:2]) for r in rows] == [("ada@example.com", "bounced"),
+                                            ("bob@example.com", "unsubscribed")]
+    assert str(rows[0][2]).startswith("2024-03-01 09:00:00")
+    again = tmp_path / "again.jsonl"
+    again.write_text('{"email": "BOB@example.com", "reason": "complained"}\n'
+                     '{"email": "ada@example.com"}\n', encoding="utf-8")
+    code, out, _ = cli(["--db", db_url, "sync", "suppressions", str(again)])
+    assert (code, out) == (0, f"{again}: read 2, inserted 0, updated 1, unchanged 1,"
+                              " rejected 0\n")

@@ -61,8 +61,13 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def counts(report: SyncReport) -> tuple[int, int, int, int, int]:
-    return (report.read, report.inserted, report.updated, report.duplicates,
-            len(report.rejected))
+    """(read, inserted, updated, unchanged customers or duplicate events, rejected); and every
+    row is counted once (conflicts are tested on their own and must not appear elsewhere)."""
+    same = report.unchanged if report.kind == "customers" else report.duplicates
+    assert report.read == (report.inserted + report.updated + report.unchanged + report.duplicates
+                           + len(report.conflicts) + len(report.rejected))
+    assert not report.conflicts
+    return report.read, report.inserted, report.updated, same, len(report.rejected)
 
 
 # --- customers -----------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ def test_duplicate_event_ids_are_counted_in_a_file_and_across_runs(db: sa.Engine
     first = write_csv(tmp_path / "a.csv", header, [
         ["e1", "c1", "login", "2024-01-01T00:00:00Z"],
         ["e2", "c1", "login", "2024-01-02T00:00:00Z"],
-        ["e1", "c1", "login", "2024-01-03T00:00:00Z"],  # same id, other content: first wins
+        ["e1", "c1", "login", "2024-01-01T00:00:00Z"],  # the same event again
     ])
     assert counts(sync_events(db, first)) == (3, 2, 0, 1, 0)
     assert event(db, "e1")["occurred_at"] == datetime(2024, 1, 1, tzinfo=UTC)

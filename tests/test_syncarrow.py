@@ -68,7 +68,7 @@ def test_mixed_rows_give_the_same_report_and_events(tmp_path: Path, monkeypatch:
     events = write_csv(tmp_path / "events.csv", HEADER, _rows(3000, 1, texts))
     old, arrow, blocks = _both(tmp_path, monkeypatch, events)
     assert blocks > 10
-    assert old[0].rejected and old[0].duplicates and old[0].inserted
+    assert old[0].rejected and old[0].conflicts and old[0].inserted
     assert {"unknown customer" in r.reason for r in old[0].rejected} == {True, False}
     assert arrow == old
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from engine.clock import aware_utc
 from engine.store.tables import Event, UTCDateTime
+from engine.sync.conflicts import LineIndex
 from engine.sync.rows import EventValues, json_text, utc_text
 
 SQLITE_CACHE_KIB = 64 * 1024
@@ -65,14 +66,39 @@ class EventWriter:
 
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection
-        first_load = connection.execute(sa.select(Event.id).limit(1)).first() is None
+        self.top = _largest_id(connection)
+        self.lines = LineIndex(self.top)
+        first_load = self.top == 0
         self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if first_load else []
         for index in self.deferred:
             index.drop(connection)
 
     def write(self, rows: list[EventValues], lines: list[int]) -> int:
-        """Insert rows (read from these lines), skipping known event ids; how many were new."""
-        return self.connection.exec_driver_sql(self.sql, rows).rowcount  # type: ignore[arg-type]
+        """Insert rows (read from these lines), skipping known event ids; how many were new.
+
+        The lines of the inserted events are remembered in `self.lines` by row id. SQLite gives
+        a new row the largest id plus one, and this transaction holds the write lock from its
+        first insert on, so when every row was new their ids are the run ending at the last one.
+        """
+        count = self.connection.exec_driver_sql(self.sql, rows).rowcount  # type: ignore[arg-type]
+        if count == len(rows):
+            last = self.connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+            self.lines.record_run(last, lines)
+            self.top = last
+        elif count:
+            line_of = dict(zip((row[0] for row in rows), lines, strict=True))
+            found = self.connection.exec_driver_sql(
+                "SELECT id, event_id FROM events WHERE id > ?", (self.top,)).all()
+            self._record(found, line_of)
+        return count
+
+    def _record(self, found: list[Any], line_of: dict[str, int]) -> None:
+        """Remember the lines of these (row id, event_id) pairs that this batch wrote."""
+        ours = [(row_id, line_of[event_id]) for row_id, event_id in found if event_id in line_of]
+        if ours:
+            ids, lines = zip(*ours, strict=True)
+            self.lines.record(ids, lines)
+            self.top = max(self.top, *ids)
 
     def close(self) -> None:
         """Build the indexes a first load deferred."""
@@ -87,6 +113,8 @@ class PostgresEventWriter(EventWriter):
 
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection
+        self.top = _largest_id(connection)
+        self.lines = LineIndex(self.top)
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
             " customer_id text, type text, occurred_at timestamptz, amount double precision,"
@@ -100,15 +128,21 @@ class PostgresEventWriter(EventWriter):
                 f"COPY {self.table} (line, {EVENT_SQL_COLUMNS}) FROM STDIN") as copy:
             for line, row in zip(lines, rows, strict=True):  # times are UTC, whatever the session's
                 copy.write_row((line, *row[:3], row[3] + "+00", *row[4:]))
-        result = self.connection.exec_driver_sql(
+        found = self.connection.exec_driver_sql(
             f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS} FROM {self.table}"
-            " ORDER BY line ON CONFLICT (event_id) DO NOTHING")
+            " ORDER BY line ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id").all()
         self.connection.exec_driver_sql(f"TRUNCATE {self.table}")
-        return result.rowcount
+        self._record(found, dict(zip((row[0] for row in rows), lines, strict=True)))
+        return len(found)
 
     def close(self) -> None:
         """Drop the temporary table."""
         self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table}")
+
+
+def _largest_id(connection: sa.Connection) -> int:
+    """The largest event row id so far (0 for an empty table): ids above it are this sync's."""
+    return connection.execute(sa.select(sa.func.max(Event.id))).scalar() or 0
 
 
 def event_writer(connection: sa.Connection) -> EventWriter:
@@ -151,3 +185,26 @@ def _encoder(column_type: sa.types.TypeEngine[Any], sqlite: bool) -> Any:
     return None
 
 
+
+
+GROWTH_TO_ANALYZE = 0.1
+
+
+def analyze_if_grown(connection: sa.Connection, table: str, inserted: int) -> bool:
+    """PostgreSQL: refresh the planner's statistics of a table this sync grew substantially.
+
+    Without statistics (autovacuum off, as in CI, or not yet run after a bulk load) PostgreSQL
+    guesses, and picked a plan that made a dry-run after loading CDNOW take 64-230 s instead of
+    about 2 s. So a sync that inserted more than a tenth of a table's rows, or into a table never
+    analyzed, runs ANALYZE on it (a sample: about a second on millions of rows). SQLite plans
+    these queries well without statistics; it is left alone. Returns whether it ran.
+    """
+    if connection.dialect.name != "postgresql" or inserted <= 0:
+        return False
+    estimate = connection.exec_driver_sql(
+        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (table,)).scalar()
+    if estimate is not None and estimate > 0 and inserted <= GROWTH_TO_ANALYZE * estimate:
+        return False
+    connection.exec_driver_sql(f"ANALYZE {table}")
+    connection.commit()
+    return True

@@ -23,8 +23,9 @@ events (dedupe by id), update derived facts"). Guarantees:
   `refresh_rfm`), in the transaction of the last facts refresh. A customer file changes no
   purchase fact and skips it.
 
-Report counts add up: read = inserted + updated + duplicates + rejected. For customers, an
-existing customer whose given values all match is a duplicate, not an update.
+Report counts add up (engine/sync/report.py): an existing customer whose given values all match
+is unchanged; an event whose event_id is known is a duplicate when its contents match the stored
+event and a conflict when they differ (engine/sync/conflicts.py).
 
 Inserts take a fast path per backend (engine/sync/bulk.py); everything else is SQLAlchemy Core.
 """
@@ -36,9 +37,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +47,17 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from engine.errors import DataFileError
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch, event_rows
-from engine.sync.bulk import EventWriter, bulk_session, event_writer, insert_rows
+from engine.sync.bulk import (
+    EventWriter,
+    analyze_if_grown,
+    bulk_session,
+    event_writer,
+    insert_rows,
+)
+from engine.sync.conflicts import conflict_reason, contents, stored
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
+from engine.sync.report import RowError, SyncReport
 from engine.sync.rows import (
     CUSTOMER_COLUMNS,
     EVENT_COLUMNS,
@@ -70,44 +77,13 @@ EVENT_BATCH = 10_000
 EVENT_COMMIT = 100_000
 KNOWN_CUSTOMERS = 200_000  # customer ids remembered as found during an event sync, at most
 LOOKUP_CHUNK = 5_000  # ids bound per IN (...) query, well below SQLite's and psycopg's limits
-REQUIRED_COLUMNS = {"customers": ("customer_id",), "events": EVENT_COLUMNS}
+REQUIRED_COLUMNS = {"customers": ("customer_id",), "events": EVENT_COLUMNS, "suppressions": ("email",)}
 FACT_DEFAULTS = {"last_active_at": None, "first_purchase_at": None, "last_purchase_at": None,
                  "purchase_count": 0, "total_spent": 0.0, "last_feedback_score": None,
                  "last_feedback_at": None, "points_balance": 0, "last_emailed_at": None,
                  "rfm_score": None, "rfm_segment": None}
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class RowError:
-    """A rejected row: its 1-based line (a CSV header is line 1), why, and the row as read."""
-
-    line: int
-    reason: str
-    raw: dict[str, str] | str
-
-
-@dataclass
-class SyncReport:
-    """What one sync did; read = inserted + updated + duplicates + len(rejected)."""
-
-    kind: str
-    source: str
-    read: int = 0
-    inserted: int = 0
-    updated: int = 0
-    duplicates: int = 0
-    rejected: list[RowError] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line for people: the counts."""
-        return (f"read {self.read}, inserted {self.inserted}, updated {self.updated}, "
-                f"duplicates {self.duplicates}, rejected {len(self.rejected)}")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-able data."""
-        return asdict(self)
 
 
 def sync_customers(engine: sa.Engine, path: Path, fmt: str | None = None,
@@ -203,7 +179,9 @@ def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
             connection.invalidate()
             raise
         _finish(connection, touched, close, undo, rerank and changed)
-    report.rejected.sort(key=attrgetter("line"))
+        if report.kind in ("customers", "events"):
+            analyze_if_grown(connection, report.kind, report.inserted)
+    report.sort()
     return report
 
 
@@ -344,7 +322,7 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
             updates[tuple(sorted(changes))].append(
                 {"_id": customer_id, **{f"v_{k}": v for k, v in changes.items()}})
         else:
-            report.duplicates += 1
+            report.unchanged += 1
     if inserts:
         insert_rows(connection, customers, inserts)
     for names, rows in updates.items():
@@ -356,7 +334,7 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
 
 
 def _fold(pending: dict[str, CustomerValues], item: CustomerValues, report: SyncReport) -> None:
-    """Keep one row per customer in a batch; a repeat changes it (update) or not (duplicate)."""
+    """Keep one row per customer in a batch; a repeat changes it (update) or not (unchanged)."""
     earlier = pending.get(item.customer_id)
     if earlier is None:
         pending[item.customer_id] = item
@@ -364,7 +342,7 @@ def _fold(pending: dict[str, CustomerValues], item: CustomerValues, report: Sync
     before = (dict(earlier.columns), dict(earlier.attributes), set(earlier.removed))
     earlier.merge(item)
     if (earlier.columns, earlier.attributes, earlier.removed) == before:
-        report.duplicates += 1
+        report.unchanged += 1
     else:
         report.updated += 1
 
@@ -403,7 +381,8 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     """Insert the batch's new events; the ids of the customers its valid events belong to.
 
     A row rejected for its unknown customer does not hide a later valid row with its event_id;
-    of valid rows with one event_id, the first wins (as across batches and runs).
+    of valid rows with one event_id, the first wins (as across batches and runs), and a later
+    one with other contents is a conflict (engine/sync/conflicts.py).
     """
     if batch.__class__ is ParsedBatch:
         report.read += len(batch.fast)  # type: ignore[attr-defined]
@@ -416,18 +395,58 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     seen.update(found.customer_id for found in _existing(connection, list(ids - seen), []))
     known = ids & seen
     rows: dict[str, EventValues] = {}
-    lines: list[int] = []
+    first: dict[str, int] = {}  # event_id -> the line it was first read from
     for line, row, values in parsed:
         if values[1] not in known:
             reason = f"unknown customer {values[1]!r} (sync customers first)"
-            raw = _raw(row) if row is not None else batch.raw(line)  # type: ignore[attr-defined]
-            report.rejected.append(RowError(line, reason, raw))
+            report.rejected.append(RowError(line, reason, _row_raw(batch, line, row)))
         elif values[0] in rows:
-            report.duplicates += 1
+            _repeated(values, rows[values[0]], line, _row_raw(batch, line, row), report,
+                      f"at {report.source}:{first[values[0]]}")
         else:
             rows[values[0]] = values
-            lines.append(line)
-    inserted = writer.write(list(rows.values()), lines) if rows else 0
+            first[values[0]] = line
+    inserted = writer.write(list(rows.values()), list(first.values())) if rows else 0
     report.inserted += inserted
-    report.duplicates += len(rows) - inserted
+    if inserted < len(rows):
+        _compare_stored(connection, writer, rows, first, batch, parsed, report)
     return known
+
+
+def _row_raw(batch: Any, line: int, row: dict[str, Any] | None) -> dict[str, str] | str:
+    """The row of `line` as read, also when the arrow path kept only its values."""
+    return _raw(row) if row is not None else batch.raw(line)
+
+
+def _repeated(values: EventValues, kept: EventValues, line: int, raw: dict[str, str] | str,
+              report: SyncReport, where: str) -> None:
+    """A row whose event_id is known: a duplicate when the contents agree, else a conflict."""
+    new, old = contents(values), contents(kept)
+    if new == old:
+        report.duplicates += 1
+    else:
+        report.conflicts.append(RowError(line, conflict_reason(values[0], new, old, where), raw))
+
+
+def _compare_stored(connection: sa.Connection, writer: EventWriter, rows: dict[str, EventValues],
+                    line_of: dict[str, int], batch: Any, parsed: list[Any],
+                    report: SyncReport) -> None:
+    """Sort the batch's rows that were not inserted into duplicates and conflicts.
+
+    Only a batch in which some event_id was known gets here (never a first load), so the stored
+    versions are read back for this batch alone.
+    """
+    row_at = {line: row for line, row, _ in parsed}
+    for event_id, row_id, old in stored(connection, list(rows)):
+        line = line_of[event_id]
+        earlier = writer.lines.line_of(row_id)
+        if earlier == line:
+            continue  # inserted by this batch
+        new = contents(rows[event_id])
+        if new == old:
+            report.duplicates += 1
+            continue
+        where = (f"at {report.source}:{earlier}" if earlier is not None
+                 else "already in the database")
+        report.conflicts.append(RowError(line, conflict_reason(event_id, new, old, where),
+                                         _row_raw(batch, line, row_at[line])))

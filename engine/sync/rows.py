@@ -319,3 +319,40 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "segment": partial(_text, "segment"), "tags": _tags,
 }
 """Each customer column's parser: a value (never blank) -> the column value, or ValueError."""
+
+
+SuppressionValues = tuple[str, str | None, datetime | None]
+"""(email lower-cased, reason or None, suppressed_at or None): None = not given, keep or default."""
+
+
+def suppression_values(row: dict[str, Any]) -> SuppressionValues:
+    """The values of one suppression row (`email`, optional `reason`, `suppressed_at`).
+
+    Addresses are matched case-insensitively (the same mailbox whatever the export's case), so
+    they are stored lower-cased, as the planner and `customer show` look them up. Other columns
+    (exports from email services carry many) are ignored.
+    """
+    problems: list[str] = []
+    email = ""
+    if blank(row.get("email")):
+        problems.append("missing email")
+    else:
+        try:
+            email = _email(row["email"]).lower()
+        except ValueError as exc:
+            problems.append(str(exc))
+    reason = None if blank(row.get("reason")) else row["reason"]
+    if reason is not None:
+        try:
+            reason = _text("reason", reason)
+        except ValueError as exc:
+            problems.append(str(exc))
+    when = None
+    if not blank(row.get("suppressed_at")):
+        try:
+            when = parse_time(row["suppressed_at"])
+        except (ValueError, OverflowError):
+            problems.append(f"bad suppressed_at {row['suppressed_at']!r}: not an ISO 8601 time")
+    if problems:
+        raise RowProblem("; ".join(problems))
+    return email, reason, when

@@ -1,0 +1,106 @@
+"""Telling a repeated event apart from a conflicting one, and saying where the other one came from.
+
+An `event_id` names one event. Seen again with the same contents it is a duplicate (a re-sync, an
+overlapping export) and is skipped quietly; seen again with OTHER contents (another amount, time
+or customer) one of the two rows is wrong, so it is a conflict: the stored event is kept and the
+new row is listed, naming the line the stored one came from (in this sync), or "already in the
+database" (synced before).
+
+Checking costs nothing on a first load: only a batch in which some event was not inserted (its id
+was known) reads the stored versions back. Lines of the events a sync inserted are kept in a
+`LineIndex`, 4 bytes per event, so memory stays small next to the batch being written.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.sync.rows import EventValues, utc_text
+
+LOOKUP_CHUNK = 5_000
+COMPARED = ("customer_id", "type", "occurred_at", "amount", "score", "properties")
+"""The contents of an event, in EventValues order after `event_id`."""
+SHOWN_CHARS = 40
+
+Contents = tuple[Any, ...]
+"""An event's COMPARED values, with properties as a dict, as read from either side."""
+
+
+class LineIndex:
+    """The source line of each event inserted by this sync, by the event's row id.
+
+    Row ids grow as events are inserted, so the lines sit in an array indexed by id minus the
+    largest id before the sync (ids other writers took in between stay 0: not ours).
+    """
+
+    def __init__(self, base: int) -> None:
+        self.base = base
+        self.lines = array("I")
+
+    def record(self, ids: Iterable[int], lines: Iterable[int]) -> None:
+        """Remember that the event with each id came from the matching line."""
+        for event_id, line in zip(ids, lines, strict=True):
+            index = event_id - self.base - 1
+            if index >= len(self.lines):
+                self.lines.extend(bytes(4 * (index + 1 - len(self.lines))))
+            self.lines[index] = line
+
+    def record_run(self, last: int, lines: Sequence[int]) -> None:
+        """The events with ids last-len(lines)+1 .. last came from these lines, in order."""
+        start = last - len(lines) - self.base
+        if start == len(self.lines):  # the usual case: right after the previous batch
+            self.lines.extend(array("I", lines))
+        else:
+            self.record(range(last - len(lines) + 1, last + 1), lines)
+
+    def line_of(self, event_id: int) -> int | None:
+        """The line the event with this row id came from, or None when this sync did not insert it."""
+        index = event_id - self.base - 1
+        if 0 <= index < len(self.lines):
+            return self.lines[index] or None
+        return None
+
+
+def contents(values: EventValues) -> Contents:
+    """What a parsed row says about its event (everything but the id), comparable with `stored`."""
+    return (*values[1:6], json.loads(values[6]))
+
+
+def stored(connection: sa.Connection, event_ids: list[str]) -> Iterator[tuple[str, int, Contents]]:
+    """(event_id, row id, contents) of each stored event among `event_ids`."""
+    postgres = connection.dialect.name == "postgresql"
+    columns = "event_id, id, customer_id, type, occurred_at, amount, score, properties"
+    for start in range(0, len(event_ids), LOOKUP_CHUNK):
+        chunk = event_ids[start:start + LOOKUP_CHUNK]
+        if postgres:
+            rows = connection.exec_driver_sql(
+                f"SELECT {columns} FROM events WHERE event_id = ANY(%s)", (chunk,))
+        else:
+            marks = ", ".join("?" * len(chunk))
+            rows = connection.exec_driver_sql(
+                f"SELECT {columns} FROM events WHERE event_id IN ({marks})", tuple(chunk))
+        for event_id, row_id, customer_id, kind, when, amount, score, properties in rows:
+            if not isinstance(when, str):  # PostgreSQL: an aware datetime
+                when = utc_text(when)
+            if isinstance(properties, str):  # SQLite: JSON text
+                properties = json.loads(properties)
+            yield event_id, row_id, (customer_id, kind, when, amount, score, properties)
+
+
+def conflict_reason(event_id: str, new: Contents, old: Contents, where: str) -> str:
+    """Why a row conflicts: which values differ from the kept event, and where that one is from."""
+    changed = [f"{name} {_shown(there)} there, {_shown(here)} here"
+               for name, here, there in zip(COMPARED, new, old, strict=True) if here != there]
+    return f"conflict: event_id {event_id!r} has other contents {where} ({'; '.join(changed)})"
+
+
+def _shown(value: Any) -> str:
+    text = "none" if value is None else (
+        json.dumps(value, ensure_ascii=False, sort_keys=True, default=str) if isinstance(value, dict) else
+        repr(value))
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."

@@ -1,0 +1,97 @@
+"""Sync of suppressed addresses (unsubscribed, bounced): the addresses that get no email.
+
+Each row is `email` with an optional `reason` (default `unsubscribed`) and `suppressed_at`
+(default: the time of the sync). Addresses are stored lower-cased and matched that way, so
+`Ada@Example.com` in one export and `ada@example.com` in another are one suppression. Like
+customers, a known address is updated with the values a row gives (a later row of the same file
+wins) and counted unchanged when they already match; nothing is ever deleted here: lifting a
+suppression is a decision for a person, not a side effect of a shorter export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from engine.store.tables import Suppression
+from engine.sync.bulk import insert_rows
+from engine.sync.files import Row, open_data_file
+from engine.sync.ingest import (
+    Progress,
+    _bytes_progress,
+    _ingest,
+    _nothing,
+    _parse_batch,
+    _require_columns,
+)
+from engine.sync.report import SyncReport
+from engine.sync.rows import SuppressionValues, suppression_values
+
+DEFAULT_REASON = "unsubscribed"
+BATCH = 5_000
+suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]
+
+
+def sync_suppressions(engine: sa.Engine, path: Path, fmt: str | None = None,
+                      progress: Progress | None = None,
+                      now: datetime | None = None) -> SyncReport:
+    """Load the suppressed addresses of a CSV/JSONL file; `progress` gets bytes read."""
+    with open_data_file(path, fmt) as data:
+        _require_columns(data, "suppressions")
+        return ingest_suppressions(engine, data.rows, str(path), _bytes_progress(data, progress),
+                                   now)
+
+
+def ingest_suppressions(engine: sa.Engine, rows: Iterable[Row], source: str,
+                        progress: Progress | None = None,
+                        now: datetime | None = None) -> SyncReport:
+    """Upsert suppression rows by lower-cased address."""
+    report = SyncReport("suppressions", source)
+    moment = now or datetime.now(UTC)
+
+    def start(connection: sa.Connection) -> tuple[object, object]:
+        return (lambda batch: _upsert(connection, batch, report, moment)), _nothing
+
+    return _ingest(engine, rows, report, start, progress, BATCH,  # type: ignore[arg-type]
+                   refresh_each_batch=False, commit_every=BATCH)
+
+
+def _upsert(connection: sa.Connection, batch: list[Row], report: SyncReport,
+            now: datetime) -> set[str]:
+    """Insert new addresses and update changed ones; no customer's facts change."""
+    pending: dict[str, SuppressionValues] = {}
+    for _, _, values in _parse_batch(batch, suppression_values, report):
+        earlier = pending.get(values[0])
+        if earlier is not None:
+            merged = (values[0], values[1] or earlier[1], values[2] or earlier[2])
+            report.unchanged += merged == earlier
+            report.updated += merged != earlier
+            values = merged
+        pending[values[0]] = values
+    found = connection.execute(sa.select(suppressions).where(
+        suppressions.c.email.in_(list(pending)))).all() if pending else []
+    stored = {row.email: row for row in found}
+    inserts, updates = [], []
+    for email, (_, reason, when) in pending.items():
+        old = stored.get(email)
+        if old is None:
+            inserts.append({"email": email, "reason": reason or DEFAULT_REASON,
+                            "created_at": when or now})
+            continue
+        new = {"reason": reason or old.reason, "created_at": when or old.created_at}
+        if (new["reason"], new["created_at"]) == (old.reason, old.created_at):
+            report.unchanged += 1
+        else:
+            updates.append({"_email": email, **new})
+    insert_rows(connection, suppressions, inserts)
+    if updates:
+        connection.execute(
+            sa.update(suppressions).where(suppressions.c.email == sa.bindparam("_email"))
+            .values(reason=sa.bindparam("reason"), created_at=sa.bindparam("created_at")),
+            updates)
+    report.inserted += len(inserts)
+    report.updated += len(updates)
+    return set()

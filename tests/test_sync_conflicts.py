@@ -1,0 +1,136 @@
+"""A known event_id: a duplicate when the contents agree, a conflict naming both lines when not.
+
+On both databases, on the per-row path and the pyarrow path (which must give identical reports),
+within one batch, across batches of one file, and against events synced before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from test_sync import FIXTURES, NOW, event, rows_of, write_csv
+
+import engine.sync.arrow as syncarrow
+import engine.sync.ingest as ingest
+from engine.store.open import open_store
+from engine.store.tables import Event
+from engine.sync.ingest import SyncReport, sync_customers, sync_events
+
+HEADER = ["event_id", "customer_id", "type", "occurred_at", "amount"]
+
+
+def _summary(report: SyncReport) -> tuple[int, int, int, list[tuple[int, str]], int]:
+    assert report.read == (report.inserted + report.duplicates + len(report.conflicts)
+                           + len(report.rejected))
+    return (report.read, report.inserted, report.duplicates,
+            [(c.line, c.reason) for c in report.conflicts], len(report.rejected))
+
+
+def test_a_changed_repeat_in_one_file_is_a_conflict_naming_both_lines(db: sa.Engine,
+                                                                      tmp_path: Path) -> None:
+    sync_customers(db, FIXTURES / "customers.csv", now=NOW)
+    path = write_csv(tmp_path / "events.csv", HEADER, [
+        ["e1", "c1", "purchase", "2024-01-01T00:00:00Z", "10"],
+        ["e2", "c1", "login", "2024-01-02T00:00:00Z", ""],
+        ["e1", "c1", "purchase", "2024-01-01T00:00:00Z", "10.0"],  # the same event: duplicate
+        ["e1", "c1", "purchase", "2024-01-01T00:00:00Z", "12"],  # another amount: conflict
+    ])
+    report = sync_events(db, path)
+    assert _summary(report) == (4, 2, 1, [(5, (
+        f"conflict: event_id 'e1' has other contents at {path}:2"
+        " (amount 10.0 there, 12.0 here)"))], 0)
+    assert report.summary() == "read 4, inserted 2, duplicates 1, conflicts 1, rejected 0"
+    assert event(db, "e1")["amount"] == 10.0  # the first one stays
+    assert report.conflicts[0].raw["amount"] == "12"  # as read, for --rejects
+
+
+def test_a_conflict_across_batches_names_the_earlier_line(db: sa.Engine, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "EVENT_BATCH", 3)
+    sync_customers(db, FIXTURES / "customers.csv", now=NOW)
+    rows = [[f"e{n}", "c1", "login", f"2024-01-0{n}T00:00:00Z", ""] for n in range(1, 8)]
+    rows[5] = ["e2", "c2", "login", "2024-01-02T00:00:00Z", ""]  # line 7: e2 of line 3, other customer
+    rows[6] = ["e3", "c1", "login", "2024-01-03T00:00:00Z", ""]  # line 8: e3 of line 4, the same
+    report = sync_events(db, write_csv(tmp_path / "events.csv", HEADER, rows))
+    (line, reason), = _summary(report)[3]
+    assert (line, _summary(report)[:3]) == (7, (7, 5, 1))
+    assert reason.endswith("events.csv:3 (customer_id 'c1' there, 'c2' here)")
+    assert event(db, "e2")["customer_id"] == "c1"
+
+
+def test_against_the_database_a_conflict_says_so_and_a_repeat_is_a_duplicate(
+        db: sa.Engine, tmp_path: Path) -> None:
+    sync_customers(db, FIXTURES / "customers.csv", now=NOW)
+    first = write_csv(tmp_path / "a.csv", HEADER, [
+        ["e1", "c1", "purchase", "2024-01-01T00:00:00Z", "10"],
+        ["e2", "c1", "login", "2024-01-02T00:00:00Z", ""]])
+    assert _summary(sync_events(db, first)) == (2, 2, 0, [], 0)
+    again = write_csv(tmp_path / "b.csv", HEADER, [
+        ["e1", "c1", "purchase", "2024-01-01T01:00:00+01:00", "10"],  # the same instant: duplicate
+        ["e3", "c1", "login", "2024-01-03T00:00:00Z", ""],  # new
+        ["e2", "c1", "login", "2024-01-05T00:00:00Z", ""],  # another time: conflict
+        ["e2", "c1", "login", "2024-01-06T00:00:00Z", ""],  # and another: against line 4
+    ])
+    report = sync_events(db, again)
+    assert _summary(report) == (4, 1, 1, [(4, (
+        "conflict: event_id 'e2' has other contents already in the database (occurred_at"
+        " '2024-01-02 00:00:00.000000' there, '2024-01-05 00:00:00.000000' here)")), (5, (
+        f"conflict: event_id 'e2' has other contents at {again}:4 (occurred_at"
+        " '2024-01-05 00:00:00.000000' there, '2024-01-06 00:00:00.000000' here)"))], 0)
+    assert len(rows_of(db, Event)) == 3
+
+
+def test_properties_are_compared_as_values(db: sa.Engine, tmp_path: Path) -> None:
+    sync_customers(db, FIXTURES / "customers.csv", now=NOW)
+    header = ["event_id", "customer_id", "type", "occurred_at", "page", "ref"]
+    write = write_csv(tmp_path / "a.csv", header, [["e1", "c1", "view", "2024-01-01", "/a", "x"]])
+    sync_events(db, write)
+    swapped = write_csv(tmp_path / "b.csv", ["ref", "page", *header[:4]],
+                        [["x", "/a", "e1", "c1", "view", "2024-01-01"],
+                         ["y", "/a", "e1", "c1", "view", "2024-01-01"]])
+    report = sync_events(db, swapped)
+    assert (report.duplicates, [c.line for c in report.conflicts]) == (1, [3])
+    assert report.conflicts[0].reason.endswith(
+        f"""at {swapped}:2 (properties {{"page": "/a", "ref": "x"}} there,"""
+        """ {"page": "/a", "ref": "y"} here)""")
+
+
+def _conflicting_rows(count: int) -> list[list[str]]:
+    rows = []
+    for n in range(count):
+        when = f"2023-{n % 12 + 1:02}-{n % 28 + 1:02}T{n % 24:02}:00:00Z"
+        rows.append([f"e{n}", f"c{n % 3 + 1}", "purchase", when, f"{n % 50}.5"])
+    for n in range(0, count, 97):  # repeats far apart: some identical, some changed
+        again = list(rows[n])
+        if n % 2:
+            again[4] = "999"
+        rows.append(again)
+    return rows
+
+
+def test_the_arrow_path_reports_conflicts_exactly_as_the_row_path(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    customers = write_csv(tmp_path / "customers.csv", ["customer_id"], [["c1"], ["c2"], ["c3"]])
+    events = write_csv(tmp_path / "events.csv", HEADER, _conflicting_rows(3000))
+    later_rows = _conflicting_rows(3100)[2990:3010]
+    for row in later_rows[1::2]:
+        row[4] = "7"  # e2991, e2993...: conflicts with the database; e3001...: new
+    later = write_csv(tmp_path / "later.csv", HEADER, later_rows)
+    monkeypatch.setattr(syncarrow, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ingest, "EVENT_BATCH", 500)
+    results = []
+    for threshold in (1 << 62, 0):  # the per-row path, then pyarrow
+        monkeypatch.setattr(syncarrow, "MIN_BYTES", threshold)
+        engine = open_store(db_url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM events")
+        sync_customers(engine, customers, now=NOW)
+        reports = [sync_events(engine, events), sync_events(engine, later)]
+        results.append(([_summary(r) for r in reports], rows_of(engine, Event)))
+        engine.dispose()
+    (first, later_report), _ = results[0]
+    assert first[:3] == (3031, 3000, 16) and len(first[3]) == 15
+    assert later_report[1:3] == (10, 5) and len(later_report[3]) == 5
+    assert results[1] == results[0]

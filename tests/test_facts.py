@@ -214,7 +214,8 @@ def test_facts_equal_a_plain_recomputation(db: sa.Engine, story: Story) -> None:
                           for n, c in enumerate(story.created)], "c", now=NOW)
     for n, rows in enumerate(story.files):
         report = ingest_events(db, rows, f"events{n}")
-        assert report.read == report.inserted + report.duplicates + len(report.rejected)
+        assert report.read == (report.inserted + report.duplicates + len(report.conflicts)
+                               + len(report.rejected))
     want = expected_facts(story)
     assert_close(facts(db), want)
     with db.begin() as connection:

@@ -100,6 +100,8 @@ def conflict_reason(event_id: str, new: Contents, old: Contents, where: str) -> 
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        value += 0.0  # -0.0 (as one parser may keep "-0") reads 0.0, as it compares
     text = "none" if value is None else (
         json.dumps(value, ensure_ascii=False, sort_keys=True, default=str) if isinstance(value, dict) else
         repr(value))

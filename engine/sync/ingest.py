@@ -396,57 +396,62 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     known = ids & seen
     rows: dict[str, EventValues] = {}
     first: dict[str, int] = {}  # event_id -> the line it was first read from
+    repeats: list[tuple[int, Any, EventValues]] = []
     for line, row, values in parsed:
         if values[1] not in known:
             reason = f"unknown customer {values[1]!r} (sync customers first)"
             report.rejected.append(RowError(line, reason, _row_raw(batch, line, row)))
         elif values[0] in rows:
-            _repeated(values, rows[values[0]], line, _row_raw(batch, line, row), report,
-                      f"at {report.source}:{first[values[0]]}")
+            repeats.append((line, row, values))
         else:
             rows[values[0]] = values
             first[values[0]] = line
     inserted = writer.write(list(rows.values()), list(first.values())) if rows else 0
     report.inserted += inserted
-    if inserted < len(rows):
-        _compare_stored(connection, writer, rows, first, batch, parsed, report)
+    if inserted < len(rows) or repeats:
+        _sort_known(connection, writer, rows, first, inserted, repeats, batch, parsed, report)
     return known
+
+
+def _sort_known(connection: sa.Connection, writer: EventWriter, rows: dict[str, EventValues],
+                first: dict[str, int], inserted: int, repeats: list[tuple[int, Any, EventValues]],
+                batch: Any, parsed: list[Any], report: SyncReport) -> None:
+    """Sort the rows whose event_id was known into duplicates and conflicts.
+
+    Each is compared with the event that is kept: the first row with that id, whether it came
+    earlier in this batch, earlier in this sync, or from a sync before. Only a batch in which
+    some event was not inserted reads the stored versions back (never a first load), so the
+    answer does not depend on where batches happen to end (the arrow path's are shorter).
+    """
+    source = report.source
+    kept = {event_id: (contents(rows[event_id]), f"at {source}:{first[event_id]}")
+            for _, _, (event_id, *_) in repeats}
+    if inserted < len(rows):
+        row_at = {line: row for line, row, _ in parsed}
+        for event_id, row_id, old in stored(connection, list(rows)):
+            line = first[event_id]
+            earlier = writer.lines.line_of(row_id)
+            if earlier == line:
+                continue  # inserted by this batch
+            where = f"at {source}:{earlier}" if earlier is not None else "already in the database"
+            _judge(event_id, contents(rows[event_id]), (old, where), line,
+                   _row_raw(batch, line, row_at[line]), report)
+            kept[event_id] = (old, where)
+    for line, row, values in repeats:
+        _judge(values[0], contents(values), kept[values[0]], line, _row_raw(batch, line, row),
+               report)
+
+
+def _judge(event_id: str, new: Any, kept: tuple[Any, str], line: int,
+           raw: dict[str, str] | str, report: SyncReport) -> None:
+    """A row whose event_id is known: a duplicate when the contents agree, else a conflict."""
+    old, where = kept
+    if new == old:
+        report.duplicates += 1
+    else:
+        report.conflicts.append(RowError(line, conflict_reason(event_id, new, old, where), raw))
 
 
 def _row_raw(batch: Any, line: int, row: dict[str, Any] | None) -> dict[str, str] | str:
     """The row of `line` as read, also when the arrow path kept only its values."""
     return _raw(row) if row is not None else batch.raw(line)
-
-
-def _repeated(values: EventValues, kept: EventValues, line: int, raw: dict[str, str] | str,
-              report: SyncReport, where: str) -> None:
-    """A row whose event_id is known: a duplicate when the contents agree, else a conflict."""
-    new, old = contents(values), contents(kept)
-    if new == old:
-        report.duplicates += 1
-    else:
-        report.conflicts.append(RowError(line, conflict_reason(values[0], new, old, where), raw))
-
-
-def _compare_stored(connection: sa.Connection, writer: EventWriter, rows: dict[str, EventValues],
-                    line_of: dict[str, int], batch: Any, parsed: list[Any],
-                    report: SyncReport) -> None:
-    """Sort the batch's rows that were not inserted into duplicates and conflicts.
-
-    Only a batch in which some event_id was known gets here (never a first load), so the stored
-    versions are read back for this batch alone.
-    """
-    row_at = {line: row for line, row, _ in parsed}
-    for event_id, row_id, old in stored(connection, list(rows)):
-        line = line_of[event_id]
-        earlier = writer.lines.line_of(row_id)
-        if earlier == line:
-            continue  # inserted by this batch
-        new = contents(rows[event_id])
-        if new == old:
-            report.duplicates += 1
-            continue
-        where = (f"at {report.source}:{earlier}" if earlier is not None
-                 else "already in the database")
-        report.conflicts.append(RowError(line, conflict_reason(event_id, new, old, where),
-                                         _row_raw(batch, line, row_at[line])))

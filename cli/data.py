@@ -107,6 +107,8 @@ def _print_report(report: SyncReport, problems: list[RowError],
     render.console.print(f"{report.source}: {report.summary()}", markup=False, soft_wrap=True)
     for error in problems[:MAX_LISTED]:
         _problem(f"{report.source}:{error.line}: {error.reason}")
+    for warning in report.warnings[:MAX_LISTED]:
+        _problem(f"{report.source}:{warning.line}: warning: {warning.reason}", "yellow")
     hidden = len(problems) - MAX_LISTED
     if hidden > 0:
         _problem(f"... and {hidden} more rejected row(s)"
@@ -115,6 +117,6 @@ def _print_report(report: SyncReport, problems: list[RowError],
         render.console.print(f"rejected rows written to {rejects}", markup=False, soft_wrap=True)
 
 
-def _problem(line: str) -> None:
+def _problem(line: str, style: str = "red") -> None:
     """One line on stderr, never wrapped: editors and grep jump to FILE:LINE."""
-    render.err_console.print(line, markup=False, style="red", soft_wrap=True)
+    render.err_console.print(line, markup=False, style=style, soft_wrap=True)

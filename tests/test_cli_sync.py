@@ -95,7 +95,7 @@ def test_json_report(db_arg: list[str], tmp_path: Path,
     assert (code, err) == (1, "")
     assert json.loads(out) == {
         "kind": "customers", "source": str(path), "read": 2, "inserted": 1, "updated": 0,
-        "unchanged": 0, "duplicates": 0, "conflicts": [], "rejected": [{
+        "unchanged": 0, "duplicates": 0, "conflicts": [], "warnings": [], "rejected": [{
             "line": 3, "reason": "bad birthday 'someday': not a date (YYYY-MM-DD)",
             "raw": {"customer_id": "c2", "birthday": "someday"}}]}
 

@@ -1,10 +1,12 @@
 """A vectorised fast path for large CSV event files, with pyarrow.
 
-`engine.sync.rows.event_values` stays the definition of an event row. This module reads a plain
-CSV file in blocks with `pyarrow.csv` and computes, column by column, the values of the rows it
-can handle exactly as `event_values` would: printable-ASCII cells, non-empty ids, times of the
-form `YYYY-MM-DD[T ]HH:MM:SS[.fff|.ffffff][Z|+HH:MM]`, plain decimal numbers. Every other row
-goes through `event_values` itself, as a row dict built exactly as `syncfiles._csv_rows` does.
+`engine.sync.rows` stays the definition of an event row: its columns (EVENT_IDENTIFIERS,
+EVENT_NUMBERS) and its per-type rules (TYPE_RULES) are read from there, not restated. This module
+reads a plain CSV file in blocks with `pyarrow.csv` and computes, column by column, the values of
+the rows it can handle exactly as `event_values` would: printable-ASCII cells, non-empty ids,
+times of the form `YYYY-MM-DD[T ]HH:MM:SS[.fff|.ffffff][Z|+HH:MM]`, plain decimal numbers, no
+broken type rule. Every other row goes through `event_values` itself, as a row dict built exactly
+as `files._csv_rows` does, so its messages are the per-row path's.
 
 Line numbers must stay exact, so only files where every physical line is one record take this
 path: uncompressed UTF-8 without a byte-order mark, quotes, carriage returns, NUL characters or
@@ -25,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.sync.files import BOM, GZIP_MAGIC, DataFile, Row, open_data_file
-from engine.sync.rows import EVENT_COLUMNS, REASON_KEY, EventValues, json_text
+from engine.sync.rows import (
+    EVENT_COLUMNS,
+    EVENT_IDENTIFIERS,
+    EVENT_NUMBERS,
+    REASON_KEY,
+    TYPE_RULES,
+    EventValues,
+    json_text,
+)
 
 MIN_BYTES = 8 * 1024 * 1024  # smaller files keep the per-row reader
 BLOCK_BYTES = 1 << 18  # ~4,500 event rows per block: less memory than larger blocks
@@ -37,8 +47,7 @@ _TIME = (r"^(?P<d>\d{4}-\d{2}-\d{2})[T ](?P<h>\d{2}:\d{2}:\d{2})(?P<f>(?:\.\d{3}
 _NUMBER = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
 _CLEAN = bytes(byte for byte in range(32, 127) if byte not in b'"\\') + b"\n"
 _EDGE_YEARS = ["0000", "0001", "9999"]  # outside datetime's range, or near it: per row
-_NUMBERS = ("amount", "score")
-_NOT_PROPERTIES = frozenset((*EVENT_COLUMNS, *_NUMBERS, "properties", REASON_KEY))
+_NOT_PROPERTIES = frozenset((*EVENT_COLUMNS, *EVENT_NUMBERS, "properties", REASON_KEY))
 
 
 class ParsedBatch:
@@ -177,18 +186,20 @@ def _produce(data: DataFile, header: list[str], clean: bool, done: queue.Queue[A
 def _parse(block: pa.RecordBatch, header: list[str], first: int, clean: bool) -> ParsedBatch:
     raw = block.columns
     column = {name: pc.ascii_trim(raw[index], " ") for index, name in enumerate(header)}
-    ok = pc.not_equal(column["event_id"], "")
+    ok = pa.array([True] * block.num_rows)
     for array in () if clean else raw:
         ok = pc.and_(ok, pc.invert(pc.match_substring_regex(array, _ODD)))
-    for name in ("customer_id", "type"):
+    for name in EVENT_IDENTIFIERS:
         ok = pc.and_(ok, pc.not_equal(column[name], ""))
     when, good = _times(column["occurred_at"])
     ok = pc.and_(ok, good)
     numbers = []
-    for name in _NUMBERS:
+    for name in EVENT_NUMBERS:
         values, good = _numbers(column.get(name), block.num_rows)
         numbers.append(values)
         ok = pc.and_(ok, good)
+    ok = pc.and_(ok, _type_rules_kept(column["type"], dict(zip(EVENT_NUMBERS, numbers,
+                                                                 strict=True))))
     outputs = [column["event_id"], column["customer_id"], column["type"], when, *numbers,
                _properties(column, block.num_rows)]
     lines = range(first, first + block.num_rows)
@@ -204,6 +215,23 @@ def _parse(block: pa.RecordBatch, header: list[str], first: int, clean: bool) ->
     values = zip(*(array.to_pylist() for array in outputs), strict=True)
     fast = list(zip(lines, repeat(None), values, strict=False))
     return ParsedBatch(fast, slow, first, header, raw)
+
+
+def _type_rules_kept(kind: pa.Array, numbers: dict[str, pa.Array]) -> pa.Array:
+    """Where no rejecting rule of engine.sync.rows.TYPE_RULES is broken; other rows go per row,
+    which rejects them with the rule's message."""
+    kept = pa.array([True] * len(kind))
+    for rule in TYPE_RULES:
+        if rule.warn:
+            continue  # kept: engine.sync.ingest lists the warning, whichever path read the row
+        value = numbers[rule.column]
+        broken = pc.is_null(value) if rule.required else pa.array([False] * len(kind))
+        if rule.low is not None:
+            broken = pc.or_(broken, pc.fill_null(pc.less(value, rule.low), False))
+        if rule.high is not None:
+            broken = pc.or_(broken, pc.fill_null(pc.greater(value, rule.high), False))
+        kept = pc.and_(kept, pc.invert(pc.and_(pc.equal(kind, rule.type), broken)))
+    return kept
 
 
 def _times(text: pa.Array) -> tuple[pa.Array, pa.Array]:

@@ -66,6 +66,7 @@ from engine.sync.rows import (
     RowProblem,
     customer_values,
     event_values,
+    event_warning,
 )
 
 __all__ = ["RowError", "SyncReport", "ingest_customers", "ingest_events", "read_rows",
@@ -406,6 +407,9 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
         else:
             rows[values[0]] = values
             first[values[0]] = line
+            warning = event_warning(values)
+            if warning is not None:
+                report.warnings.append(RowError(line, warning, _row_raw(batch, line, row)))
     inserted = writer.write(list(rows.values()), list(first.values())) if rows else 0
     report.inserted += inserted
     if inserted < len(rows) or repeats:

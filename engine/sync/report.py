@@ -12,6 +12,8 @@ Every row read ends in exactly one bucket, so `read` is the sum of the others:
 - `rejected`: a row that cannot be synced, with every reason.
 
 Conflicts and rejected rows are the ones to fix: the CLI lists them by line and exits 1.
+`warnings` lists rows that were synced but deserve a look (a feedback event without a score,
+engine/sync/rows.py TYPE_RULES); they are counted in their bucket too, and do not fail a sync.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class SyncReport:
     duplicates: int = 0
     conflicts: list[RowError] = field(default_factory=list)
     rejected: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for people: the counts this kind of sync can have."""
@@ -58,6 +61,8 @@ class SyncReport:
             value = getattr(self, name)
             counts.append(f"{name} {len(value) if isinstance(value, list) else value}")
         counts.append(f"rejected {len(self.rejected)}")
+        if self.warnings:
+            counts.append(f"warnings {len(self.warnings)}")
         return ", ".join(counts)
 
     def problems(self) -> list[RowError]:
@@ -66,8 +71,8 @@ class SyncReport:
 
     def sort(self) -> None:
         """Order the listed rows by line (batches may find them out of order)."""
-        self.conflicts.sort(key=attrgetter("line"))
-        self.rejected.sort(key=attrgetter("line"))
+        for listed in (self.conflicts, self.rejected, self.warnings):
+            listed.sort(key=attrgetter("line"))
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data."""

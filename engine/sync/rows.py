@@ -38,8 +38,68 @@ from engine.clock import aware_utc
 CUSTOMER_COLUMNS = ("email", "name", "created_at", "birthday", "timezone", "country", "segment",
                     "tags")
 EVENT_COLUMNS = ("event_id", "customer_id", "type", "occurred_at")
+EVENT_IDENTIFIERS = ("event_id", "customer_id", "type")
+"""Required text: a row without one of them is rejected (`missing event_id`)."""
+EVENT_NUMBERS = ("amount", "score")
+"""Optional finite numbers, kept in typed columns rather than in `properties`."""
 REASON_KEY = "_reason"  # written by `--rejects` beside each rejected row; ignored when read back
 _NOT_PROPERTIES = frozenset((*EVENT_COLUMNS, "properties", REASON_KEY))
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    """What events of one type must say beyond the common columns, and what to tell a user who
+    broke it. `column` is one of EVENT_NUMBERS; `required`: it must be given; `low`/`high`: the
+    bounds it must lie within (inclusive). A broken rule rejects the row, or with `warn` keeps
+    it and lists it as a warning."""
+
+    type: str
+    column: str
+    message: str
+    required: bool = False
+    low: float | None = None
+    high: float | None = None
+    warn: bool = False
+
+    def broken(self, amount: float | None, score: float | None) -> bool:
+        """Whether an event of this type with these numbers breaks the rule."""
+        value = amount if self.column == "amount" else score
+        if value is None:
+            return self.required
+        return (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high)
+
+    def problem(self, amount: float | None, score: float | None) -> str:
+        """The message for a row that breaks the rule, with the value it gave."""
+        value = amount if self.column == "amount" else score
+        shown = "missing" if value is None else f"{value:g}"
+        return f"{self.type} {self.column} {shown}: {self.message}"
+
+
+TYPE_RULES = (
+    TypeRule("purchase", "amount", low=0, message=(
+        "cannot be negative; a refund or cancellation is its own event type (e.g. `return`,"
+        " whose amount may be negative)")),
+    TypeRule("feedback", "score", low=0, high=10, message="must be from 0 to 10 (NPS)"),
+    TypeRule("feedback", "score", required=True, warn=True, message=(
+        "kept, but it is no NPS answer: negative_feedback and the NPS report skip it, and"
+        " last_feedback_score reads none until the next scored feedback")),
+)
+"""The rules per event type, in one place: the per-row checks, the fast paths and the arrow path
+(vectorised from this table) all read them, so every path treats the same rows alike."""
+REJECTING: dict[str, tuple[TypeRule, ...]] = {}
+WARNING: dict[str, tuple[TypeRule, ...]] = {}
+for _rule in TYPE_RULES:
+    _by_type = WARNING if _rule.warn else REJECTING
+    _by_type[_rule.type] = (*_by_type.get(_rule.type, ()), _rule)
+
+
+def event_warning(values: EventValues) -> str | None:
+    """Why a valid event row is worth a second look (TYPE_RULES with `warn`), if it is."""
+    for rule in WARNING.get(values[2], ()):
+        if rule.broken(values[4], values[5]):
+            return rule.problem(values[4], values[5])
+    return None
 json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                              default=str).encode
 """JSON as sync stores it; ValueError for NaN or Infinity, which PostgreSQL's jsonb refuses."""
@@ -123,6 +183,9 @@ def event_values(row: dict[str, Any]) -> EventValues:
             amount = _fast_number(amount)
         if score is not None:
             score = _fast_number(score)
+        rules = REJECTING.get(kind)
+        if rules and any(rule.broken(amount, score) for rule in rules):
+            raise ValueError(kind)
         text = json_text(properties) if properties else "{}"
     except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
         return _checked_event_values(row)
@@ -149,9 +212,7 @@ def _fast_number(value: Any) -> float:
 
 def _checked_event_values(row: dict[str, Any]) -> EventValues:
     problems: list[str] = []
-    event_id = _identifier(row, "event_id", problems)
-    customer_id = _identifier(row, "customer_id", problems)
-    kind = _identifier(row, "type", problems)
+    event_id, customer_id, kind = (_identifier(row, key, problems) for key in EVENT_IDENTIFIERS)
     occurred = row.get("occurred_at")
     when = ""
     if blank(occurred):
@@ -162,12 +223,23 @@ def _checked_event_values(row: dict[str, Any]) -> EventValues:
         except (ValueError, OverflowError):
             problems.append(f"bad occurred_at {occurred!r}: not an ISO 8601 time")
     properties = _properties(row, problems)
-    amount = _number(properties.pop("amount", None), "amount", problems)
-    score = _number(properties.pop("score", None), "score", problems)
+    given = {key: properties.pop(key, None) for key in EVENT_NUMBERS}
+    amount, score = (_number(given[key], key, problems) for key in EVENT_NUMBERS)
+    _check_type_rule(kind, {"amount": amount, "score": score}, given, problems)
     text = _json_or_problem(properties, "properties", problems)
     if problems:
         raise RowProblem("; ".join(problems))
     return event_id, customer_id, kind, when, amount, score, text
+
+
+def _check_type_rule(kind: str, numbers: dict[str, float | None], given: dict[str, Any],
+                     problems: list[str]) -> None:
+    """Add the problems of broken rejecting TYPE_RULES (not when their number was unreadable)."""
+    for rule in REJECTING.get(kind, ()):
+        if numbers[rule.column] is None and not blank(given[rule.column]):
+            continue  # the number itself is bad: already a problem
+        if rule.broken(numbers["amount"], numbers["score"]):
+            problems.append(rule.problem(numbers["amount"], numbers["score"]))
 
 
 def _json_or_problem(value: dict[str, Any], key: str, problems: list[str]) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,58 @@ def test_suppressions_load_lower_cased_with_bad_rows_by_line(db_url: str, tmp_pa
     code, out, _ = cli(["--db", db_url, "sync", "suppressions", str(again)])
     assert (code, out) == (0, f"{again}: read 2, inserted 0, updated 1, unchanged 1,"
                               " rejected 0\n")
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _slice(source: str, lines: int, target: Path) -> Path:
+    """The first `lines` lines (header included) of a real data set, gzip-compressed again."""
+    path = DATA / source
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real dataset {path} is absent; CI must run the dataset tests")
+        pytest.skip(f"real dataset {path} is absent")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        head = [next(handle) for _ in range(lines)]
+    with gzip.open(target, "wt", encoding="utf-8") as handle:
+        handle.writelines(head)
+    return target
+
+
+@pytest.mark.parametrize(("dataset", "source"), [
+    ("online-retail", "online_retail.csv.gz"),
+    ("online-retail-ii", "online_retail_ii_2009_2010.csv.gz")])
+def test_dataset_option_loads_a_public_data_set_through_its_mapping(
+        db_url: str, tmp_path: Path, cli: Cli, dataset: str, source: str) -> None:
+    from engine.sync.datasets import dataset_rows
+
+    path = _slice(source, 3000, tmp_path / source)
+    customers, events = dataset_rows(dataset.replace("-", "_"), path)
+    code, out, err = cli(["--db", db_url, "sync", "customers", "--dataset", dataset, str(path),
+                          "--json"])
+    assert (code, err) == (0, "")
+    assert json.loads(out)["inserted"] == len(customers) > 50
+    code, out, err = cli(["--db", db_url, "sync", "events", "--dataset", dataset, str(path)])
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{path}: read {len(events)}, inserted {len(events)}, duplicates 0,")
+    assert any(row["type"] == "return" for _, row in events)  # cancellations load as returns
+
+
+def test_dataset_option_loads_all_of_cdnow(sqlite_url: str, cli: Cli) -> None:
+    path = DATA / "cdnow_master.csv.gz"
+    if not path.is_file():
+        pytest.skip(f"real dataset {path} is absent")
+    code, out, _ = cli(["--db", sqlite_url, "sync", "customers", "--dataset", "cdnow", str(path)])
+    assert (code, out) == (0, f"{path}: read 23570, inserted 23570, updated 0, unchanged 0,"
+                              " rejected 0\n")
+    code, out, _ = cli(["--db", sqlite_url, "sync", "events", "--dataset", "cdnow", str(path)])
+    assert (code, out) == (0, f"{path}: read 69659, inserted 69659, duplicates 0, conflicts 0,"
+                              " rejected 0\n")
+
+
+def test_dataset_option_names_the_known_sets(sqlite_url: str, tmp_path: Path, cli: Cli) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a\n1\n", encoding="utf-8")
+    code, _, err = cli(["--db", sqlite_url, "sync", "events", "--dataset", "iris", str(path)])
+    assert code == 2 and "online-retail" in err and "cdnow" in err

@@ -32,38 +32,35 @@ Inserts take a fast path per backend (engine/sync/bulk.py); everything else is S
 
 from __future__ import annotations
 
-import gc
-import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
-from engine.errors import DataFileError
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch, event_rows
-from engine.sync.bulk import (
-    EventWriter,
-    analyze_if_grown,
-    bulk_session,
-    event_writer,
-    insert_rows,
+from engine.sync.batches import (
+    Progress,
+    Writer,
+    bytes_progress,
+    existing_customers,
+    nothing,
+    parse_batch,
+    raw_row,
+    require_columns,
+    run_batches,
 )
+from engine.sync.bulk import EventWriter, event_writer, insert_rows
 from engine.sync.conflicts import conflict_reason, contents, stored
-from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
-from engine.sync.files import BadLine, DataFile, Row, open_data_file, read_rows, write_rejects
+from engine.sync.files import Row, open_data_file, read_rows, write_rejects
 from engine.sync.report import RowError, SyncReport
 from engine.sync.rows import (
     CUSTOMER_COLUMNS,
-    EVENT_COLUMNS,
     CustomerValues,
     EventValues,
-    RowProblem,
     customer_values,
     event_values,
     event_warning,
@@ -77,31 +74,26 @@ CUSTOMER_COMMIT = 50_000  # rows per transaction: fewer commits rewrite the inde
 EVENT_BATCH = 10_000
 EVENT_COMMIT = 100_000
 KNOWN_CUSTOMERS = 200_000  # customer ids remembered as found during an event sync, at most
-LOOKUP_CHUNK = 5_000  # ids bound per IN (...) query, well below SQLite's and psycopg's limits
-REQUIRED_COLUMNS = {"customers": ("customer_id",), "events": EVENT_COLUMNS, "suppressions": ("email",)}
 FACT_DEFAULTS = {"last_active_at": None, "first_purchase_at": None, "last_purchase_at": None,
                  "purchase_count": 0, "total_spent": 0.0, "last_feedback_score": None,
                  "last_feedback_at": None, "points_balance": 0, "last_emailed_at": None,
                  "rfm_score": None, "rfm_segment": None}
 
-Progress = Callable[[int], None]
-
-
 def sync_customers(engine: sa.Engine, path: Path, fmt: str | None = None,
                    progress: Progress | None = None, now: datetime | None = None) -> SyncReport:
     """Upsert the customers of a CSV/JSONL file; `progress` gets the bytes read since last call."""
     with open_data_file(path, fmt) as data:
-        _require_columns(data, "customers")
-        return ingest_customers(engine, data.rows, str(path), _bytes_progress(data, progress), now)
+        require_columns(data, "customers")
+        return ingest_customers(engine, data.rows, str(path), bytes_progress(data, progress), now)
 
 
 def sync_events(engine: sa.Engine, path: Path, fmt: str | None = None,
                 progress: Progress | None = None) -> SyncReport:
     """Append the events of a CSV/JSONL file; `progress` gets the bytes read since last call."""
     with open_data_file(path, fmt) as data:
-        _require_columns(data, "events")
+        require_columns(data, "events")
         rows = event_rows(data) or data.rows  # a large plain CSV file: parsed by column
-        return ingest_events(engine, rows, str(path), _bytes_progress(data, progress))
+        return ingest_events(engine, rows, str(path), bytes_progress(data, progress))
 
 
 def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
@@ -111,9 +103,9 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
     moment = now or datetime.now(UTC)
 
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
-        return (lambda batch: _upsert_customers(connection, batch, report, moment)), _nothing
+        return (lambda batch: _upsert_customers(connection, batch, report, moment)), nothing
 
-    return _ingest(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True,
+    return run_batches(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True,
                    commit_every=CUSTOMER_COMMIT)
 
 
@@ -127,177 +119,8 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
         seen: set[str] = set()  # customers found so far (customers are never deleted)
         return (lambda batch: _append_events(connection, writer, batch, report, seen)), writer.close
 
-    return _ingest(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
+    return run_batches(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
                    commit_every=EVENT_COMMIT, rerank=True)
-
-
-# --- driving batches --------------------------------------------------------------------------
-
-Writer = Callable[[list[Row]], set[str]]
-"""Writes one batch in the open transaction; returns the ids of the customers whose facts change."""
-
-
-def _nothing() -> None:
-    """No clean-up needed."""
-
-
-def _ingest(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
-            start: Callable[[sa.Connection], tuple[Writer, Callable[[], None]]],
-            progress: Progress | None, size: int, *, refresh_each_batch: bool,
-            commit_every: int = 0, rerank: bool = False) -> SyncReport:
-    """Write batch by batch, commit every `commit_every` rows; refresh the touched customers' facts.
-
-    `rerank`: when any customer was touched, recompute everyone's RFM scores at the end (event
-    syncs: purchases move ranks; a customer file changes no purchase fact, so it skips the cost).
-
-    After an unexpected error the connection is invalidated rather than returned to the pool,
-    so no session state (temporary tables, SQLite pragmas) leaks to its next user.
-    """
-    with engine.connect() as connection, _collector_paused():
-        touched = CustomerIdSet(connection, f"retain_sync_{report.kind}")
-        connection.commit()
-        undo = bulk_session(connection)
-        write, close = start(connection)
-        changed = False  # some customer touched: RFM ranks may have moved
-        try:
-            pending = 0
-            for batch in _batches(rows, size):
-                ids = write(batch)
-                touched.add(ids)
-                changed = changed or bool(ids)
-                if refresh_each_batch:
-                    _refresh(connection, touched)
-                pending += len(batch)
-                if pending >= commit_every:
-                    connection.commit()
-                    pending = 0
-                if progress is not None:
-                    progress(len(batch))
-        except DataFileError as exc:
-            _finish(connection, touched, close, undo, rerank and changed)
-            raise DataFileError(f"{exc} (synced up to there: {report.summary()})") from exc
-        except BaseException:
-            connection.invalidate()
-            raise
-        _finish(connection, touched, close, undo, rerank and changed)
-        if report.kind in ("customers", "events"):
-            analyze_if_grown(connection, report.kind, report.inserted)
-    report.sort()
-    return report
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while syncing.
-
-    Sync allocates millions of short-lived tuples and dicts, and no reference cycles (plain
-    reference counting frees them all); the collector's repeated passes over each live batch
-    cost a sixth of a sync's time. It is switched back on when sync ends, however it ends.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
-            undo: Callable[[], None], rerank: bool = False) -> None:
-    close()  # first: it may rebuild indexes that the refresh needs
-    _refresh(connection, touched)
-    if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
-        refresh_rfm(connection)
-    touched.drop()
-    connection.commit()
-    undo()  # after the commit: SQLite ignores these pragmas inside a transaction
-
-
-def _refresh(connection: sa.Connection, touched: CustomerIdSet) -> None:
-    refresh_facts(connection, touched)
-    touched.clear()
-
-
-def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    """Rows in lists of `size`; rows read before a file error still come out before it is raised."""
-    batch: list[Row] = []
-    try:
-        for row in rows:
-            if row.__class__ is ParsedBatch:  # already a batch (engine/sync/arrow.py)
-                if batch:
-                    yield batch
-                    batch = []
-                yield row  # type: ignore[misc]
-                continue
-            batch.append(row)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    except DataFileError:
-        if batch:
-            yield batch
-        raise
-    if batch:
-        yield batch
-
-
-def _parse_batch(batch: list[Row], parse: Callable[[dict[str, Any]], Any],
-                 report: SyncReport) -> list[tuple[int, dict[str, Any], Any]]:
-    """(line, row, parsed) for each good row; each bad one is recorded as rejected."""
-    report.read += len(batch)
-    parsed = []
-    keep = parsed.append
-    for line, row in batch:
-        if row.__class__ is BadLine:
-            report.rejected.append(RowError(line, row.reason, row.raw))  # type: ignore[attr-defined]
-            continue
-        try:
-            keep((line, row, parse(row)))
-        except RowProblem as exc:
-            report.rejected.append(RowError(line, str(exc), _raw(row)))
-    return parsed
-
-
-def _raw(row: dict[str, Any]) -> dict[str, str] | str:
-    if all(isinstance(value, str) for value in row.values()):
-        return row
-    return json.dumps(row, ensure_ascii=False, default=str)
-
-
-def _require_columns(data: DataFile, kind: str) -> None:
-    if data.header is None:
-        return
-    missing = [name for name in REQUIRED_COLUMNS[kind] if name not in data.header]
-    if missing:
-        raise DataFileError(f"{data.path}:1: the header lacks the column(s) {', '.join(missing)}"
-                            f" that a {kind} file needs")
-
-
-def _bytes_progress(data: DataFile, progress: Progress | None) -> Progress | None:
-    if progress is None:
-        return None
-    done = 0
-
-    def advance(_rows: int) -> None:
-        nonlocal done
-        position = data.position()
-        progress(position - done)
-        done = position
-
-    return advance
-
-
-def _existing(connection: sa.Connection, ids: list[str],
-              columns: list[sa.ColumnElement[Any]]) -> Iterator[sa.Row[Any]]:
-    """The customers among `ids` that exist, with these columns."""
-    id_column = customers.c.customer_id
-    postgres = connection.dialect.name == "postgresql"
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        chunk = ids[start:start + LOOKUP_CHUNK]
-        found = (id_column == sa.any_(sa.bindparam("ids", chunk, type_=ARRAY(sa.String)))
-                 if postgres else id_column.in_(chunk))  # one array beats thousands of binds
-        yield from connection.execute(sa.select(id_column, *columns).where(found))
 
 
 # --- customers ----------------------------------------------------------------------------------
@@ -307,10 +130,10 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
                       now: datetime) -> set[str]:
     """Insert new customers, update changed ones; the ids written."""
     pending: dict[str, CustomerValues] = {}
-    for _, _, item in _parse_batch(batch, customer_values, report):
+    for _, _, item in parse_batch(batch, customer_values, report):
         _fold(pending, item, report)
     columns = [customers.c[name] for name in (*CUSTOMER_COLUMNS, "attributes")]
-    existing = {row.customer_id: row for row in _existing(connection, list(pending), columns)}
+    existing = {row.customer_id: row for row in existing_customers(connection, list(pending), columns)}
     inserts: list[dict[str, Any]] = []
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for customer_id, item in pending.items():
@@ -387,13 +210,13 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     """
     if batch.__class__ is ParsedBatch:
         report.read += len(batch.fast)  # type: ignore[attr-defined]
-        parsed = batch.merge(_parse_batch(batch.slow, event_values, report))  # type: ignore[attr-defined]
+        parsed = batch.merge(parse_batch(batch.slow, event_values, report))  # type: ignore[attr-defined]
     else:
-        parsed = _parse_batch(batch, event_values, report)
+        parsed = parse_batch(batch, event_values, report)
     ids = {values[1] for _, _, values in parsed}
     if len(seen) > KNOWN_CUSTOMERS:
         seen.clear()  # bounded memory; they are looked up again
-    seen.update(found.customer_id for found in _existing(connection, list(ids - seen), []))
+    seen.update(found.customer_id for found in existing_customers(connection, list(ids - seen), []))
     known = ids & seen
     rows: dict[str, EventValues] = {}
     first: dict[str, int] = {}  # event_id -> the line it was first read from
@@ -458,4 +281,4 @@ def _judge(event_id: str, new: Any, kept: tuple[Any, str], line: int,
 
 def _row_raw(batch: Any, line: int, row: dict[str, Any] | None) -> dict[str, str] | str:
     """The row of `line` as read, also when the arrow path kept only its values."""
-    return _raw(row) if row is not None else batch.raw(line)
+    return raw_row(row) if row is not None else batch.raw(line)

@@ -7,7 +7,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from engine.errors import DataFileError
-from engine.sync.ingest import Progress, sync_customers, sync_events
+from engine.sync.batches import Progress
+from engine.sync.ingest import sync_customers, sync_events
 from engine.sync.report import SyncReport
 from engine.sync.suppressions import sync_suppressions
 

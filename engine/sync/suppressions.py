@@ -13,24 +13,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
 from engine.store.tables import Suppression
+from engine.sync.batches import (
+    Progress,
+    bytes_progress,
+    nothing,
+    parse_batch,
+    require_columns,
+    run_batches,
+)
 from engine.sync.bulk import insert_rows
 from engine.sync.files import Row, open_data_file
-from engine.sync.ingest import (
-    Progress,
-    _bytes_progress,
-    _ingest,
-    _nothing,
-    _parse_batch,
-    _require_columns,
-)
 from engine.sync.report import SyncReport
-from engine.sync.rows import SuppressionValues, suppression_values
+from engine.sync.rows import EMAIL, RowProblem, blank, parse_time
 
 DEFAULT_REASON = "unsubscribed"
+SuppressionValues = tuple[str, str | None, datetime | None]
+"""(email lower-cased, reason or None, suppressed_at or None): None = not given, keep or default."""
 BATCH = 5_000
 suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]
 
@@ -40,8 +43,8 @@ def sync_suppressions(engine: sa.Engine, path: Path, fmt: str | None = None,
                       now: datetime | None = None) -> SyncReport:
     """Load the suppressed addresses of a CSV/JSONL file; `progress` gets bytes read."""
     with open_data_file(path, fmt) as data:
-        _require_columns(data, "suppressions")
-        return ingest_suppressions(engine, data.rows, str(path), _bytes_progress(data, progress),
+        require_columns(data, "suppressions")
+        return ingest_suppressions(engine, data.rows, str(path), bytes_progress(data, progress),
                                    now)
 
 
@@ -53,17 +56,47 @@ def ingest_suppressions(engine: sa.Engine, rows: Iterable[Row], source: str,
     moment = now or datetime.now(UTC)
 
     def start(connection: sa.Connection) -> tuple[object, object]:
-        return (lambda batch: _upsert(connection, batch, report, moment)), _nothing
+        return (lambda batch: _upsert(connection, batch, report, moment)), nothing
 
-    return _ingest(engine, rows, report, start, progress, BATCH,  # type: ignore[arg-type]
+    return run_batches(engine, rows, report, start, progress, BATCH,  # type: ignore[arg-type]
                    refresh_each_batch=False, commit_every=BATCH)
+
+
+def suppression_values(row: dict[str, Any]) -> SuppressionValues:
+    """The values of one suppression row, or RowProblem with every reason it is bad."""
+    problems: list[str] = []
+    email = _text(row, "email", problems)
+    if email is None:
+        problems.append("missing email")
+    elif not EMAIL.fullmatch(email):
+        problems.append(f"bad email {row['email']!r}: not an email address")
+    reason = _text(row, "reason", problems)
+    when = None
+    if not blank(row.get("suppressed_at")):
+        try:
+            when = parse_time(row["suppressed_at"])
+        except (ValueError, OverflowError):
+            problems.append(f"bad suppressed_at {row['suppressed_at']!r}: not an ISO 8601 time")
+    if problems:
+        raise RowProblem("; ".join(problems))
+    return (email or "").lower(), reason, when
+
+
+def _text(row: dict[str, Any], key: str, problems: list[str]) -> str | None:
+    value = row.get(key)
+    if blank(value):
+        return None
+    if not isinstance(value, str):
+        problems.append(f"bad {key} {value!r}: expected text")
+        return None
+    return value.strip()
 
 
 def _upsert(connection: sa.Connection, batch: list[Row], report: SyncReport,
             now: datetime) -> set[str]:
     """Insert new addresses and update changed ones; no customer's facts change."""
     pending: dict[str, SuppressionValues] = {}
-    for _, _, values in _parse_batch(batch, suppression_values, report):
+    for _, _, values in parse_batch(batch, suppression_values, report):
         earlier = pending.get(values[0])
         if earlier is not None:
             merged = (values[0], values[1] or earlier[1], values[2] or earlier[2])

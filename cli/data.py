@@ -18,7 +18,7 @@ from engine.store.open import open_store
 from engine.sync.files import detect_format, write_rejects
 from engine.sync.report import RowError, SyncReport
 
-sync_app = typer.Typer(help="Ingest customers, events or suppressed addresses from CSV or JSONL.",
+sync_app = typer.Typer(help="Ingest customers, events or suppressions from CSV or JSONL.",
                        no_args_is_help=True)
 
 MAX_LISTED = 50

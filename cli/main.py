@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "models)."),
     "migrate": ("cli.migrate:migrate", "Upgrade the database schema (reading commands never "
                 "do)."),
-    "sync": ("cli.data:sync_app", "Ingest customers or events from CSV or JSONL."),
+    "sync": ("cli.data:sync_app", "Ingest customers, events or suppressions from CSV or JSONL."),
     "dry-run": ("cli.evaluate:dry_run", "The plan: who would enter which playbook and what would "
                 "be done. Writes and sends nothing."),
     "explain": ("cli.evaluate:explain_command", "Each clause of trigger and conditions, true or "

@@ -28,7 +28,7 @@ COMPARED = ("customer_id", "type", "occurred_at", "amount", "score", "properties
 SHOWN_CHARS = 40
 
 Contents = tuple[Any, ...]
-"""An event's COMPARED values, with properties as a dict, as read from either side."""
+"""An event's COMPARED values as read from either side (properties as JSON text or a dict)."""
 
 
 class LineIndex:
@@ -68,7 +68,20 @@ class LineIndex:
 
 def contents(values: EventValues) -> Contents:
     """What a parsed row says about its event (everything but the id), comparable with `stored`."""
-    return (*values[1:6], json.loads(values[6]))
+    return values[1:]
+
+
+def same(new: Contents, old: Contents) -> bool:
+    """Whether two events say the same; properties compare as values (key order aside).
+
+    Properties are compared as text first: a re-sync of the same rows gives the same text as
+    SQLite stored, so only a real difference (or PostgreSQL's parsed jsonb) pays for parsing.
+    """
+    return new[:5] == old[:5] and (new[5] == old[5] or _value(new[5]) == _value(old[5]))
+
+
+def _value(properties: str | dict[str, Any]) -> dict[str, Any]:
+    return json.loads(properties) if isinstance(properties, str) else properties
 
 
 def stored(connection: sa.Connection, event_ids: list[str]) -> Iterator[tuple[str, int, Contents]]:
@@ -87,13 +100,12 @@ def stored(connection: sa.Connection, event_ids: list[str]) -> Iterator[tuple[st
         for event_id, row_id, customer_id, kind, when, amount, score, properties in rows:
             if not isinstance(when, str):  # PostgreSQL: an aware datetime
                 when = utc_text(when)
-            if isinstance(properties, str):  # SQLite: JSON text
-                properties = json.loads(properties)
             yield event_id, row_id, (customer_id, kind, when, amount, score, properties)
 
 
 def conflict_reason(event_id: str, new: Contents, old: Contents, where: str) -> str:
     """Why a row conflicts: which values differ from the kept event, and where that one is from."""
+    new, old = (*new[:5], _value(new[5])), (*old[:5], _value(old[5]))
     changed = [f"{name} {_shown(there)} there, {_shown(here)} here"
                for name, here, there in zip(COMPARED, new, old, strict=True) if here != there]
     return f"conflict: event_id {event_id!r} has other contents {where} ({'; '.join(changed)})"

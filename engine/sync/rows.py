@@ -164,8 +164,12 @@ def parse_time(value: Any) -> datetime:
 def event_values(row: dict[str, Any]) -> EventValues:
     """The values of one event row, or RowProblem with every reason it is bad.
 
-    Most rows are well formed: a fast path handles them; anything unusual (typed ids, missing
-    values, padded times...) falls back to `_checked_event_values`, which is the definition.
+    This is the one entry for every way an event comes in (files, the arrow path's leftovers,
+    the daemon's API). Most rows are well formed: a fast path accepts only what the definition
+    surely accepts (text ids, an ISO time, plain numbers, no broken REJECTING rule) and sends
+    anything else (typed ids, missing values, padded times...) to `_checked_event_values`, the
+    definition, which names every problem. The arrow path does the same by column, from the
+    same EVENT_IDENTIFIERS, EVENT_NUMBERS and TYPE_RULES.
     """
     try:
         event_id, customer_id, kind = (row["event_id"].strip(), row["customer_id"].strip(),

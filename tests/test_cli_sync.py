@@ -253,3 +253,16 @@ def test_dataset_option_names_the_known_sets(sqlite_url: str, tmp_path: Path, cl
     path.write_text("a\n1\n", encoding="utf-8")
     code, _, err = cli(["--db", sqlite_url, "sync", "events", "--dataset", "iris", str(path)])
     assert code == 2 and "online-retail" in err and "cdnow" in err
+
+
+def test_a_synced_suppression_reaches_the_customer_view(db_url: str, tmp_path: Path,
+                                                        cli: Cli) -> None:
+    cli(["--db", db_url, "sync", "customers", str(FIXTURES / "customers.csv")])
+    path = tmp_path / "bounces.jsonl"
+    path.write_text('{"email": "ADA@example.COM", "reason": "bounced",'
+                    ' "suppressed_at": "2024-05-01T00:00:00Z"}\n', encoding="utf-8")
+    assert cli(["--db", db_url, "sync", "suppressions", str(path)])[0] == 0
+    code, out, _ = cli(["--db", db_url, "customer", "show", "c1", "--json"])
+    assert code == 0
+    suppressed = json.loads(out)["suppressed"]
+    assert (suppressed["email"], suppressed["reason"]) == ("ada@example.com", "bounced")

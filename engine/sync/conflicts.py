@@ -97,7 +97,7 @@ def stored(connection: sa.Connection, event_ids: list[str]) -> Iterator[tuple[st
             marks = ", ".join("?" * len(chunk))
             rows = connection.exec_driver_sql(
                 f"SELECT {columns} FROM events WHERE event_id IN ({marks})", tuple(chunk))
-        for event_id, row_id, customer_id, kind, when, amount, score, properties in rows:
+        for event_id, row_id, customer_id, kind, when, amount, score, properties in rows.all():
             if not isinstance(when, str):  # PostgreSQL: an aware datetime
                 when = utc_text(when)
             yield event_id, row_id, (customer_id, kind, when, amount, score, properties)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,7 +32,7 @@ from engine.format.conditions import (
     event_property_type,
 )
 from engine.format.fields import CUSTOMER_FIELDS, FieldType
-from engine.store.facts import ENGINE_EVENT_TYPES, customers, events, points
+from engine.store.facts import ENGINE_EVENT_TYPES, RFM_SEGMENTS, customers, events, points
 
 T = FieldType
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
@@ -185,6 +186,32 @@ def stored_fact(world: World, customer: dict[str, Any], name: str) -> Any:
     }[name]
 
 
+def ntile5(ids_by_value: list[tuple[Any, str]]) -> dict[str, int]:
+    """SQL's NTILE(5) over (value, customer_id) ascending: the first n % 5 buckets get one more."""
+    ordered = [customer_id for _, customer_id in sorted(ids_by_value)]
+    base, extra = divmod(len(ordered), 5)
+    buckets, start = {}, 0
+    for bucket in range(1, 6):
+        size = base + (1 if bucket <= extra else 0)
+        buckets.update((customer_id, bucket) for customer_id in ordered[start:start + size])
+        start += size
+    return buckets
+
+
+def rfm_as_of(world: World, customer_id: str) -> dict[str, str | None]:
+    """DESIGN 1's RFM ranked over every customer with a purchase by as_of, from their events."""
+    values = {c["customer_id"]: (stored_fact(world, c, "last_purchase_at"),
+                                 stored_fact(world, c, "purchase_count"),
+                                 round(stored_fact(world, c, "total_spent"), 4))
+              for c in world.customers if stored_fact(world, c, "purchase_count") > 0}
+    if customer_id not in values:
+        return {"rfm_score": None, "rfm_segment": None}
+    r, f, m = (ntile5([(v[i], cid) for cid, v in values.items()])[customer_id] for i in range(3))
+    segment = next(name for rs, fs, name in RFM_SEGMENTS
+                   if rs[0] <= r <= rs[1] and fs[0] <= f <= fs[1])
+    return {"rfm_score": f"{r}{f}{m}", "rfm_segment": segment}
+
+
 def events_measure(world: World, customer_id: str, test: EventsTest) -> float:
     chosen = [e for e in world.events if e["customer_id"] == customer_id
               and e["occurred_at"] <= world.as_of and test.type in (None, e["type"])
@@ -216,6 +243,8 @@ def expected(world: World, condition: Condition, row: dict[str, Any], scope: str
         raw = row["attributes"].get(name.removeprefix("attributes."), MISSING)
     elif world.historical and name in FACTS:
         raw = stored_fact(world, row, name)
+    elif world.historical and name in ("rfm_score", "rfm_segment"):
+        raw = rfm_as_of(world, row["customer_id"])[name]
     else:
         raw = row[name]
     return holds(condition.operator, raw, condition.field_type, condition.value, world.as_of)
@@ -393,3 +422,41 @@ def test_customer_conditions_match_the_reference(db: sa.Engine, world: World,
 def test_event_conditions_match_the_reference(db: sa.Engine, world: World,
                                               raw: dict[str, Any]) -> None:
     check_events(db, world, raw)
+
+
+def hand_world() -> World:
+    """Seven customers whose RFM as of AS_OF[0] differs from their (garbage) stored RFM."""
+    as_of = AS_OF[0]
+    blank = {name: None for name in ("email", "name", "timezone", "country", "segment",
+                                     "birthday", "tags", "last_active_at", "first_purchase_at",
+                                     "last_purchase_at", "last_feedback_at", "last_emailed_at",
+                                     "last_feedback_score")}
+    people = [{**blank, "customer_id": f"c{n}", "created_at": as_of - timedelta(days=400),
+               "attributes": {}, "purchase_count": 9, "total_spent": 999.0, "points_balance": 0,
+               "rfm_score": "" if n % 2 else "555", "rfm_segment": "" if n % 2 else "champion"}
+              for n in range(7)]
+    happenings, n = [], 0
+    for i in range(6):  # c6 never buys before as_of; c0-c5 buy i+1 times, the last i days ago
+        for j in range(i + 1):
+            n += 1
+            happenings.append({"id": n, "event_id": f"e{n}", "customer_id": f"c{i}",
+                               "type": "purchase", "amount": 10.0 * (6 - i),
+                               "occurred_at": as_of - timedelta(days=30 * (6 - i) + j),
+                               "score": None, "properties": {}})
+    happenings.append({"id": n + 1, "event_id": "late", "customer_id": "c6", "type": "purchase",
+                       "amount": 5.0, "occurred_at": as_of + timedelta(days=1), "score": None,
+                       "properties": {}})
+    return World(people, happenings, [], as_of, True)
+
+
+@pytest.mark.parametrize("raw", [
+    {"rfm_segment": {"eq": "champion"}}, {"rfm_segment": {"eq": ""}},
+    {"rfm_segment": {"in": ["hibernating", "at_risk", "loyal", "new_customer"]}},
+    {"rfm_score": {"eq": "555"}}, {"rfm_score": {"is_null": True}},
+    {"not": {"rfm_segment": {"eq": "potential_loyalist"}}}])
+def test_historical_rfm_matches_the_reference(db: sa.Engine, raw: dict[str, Any]) -> None:
+    """RFM as of a past instant is ranked from the events then, never read as stored."""
+    world = hand_world()
+    assert {rfm_as_of(world, c["customer_id"])["rfm_segment"] for c in world.customers} != \
+        {c["rfm_segment"] for c in world.customers}
+    check_customers(db, world, raw)

@@ -44,10 +44,12 @@ def data_warnings(url: str, playbooks: list[Playbook]) -> list[Issue]:
     """The typo warnings of `playbooks` against the synced data at `url`."""
     from engine.store.open import open_reader  # only with a database
 
-    with open_reader(url).connect() as connection:
-        warnings = typo_warnings(connection, playbooks)
-        connection.rollback()
-    return warnings
+    engine = open_reader(url)
+    try:
+        with engine.connect() as connection:
+            return typo_warnings(connection, playbooks)
+    finally:
+        engine.dispose()
 
 
 def validate(ctx: typer.Context, paths: PathsArg = None, db: DbOpt = None,

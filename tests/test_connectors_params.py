@@ -89,6 +89,23 @@ def test_registration_refuses_a_non_connector() -> None:
         register_connector(dict)  # type: ignore[arg-type]
 
 
+def test_registration_refuses_a_connector_without_plan() -> None:
+    """A class written to an older interface (check only) is refused at load, not at dry-run."""
+
+    class OldParams(ConnectorParams):
+        text: str
+
+    class OldConnector:
+        kind: ClassVar[str] = "old"
+        Params: ClassVar[type[BaseModel]] = OldParams
+
+        def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
+            return []
+
+    with pytest.raises(ConnectorLoadError, match="check, plan, blocked, preview"):
+        register_connector(OldConnector)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A folder on sys.path where a test installs a (broken) plugin distribution."""

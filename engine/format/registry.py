@@ -117,8 +117,10 @@ def _load(entry: EntryPoint) -> type[Any]:
 
 def _class_problem(cls: object, name: object) -> str | None:
     """Why `cls` cannot serve as the connector called `name`, or None."""
-    if not (isinstance(cls, type) and callable(getattr(cls, "check", None))):
-        return f"{cls!r} is not a connector class (it needs Params, kind and check)"
+    needed = ("check", "plan", "blocked", "preview")
+    if not (isinstance(cls, type) and all(callable(getattr(cls, m, None)) for m in needed)):
+        return (f"{cls!r} is not a connector class (it needs Params, kind and the methods "
+                f"{', '.join(needed)}: subclass connectors.base.Connector)")
     params = getattr(cls, "Params", None)
     if not (isinstance(params, type) and issubclass(params, BaseModel)):
         return f"{cls.__name__}.Params is not a pydantic model"

@@ -19,11 +19,10 @@ from engine.format.compile import DERIVED_FACTS, CompileContext, historical_fact
 from engine.format.fields import CUSTOMER_FIELDS
 from engine.query.evaluate import Candidate
 from engine.store.facts import customers, events, existed_at
-from engine.store.tables import Suppression
+from engine.store.tables import suppressions
 
 BATCH = 500
 STREAM = 5000  # rows a streamed result holds at a time
-suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,12 @@ import sqlalchemy as sa
 from engine.clock import aware_utc, iso
 from engine.store.dialect import json_reading
 from engine.store.facts import customers, events, points
-from engine.store.tables import Action, Enrollment, Suppression, Task
+from engine.store.tables import (
+    actions,
+    enrollments,
+    suppressions,
+    tasks,
+)
 
 DEFAULT_EVENTS = 50
 
@@ -42,10 +47,6 @@ MONEY_FIELDS = frozenset({"total_spent", "amount"})
 SUMMARY_KEYS = ("subject", "title")
 """Payload keys that say in a few words what an action is (an email's subject, a task's title)."""
 
-enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
-actions: sa.Table = Action.__table__  # type: ignore[assignment]
-tasks: sa.Table = Task.__table__  # type: ignore[assignment]
-suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]
 
 Row = dict[str, Any]
 

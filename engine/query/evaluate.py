@@ -28,10 +28,7 @@ from engine.format.compile import CompileContext, at, compile_condition
 from engine.format.playbook import Every, Playbook
 from engine.format.triggers import DateTrigger, TriggerContext, TriggerSql
 from engine.store.facts import customers, events, existed_at
-from engine.store.tables import Enrollment, PlaybookVersion
-
-enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
-versions: sa.Table = PlaybookVersion.__table__  # type: ignore[assignment]
+from engine.store.tables import enrollments, versions
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import base64
 import html
 import io
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from engine.clock import utcnow
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em;
@@ -61,7 +62,7 @@ class HtmlPage:
 
     def render(self) -> str:
         """The whole page as HTML text."""
-        made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        made = utcnow().strftime("%Y-%m-%d %H:%M UTC")
         return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head><body>"
                 f"<h1>{html.escape(self.title)}</h1><p class=\"note\">Made by Retain, {made}."

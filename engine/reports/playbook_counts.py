@@ -17,10 +17,7 @@ import sqlalchemy as sa
 from engine.format.playbook import Goal
 from engine.store.dialect import PerDialect
 from engine.store.facts import events
-from engine.store.tables import Action, Enrollment, UTCDateTime
-
-enrollments: sa.Table = Enrollment.__table__  # type: ignore[assignment]
-actions: sa.Table = Action.__table__  # type: ignore[assignment]
+from engine.store.tables import UTCDateTime, actions, enrollments
 
 
 def in_window(start: datetime | None, end: datetime | None) -> sa.ColumnElement[bool]:

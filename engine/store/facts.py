@@ -42,7 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.store.dialect import PerDialect
-from engine.store.tables import Customer, Event, PointsEntry, UTCDateTime
+from engine.store.tables import UTCDateTime, customers, events, points
 
 ENGINE_EVENT_TYPES: frozenset[str] = frozenset(
     {"email_sent", "task_created", "points_awarded", "webhook_sent"}
@@ -53,9 +53,6 @@ PURCHASE = "purchase"
 FEEDBACK = "feedback"
 EMAIL_SENT = "email_sent"
 
-customers: sa.Table = Customer.__table__  # type: ignore[assignment]
-events: sa.Table = Event.__table__  # type: ignore[assignment]
-points: sa.Table = PointsEntry.__table__  # type: ignore[assignment]
 
 Column = sa.ColumnElement[Any]
 

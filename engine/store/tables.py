@@ -211,3 +211,18 @@ class SyncCursor(SQLModel, table=True):
     source: str = Field(primary_key=True)
     position: str
     updated_at: datetime = Field(sa_type=UTCDateTime)
+
+
+def _core(model: type[SQLModel]) -> sa.Table:
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+# The tables as SQLAlchemy Core handles, the one name each that queries use.
+customers = _core(Customer)
+events = _core(Event)
+versions = _core(PlaybookVersion)
+enrollments = _core(Enrollment)
+actions = _core(Action)
+tasks = _core(Task)
+points = _core(PointsEntry)
+suppressions = _core(Suppression)

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from engine.clock import utcnow
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch, event_rows
 from engine.sync.batches import (
@@ -100,7 +101,7 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
                      progress: Progress | None = None, now: datetime | None = None) -> SyncReport:
     """Upsert customer rows; `progress` gets the number of rows of each committed batch."""
     report = SyncReport("customers", source)
-    moment = now or datetime.now(UTC)
+    moment = now or utcnow()
 
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
         return (lambda batch: _upsert_customers(connection, batch, report, moment)), nothing

@@ -11,13 +11,14 @@ suppression is a decision for a person, not a side effect of a shorter export.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from engine.store.tables import Suppression
+from engine.clock import utcnow
+from engine.store.tables import suppressions
 from engine.sync.batches import (
     Progress,
     bytes_progress,
@@ -35,7 +36,6 @@ DEFAULT_REASON = "unsubscribed"
 SuppressionValues = tuple[str, str | None, datetime | None]
 """(email lower-cased, reason or None, suppressed_at or None): None = not given, keep or default."""
 BATCH = 5_000
-suppressions: sa.Table = Suppression.__table__  # type: ignore[assignment]
 
 
 def sync_suppressions(engine: sa.Engine, path: Path, fmt: str | None = None,
@@ -53,7 +53,7 @@ def ingest_suppressions(engine: sa.Engine, rows: Iterable[Row], source: str,
                         now: datetime | None = None) -> SyncReport:
     """Upsert suppression rows by lower-cased address."""
     report = SyncReport("suppressions", source)
-    moment = now or datetime.now(UTC)
+    moment = now or utcnow()
 
     def start(connection: sa.Connection) -> tuple[object, object]:
         return (lambda batch: _upsert(connection, batch, report, moment)), nothing

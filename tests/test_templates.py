@@ -6,7 +6,7 @@ Template files are real files in the test's folder.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -272,6 +272,10 @@ def test_render_file_missing(templates: Path) -> None:
     ("2024-05-01T10:00:00Z", "2024-05-01"),
     ("2024-05-01", "2024-05-01"),
     (None, ""),
+    # An instant is printed as its UTC date, wherever it was written:
+    ("2024-05-01T23:00-05:00", "2024-05-02"),
+    (datetime(2024, 5, 2, 1, 0, tzinfo=timezone(timedelta(hours=5))), "2024-05-01"),
+    ("2024-05-01T23:00:00", "2024-05-01"),  # naive means UTC
 ])
 def test_date_filter(value: object, expected: str) -> None:
     assert date_filter(value) == expected
@@ -281,6 +285,13 @@ def test_date_filter_in_a_template_with_a_format() -> None:
     text = render(make_environment(None), "{{ customer.last_active_at | date }} / "
                   "{{ customer.last_active_at | date('%d %B %Y') }}", CONTEXT)
     assert text == "2024-05-01 / 01 May 2024"
+
+
+def test_date_filter_formats_the_utc_time_too() -> None:
+    when = {"customer": {"last_active_at": "2024-05-01T23:30:00-05:00"}}
+    text = render(make_environment(None), "{{ customer.last_active_at | date('%Y-%m-%d %H:%M %Z') }}",
+                  when)
+    assert text == "2024-05-02 04:30 UTC"
 
 
 def test_date_filter_rejects_what_is_not_a_date() -> None:

@@ -25,6 +25,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 from jinja2.utils import missing
 
+from engine.clock import aware_utc
 from engine.errors import Issue, Location, TemplateError
 
 CONTEXT_NAMES = frozenset({"customer", "event", "playbook", "unsubscribe_url"})
@@ -94,7 +95,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 def date_filter(value: Any, fmt: str = "%Y-%m-%d") -> str:
     """`{{ customer.last_active_at | date }}` -> `2024-05-01`; a missing value renders as ''.
 
-    Facts such as `last_active_at` are legitimately null for some customers; an empty string lets
+    A time is printed as its UTC date (engine.clock.aware_utc: naive means UTC, aware is
+    converted), as every instant in Retain is: `2024-05-01T23:00-05:00` is `2024-05-02`, not the
+    sender's local date. Facts such as `last_active_at` are legitimately null for some customers; an empty string lets
     templates write `{{ (x | date) or 'never' }}` instead of failing the whole message.
     """
     if value is None or value == "":
@@ -106,6 +109,8 @@ def date_filter(value: Any, fmt: str = "%Y-%m-%d") -> str:
             raise ValueError(f"date filter cannot read {value!r} as an ISO 8601 date") from None
     if not isinstance(value, date):
         raise TypeError(f"date filter expects a date or time, got {type(value).__name__}")
+    if isinstance(value, datetime):
+        value = aware_utc(value)
     return value.strftime(fmt)
 
 

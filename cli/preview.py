@@ -75,7 +75,7 @@ def print_preview(result: Preview) -> None:
                       markup=False)
         return
     parts = message_parts(result.message)
-    for name, value in parts["headers"]:
+    for name, value in result.headers():
         if not name.lower().startswith(("content-", "mime-")):
             out.print(f"{name}: {value}", markup=False, soft_wrap=True)
     for label in ("text", "html"):

@@ -2,10 +2,12 @@
 
 Built-ins (`email`, `task`, `points`, `webhook`) are declared in our own pyproject.toml under the
 `retain.connectors` entry-point group and loaded exactly like a third party's (CONVENTIONS 12), so
-the plugin door is the one we use every day. Loading lives in `engine.format.registry` (the engine finds
-connectors only through entry points, never by importing this package). A connector owns everything about its action: the params model (its
-schema), a docstring with a YAML example, and its semantic `check`. Rendering and sending are a
-later issue and will join `check` here; `plan` says what the action would do for one customer.
+the plugin door is the one we use every day. Loading lives in `engine.format.registry` (the
+engine finds connectors only through entry points, never by importing this package). A
+connector owns everything about its action: the params model (its schema), a docstring with a
+YAML example, its semantic `check`, `plan` (what the action would do for one customer, every
+template it would send rendered, so a template that fails for a customer fails in the dry-run)
+and `preview` (the whole message, unsent). Sending is the next issue and will join them here.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ class ConnectorParams(BaseModel):
 
 class Render(Protocol):
     """Renders one inline template for the customer being planned (header: one line only; html:
-    autoescaped like an `.html.j2` file)."""
+    autoescaped like an `.html.j2` file). Raises `TemplateError`."""
 
     def __call__(self, source: str, *, header: bool = False, html: bool = False) -> str: ...
 
 
 class RenderFile(Protocol):
-    """Renders a template file (by name, in templates/) for one customer; None if it is absent."""
+    """Renders a template file (by name, in templates/) for one customer; None if it is absent.
+    Raises `TemplateError` located in the file."""
 
     def __call__(self, name: str) -> str | None: ...
 
@@ -66,9 +69,14 @@ class Connector(ABC):
         """
 
     @abstractmethod
-    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+    def plan(self, params: BaseModel, render: Render, render_file: RenderFile,
+             due_at: datetime) -> dict[str, Any]:
         """What this action would do for one customer, as plain data: the fields a person checks
         in a dry-run (subject, title, amount, url), rendered. Secrets (`${VAR}`) stay unexpanded.
+
+        Render every template the action would send, also those it does not return (an email's
+        body): a `TemplateError` here marks this customer's action `error` in the plan, where a
+        person sees it before a send fails.
         """
 
     def blocked(self, address: str, suppressions: Mapping[str, str]) -> str | None:
@@ -77,15 +85,15 @@ class Connector(ABC):
         to their reason. Only a connector that sends to the address blocks anything."""
         return None
 
-
     def preview(self, params: BaseModel, render: Render, render_file: RenderFile,
-                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                due_at: datetime, *, key: str | None, customer: Mapping[str, Any],
                 unsubscribe_url: str) -> dict[str, Any] | EmailMessage:
         """Everything this action would send for one customer, without sending (`retain
         preview`): the planned fields by default; an email connector builds the whole message.
-        `key` is the action's idempotency key (an email's Message-ID derives from it), `customer`
-        the record templates see."""
-        return self.plan(params, render, due_at)
+        `key` is the action's idempotency key (an email's Message-ID derives from it), None when
+        no run would make one (the customer would not enter); `customer` the record templates
+        see."""
+        return self.plan(params, render, render_file, due_at)
 
 
 def expect(params: BaseModel, model: type[M]) -> M:

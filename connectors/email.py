@@ -32,7 +32,7 @@ from connectors.base import (
     file_problems,
     inline_problems,
 )
-from engine import Problem, TemplateChecker
+from engine import Problem, TemplateChecker, TemplateError
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
 POLICY = policy.default.clone(max_line_length=998)
@@ -103,12 +103,17 @@ class EmailConnector(Connector):
             problems += _template_problems(templates, email.template)
         return problems
 
-    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
-        """The rendered subject and where the body comes from (rendered when it is sent)."""
+    def plan(self, params: BaseModel, render: Render, render_file: RenderFile,
+             due_at: datetime) -> dict[str, Any]:
+        """The rendered subject and where the body comes from. The body is rendered too, so a
+        body that fails for this customer is an error in the plan, not at send time; its text
+        is not kept (a plan of 100,000 emails need not carry 100,000 bodies)."""
         email = expect(params, EmailParams)
-        body = {"template": email.template} if email.template else {
+        subject = render(email.subject, header=True)
+        bodies(email, render, render_file)
+        source = {"template": email.template} if email.template else {
             "body": "inline text" if email.body is not None else "inline html"}
-        return {"subject": render(email.subject, header=True), **body}
+        return {"subject": subject, **source}
 
     def blocked(self, address: str, suppressions: Mapping[str, str]) -> str | None:
         """A suppressed address (unsubscribed, bounced) gets no mail, whatever its letter case:
@@ -117,21 +122,31 @@ class EmailConnector(Connector):
         return None if reason is None else f"address is suppressed ({reason})"
 
     def preview(self, params: BaseModel, render: Render, render_file: RenderFile,
-                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                due_at: datetime, *, key: str | None, customer: Mapping[str, Any],
                 unsubscribe_url: str) -> EmailMessage:
-        """The whole message, rendered for one customer: what the dispatcher would send."""
+        """The whole message, rendered for one customer: what the dispatcher would send (without
+        a Message-ID when `key` is None: no run would send it)."""
         email = expect(params, EmailParams)
-        text = render(email.body) if email.body is not None else None
-        html = render(email.html, html=True) if email.html is not None else None
-        if email.template is not None:
-            text = render_file(f"{email.template}.txt.j2")
-            html = render_file(f"{email.template}.html.j2")
+        text, html = bodies(email, render, render_file)
         from_address, address = sender(), customer.get("email")
         to = recipient(customer.get("name"), address) if address else None
         return build_message(from_address=from_address, to=to,
                              subject=render(email.subject, header=True), text=text, html=html,
-                             message_id=message_id(key, from_address),
+                             message_id=message_id(key, from_address) if key else None,
                              unsubscribe_url=unsubscribe_url)
+
+
+def bodies(email: EmailParams, render: Render, render_file: RenderFile
+           ) -> tuple[str | None, str | None]:
+    """The text and HTML body, rendered: inline, or templates/NAME.txt.j2 and .html.j2 (at least
+    one; `validate` checks that, and a file deleted since is a TemplateError here)."""
+    if email.template is None:
+        return (render(email.body) if email.body is not None else None,
+                render(email.html, html=True) if email.html is not None else None)
+    text, html = (render_file(f"{email.template}{suffix}") for suffix in (".txt.j2", ".html.j2"))
+    if text is None and html is None:
+        raise TemplateError(f"no template file for {email.template!r} (.txt.j2 or .html.j2)")
+    return text, html
 
 
 def sender(env: dict[str, str] | None = None) -> str:
@@ -147,15 +162,18 @@ def message_id(key: str, from_address: str) -> str:
 
 
 def build_message(*, from_address: str, to: str | None, subject: str, text: str | None,
-                  html: str | None, message_id: str, unsubscribe_url: str) -> EmailMessage:
+                  html: str | None, message_id: str | None,
+                  unsubscribe_url: str) -> EmailMessage:
     """The message as it is sent: headers, then a text part, an HTML part, or both as
-    multipart/alternative (text first: clients show the last part they can display)."""
+    multipart/alternative (text first: clients show the last part they can display). Every sent
+    message has a Message-ID; only a preview of what no run would send goes without."""
     message = EmailMessage(policy=POLICY)
     message["From"] = from_address
     if to:
         message["To"] = to
     message["Subject"] = subject
-    message["Message-ID"] = message_id
+    if message_id is not None:
+        message["Message-ID"] = message_id
     message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     if text is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
-from connectors.base import Connector, ConnectorParams, Render, expect
+from connectors.base import Connector, ConnectorParams, Render, RenderFile, expect
 from engine import Problem, TemplateChecker
 
 
@@ -45,7 +45,8 @@ class PointsConnector(Connector):
         expect(params, PointsParams)
         return []
 
-    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+    def plan(self, params: BaseModel, render: Render, render_file: RenderFile,
+             due_at: datetime) -> dict[str, Any]:
         """The amount and reason, as the ledger will get them."""
         points = expect(params, PointsParams)
         return {"amount": points.amount, "reason": points.reason}

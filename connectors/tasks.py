@@ -10,7 +10,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from connectors.base import Connector, ConnectorParams, Render, expect, inline_problems
+from connectors.base import (
+    Connector,
+    ConnectorParams,
+    Render,
+    RenderFile,
+    expect,
+    inline_problems,
+)
 from engine import Duration, Problem, TemplateChecker
 
 
@@ -45,7 +52,8 @@ class TaskConnector(Connector):
             problems += inline_problems(templates, ("note",), task.note)
         return problems
 
-    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+    def plan(self, params: BaseModel, render: Render, render_file: RenderFile,
+             due_at: datetime) -> dict[str, Any]:
         """Rendered title and note, the assignee and the due time."""
         task = expect(params, TaskParams)
         return {"title": render(task.title, header=True), "assignee": task.assignee,

@@ -21,6 +21,7 @@ from connectors.base import (
     ConnectorParams,
     PathKey,
     Render,
+    RenderFile,
     env_problems,
     expect,
     inline_problems,
@@ -84,7 +85,8 @@ class WebhookConnector(Connector):
             problems += inline_problems(templates, ("headers", name), value, header=True)
         return problems + _body_problems(templates, ("body",), hook.body)
 
-    def plan(self, params: BaseModel, render: Render, due_at: datetime) -> dict[str, Any]:
+    def plan(self, params: BaseModel, render: Render, render_file: RenderFile,
+             due_at: datetime) -> dict[str, Any]:
         """Method, url and body rendered; `${VAR}`s stay as written (expanded only at send)."""
         hook = expect(params, WebhookParams)
         return {"method": hook.method, "url": render(hook.url, header=True),

@@ -21,9 +21,10 @@ from connectors.tasks import TaskConnector
 from engine.format.playbook import Playbook
 from engine.format.registry import load_connectors
 from engine.format.templates import make_environment
-from engine.format.validation import load_valid_playbooks
+from engine.format.validation import load_valid_playbooks, templates_dir
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import (
+    UNSUBSCRIBE_URL,
     PlannedEnrollment,
     Planner,
     action_key,
@@ -48,7 +49,7 @@ def playbook(tmp_path: Path, more: str = "", actions: str = MAIL, pid: str = "pb
 
 def planner(pb: Playbook) -> Planner:
     connectors = {kind: cls() for kind, cls in load_connectors().items()}
-    return Planner(pb, AS_OF, connectors, make_environment())
+    return Planner(pb, AS_OF, connectors, make_environment(templates_dir(Path(pb.file))))
 
 
 def person(cid: str, email: str | None = None, name: str = "Ann") -> dict[str, Any]:
@@ -182,6 +183,58 @@ def test_a_failing_template_is_an_error_naming_customer_and_action(tmp_path: Pat
     assert action.status == "error" and action.reason is not None
     assert action.reason.startswith("customer c9, actions[0].email: ")
     assert made.errors("pb") == [f"pb: {action.reason}"]
+
+
+AVERAGE = "Avg {{ customer.total_spent / (customer.purchase_count - 1) }}"
+
+
+def buyer(cid: str, purchases: int) -> dict[str, Any]:
+    return {**person(cid, f"{cid}@x.example"), "total_spent": 90.0, "purchase_count": purchases}
+
+
+@pytest.mark.parametrize("body", [f'body: "{AVERAGE}"', f'html: "<p>{AVERAGE}</p>"'])
+def test_an_inline_body_is_rendered_at_plan_time(tmp_path: Path, body: str) -> None:
+    """The body, not only the subject: a one-time buyer's division by zero is this customer's
+    error in the plan, where a live send would have failed."""
+    pb = playbook(tmp_path, actions=f'  - email: {{ subject: "Hi", {body} }}\n')
+    plan = planner(pb)
+    (once,) = plan.enrollment("c1", "o", buyer("c1", 1), None, {}).actions
+    (twice,) = plan.enrollment("c2", "o", buyer("c2", 3), None, {}).actions
+    assert once.status == "error" and twice.status == "planned"
+    assert once.reason == "customer c1, actions[0].email: cannot render: float division by zero"
+    # the plan carries the subject and where the body comes from, never the body's text
+    assert "45.0" not in repr(twice.fields) and twice.fields["subject"] == "Hi"
+
+
+def test_template_files_are_rendered_at_plan_time(tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "avg.txt.j2").write_text(f"Hello {{{{ customer.name }}}},\n{AVERAGE}\n",
+                                        encoding="utf-8")
+    (folder / "avg.html.j2").write_text("<a href=\"{{ unsubscribe_url }}\">x</a>\n",
+                                         encoding="utf-8")
+    pb = playbook(tmp_path, actions='  - email: { subject: "Hi", template: avg }\n')
+    plan = planner(pb)
+    (once,) = plan.enrollment("c1", "o", buyer("c1", 1), None, {}).actions
+    (twice,) = plan.enrollment("c2", "o", buyer("c2", 3), None, {}).actions
+    assert twice.status == "planned" and twice.fields["template"] == "avg"
+    assert once.status == "error"
+    assert once.reason == (f"customer c1, actions[0].email: {folder / 'avg.txt.j2'}:2: "
+                           "cannot render: float division by zero")
+    renderer = plan.renderer(buyer("c2", 3), None)  # what preview renders the message with
+    assert renderer.file("avg.html.j2") == f'<a href="{UNSUBSCRIBE_URL}">x</a>\n'
+    assert renderer.file("gone.txt.j2") is None
+
+
+def test_a_template_file_removed_after_validate_is_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "bye.txt.j2").write_text("Bye\n", encoding="utf-8")
+    pb = playbook(tmp_path, actions='  - email: { subject: "Hi", template: bye }\n')
+    (folder / "bye.txt.j2").unlink()
+    (action,) = planner(pb).enrollment("c1", "o", buyer("c1", 2), None, {}).actions
+    assert action.status == "error" and action.reason is not None
+    assert "no template file for 'bye'" in action.reason
 
 
 @pytest.mark.parametrize("holdout", ["", "holdout: 30%\n"])

@@ -21,8 +21,7 @@ from test_evaluate_triggers import AS_OF, add_customers, add_events, ago, custom
 
 from connectors.email import PLACEHOLDER_FROM, message_id
 from engine.clock import iso
-from engine.plan.planner import action_key
-from engine.plan.preview import UNSUBSCRIBE_URL
+from engine.plan.planner import UNSUBSCRIBE_URL, action_key
 from engine.query.checks import load_valid_playbooks
 
 SAMPLES = REPO / "playbooks"

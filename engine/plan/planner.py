@@ -15,14 +15,17 @@ without a database (tests/test_planner.py) and a live run commits exactly what a
   step, so every re-plan gives the same key and any other action a different one.
 - Email: a customer without an address is `skipped`; whether an address may be mailed is the
   connector's pure `blocked` check (suppressed), called here and again at send time.
-- A template that fails for one customer marks that action `error`, naming customer and action.
+- Templates: every template an action would send (an email's subject and body, inline or
+  in files) is rendered here in the one context of `template_context`, so a template that fails
+  for one customer marks that action `error`, naming customer and action, before anything is
+  sent. `retain preview` renders through the same `Renderer` and takes its status from `action`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,9 +35,12 @@ from jinja2 import Environment
 from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
-from engine.format.templates import as_context, render
+from engine.format.templates import as_context, render, render_file, templates_dir_of
 
-UNSUBSCRIBE_PLACEHOLDER = "(unsubscribe link, made when the email is sent)"
+UNSUBSCRIBE_URL = "https://retain.example.invalid/unsubscribe?token=made-when-sent"
+"""What `unsubscribe_url` is until a message is sent (dry-run, preview): the real link carries a
+token made at send time. A URL, so it reads right in an `href` and in `List-Unsubscribe`, and
+`.invalid` (RFC 2606) never resolves."""
 KEY_PREFIX_CHARS = 48  # of the playbook id and of the customer id, for a readable key
 
 
@@ -165,6 +171,7 @@ class Planner:
         self.playbook, self.as_of = playbook, as_of
         self.connectors, self.environment = connectors, environment
         self.schedule = schedule(playbook)
+        self._files: dict[str, bool] = {}
 
     def enrollment(self, customer_id: str, occurrence: str, customer: Mapping[str, Any],
                    event: Mapping[str, Any] | None,
@@ -176,27 +183,24 @@ class Planner:
         return PlannedEnrollment(customer_id, occurrence, holdout,
                                  event["event_id"] if event else None, actions)
 
+    def renderer(self, customer: Mapping[str, Any],
+                 event: Mapping[str, Any] | None) -> Renderer:
+        """The templates of one enrollment, rendered in its `template_context`."""
+        return Renderer(self.environment, template_context(self.playbook, customer, event),
+                        self._has_file)
+
     def actions(self, occurrence: str, customer: Mapping[str, Any],
                 event: Mapping[str, Any] | None,
                 suppressions: Mapping[str, str]) -> Iterator[PlannedAction]:
         """Each action rendered for this customer, due after the waits before it."""
-        values: dict[str, Any] = {
-            "customer": customer, "unsubscribe_url": UNSUBSCRIBE_PLACEHOLDER,
-            "playbook": {"id": self.playbook.id, "name": self.playbook.document.name}}
-        if event is not None:
-            values["event"] = event
-        context = as_context(values)  # wrapped once for all of this enrollment's templates
-
-        def render_for(source: str, *, header: bool = False) -> str:
-            return render(self.environment, source, context, header=header)
-
+        renderer = self.renderer(customer, event)  # one context for all of its templates
         for item in self.schedule:
             key = action_key(self.playbook, customer["customer_id"], occurrence, item.stage,
                              item.step)
-            yield self.action(item, key, customer, render_for, suppressions)
+            yield self.action(item, key, customer, renderer, suppressions)
 
-    def action(self, item: Scheduled, key: str, customer: Mapping[str, Any], render_for: Any,
-               suppressions: Mapping[str, str]) -> PlannedAction:
+    def action(self, item: Scheduled, key: str, customer: Mapping[str, Any],
+               renderer: Renderer, suppressions: Mapping[str, str]) -> PlannedAction:
         """One action's fields and status; a failing template is an `error`, not a crash."""
         kind, due = item.action.kind, self.as_of + item.delay
         connector = self.connectors[kind]
@@ -206,7 +210,7 @@ class Planner:
             return PlannedAction(item.step, item.stage, kind, due, status, fields, key, reason)
 
         try:
-            fields = connector.plan(item.action.params, render_for, due)
+            fields = connector.plan(item.action.params, renderer.inline, renderer.file, due)
         except TemplateError as exc:
             where = f"customer {customer['customer_id']}, actions[{item.step}].{kind}"
             return made("error", {}, f"{where}: {exc}")
@@ -219,3 +223,41 @@ class Planner:
             if blocked is not None:
                 return made("suppressed", fields, blocked)
         return made("planned", fields)
+
+    def _has_file(self, name: str) -> bool:
+        """Whether templates/NAME exists, asked once per plan (not once per customer)."""
+        if name not in self._files:
+            folder = templates_dir_of(self.environment)
+            self._files[name] = folder is not None and (folder / name).is_file()
+        return self._files[name]
+
+
+def template_context(playbook: Playbook, customer: Mapping[str, Any],
+                     event: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What every template of an action sees (DESIGN 2.4): `customer`, the triggering `event`
+    (when there is one), `playbook` and `unsubscribe_url`; wrapped once for all of them."""
+    values: dict[str, Any] = {
+        "customer": customer, "unsubscribe_url": UNSUBSCRIBE_URL,
+        "playbook": {"id": playbook.id, "name": playbook.document.name}}
+    if event is not None:
+        values["event"] = event
+    return as_context(values)
+
+
+class Renderer:
+    """One enrollment's templates in one context: `inline` and `file` are what a connector gets
+    as `render` and `render_file` (connectors/base.py), in a plan and in a preview alike."""
+
+    __slots__ = ("context", "environment", "has_file")
+
+    def __init__(self, environment: Environment, context: dict[str, Any],
+                 has_file: Callable[[str], bool]) -> None:
+        self.environment, self.context, self.has_file = environment, context, has_file
+
+    def inline(self, source: str, *, header: bool = False, html: bool = False) -> str:
+        """An inline template (a subject, a body); `html` autoescapes like an `.html.j2` file."""
+        return render(self.environment, source, self.context, header=header, html=html)
+
+    def file(self, name: str) -> str | None:
+        """templates/NAME rendered, or None when the playbook's templates folder has no NAME."""
+        return render_file(self.environment, name, self.context) if self.has_file(name) else None

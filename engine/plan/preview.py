@@ -1,16 +1,20 @@
 """`retain preview`: the whole message one action would send one customer, without sending it.
 
-The email connector builds the real `EmailMessage` (connectors/email.py `build_message`, which the
-dispatcher will send), rendered with the customer's record as the plan renders it (facts as of
-`as_of`) and the triggering event when the customer enters; other kinds show their payload. A
-customer who would not enter now is previewed anyway, with a note saying so (and why to look at
-`retain explain`). What only sending makes (the unsubscribe token, the Date) is a placeholder.
+The planner decides, the connector renders: the action's status (planned, skipped without an
+address, suppressed, error), its due time, its idempotency key and holdout all come from
+engine/plan/planner.py as a dry-run gets them, and its templates are rendered through the
+planner's `Renderer` in the one `template_context` (the same placeholder `unsubscribe_url`).
+The email connector then builds the real `EmailMessage` (connectors/email.py `build_message`,
+which the dispatcher will send); other kinds show their payload. A customer who would not
+enter now is previewed anyway, with a note saying so (and why to look at `retain explain`), and
+no Message-ID: no run would make its key. What only sending makes (the unsubscribe token, the
+Date) is a placeholder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,24 @@ import sqlalchemy as sa
 from engine.clock import iso
 from engine.errors import InputError, TemplateError
 from engine.format.compile import CompileContext
-from engine.format.playbook import ActionStep, Playbook, Wait
+from engine.format.playbook import ActionStep, Playbook
 from engine.format.registry import load_connectors
-from engine.format.templates import make_environment, render, render_file
+from engine.format.templates import make_environment
 from engine.format.validation import templates_dir
-from engine.plan.planner import action_key, in_holdout
+from engine.plan.planner import (
+    UNSUBSCRIBE_URL,
+    PlannedAction,
+    Planner,
+    Renderer,
+    action_key,
+    in_holdout,
+)
 from engine.plan.reader import customer_records, event_records, suppressed
-from engine.query.evaluate import candidates, compose, prepare
+from engine.query.evaluate import Candidate, Moment, candidates, compose, prepare
 
-UNSUBSCRIBE_URL = "https://retain.example.invalid/unsubscribe?token=made-when-sent"
-"""The link templates and List-Unsubscribe get in a preview: the real token is made at send time."""
+NOT_ENTERING = "(none: this customer would not enter now)"
+"""The key and Message-ID shown for a customer who would not enter: no run would make a key for
+this customer now, so none is made up."""
 
 
 @dataclass(frozen=True)
@@ -39,15 +51,38 @@ class Preview:
     playbook: Playbook
     customer_id: str
     as_of: datetime
-    step: int  # index in the playbook's `actions:` list (waits count)
-    kind: str
-    due_at: datetime
     enters: bool
     occurrence: str | None
     holdout: bool
+    action: PlannedAction  # the planner's decision: step, kind, due time, key, status, reason
     notes: tuple[str, ...]
     message: EmailMessage | None  # an email action's message, as it would be sent
     payload: dict[str, Any] | None  # another kind's rendered fields
+
+    @property
+    def step(self) -> int:
+        """The index in the playbook's `actions:` list (waits count)."""
+        return self.action.step
+
+    @property
+    def kind(self) -> str:
+        """The action's connector kind."""
+        return self.action.kind
+
+    @property
+    def due_at(self) -> datetime:
+        """When the planner would have the action due: as-of plus the waits before it."""
+        return self.action.run_at
+
+    def headers(self) -> list[list[str]]:
+        """The message's headers in order, as shown: a customer who would not enter gets
+        `Message-ID: (none: ...)` where the header would be (the wire text has none)."""
+        assert self.message is not None
+        found = [[name, str(value)] for name, value in self.message.items()]
+        if self.message["Message-ID"] is None:
+            at = next((i for i, (name, _) in enumerate(found) if name == "Subject"), -1) + 1
+            found.insert(at, ["Message-ID", NOT_ENTERING])
+        return found
 
     def to_json(self) -> dict[str, Any]:
         """The preview as plain data; an email as its headers and its text and HTML parts."""
@@ -55,9 +90,10 @@ class Preview:
             "playbook": self.playbook.id, "customer_id": self.customer_id,
             "as_of": iso(self.as_of), "step": self.step, "type": self.kind,
             "due_at": iso(self.due_at), "enters": self.enters, "occurrence": self.occurrence,
-            "holdout": self.holdout, "notes": list(self.notes)}
+            "holdout": self.holdout, "key": self.action.key, "status": self.action.status,
+            "reason": self.action.reason, "notes": list(self.notes)}
         if self.message is not None:
-            data["message"] = message_parts(self.message)
+            data["message"] = {**message_parts(self.message), "headers": self.headers()}
         else:
             data["payload"] = {key: iso(value) if isinstance(value, datetime) else value
                                for key, value in (self.payload or {}).items()}
@@ -79,42 +115,36 @@ def preview(connection: sa.Connection, playbook: Playbook, customer_id: str, as_
     """Render action `step` (default: the first email, else the first action) for one customer.
 
     Reads only. Raises InputError for a step that is no action, TemplateError (naming customer
-    and action) when a template fails for this customer.
+    and action) when a template fails for this customer, as the plan marks it `error`.
     """
     index = pick_step(playbook, step)
-    action = playbook.steps[index]
-    assert isinstance(action, ActionStep)
     moment = prepare(connection, as_of, [playbook])
-    tc = moment.trigger_context(playbook.id)
-    part = playbook.trigger.sql(tc, playbook.document.backfill)
-    found = list(candidates(connection, compose(playbook, tc, part, customer_id)))
-    allowed = list(candidates(connection, compose(playbook, tc, part, customer_id, reentry=False)))
+    found, allowed = _candidates(connection, playbook, moment, customer_id)
     chosen = (found or allowed or [None])[0]
-    occurrence = chosen.occurrence if chosen else None
-    ctx = CompileContext(as_of, moment.historical)
-    customer = customer_records(connection, ctx, [customer_id])[customer_id]
+    customer = customer_records(connection, CompileContext(as_of, moment.historical),
+                                [customer_id])[customer_id]
     event = None
     if chosen is not None and chosen.event_ref is not None:
         event = event_records(connection, [chosen.event_ref])[chosen.event_ref]
-    waits = [s for s in playbook.steps[:index] if isinstance(s, Wait)]
-    due = as_of + sum((w.duration for w in waits), timedelta(0))
-    notes = _notes(playbook, customer_id, found, allowed, as_of)
-    connector = load_connectors()[action.kind]()
-    if customer.get("email"):
-        blocked = connector.blocked(customer["email"],
-                                    suppressed(connection, [customer["email"]]))
-        if blocked:
-            notes.append(f"{blocked}: a run would not send this")
-    result = _render(playbook, index, action, connector, customer, event, due,
-                     action_key(playbook, customer_id, occurrence or "(none)", len(waits),
-                                index))
-    holdout = bool(found) and in_holdout(playbook, customer_id, found[0].occurrence)
-    if holdout:
-        notes.append("in the holdout (control group): a run would send nothing; shown anyway")
-    if not customer.get("email") and action.kind == "email":
-        notes.append("the customer has no email address: a run would skip this")
-    return Preview(playbook, customer_id, as_of, index, action.kind, due, bool(found),
-                   occurrence, holdout, tuple(notes),
+    connectors = {kind: cls() for kind, cls in load_connectors().items()}
+    planner = Planner(playbook, as_of, connectors,
+                      make_environment(templates_dir(Path(playbook.file))))
+    item = next(scheduled for scheduled in planner.schedule if scheduled.step == index)
+    occurrence = found[0].occurrence if found else None
+    key = NOT_ENTERING if occurrence is None else action_key(
+        playbook, customer_id, occurrence, item.stage, item.step)
+    renderer = planner.renderer(customer, event)
+    address = customer.get("email")
+    decision = planner.action(item, key, customer, renderer,
+                              suppressed(connection, [address] if address else []))
+    if decision.status == "error":
+        raise TemplateError(decision.reason or "")
+    result = _render(connectors[decision.kind], item.action, decision, renderer, customer,
+                     occurrence is not None)
+    holdout = occurrence is not None and in_holdout(playbook, customer_id, occurrence)
+    notes = _notes(playbook, customer_id, found, allowed, as_of, decision, holdout)
+    return Preview(playbook, customer_id, as_of, bool(found),
+                   chosen.occurrence if chosen else None, holdout, decision, tuple(notes),
                    result if isinstance(result, EmailMessage) else None,
                    None if isinstance(result, EmailMessage) else result)
 
@@ -133,38 +163,45 @@ def pick_step(playbook: Playbook, step: int | None) -> int:
     return step
 
 
-def _notes(playbook: Playbook, customer_id: str, found: list[Any], allowed: list[Any],
-           as_of: datetime) -> list[str]:
-    if found:
-        return []
-    why = "already enrolled for this occurrence (reentry)" if allowed else \
-        "trigger or conditions do not hold"
-    return [f"customer {customer_id} would not enter {playbook.id} as of {iso(as_of)}: {why} "
-            f"(retain explain {playbook.id} {customer_id}); previewed anyway"]
+def _candidates(connection: sa.Connection, playbook: Playbook, moment: Moment,
+                customer_id: str) -> tuple[list[Candidate], list[Candidate]]:
+    """The customer's rows entering now, and those trigger and `when` select before reentry."""
+    tc = moment.trigger_context(playbook.id)
+    part = playbook.trigger.sql(tc, playbook.document.backfill)
+    found = list(candidates(connection, compose(playbook, tc, part, customer_id)))
+    allowed = list(candidates(connection, compose(playbook, tc, part, customer_id,
+                                                  reentry=False)))
+    return found, allowed
 
 
-def _render(playbook: Playbook, index: int, action: ActionStep, connector: Any,
-            customer: dict[str, Any], event: dict[str, Any] | None, due: datetime, key: str
-            ) -> EmailMessage | dict[str, Any]:
-    """The connector's preview with this customer's context; a template error names both."""
-    folder = templates_dir(Path(playbook.file))
-    environment = make_environment(folder)
-    context: dict[str, Any] = {"customer": customer, "unsubscribe_url": UNSUBSCRIBE_URL,
-                               "playbook": {"id": playbook.id, "name": playbook.document.name}}
-    if event is not None:
-        context["event"] = event
+def _notes(playbook: Playbook, customer_id: str, found: list[Candidate],
+           allowed: list[Candidate], as_of: datetime, decision: PlannedAction,
+           holdout: bool) -> list[str]:
+    """What a run would do differently from sending this, as the planner decided it."""
+    notes = []
+    if not found:
+        why = "already enrolled for this occurrence (reentry)" if allowed else \
+            "trigger or conditions do not hold"
+        notes.append(f"customer {customer_id} would not enter {playbook.id} as of {iso(as_of)}: "
+                     f"{why} (retain explain {playbook.id} {customer_id}); previewed anyway")
+    if holdout:
+        notes.append("in the holdout (control group): a run would send nothing; shown anyway")
+    if decision.status == "skipped":
+        notes.append(f"{decision.reason}: a run would skip this")
+    elif decision.status == "suppressed":
+        notes.append(f"{decision.reason}: a run would not send this")
+    return notes
 
-    def render_inline(source: str, *, header: bool = False, html: bool = False) -> str:
-        return render(environment, source, context, header=header, html=html)
 
-    def render_named(name: str) -> str | None:
-        if folder is None or not (folder / name).is_file():
-            return None
-        return render_file(environment, name, context)
-
+def _render(connector: Any, action: ActionStep, decision: PlannedAction, renderer: Renderer,
+            customer: dict[str, Any], enters: bool) -> EmailMessage | dict[str, Any]:
+    """The connector's preview through the planner's renderer; a failure names customer and
+    action as the plan does (a header value the email package refuses, like a name with a
+    line break in To)."""
     try:
-        return connector.preview(action.params, render_inline, render_named, due, key=key,
-                                 customer=customer, unsubscribe_url=UNSUBSCRIBE_URL)
-    except (TemplateError, ValueError) as exc:  # ValueError: a header value email refuses
-        raise TemplateError(f"customer {customer['customer_id']}, actions[{index}]."
-                            f"{action.kind}: {exc}") from exc
+        return connector.preview(action.params, renderer.inline, renderer.file, decision.run_at,
+                                 key=decision.key if enters else None, customer=customer,
+                                 unsubscribe_url=UNSUBSCRIBE_URL)
+    except (TemplateError, ValueError) as exc:
+        raise TemplateError(f"customer {customer['customer_id']}, actions[{decision.step}]."
+                            f"{decision.kind}: {exc}") from exc

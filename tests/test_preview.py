@@ -22,6 +22,7 @@ from test_evaluate_triggers import AS_OF, add_customers, add_events, ago, custom
 from connectors.email import PLACEHOLDER_FROM, message_id
 from engine.clock import iso
 from engine.plan.planner import UNSUBSCRIBE_URL, action_key
+from engine.plan.preview import NOT_ENTERING
 from engine.query.checks import load_valid_playbooks
 
 SAMPLES = REPO / "playbooks"
@@ -158,3 +159,96 @@ def test_a_header_breaking_name_is_refused_naming_customer_and_action(
     add_customers(db, customer("evil", email="e@example.com", name="Eve\r\nBcc: x@example.com"))
     code, out, err = run_preview(cli, db_url, "welcome-series", "evil")
     assert code == 1 and "customer evil, actions[0].email" in err and "Bcc" not in out
+
+
+# --- preview and dry-run: one planner ---------------------------------------------------------
+
+
+def dry_run_json(cli: Cli, db_url: str, *paths: str) -> tuple[int, dict[str, Any], str]:
+    code, out, err = cli(["--db", db_url, "dry-run", *(paths or (str(SAMPLES),)), "--json",
+                          "--as-of", iso(AS_OF)])
+    return code, json.loads(out), err
+
+
+def planned_actions(document: dict[str, Any], playbook: str) -> dict[str, dict[str, Any]]:
+    """Each action of `playbook` in a dry-run --json document, by customer and step."""
+    (part,) = [p for p in document["playbooks"] if p["id"] == playbook]
+    return {f"{e['customer_id']}/{a['step']}": a for e in part["enrollments"]
+            for a in e["actions"]}
+
+
+def fields(action: dict[str, Any]) -> dict[str, Any]:
+    """An action's rendered fields (nested under "fields" or beside key and status)."""
+    return action.get("fields", action)
+
+
+def test_preview_takes_key_due_time_and_status_from_the_plan(
+        shop: sa.Engine, db_url: str, cli: Cli, tmp_path: Path) -> None:
+    """The same planner decides both: for every action of ann's welcome series and dee's
+    negative feedback, preview shows the dry-run's key, due time and status (suppressed too)."""
+    path = tmp_path / "suppressed.csv"
+    path.write_text("email,reason\nANN@example.com,unsubscribed\n", encoding="utf-8")
+    code, _, err = cli(["--db", db_url, "sync", "suppressions", str(path)])
+    assert code == 0, err
+    code, document, err = dry_run_json(cli, db_url)
+    assert code == 0, err
+    for playbook, person, steps in (("welcome-series", "ann", (0, 2, 4)),
+                                    ("negative-feedback", "dee", (0, 1))):
+        plan = planned_actions(document, playbook)
+        for step in steps:
+            shown = preview_json(cli, db_url, playbook, person, "--step", str(step))
+            action = plan[f"{person}/{step}"]
+            assert (shown["key"], shown["due_at"], shown["status"], shown["reason"]) == (
+                action["key"], action["run_at"], action["status"], action.get("reason"))
+            if shown["type"] == "task":  # one template context: the same rendered fields
+                assert shown["payload"]["title"] == fields(action)["title"]
+    ann = preview_json(cli, db_url, "welcome-series", "ann")
+    assert ann["status"] == "suppressed"
+    assert "address is suppressed (unsubscribed): a run would not send this" in ann["notes"]
+
+
+def test_a_customer_who_would_not_enter_gets_no_made_up_message_id(
+        shop: sa.Engine, db_url: str, cli: Cli) -> None:
+    document = preview_json(cli, db_url, "welcome-series", "bob")
+    assert document["enters"] is False and document["key"] == NOT_ENTERING
+    assert ["Message-ID", NOT_ENTERING] in document["message"]["headers"]
+    assert parsed(document)["Message-ID"] is None  # the wire text carries none
+    code, out, _ = run_preview(cli, db_url, "welcome-series", "bob")
+    assert code == 0
+    assert "Message-ID: (none: this customer would not enter now)" in out.splitlines()
+
+
+AVERAGE = "Avg {{ customer.total_spent / (customer.purchase_count - 1) }}"
+
+
+@pytest.mark.parametrize("body", ["inline", "file"])
+def test_dry_run_renders_the_body_and_fails_for_whom_it_fails(
+        db: sa.Engine, db_url: str, cli: Cli, tmp_path: Path, body: str) -> None:
+    """A body that divides by zero for a one-time buyer: the dry-run says so for that customer
+    and exits 1, as the live send would have failed; preview fails with the same words."""
+    add_customers(db, customer("ann", email="ann@example.com", name="Ann"),
+                  customer("bob", email="bob@example.com", name="Bob"))
+    add_events(db, ("p1", "ann", "purchase", ago(days=3), {"amount": 10.0}),
+               ("p2", "ann", "purchase", ago(days=2), {"amount": 20.0}),
+               ("p3", "bob", "purchase", ago(days=2), {"amount": 30.0}))
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "avg.txt.j2").write_text(f"Hi,\n{AVERAGE}\n", encoding="utf-8")
+    source = f'body: "{AVERAGE}"' if body == "inline" else "template: avg"
+    (tmp_path / "avg.yaml").write_text(
+        "id: avg\nname: Average\ntrigger:\n  segment: {}\nactions:\n"
+        f'  - email: {{ subject: "Hello {{{{ customer.name }}}}", {source} }}\n', encoding="utf-8")
+    code, document, err = dry_run_json(cli, db_url, str(tmp_path / "avg.yaml"))
+    plan = planned_actions(document, "avg")
+    assert code == 1 and plan["ann/0"]["status"] == "planned"
+    assert fields(plan["ann/0"])["subject"] == "Hello Ann"
+    where = "customer bob, actions[0].email: "
+    located = f"{tmp_path / 'templates' / 'avg.txt.j2'}:2: " if body == "file" else ""
+    reason = f"{where}{located}cannot render: float division by zero"
+    assert plan["bob/0"]["status"] == "error" and plan["bob/0"]["reason"] == reason
+    assert err.splitlines() == [f"avg: {reason}"]
+    code, _, err = cli(["--db", db_url, "dry-run", str(tmp_path / "avg.yaml"),
+                        "--as-of", iso(AS_OF)])
+    assert code == 1 and f"avg: {reason}" in err
+    code, _, err = cli(["--db", db_url, "preview", "avg", "bob", "--playbooks",
+                        str(tmp_path / "avg.yaml"), "--as-of", iso(AS_OF)])
+    assert code == 1 and reason in err

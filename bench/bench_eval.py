@@ -7,9 +7,10 @@ memory flat in N; and indexes that let the selective triggers (first purchase, n
 in the last day) avoid a full scan. So, per size, in ONE process (the machine is shared and
 noisy, so only ratios measured side by side mean much), for every sample playbook:
 
-- **dry-run**: `make_plan(connection, [playbook], as_of, show=10)`, what `retain dry-run` does
-  per playbook: count everyone entering and plan (render) the first ten; also with `show=0`,
-  which renders nothing, to tell rendering from counting;
+- **dry-run**: `make_plan(connection, [playbook], as_of, show=10, complete=False)`: count
+  everyone entering and plan (render) the first ten (`retain dry-run` also plans every other
+  enrollment for its errors: bench/bench_plan.py measures that); also with `show=0`, which
+  renders nothing, to tell rendering from counting;
 - **engine query**: just streaming the rows of the playbook's one statement (`candidates`), to
   tell the SQL from the planning around it;
 - **(a) hand-written SQL**: the predicate (trigger, `when`, the anti-join against enrollments)
@@ -590,11 +591,12 @@ def measure_playbook(connection: sa.Connection, playbook: Playbook, moment: Mome
     samples: dict[str, list[float]] = defaultdict(list)
     as_of = moment.as_of
     for round_ in range(repeat):
-        seconds, plan = _timed(lambda: make_plan(connection, [playbook], as_of, show=10))
+        seconds, plan = _timed(lambda: make_plan(connection, [playbook], as_of, show=10,
+                                                          complete=False))
         assert plan.playbooks[0].entering == len(engine_rows), "dry-run count differs"
         samples["dry_run"].append(seconds)
         samples["dry_run_show_0"].append(
-            _timed(lambda: make_plan(connection, [playbook], as_of, show=0))[0])
+            _timed(lambda: make_plan(connection, [playbook], as_of, show=0, complete=False))[0])
         samples["engine_query"].append(
             _timed(lambda: sum(1 for _ in candidates(connection, query)))[0])
         samples["hand_sql"].append(_timed(lambda: raw.execute(sql, params).fetchall())[0])
@@ -606,7 +608,7 @@ def measure_playbook(connection: sa.Connection, playbook: Playbook, moment: Mome
                 samples[name].append(seconds)
                 del found
     tracemalloc.start()
-    make_plan(connection, [playbook], as_of, show=10)
+    make_plan(connection, [playbook], as_of, show=10, complete=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     result: dict[str, Any] = {

@@ -26,6 +26,7 @@ from engine.query.vocabulary import typo_warnings
 from engine.store.facts import customers
 from engine.store.open import open_reader
 
+ERRORS_SHOWN = 5  # in the text plan; `--json` streams every action with its status and reason
 AsOfOpt = Annotated[str | None, typer.Option(
     "--as-of", help="Evaluate as if now were this ISO date or time (naive means UTC); only events "
     "up to it are seen.", show_default=False)]
@@ -68,17 +69,19 @@ def dry_run(
     """The plan: who would enter which playbook and what would be done. Writes and sends nothing.
 
     `--json` streams every enrollment (or the first --show) with each action's key and due time.
+    Every enrollment is planned whatever is listed: one that fails to render fails the dry-run.
     """
     playbooks = playbooks_at(paths)
     moment = as_of_time(as_of)
     engine = open_reader(ctx.obj.db_url)
     shown = (show or 0) if as_json else (10 if show is None else show)
+    streamed = as_json and show is None  # the JSON document plans every enrollment itself
     with engine.connect() as connection:
         if customer is not None:
             require_customer(connection, customer)
         with render.progress("evaluating playbooks", len(playbooks)) as advance:
             plan = make_plan(connection, playbooks, moment, customer_id=customer, show=shown,
-                             progress=advance)
+                             complete=not streamed, progress=advance)
         warnings = typo_warnings(connection, playbooks) + stale_as_of_issues(moment, plan.moment)
         if as_json:  # streamed while the connection is open: the plan reads as it goes
             render.write_chunks(plan.json_chunks(
@@ -88,9 +91,22 @@ def dry_run(
             show_warnings(warnings)
         connection.rollback()
     if plan.errors:
-        for line in plan.errors:
-            render.error(line)
+        show_errors(plan.errors, None if as_json else ERRORS_SHOWN)
         raise typer.Exit(1)
+
+
+def show_errors(errors: list[str], first: int | None) -> None:
+    """The actions that could not be planned, on stderr: the `first` few folded to the
+    terminal's width and a count of the rest (None: every one, a line each, for scripts)."""
+    if first is None:
+        for line in errors:
+            render.error(line)
+        return
+    for line in errors[:first]:
+        render.err_console.print(line, style="red", markup=False)
+    if len(errors) > first:
+        render.err_console.print(f"... and {len(errors) - first:,} more (dry-run --json lists "
+                                 "them all)", style="red", markup=False)
 
 
 def print_plan(plan: Plan) -> None:
@@ -115,7 +131,7 @@ def print_plan(plan: Plan) -> None:
                         "-" if pp.over_limit else f"{pp.holdout:,}", ", ".join(steps))
     out.print(summary)
     for pp in plan.playbooks:
-        for note in filter(None, (pp.over_limit, pp.note)):
+        for note in filter(None, (pp.over_limit, pp.note, _unplanned(pp))):
             out.print(Text(f"{pp.playbook.id}: {note}",
                            style="red" if note == pp.over_limit else ""))
     for pp in plan.playbooks:
@@ -123,6 +139,15 @@ def print_plan(plan: Plan) -> None:
             out.print(_enrollment_table(pp))
     if plan.disabled:
         out.print(f"Disabled, not evaluated: {', '.join(plan.disabled)}.")
+
+
+def _unplanned(pp: PlaybookPlan) -> str | None:
+    """`12 of 2,000 actions not planned: 9 suppressed, 3 error`, over every enrollment."""
+    missed = {status: n for status, n in pp.statuses.items() if status != "planned"}
+    if not missed:
+        return None
+    parts = ", ".join(f"{n:,} {status}" for status, n in sorted(missed.items()))
+    return f"{sum(missed.values()):,} of {pp.statuses.total():,} actions not planned: {parts}"
 
 
 def _enrollment_table(pp: PlaybookPlan) -> Table:

@@ -117,9 +117,9 @@ def test_json_plan_lists_every_enrollment_with_rendered_actions(demo_file: Path,
     first = feedback["enrollments"][0]
     assert first["occurrence"] == first["event_id"]
     task, email = first["actions"]
-    assert task["type"] == "task" and task["title"].startswith("Follow up with ")
-    assert "feedback score " in task["title"] and ".0" not in task["title"]
-    assert email["type"] == "email" and email["to"].endswith("@demo.example")
+    assert task["type"] == "task" and task["fields"]["title"].startswith("Follow up with ")
+    assert "feedback score " in task["fields"]["title"] and ".0" not in task["fields"]["title"]
+    assert email["type"] == "email" and email["fields"]["to"].endswith("@demo.example")
     winback = plan["winback-30d"]
     assert "over limits.max_percent 20% = 300 of 1,500" in winback["over_limit"]
     assert winback["entering"] > 300 and winback["enrollments"] == []  # over: no one enrolls
@@ -146,8 +146,9 @@ def test_json_plan_of_a_playbook_within_limits_times_keys_and_holds_out(
     email, task = planned[0]  # the task comes after `wait: 7d` and is due 2 days later
     assert (email["run_at"], task["run_at"]) == ("2011-12-10T00:00:00Z", "2011-12-17T00:00:00Z")
     assert (email["commit_now"], task["commit_now"]) == (True, False)
-    assert task["due_at"] == "2011-12-19T00:00:00Z"
-    assert task["title"].startswith("Call ") and task["assignee"] == "retention-team"
+    assert task["fields"]["due_at"] == "2011-12-19T00:00:00Z"
+    assert task["fields"]["title"].startswith("Call ")
+    assert task["fields"]["assignee"] == "retention-team"
     keys = [a["key"] for actions in planned for a in actions]
     assert len(set(keys)) == len(keys) == 2 * len(planned)  # distinct, every one
     assert max(len(key) for key in keys) <= 255

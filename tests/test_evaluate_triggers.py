@@ -693,9 +693,10 @@ def test_cli_dry_run_json_lists_enrollments_and_actions(cli_project: Path, db_ur
     assert key.startswith("welcome/ann/0.0/") and len(key) <= 255
     assert email == {"type": "email", "step": 0, "stage": 0, "commit_now": True,
                      "run_at": "2024-05-01T08:30:00Z",
-                     "status": "planned", "to": "ann@example.com", "subject": "Welcome Ann",
-                     "body": "inline text"}
-    assert (task["type"], task["title"], task["run_at"], task["due_at"]) == (
+                     "status": "planned", "fields": {"to": "ann@example.com",
+                                                     "subject": "Welcome Ann",
+                                                     "body": "inline text"}}
+    assert (task["type"], task["fields"]["title"], task["run_at"], task["fields"]["due_at"]) == (
         "task", "Check on Ann", "2024-05-02T08:30:00Z", "2024-05-04T08:30:00Z")
     assert (task["stage"], task["commit_now"]) == (1, False)  # written when the wait ends
     assert task["key"].startswith("welcome/ann/1.2/")

@@ -25,6 +25,7 @@ from engine.format.validation import load_valid_playbooks, templates_dir
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import (
     UNSUBSCRIBE_URL,
+    PlannedAction,
     PlannedEnrollment,
     Planner,
     action_key,
@@ -237,8 +238,45 @@ def test_a_template_file_removed_after_validate_is_an_error(tmp_path: Path) -> N
     assert "no template file for 'bye'" in action.reason
 
 
-@pytest.mark.parametrize("holdout", ["", "holdout: 30%\n"])
-def test_replanning_gives_the_same_enrollment(tmp_path: Path, holdout: str) -> None:
-    pb = playbook(tmp_path, holdout)
-    args = ("c1", "2024-05", person("c1", "c1@x.example"), None, {})
-    assert planner(pb).enrollment(*args) == planner(pb).enrollment(*args)
+GOLDEN = ("id: winback\nname: Win back\ntrigger:\n  segment: {}\nholdout: 30%\nactions:\n"
+          '  - email: { subject: "Hello {{ customer.name }}", body: "We miss you" }\n'
+          "  - wait: 3d\n"
+          '  - task: { title: "Call {{ customer.name }}", due_in: 2d }\n')
+
+
+def test_keys_and_holdout_are_pinned_across_versions(tmp_path: Path) -> None:
+    """Literal keys and holdout groups of a fixed playbook text: a change to `action_key`,
+    `in_holdout` or the version hash that would re-key (re-send) or regroup enrollments
+    between Retain versions fails here. Re-planning gives the same enrollment."""
+    path = tmp_path / "winback.yaml"
+    path.write_text(GOLDEN, encoding="utf-8")
+    (pb,) = load_valid_playbooks([path], env={})
+    assert pb.version == "66ef773099ee6346"
+    assert action_key(pb, "12347", "2011-12-10T00:00:00Z", 1, 2) == \
+        "winback/12347/1.2/8993ea5ebf9f3c45891b4508ab0b4269"
+    assert [in_holdout(pb, c, "2011-12-10T00:00:00Z") for c in ("12346", "12347", "12348")] == \
+        [False, False, True]
+    args = ("12347", "2011-12-10T00:00:00Z", person("12347", "a@x.example"), None, {})
+    made = planner(pb).enrollment(*args)
+    assert made == planner(pb).enrollment(*args)
+    assert not made.holdout and [a.key for a in made.actions] == [
+        "winback/12347/0.0/34bcfecc31b0f20c9dd42621d1a5cbde",
+        "winback/12347/1.2/8993ea5ebf9f3c45891b4508ab0b4269"]
+    held = ("12348", "2011-12-10T00:00:00Z", person("12348", "b@x.example"), None, {})
+    assert planner(pb).enrollment(*held) == PlannedEnrollment(
+        "12348", "2011-12-10T00:00:00Z", True, None, ())
+
+
+def test_action_json_nests_the_connector_fields() -> None:
+    """A connector's fields never mix with the plan's keys: a points `reason` is not a skip
+    reason, and a field called `key` cannot overwrite the idempotency key."""
+    points = PlannedAction(0, 0, "points", AS_OF, "planned",
+                           {"amount": 5, "reason": "purchase", "key": "theirs"}, "k1")
+    assert points.to_json() == {
+        "type": "points", "step": 0, "stage": 0, "key": "k1", "commit_now": True,
+        "run_at": "2024-05-01T08:30:00Z", "status": "planned",
+        "fields": {"amount": 5, "reason": "purchase", "key": "theirs"}}
+    skipped = PlannedAction(1, 0, "email", AS_OF, "skipped", {"subject": "Hi"}, "k2",
+                            "no email address")
+    data = skipped.to_json()
+    assert (data["reason"], data["fields"]) == ("no email address", {"subject": "Hi"})

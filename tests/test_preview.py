@@ -248,7 +248,7 @@ def test_dry_run_renders_the_body_and_fails_for_whom_it_fails(
     assert err.splitlines() == [f"avg: {reason}"]
     code, _, err = cli(["--db", db_url, "dry-run", str(tmp_path / "avg.yaml"),
                         "--as-of", iso(AS_OF)])
-    assert code == 1 and f"avg: {reason}" in err
+    assert code == 1 and f"avg: {reason}" in err.replace("\n", "")  # folded at 80 columns
     code, _, err = cli(["--db", db_url, "preview", "avg", "bob", "--playbooks",
                         str(tmp_path / "avg.yaml"), "--as-of", iso(AS_OF)])
     assert code == 1 and reason in err

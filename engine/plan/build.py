@@ -3,15 +3,20 @@
 A dry-run prints the plan; a live run commits the same object (enrollments and outbox rows), so
 what a dry-run shows is what would happen (DESIGN 3). `make_plan` wires the reader (batched
 reads) to the pure planner (decisions): per playbook it counts who enters in SQL, decides the
-limits, counts the holdout, plans the first `show` enrollments, and keeps a way to stream ALL of
-them in batches (`PlaybookPlan.batches`), which is what a live run commits and what
-`dry-run --json` prints, in flat memory. Deterministic: the same database and as_of give the
-same plan. The plan reads through the caller's connection, so stream it while that is open.
+limits, counts the holdout, and plans every enrollment in batches, keeping only the first `show`
+(the rest are drained: their errors and action counts are kept, the enrollments are not), so
+the errors and the exit code of a dry-run are the same whatever it lists: a live run would fail
+for every customer it did not show too. `complete=False` defers that pass for a caller that
+streams every enrollment itself (`PlaybookPlan.batches`: what a live run commits and what
+`dry-run --json` prints, in flat memory). Deterministic: the same database and as_of give the
+same plan in the same order (customer, occurrence). The plan reads through the caller's
+connection, so stream it while that is open.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +40,10 @@ Batches = Callable[[int | None], Iterator[list[PlannedEnrollment]]]
 
 @dataclass
 class PlaybookPlan:
-    """One playbook's part of the plan: counts, the first enrollments, and all of them."""
+    """One playbook's part of the plan: counts, the first enrollments, and all of them.
+
+    `problems` and `statuses` cover every enrollment once `complete` (all were planned).
+    """
 
     playbook: Playbook
     entering: int = 0  # counted in SQL
@@ -45,14 +53,25 @@ class PlaybookPlan:
     note: str | None = None
     source: Batches | None = field(default=None, repr=False)
     problems: dict[str, None] = field(default_factory=dict, repr=False)  # ordered, no repeats
+    statuses: Counter[str] = field(default_factory=Counter)  # actions by status
+    complete: bool = False  # every enrollment planned: problems and statuses cover them all
 
     def batches(self) -> Iterator[list[PlannedEnrollment]]:
-        """Every enrollment a live run commits, a batch at a time; none when over the limit."""
+        """Every enrollment a live run commits, a batch at a time; none when over the limit.
+
+        Collects each enrollment's errors and action statuses on the way, anew on each pass;
+        `complete` once the last batch is handed out.
+        """
+        self.problems.clear()
+        self.statuses.clear()
+        self.complete = False
         if self.over_limit is None and self.source is not None:
             for batch in self.source(None):
                 for enrollment in batch:
                     self.problems.update(dict.fromkeys(enrollment.errors(self.playbook.id)))
+                    self.statuses.update(action.status for action in enrollment.actions)
                 yield batch
+        self.complete = True
 
     def enrollments(self) -> Iterator[PlannedEnrollment]:
         """Every enrollment, one at a time (streamed in batches underneath)."""
@@ -77,13 +96,15 @@ class Plan:
 
     @property
     def errors(self) -> list[str]:
-        """Every action that could not be planned, among those planned so far."""
-        found: dict[str, None] = {}
-        for pp in self.playbooks:
-            for enrollment in pp.shown:
-                found.update(dict.fromkeys(enrollment.errors(pp.playbook.id)))
-            found.update(pp.problems)
-        return list(found)
+        """Every action of every enrollment that could not be planned, in plan order.
+
+        Only a complete plan answers (make_plan's default, or every enrollment streamed): the
+        errors of the first few enrollments would let a dry-run pass that a live run fails.
+        """
+        unfinished = [pp.playbook.id for pp in self.playbooks if not pp.complete]
+        if unfinished:
+            raise RuntimeError(f"errors asked of a partial plan ({', '.join(unfinished)})")
+        return [line for pp in self.playbooks for line in pp.problems]
 
     def header(self) -> dict[str, Any]:
         """The `--json` document's fields besides the playbooks."""
@@ -119,11 +140,14 @@ def _listed(pp: PlaybookPlan, every: bool) -> Iterator[PlannedEnrollment]:
 
 
 def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datetime, *,
-              customer_id: str | None = None, show: int | None = None,
+              customer_id: str | None = None, show: int | None = None, complete: bool = True,
               progress: Callable[[int], object] | None = None) -> Plan:
-    """Evaluate every enabled playbook at `as_of`: counts, holdout, limits, and the first `show`
-    enrollments planned (None: all, in memory; stream large plans with `batches`).
+    """Evaluate every enabled playbook at `as_of`: counts, holdout, limits, every enrollment
+    planned and the first `show` kept (None: all, in memory; stream large plans with `batches`).
 
+    `complete=False` plans only the first `show` (a LIMIT), for a caller that streams every
+    enrollment afterwards; `errors` answers once it has. `customer_id` plans that customer's
+    part: the limits are still decided from everyone entering, as the full plan decides them.
     Reads only; the caller's transaction sees no writes from here.
     """
     active = sorted((p for p in playbooks if p.document.enabled),
@@ -136,7 +160,7 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
     plans = []
     for playbook in active:
         plans.append(_playbook_plan(connection, playbook, moment, connectors, total,
-                                    customer_id, show))
+                                    customer_id, show, complete))
         if progress is not None:
             progress(1)
     disabled = sorted(p.id for p in playbooks if not p.document.enabled)
@@ -145,14 +169,18 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
 
 def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment,
                    connectors: dict[str, Any], total: int | None, customer_id: str | None,
-                   show: int | None) -> PlaybookPlan:
+                   show: int | None, complete: bool) -> PlaybookPlan:
     tc = moment.trigger_context(playbook.id)
     part = playbook.trigger.sql(tc, playbook.document.backfill)
     query = compose(playbook, tc, part, customer_id)
     result = PlaybookPlan(playbook, note=part.note)
     result.entering = count(connection, query)
-    result.over_limit = over_limit(playbook, result.entering, total)
+    everyone = result.entering
+    if customer_id is not None and playbook.document.limits is not None:
+        everyone = count(connection, compose(playbook, tc, part))  # the limits see everyone
+    result.over_limit = over_limit(playbook, everyone, total)
     if result.over_limit is not None or result.entering == 0:
+        result.complete = True
         return result
     if playbook.document.holdout:
         result.holdout = sum(in_holdout(playbook, customer, occurrence)
@@ -170,6 +198,10 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment
                                       found.suppressions) for c in batch]
 
     result.source = source
-    if show != 0:
+    if complete or show is None:
+        for batch in result.batches():  # one pass: keep the first `show`, drain the rest
+            room = len(batch) if show is None else show - len(result.shown)
+            result.shown.extend(batch[:max(room, 0)])
+    elif show != 0:
         result.shown = [e for batch in source(show) for e in batch]
     return result

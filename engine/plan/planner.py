@@ -63,10 +63,15 @@ class PlannedAction:
         return self.stage == 0
 
     def to_json(self) -> dict[str, Any]:
-        """`{"type": "email", "step": 0, "stage": 0, "key": ..., "run_at": ..., ...}`."""
+        """`{"type": "email", "step": 0, ..., "status": ..., "fields": {"to": ..., ...}}`.
+
+        The connector's rendered fields are nested under `fields`, apart from the plan's own keys:
+        a points action's `reason` is not a skip reason, and no field can overwrite `key`.
+        """
         data = {"type": self.kind, "step": self.step, "stage": self.stage, "key": self.key,
                 "commit_now": self.commit_now, "run_at": iso(self.run_at),
-                "status": self.status, **{k: _plain(v) for k, v in self.fields.items()}}
+                "status": self.status,
+                "fields": {k: _plain(v) for k, v in self.fields.items()}}
         if self.reason:
             data["reason"] = self.reason
         return data

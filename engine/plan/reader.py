@@ -50,11 +50,16 @@ def keys(connection: sa.Connection, query: sa.Select[Any]) -> Iterator[tuple[str
 
 def candidate_batches(connection: sa.Connection, query: sa.Select[Any],
                       limit: int | None = None) -> Iterator[list[Candidate]]:
-    """The statement's rows (the first `limit`, None: all) as lists of at most BATCH, streamed.
+    """The statement's rows (the first `limit`, None: all) as lists of at most BATCH, streamed,
+    in (customer_id, occurrence) order: the first N shown and the `--json` order are the same
+    whatever plan the database picks (ordering here, not in the statement, leaves `COUNT(*)` and
+    the holdout pass unsorted).
 
     The result stays open between batches while the planner's reads run on the same connection
     (a server-side cursor on PostgreSQL, a stepping statement on SQLite).
     """
+    query = query.order_by(query.selected_columns.customer_id,
+                           query.selected_columns.occurrence)
     if limit is not None:
         query = query.limit(limit)
     result = connection.execution_options(stream_results=True, yield_per=BATCH).execute(query)

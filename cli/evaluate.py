@@ -47,6 +47,20 @@ def playbooks_at(paths: list[Path] | None) -> list[Playbook]:
     return load_valid_playbooks(paths or [Path(load_settings().playbooks_dir)])
 
 
+PlaybooksOpt = Annotated[list[Path] | None, typer.Option(
+    "--playbooks", help="Playbook files or folders (default: the project's playbooks folder).",
+    show_default=False)]
+
+
+def find_playbook(playbook_id: str, paths: list[Path] | None) -> Playbook:
+    """The valid playbook with this id under `paths`; unknown: exit 1 with a did-you-mean."""
+    found = {p.id: p for p in playbooks_at(paths)}
+    if playbook_id not in found:
+        hint = did_you_mean(playbook_id, found) or f" (known: {', '.join(sorted(found))})"
+        raise InputError(f"playbook {playbook_id!r} not found{hint}")
+    return found[playbook_id]
+
+
 def require_customer(connection: sa.Connection, customer_id: str) -> None:
     """A customer id named on the command line must exist."""
     found = connection.execute(sa.select(customers.c.customer_id).where(
@@ -180,22 +194,17 @@ def explain_command(
     ctx: typer.Context,
     playbook: Annotated[str, typer.Argument(help="Playbook id.")],
     customer: Annotated[str, typer.Argument(help="Customer id.")],
-    paths: Annotated[list[Path] | None, typer.Option(
-        "--playbooks", help="Playbook files or folders (default: the project's playbooks folder).",
-        show_default=False)] = None,
+    paths: PlaybooksOpt = None,
     as_of: AsOfOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Each clause of trigger and conditions, true or false, for one customer."""
-    found = {p.id: p for p in playbooks_at(paths)}
-    if playbook not in found:
-        hint = did_you_mean(playbook, found) or f" (known: {', '.join(sorted(found))})"
-        raise InputError(f"playbook {playbook!r} not found{hint}")
+    chosen = find_playbook(playbook, paths)
     moment = as_of_time(as_of)
     engine = open_reader(ctx.obj.db_url)
     with engine.connect() as connection:
         require_customer(connection, customer)
-        result = explain(connection, found[playbook], customer, moment, holdout=in_holdout)
+        result = explain(connection, chosen, customer, moment, holdout=in_holdout)
         connection.rollback()
     if as_json:
         render.print_json({**result.to_json(),

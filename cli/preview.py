@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from cli import render
-from cli.evaluate import AsOfOpt, as_of_time, playbooks_at, require_customer
+from cli.evaluate import AsOfOpt, PlaybooksOpt, as_of_time, find_playbook, require_customer
 from cli.playbooks import JsonOpt
 from engine.clock import iso
-from engine.errors import InputError, did_you_mean
+from engine.errors import InputError
 from engine.plan.preview import Preview, message_parts, preview
 from engine.store.open import open_reader
 
@@ -23,24 +23,19 @@ def preview_command(
     step: Annotated[int | None, typer.Option(
         "--step", min=0, help="Index in the playbook's actions: list (waits count) [default: the "
         "first email].", show_default=False)] = None,
-    paths: Annotated[list[Path] | None, typer.Option(
-        "--playbooks", help="Playbook files or folders (default: the project's playbooks folder).",
-        show_default=False)] = None,
+    paths: PlaybooksOpt = None,
     as_of: AsOfOpt = None,
     html_file: Annotated[Path | None, typer.Option(
         "--html", help="Also write the HTML part to this file.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Render the whole message (headers, text, HTML) one customer would get. Sends nothing."""
-    found = {p.id: p for p in playbooks_at(paths)}
-    if playbook not in found:
-        hint = did_you_mean(playbook, found) or f" (known: {', '.join(sorted(found))})"
-        raise InputError(f"playbook {playbook!r} not found{hint}")
+    chosen = find_playbook(playbook, paths)
     moment = as_of_time(as_of)
     engine = open_reader(ctx.obj.db_url)
     with engine.connect() as connection:
         require_customer(connection, customer)
-        result = preview(connection, found[playbook], customer, moment, step=step)
+        result = preview(connection, chosen, customer, moment, step=step)
         connection.rollback()
     if html_file is not None:
         _write_html(result, html_file)

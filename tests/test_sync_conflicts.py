@@ -6,17 +6,20 @@ within one batch, across batches of one file, and against events synced before.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from test_sync import FIXTURES, NOW, event, rows_of, write_csv
+from test_sync import FIXTURES, NOW, event, rows_of, write_csv, write_jsonl
 
 import engine.sync.arrow as syncarrow
 import engine.sync.ingest as ingest
 from engine.store.open import open_store
 from engine.store.tables import Event
+from engine.sync.conflicts import contents, same
 from engine.sync.ingest import SyncReport, sync_customers, sync_events
+from engine.sync.rows import event_values
 
 HEADER = ["event_id", "customer_id", "type", "occurred_at", "amount"]
 
@@ -134,3 +137,54 @@ def test_the_arrow_path_reports_conflicts_exactly_as_the_row_path(
     assert first[:3] == (3031, 3000, 16) and len(first[3]) == 15
     assert later_report[1:3] == (10, 5) and len(later_report[3]) == 5
     assert results[1] == results[0]
+
+
+PROPERTY_PAIRS = {  # event_id: (properties synced first, properties of the re-sync)
+    "key-order": ({"page": "/a", "ref": "x"}, {"ref": "x", "page": "/a"}),
+    "int-float": ({"qty": 1}, {"qty": 1.0}),
+    "top-null": ({"note": None, "qty": 3}, {"qty": 3}),  # a null property is not kept
+    "nested-null": ({"meta": {"a": None}}, {"meta": {}}),
+    "other-value": ({"qty": 1}, {"qty": 2}),
+    "list-order": ({"tags": [1, 2]}, {"tags": [2, 1]}),
+    "true-one": ({"flag": True}, {"flag": 1}),
+    "unicode": ({"city": "Tromsø"}, {"city": "Tromsø"}),
+}
+
+
+def test_a_resync_compares_properties_as_values_whatever_the_database_sees(
+        db: sa.Engine, tmp_path: Path) -> None:
+    """The database only picks the rows that may differ; `same` alone decides (both databases).
+
+    jsonb calls key order and 1 vs 1.0 equal, SQLite's text does not; jsonb calls true and 1
+    different, Python does not. Whatever the database lets through or holds back, the report
+    must be the one `same` gives, with the values in the message. One stored event was written
+    by another writer (SQLAlchemy's JSON, with spaces), so it differs from sync's text as text.
+    """
+    sync_customers(db, FIXTURES / "customers.csv", now=NOW)
+
+    def rows(side: int) -> list[dict[str, object]]:
+        return [{"event_id": event_id, "customer_id": "c1", "type": "view",
+                 "occurred_at": "2024-01-01T00:00:00Z", "properties": pair[side]}
+                for event_id, pair in PROPERTY_PAIRS.items()]
+
+    with db.begin() as connection:
+        connection.execute(sa.insert(Event.__table__), [{
+            "event_id": "spaced", "customer_id": "c1", "type": "view", "amount": 5.0,
+            "occurred_at": datetime(2024, 1, 1, tzinfo=UTC), "properties": {"a": 1, "b": "x"}}])
+    assert sync_events(db, write_jsonl(tmp_path / "a.jsonl", rows(0))).inserted == len(PROPERTY_PAIRS)
+    spaced = {"event_id": "spaced", "customer_id": "c1", "type": "view", "amount": 5,
+              "occurred_at": "2024-01-01T00:00:00Z", "properties": {"b": "x", "a": 1.0}}
+    report = sync_events(db, write_jsonl(tmp_path / "b.jsonl", [*rows(1), spaced]))
+
+    judged = {old["event_id"]: same(contents(event_values(old)), contents(event_values(new)))
+              for old, new in zip(rows(0), rows(1), strict=True)}  # as parsed, in Python
+    assert judged["true-one"]  # Python's True == 1: the database must not decide alone
+    conflicting = [event_id for event_id, agree in judged.items() if not agree]
+    assert conflicting == ["nested-null", "other-value", "list-order"]
+    assert (report.read, report.inserted, report.duplicates) == (9, 0, 9 - len(conflicting))
+    assert [c.line for c in report.conflicts] == [
+        list(PROPERTY_PAIRS).index(event_id) + 1 for event_id in conflicting]
+    assert [c.reason.split(" already in the database ")[1] for c in report.conflicts] == [
+        """(properties {"meta": {"a": null}} there, {"meta": {}} here)""",
+        """(properties {"qty": 1} there, {"qty": 2} here)""",
+        """(properties {"tags": [1, 2]} there, {"tags": [2, 1]} here)"""]

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from engine.clock import aware_utc
 from engine.store.tables import Event, UTCDateTime
-from engine.sync.conflicts import LineIndex
+from engine.sync.conflicts import LineIndex, differing_ids
 from engine.sync.rows import EventValues, json_text, utc_text
 
 SQLITE_CACHE_KIB = 64 * 1024
@@ -59,15 +59,24 @@ class EventWriter:
     at `close`: SQLite builds an index from sorted rows many times faster than it maintains one
     under random inserts. Only the unique `event_id` index, which deduplicates, stays. Should the
     process die before `close`, `engine.store.open_store` recreates missing indexes.
+
+    Once a batch had known event ids (a re-sync, an overlapping export), the following batches
+    are staged in a temporary table first and inserted from it, so that the database can
+    compare them with the stored events (`differing`) without binding every value twice.
     """
 
     sql = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
            " ON CONFLICT (event_id) DO NOTHING")
+    known = "retain_event_known"
+    """The temporary table of the batch being written, once some batch had known event ids."""
+    from_known = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS}"
+                  f" FROM {known} WHERE true ORDER BY rowid ON CONFLICT (event_id) DO NOTHING")
 
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection
         self.top = _largest_id(connection)
         self.lines = LineIndex(self.top)
+        self.staging = False
         first_load = self.top == 0
         self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if first_load else []
         for index in self.deferred:
@@ -80,7 +89,11 @@ class EventWriter:
         a new row the largest id plus one, and this transaction holds the write lock from its
         first insert on, so when every row was new their ids are the run ending at the last one.
         """
-        count = self.connection.exec_driver_sql(self.sql, rows).rowcount  # type: ignore[arg-type]
+        if self.staging:
+            self._stage(rows)
+            count = self.connection.exec_driver_sql(self.from_known).rowcount
+        else:
+            count = self.connection.exec_driver_sql(self.sql, rows).rowcount  # type: ignore[arg-type]
         if count == len(rows):
             last = self.connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
             self.lines.record_run(last, lines)
@@ -92,6 +105,28 @@ class EventWriter:
             self._record(found, line_of)
         return count
 
+    def differing(self, rows: list[EventValues]) -> set[str]:
+        """The ids among the rows just written whose stored event may say otherwise.
+
+        Only asked after a batch in which some event was not inserted, so a first load never
+        stages anything: the first such batch is staged here, and `write` stages the next ones
+        (engine/sync/conflicts.py `differing_ids` compares).
+        """
+        if not self.staging:
+            self._stage(rows)
+            self.staging = True
+        return differing_ids(self.connection, self.known)
+
+    def _stage(self, rows: list[EventValues]) -> None:
+        """Put these rows, and only these, in the temporary table, in their order."""
+        self.connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.known} (event_id TEXT, customer_id TEXT,"
+            " type TEXT, occurred_at TEXT, amount REAL, score REAL, properties TEXT)")
+        self.connection.exec_driver_sql(f"DELETE FROM {self.known}")
+        self.connection.exec_driver_sql(
+            f"INSERT INTO {self.known} ({EVENT_SQL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows)  # type: ignore[arg-type]
+
     def _record(self, found: list[Any], line_of: dict[str, int]) -> None:
         """Remember the lines of these (row id, event_id) pairs that this batch wrote."""
         ours = [(row_id, line_of[event_id]) for row_id, event_id in found if event_id in line_of]
@@ -101,9 +136,10 @@ class EventWriter:
             self.top = max(self.top, *ids)
 
     def close(self) -> None:
-        """Build the indexes a first load deferred."""
+        """Build the indexes a first load deferred; drop the temporary table if there is one."""
         for index in self.deferred:
             index.create(self.connection)
+        self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{self.known}")
 
 
 class PostgresEventWriter(EventWriter):
@@ -119,10 +155,13 @@ class PostgresEventWriter(EventWriter):
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
             " customer_id text, type text, occurred_at timestamptz, amount double precision,"
             " score double precision, properties jsonb)")
-        connection.exec_driver_sql(f"TRUNCATE {self.table}")
 
     def write(self, rows: list[EventValues], lines: list[int]) -> int:
-        """Insert rows (read from these lines), skipping known event ids; how many were new."""
+        """Insert rows (read from these lines), skipping known event ids; how many were new.
+
+        The batch stays staged until the next one, for `differing` to compare.
+        """
+        self.connection.exec_driver_sql(f"TRUNCATE {self.table}")
         driver = self.connection.connection.driver_connection
         with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
                 f"COPY {self.table} (line, {EVENT_SQL_COLUMNS}) FROM STDIN") as copy:
@@ -131,9 +170,15 @@ class PostgresEventWriter(EventWriter):
         found = self.connection.exec_driver_sql(
             f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS} FROM {self.table}"
             " ORDER BY line ON CONFLICT (event_id) DO NOTHING RETURNING id, event_id").all()
-        self.connection.exec_driver_sql(f"TRUNCATE {self.table}")
         self._record(found, dict(zip((row[0] for row in rows), lines, strict=True)))
         return len(found)
+
+    def differing(self, rows: list[EventValues]) -> set[str]:
+        """The ids among the rows just written whose stored event may say otherwise.
+
+        The batch is still staged from `write`, so the database compares it as it is.
+        """
+        return differing_ids(self.connection, self.table)
 
     def close(self) -> None:
         """Drop the temporary table."""

@@ -7,7 +7,10 @@ new row is listed, naming the line the stored one came from (in this sync), or "
 database" (synced before).
 
 Checking costs nothing on a first load: only a batch in which some event was not inserted (its id
-was known) reads the stored versions back. Lines of the events a sync inserted are kept in a
+was known) compares. The database does the bulk of it (`differing_ids`): the batch, staged in a
+temporary table, is joined to the events on `event_id` and only the ids whose stored contents may
+differ come back; just those few are read back and judged here in Python (`same`), which stays
+the one definition of "the same contents". Lines of the events a sync inserted are kept in a
 `LineIndex`, 4 bytes per event, so memory stays small next to the batch being written.
 """
 
@@ -82,6 +85,39 @@ def same(new: Contents, old: Contents) -> bool:
 
 def _value(properties: str | dict[str, Any]) -> dict[str, Any]:
     return json.loads(properties) if isinstance(properties, str) else properties
+
+
+DIFFERS = {
+    "postgresql": "(e.customer_id, e.type, e.occurred_at, e.amount, e.score, e.properties)"
+                  " IS DISTINCT FROM (b.customer_id, b.type, b.occurred_at, b.amount, b.score,"
+                  " b.properties)",
+    "sqlite": "e.customer_id IS NOT b.customer_id OR e.type IS NOT b.type"
+              " OR e.occurred_at IS NOT b.occurred_at OR e.amount IS NOT b.amount"
+              " OR e.score IS NOT b.score OR (e.properties IS NOT b.properties"
+              " AND (NOT json_valid(e.properties) OR json(e.properties) IS NOT json(b.properties)))",
+}
+"""When a stored event `e` may say something else than the staged row `b`, per backend.
+
+A filter that may only err towards "differs": whatever it lets through is judged by `same`, and
+whatever it holds back must be a duplicate by `same` too. Typed columns compare as Python does
+(text; times as UTC text on SQLite and timestamptz on PostgreSQL, both to the microsecond;
+numbers by value, 1 = 1.0). Properties: on PostgreSQL as jsonb values (key order and 1.0 vs 1
+aside, as `same`; `true` vs `1`, equal in Python, is let through and judged there); on SQLite
+as text, then as minified text (`json()`, whitespace aside); key order or 1.0 vs 1 is let
+through and judged in Python.
+"""
+
+
+def differing_ids(connection: sa.Connection, staged: str) -> set[str]:
+    """The event_ids of the rows in the table `staged` whose stored event may say otherwise.
+
+    `staged` has the columns of `COMPARED` plus `event_id`, one row per id. A row that was just
+    inserted from it compares equal to itself, so only rows whose id was known can come back.
+    """
+    condition = DIFFERS[connection.dialect.name]
+    return {event_id for event_id, in connection.exec_driver_sql(
+        f"SELECT b.event_id FROM {staged} b JOIN events e ON e.event_id = b.event_id"
+        f" WHERE {condition}")}
 
 
 def stored(connection: sa.Connection, event_ids: list[str]) -> Iterator[tuple[str, int, Contents]]:

@@ -248,23 +248,30 @@ def _sort_known(connection: sa.Connection, writer: EventWriter, rows: dict[str, 
 
     Each is compared with the event that is kept: the first row with that id, whether it came
     earlier in this batch, earlier in this sync, or from a sync before. Only a batch in which
-    some event was not inserted reads the stored versions back (never a first load), so the
-    answer does not depend on where batches happen to end (the arrow path's are shorter).
+    some event was not inserted compares with the stored versions (never a first load): the
+    database names the rows that may differ and only those, with the ids repeated within the
+    batch, are read back, so the answer does not depend on where batches happen to end (the
+    arrow path's are shorter).
     """
     source = report.source
     kept = {event_id: (contents(rows[event_id]), f"at {source}:{first[event_id]}")
             for _, _, (event_id, *_) in repeats}
     if inserted < len(rows):
-        row_at = {line: row for line, row, _ in parsed}
-        for event_id, row_id, old in stored(connection, list(rows)):
+        differing = writer.differing(list(rows.values()))
+        row_at = {line: row for line, row, _ in parsed} if differing else {}
+        judged = 0
+        for event_id, row_id, old in stored(connection, list(differing | kept.keys())):
             line = first[event_id]
             earlier = writer.lines.line_of(row_id)
             if earlier == line:
                 continue  # inserted by this batch
             where = f"at {source}:{earlier}" if earlier is not None else "already in the database"
-            _judge(event_id, contents(rows[event_id]), (old, where), line,
-                   (batch, line, row_at[line]), report)
+            if event_id in differing:
+                _judge(event_id, contents(rows[event_id]), (old, where), line,
+                       (batch, line, row_at[line]), report)
+                judged += 1
             kept[event_id] = (old, where)
+        report.duplicates += len(rows) - inserted - judged  # the database found them the same
     for line, row, values in repeats:
         _judge(values[0], contents(values), kept[values[0]], line, (batch, line, row), report)
 

@@ -4,10 +4,10 @@ A re-sync must tell duplicates (same contents) from conflicts (other contents) f
 (engine/sync/conflicts.py), so it measures what that comparison costs next to the first load of
 the same file. Each backend runs in its own subprocess on a fresh database: customers, then the
 events once (the first load), then the events again (the re-sync, timed). The ratio column is
-re-sync events/s over first-load events/s on the same backend in the same run, which cancels
+re-sync events/s (the fastest of --repeat) over first-load events/s on the same backend in the same run, which cancels
 much of a noisy machine's speed.
 
-    python bench/bench_resync.py --customers 100000 [--pg URL] [--json]
+    python bench/bench_resync.py --customers 100000 [--repeat 3] [--pg URL] [--json]
 
 To compare two versions of sync in the same minute, run the script against each checkout:
 `PYTHONPATH=/path/to/other/checkout python bench/bench_resync.py ...` imports that `engine`.
@@ -33,18 +33,24 @@ from engine.store.open import normalize_url, open_store
 from engine.sync.ingest import sync_customers, sync_events
 
 
-def child(url: str, data: Path) -> dict[str, Any]:
-    """Customers, a first load of the events, then the timed re-sync of the same events."""
+def child(url: str, data: Path, repeat: int) -> dict[str, Any]:
+    """Customers, a first load of the events, then `repeat` timed re-syncs (the fastest counts).
+
+    Every re-sync of the same file does the same work, so the fastest one is the least
+    disturbed by the other jobs on the machine.
+    """
     engine = open_store(url)
     sync_customers(engine, data / "customers.csv")
     result: dict[str, Any] = {}
-    for phase in ("first", "resync"):
+    for phase in ("first", *["resync"] * repeat):
         started = time.perf_counter()
         report = sync_events(engine, data / "events.csv")
         seconds = time.perf_counter() - started
+        if phase in result and result[phase]["seconds"] <= seconds:
+            continue
         result[phase] = {"seconds": round(seconds, 2), "read": report.read,
                          "inserted": report.inserted, "duplicates": report.duplicates,
-                         "conflicts": len(report.conflicts),
+                         "conflicts": len(getattr(report, "conflicts", [])),  # none before conflicts
                          "per_second": round(report.read / seconds)}
     engine.dispose()
     result["ratio"] = round(result["resync"]["per_second"] / result["first"]["per_second"], 2)
@@ -52,8 +58,9 @@ def child(url: str, data: Path) -> dict[str, Any]:
     return result
 
 
-def _run_child(url: str, data: Path) -> dict[str, Any]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", url, str(data)]
+def _run_child(url: str, data: Path, repeat: int) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", url, str(data),
+               str(repeat)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -67,21 +74,21 @@ def _pg_schema(pg_url: str, action: str, schema: str) -> None:
     admin.dispose()
 
 
-def measure(customers: int, seed: int, pg: str | None) -> list[dict[str, Any]]:
+def measure(customers: int, seed: int, pg: str | None, repeat: int) -> list[dict[str, Any]]:
     """The re-sync on SQLite (a fresh file) and, with `pg`, PostgreSQL (a fresh schema)."""
     data = ensure_data(customers, seed, "csv")
     work = OUT / f"resync-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     rows = []
     try:
-        rows.append({"backend": "SQLite", **_run_child(f"sqlite:///{work / 'sync.db'}", data)})
+        rows.append({"backend": "SQLite", **_run_child(f"sqlite:///{work / 'sync.db'}", data, repeat)})
         if pg:
             schema = f"bench_{uuid.uuid4().hex[:10]}"
             _pg_schema(pg, "create", schema)
             try:
                 sep = "&" if "?" in pg else "?"
                 url = f"{pg}{sep}options=-csearch_path%3D{schema}"
-                rows.append({"backend": "PostgreSQL", **_run_child(url, data)})
+                rows.append({"backend": "PostgreSQL", **_run_child(url, data, repeat)})
             finally:
                 _pg_schema(pg, "drop", schema)
     finally:
@@ -106,13 +113,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pg", help="PostgreSQL URL; a scratch schema is created and dropped")
+    parser.add_argument("--repeat", type=int, default=3, help="re-syncs timed; the fastest counts")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        print(json.dumps(child(args.child[0], Path(args.child[1]), int(args.child[2]))))
         return
-    rows = measure(args.customers, args.seed, args.pg)
+    rows = measure(args.customers, args.seed, args.pg, args.repeat)
     print(json.dumps(rows, indent=2) if args.json else markdown(rows))
 
 

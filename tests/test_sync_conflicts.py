@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -188,3 +189,29 @@ def test_a_resync_compares_properties_as_values_whatever_the_database_sees(
         """(properties {"meta": {"a": null}} there, {"meta": {}} here)""",
         """(properties {"qty": 1} there, {"qty": 2} here)""",
         """(properties {"tags": [1, 2]} there, {"tags": [2, 1]} here)"""]
+
+
+def test_a_resync_reads_back_only_the_rows_that_differ(db: sa.Engine, tmp_path: Path) -> None:
+    """The database compares a re-synced batch; only a conflicting row's stored event is read.
+
+    Reading every known event back to compare in Python halved re-sync speed on PostgreSQL.
+    """
+    sync_customers(db, FIXTURES / "customers.csv", now=NOW)
+    rows = [[f"e{n}", "c1", "purchase", f"2024-01-{n % 28 + 1:02}T00:00:00Z", f"{n}.5"]
+            for n in range(50)]
+    sync_events(db, write_csv(tmp_path / "a.csv", HEADER, rows))
+    rows[20][4] = "99"
+    read_back: list[Any] = []
+
+    def spy(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith("SELECT event_id, id, customer_id"):
+            read_back.extend(parameters[0] if statement.endswith("ANY(%s)") else parameters)
+
+    sa.event.listen(db, "before_cursor_execute", spy)
+    try:
+        report = sync_events(db, write_csv(tmp_path / "b.csv", HEADER, rows))
+    finally:
+        sa.event.remove(db, "before_cursor_execute", spy)
+    assert (report.duplicates, [c.line for c in report.conflicts]) == (49, [22])
+    assert report.conflicts[0].reason.endswith("(amount 20.5 there, 99.0 here)")
+    assert read_back == ["e20"]

@@ -156,8 +156,8 @@ def test_a_resync_compares_properties_as_values_whatever_the_database_sees(
         db: sa.Engine, tmp_path: Path) -> None:
     """The database only picks the rows that may differ; `same` alone decides (both databases).
 
-    jsonb calls key order and 1 vs 1.0 equal, SQLite's text does not; jsonb calls true and 1
-    different, Python does not. Whatever the database lets through or holds back, the report
+    jsonb calls key order and 1 vs 1.0 equal, SQLite's text does not; true and 1 are different
+    JSON values (Python alone would call them equal). Whatever the database lets through or holds back, the report
     must be the one `same` gives, with the values in the message. One stored event was written
     by another writer (SQLAlchemy's JSON, with spaces), so it differs from sync's text as text.
     """
@@ -179,16 +179,17 @@ def test_a_resync_compares_properties_as_values_whatever_the_database_sees(
 
     judged = {old["event_id"]: same(contents(event_values(old)), contents(event_values(new)))
               for old, new in zip(rows(0), rows(1), strict=True)}  # as parsed, in Python
-    assert judged["true-one"]  # Python's True == 1: the database must not decide alone
+    assert not judged["true-one"]  # JSON true is not 1, though Python's True == 1
     conflicting = [event_id for event_id, agree in judged.items() if not agree]
-    assert conflicting == ["nested-null", "other-value", "list-order"]
+    assert conflicting == ["nested-null", "other-value", "list-order", "true-one"]
     assert (report.read, report.inserted, report.duplicates) == (9, 0, 9 - len(conflicting))
     assert [c.line for c in report.conflicts] == [
         list(PROPERTY_PAIRS).index(event_id) + 1 for event_id in conflicting]
     assert [c.reason.split(" already in the database ")[1] for c in report.conflicts] == [
         """(properties {"meta": {"a": null}} there, {"meta": {}} here)""",
         """(properties {"qty": 1} there, {"qty": 2} here)""",
-        """(properties {"tags": [1, 2]} there, {"tags": [2, 1]} here)"""]
+        """(properties {"tags": [1, 2]} there, {"tags": [2, 1]} here)""",
+        """(properties {"flag": true} there, {"flag": 1} here)"""]
 
 
 def test_a_resync_reads_back_only_the_rows_that_differ(db: sa.Engine, tmp_path: Path) -> None:

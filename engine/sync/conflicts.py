@@ -80,11 +80,22 @@ def same(new: Contents, old: Contents) -> bool:
     Properties are compared as text first: a re-sync of the same rows gives the same text as
     SQLite stored, so only a real difference (or PostgreSQL's parsed jsonb) pays for parsing.
     """
-    return new[:5] == old[:5] and (new[5] == old[5] or _value(new[5]) == _value(old[5]))
+    return new[:5] == old[:5] and (new[5] == old[5] or _equal(_value(new[5]), _value(old[5])))
 
 
 def _value(properties: str | dict[str, Any]) -> dict[str, Any]:
     return json.loads(properties) if isinstance(properties, str) else properties
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value (1 = 1.0), but `true` is not `1` (as Python would say)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_equal, a, b))
+    return bool(a == b)
 
 
 DIFFERS = {
@@ -102,7 +113,7 @@ A filter that may only err towards "differs": whatever it lets through is judged
 whatever it holds back must be a duplicate by `same` too. Typed columns compare as Python does
 (text; times as UTC text on SQLite and timestamptz on PostgreSQL, both to the microsecond;
 numbers by value, 1 = 1.0). Properties: on PostgreSQL as jsonb values (key order and 1.0 vs 1
-aside, as `same`; `true` vs `1`, equal in Python, is let through and judged there); on SQLite
+aside, as `same`; `true` vs `1` differ in both); on SQLite
 as text, then as minified text (`json()`, whitespace aside); key order or 1.0 vs 1 is let
 through and judged in Python.
 """
@@ -143,7 +154,8 @@ def conflict_reason(event_id: str, new: Contents, old: Contents, where: str) -> 
     """Why a row conflicts: which values differ from the kept event, and where that one is from."""
     new, old = (*new[:5], _value(new[5])), (*old[:5], _value(old[5]))
     changed = [f"{name} {_shown(there)} there, {_shown(here)} here"
-               for name, here, there in zip(COMPARED, new, old, strict=True) if here != there]
+               for name, here, there in zip(COMPARED, new, old, strict=True)
+               if not _equal(here, there)]
     return f"conflict: event_id {event_id!r} has other contents {where} ({'; '.join(changed)})"
 
 

@@ -187,6 +187,9 @@ def test_engine_events_and_the_activity_option(db: sa.Engine) -> None:
     # A type with no events (a typo) is named, not silently ignored.
     typo = report(db, activity=["purchase", "purchses"])
     assert typo["activity_types_without_events"] == ["purchses"]
+    with db.connect() as connection:
+        (sheet, *_) = retention.build(connection, activity=["purchase", "purchses"]).sheets()
+    assert "no events of type purchses (did you mean 'purchase'?)" in (sheet.caption or "")
     assert period(typo, "2024-03")["end_customers"] == 55
 
 

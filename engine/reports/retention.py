@@ -37,6 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from engine.clock import iso
+from engine.errors import did_you_mean
 from engine.format.durations import format_duration
 from engine.reports.html import HtmlPage, figure
 from engine.reports.periods import (
@@ -163,6 +164,7 @@ class RetentionReport:
     cohort_end: datetime | None = None  # activity in the cohort matrix is counted before this
     cohort_last_partial: bool = False
     absent: tuple[str, ...] = ()  # --activity types with no event at all (a typo, often)
+    known: tuple[str, ...] = ()  # the event types synced, for a did-you-mean on `absent`
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` document."""
@@ -232,7 +234,8 @@ class RetentionReport:
     def _scope(self) -> str:
         which = ("every event type but the engine's" if self.activity is None
                  else ", ".join(self.activity))
-        absent = f" (no events of type {', '.join(self.absent)})" if self.absent else ""
+        named = ", ".join(f"{kind}{did_you_mean(kind, self.known)}" for kind in self.absent)
+        absent = f" (no events of type {named})" if self.absent else ""
         return f"Counted: an activity event in the {format_duration(self.window)} before; " \
             f"activity: {which}{absent}"
 
@@ -362,7 +365,8 @@ def build(connection: sa.Connection, start: datetime | None = None, end: datetim
     latest = extreme(connection, sorted((set(present) - ENGINE_EVENT_TYPES) | set(types)),
                      latest=True, before=now)
     absent = tuple(t for t in chosen or () if t not in present)
-    report = RetentionReport(kind, window, chosen, start, end, now, latest, absent=absent)
+    report = RetentionReport(kind, window, chosen, start, end, now, latest, absent=absent,
+                             known=tuple(sorted(present)))
     first = start if start is not None else first_activity
     stop = _stop(end, latest, now, kind)
     if first_activity is None or first is None or stop is None or first >= stop:
@@ -376,7 +380,7 @@ def build(connection: sa.Connection, start: datetime | None = None, end: datetim
                for cut, numbers in zip(cuts, period_counts(grid, patterns), strict=True)]
     cohorts = [Cohort(*numbers) for numbers in cohort_counts(connection, grid, patterns)]
     return RetentionReport(kind, window, chosen, start, end, now, latest, counted, cohorts,
-                           grid.boundaries[-1], grid.months_end_partial, absent)
+                           grid.boundaries[-1], grid.months_end_partial, absent, report.known)
 
 
 def _stop(end: datetime | None, latest: datetime | None, now: datetime,

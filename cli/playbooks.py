@@ -11,10 +11,8 @@ from cli import render
 from engine.config import CONFIG_FILE, load_settings
 from engine.errors import Issue
 from engine.format.playbook import Playbook
-from engine.format.schema import SCHEMA_FILE, schema_text
 from engine.format.validation import LoadResult
 from engine.query.checks import load_playbooks
-from engine.query.vocabulary import typo_warnings
 
 PathsArg = Annotated[list[Path] | None, typer.Argument(
     help="Playbook files or folders (default: the project's playbooks folder).", show_default=False)]
@@ -42,7 +40,8 @@ def show_warnings(warnings: list[Issue]) -> None:
 
 def data_warnings(url: str, playbooks: list[Playbook]) -> list[Issue]:
     """The typo warnings of `playbooks` against the synced data at `url`."""
-    from engine.store.open import open_reader  # only with a database
+    from engine.query.vocabulary import typo_warnings  # only with a database
+    from engine.store.open import open_reader
 
     engine = open_reader(url)
     try:
@@ -80,12 +79,14 @@ def print_validation(result: LoadResult, warnings: list[Issue]) -> None:
         render.error(f"{len(result.issues)} problem(s) in {files} file(s)")
         return
     count = len(result.playbooks)
-    render.console.print(f"OK: {count} playbook{'s' if count != 1 else ''} valid "
-                         f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
+    typer.echo(f"OK: {count} playbook{'s' if count != 1 else ''} valid "  # plain: no rich to load
+               f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
 def schema() -> None:
     """Print the playbook JSON Schema (generated from the models)."""
+    from engine.format.schema import schema_text  # the models' schema: only for this command
+
     typer.echo(schema_text(), nl=False)
 
 
@@ -126,6 +127,8 @@ Unsubscribe: {{ unsubscribe_url }}
 def init(directory: Annotated[Path, typer.Argument(help="Project folder to create.")] = Path(".")
          ) -> None:
     """Scaffold a project: retain.toml, playbooks/ with a commented example, templates/."""
+    from engine.format.schema import SCHEMA_FILE, schema_text
+
     files = {
         CONFIG_FILE: '[retain]\ndatabase_url = "sqlite:///retain.db"\nplaybooks_dir = "playbooks"\n',
         f"playbooks/{SCHEMA_FILE}": schema_text(),

@@ -6,13 +6,29 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+    console: Console
+    err_console: Console
+
+
+@cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def __getattr__(name: str) -> Any:
+    """`console` and `err_console`, made on first use: a command that prints plain text, or
+    only JSON, does not pay for importing rich."""
+    if name in ("console", "err_console"):
+        return _console(name == "err_console")
+    raise AttributeError(f"module 'cli.render' has no attribute {name!r}")
 
 
 def print_json(data: Any) -> None:
@@ -30,17 +46,25 @@ def write_chunks(chunks: Iterable[str]) -> None:
 
 def error(message: str) -> None:
     """A problem for the user, on stderr, without rich markup interpretation."""
-    err_console.print(message, markup=False, style="red", soft_wrap=True)
+    _console(True).print(message, markup=False, style="red", soft_wrap=True)
 
 
 @contextmanager
 def progress(description: str, total: int | None) -> Iterator[Any]:
     """A progress bar on an interactive terminal; elsewhere a no-op advance function."""
-    if not err_console.is_terminal:
+    if not _console(True).is_terminal:
         yield lambda _n=1: None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn()]
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    with Progress(*columns, console=_console(True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)

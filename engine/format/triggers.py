@@ -30,7 +30,6 @@ from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from engine.clock import iso
@@ -447,6 +446,8 @@ class ScheduleTrigger(Trigger):
 
     def check(self, path: PathKey) -> list[Problem]:
         problems = []
+        from croniter import croniter  # only playbooks with a schedule pay for it
+
         cron, zone = self.params.cron, self.params.timezone  # type: ignore[attr-defined]
         if not croniter.is_valid(cron):
             problems.append(Problem((*path, "cron"), f"invalid cron expression {cron!r}: expected "
@@ -458,6 +459,8 @@ class ScheduleTrigger(Trigger):
 
     def last_tick(self, as_of: datetime) -> datetime:
         """The latest tick at or before `as_of`, iterated in the schedule's zone (DST-safe)."""
+        from croniter import croniter
+
         zone = ZoneInfo(self.params.timezone)  # type: ignore[attr-defined]
         start = (as_of + timedelta(seconds=1)).astimezone(zone)
         tick: datetime = croniter(self.params.cron, start).get_prev(datetime)  # type: ignore[attr-defined]

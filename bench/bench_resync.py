@@ -26,10 +26,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from bench_sync import OUT, ensure_data  # bench/ is sys.path[0] when this runs as a script
+from bench_sync import (  # bench/ is sys.path[0] when this runs as a script
+    OUT,
+    _pg_schema,
+    ensure_data,
+)
 
-from engine.store.open import normalize_url, open_store
+from engine.store.open import open_store
 from engine.sync.ingest import sync_customers, sync_events
 
 
@@ -65,13 +68,6 @@ def _run_child(url: str, data: Path, repeat: int) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"child failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _pg_schema(pg_url: str, action: str, schema: str) -> None:
-    admin = sa.create_engine(normalize_url(pg_url))
-    with admin.begin() as connection:
-        connection.exec_driver_sql(f"{action} schema {schema}{' cascade' if action == 'drop' else ''}")
-    admin.dispose()
 
 
 def measure(customers: int, seed: int, pg: str | None, repeat: int) -> list[dict[str, Any]]:

@@ -7,20 +7,29 @@ engine finds connectors only through entry points, never by importing this packa
 connector owns everything about its action: the params model (its schema), a docstring with a
 YAML example, its semantic `check`, `plan` (what the action would do for one customer, every
 template it would send rendered, so a template that fails for a customer fails in the dry-run)
-and `preview` (the whole message, unsent). Sending is the next issue and will join them here.
+`preview` (the whole message, unsent), `payload` (what the outbox freezes at commit: everything
+the send needs, so a re-send after a crash is byte-identical), and the send side: `open` with
+the settings, `send` one `Delivery` with its idempotency key, `close`.
+
+A `send` that succeeds returns `Sent`; one that fails raises `TransientError` (retried with
+backoff) or `PermanentError` (dead-lettered). An in-database connector (task, points, tag) sends
+nothing itself: it returns `Sent(writes=...)`, the rows to write, and the dispatcher writes them
+in the same transaction as the outcome, so exactly-once rests on one unique key in one
+transaction (DESIGN 3).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from engine import Location, Problem, TemplateChecker
+from engine import Location, PermanentError, Problem, TemplateChecker
 
 PathKey = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -33,6 +42,39 @@ class ConnectorParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One outbox row handed to `send`: its frozen payload and its idempotency key."""
+
+    action_id: int
+    key: str  # the idempotency key: Message-ID, webhook-id and ledger keys derive from it
+    customer_id: str
+    playbook_id: str
+    payload: Mapping[str, Any]  # frozen at commit: what `payload` returned
+    as_of: datetime  # the business time of this dispatch (--as-of, or now)
+    attempt: int  # 1 on the first try
+
+
+@dataclass(frozen=True)
+class Write:
+    """A row an in-database connector asks the dispatcher to write with the outcome.
+
+    `kind` is one the dispatcher knows (engine/outbox/writes.py): `task`, `points`, `tags`, or
+    `event` (an event the engine records, like `points_awarded`); `values` its columns.
+    """
+
+    kind: str
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A delivered action: what the peer said (`detail`, for `outbox show`) and rows to write."""
+
+    detail: str | None = None
+    writes: tuple[Write, ...] = field(default=())
 
 
 class Render(Protocol):
@@ -59,6 +101,10 @@ class Connector(ABC):
     kind: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     needs_email: ClassVar[bool] = False  # skipped without an address, or when it is suppressed
+    concurrency: ClassVar[int] = 1  # sends the dispatcher runs at once (open() may change it)
+    retry: ClassVar[tuple[int, float, float]] = (8, 120.0, 2.8)
+    """(attempts, first delay in seconds, growth): the backoff before dead-letter (RELIABILITY:
+    email 8 attempts over about 24 h, the first retry within a couple of minutes)."""
 
     @abstractmethod
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
@@ -94,6 +140,29 @@ class Connector(ABC):
         no run would make one (the customer would not enter); `customer` the record templates
         see."""
         return self.plan(params, render, render_file, due_at)
+
+
+    def payload(self, params: BaseModel, render: Render, render_file: RenderFile,
+                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                unsubscribe_url: str) -> dict[str, Any]:
+        """What a live run freezes in the outbox for this action: plain JSON data holding
+        everything `send` needs, rendered once (the planned fields by default)."""
+        return self.plan(params, render, render_file, due_at)
+
+    async def open(self, settings: Any) -> None:
+        """Get ready to send (connections, clients) with the engine's settings; once per
+        dispatch cycle, before the first `send`. Raise `TransientError(connection=True)` when
+        the peer cannot be reached at all."""
+        return None
+
+    async def send(self, delivery: Delivery) -> Sent:
+        """Deliver one action at least once, keyed by `delivery.key`. Raise `TransientError`
+        or `PermanentError` on failure. A connector that cannot send says so permanently."""
+        raise PermanentError(f"the {self.kind} connector cannot send")
+
+    async def close(self) -> None:
+        """Release what `open` took; called once the cycle is over, also after an error."""
+        return None
 
 
 def expect(params: BaseModel, model: type[M]) -> M:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from datetime import timedelta
 
 
 @dataclass(frozen=True, order=True)
@@ -127,11 +128,31 @@ class ConnectorError(RetainError):
 
 
 class TransientError(ConnectorError):
-    """A failure worth retrying later (timeouts, 4xx SMTP replies, HTTP 5xx/429)."""
+    """A failure worth retrying later (timeouts, 4xx SMTP replies, HTTP 5xx/429).
+
+    `retry_after`: the peer asked for at least this long (HTTP 429 `Retry-After`), else the
+    backoff decides. `connection`: the server or the account failed (refused, timed out, a 535),
+    not this message: the dispatcher stops sending through this connector for the cycle and puts
+    the other claimed rows back without using up their attempts, so an SMTP outage never
+    dead-letters the whole outbox at once.
+    """
+
+    def __init__(self, message: str, *, retry_after: timedelta | None = None,
+                 connection: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after, self.connection = retry_after, connection
 
 
 class PermanentError(ConnectorError):
-    """A failure that retrying will not fix; the action is dead-lettered."""
+    """A failure that retrying will not fix; the action is dead-lettered.
+
+    `suppress`: the reason to suppress the recipient's address too (`bounced`, for a 550-class
+    recipient error), or None.
+    """
+
+    def __init__(self, message: str, *, suppress: str | None = None) -> None:
+        super().__init__(message)
+        self.suppress = suppress
 
 
 def did_you_mean(name: str, choices: list[str] | set[str] | dict[str, object]) -> str:

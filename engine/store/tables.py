@@ -60,7 +60,10 @@ class Customer(SQLModel, table=True):
     timezone: str | None = Field(default=None, index=True)  # date triggers walk the zones
     country: str | None = None
     segment: str | None = None
-    tags: list[str] = _json(list)
+    tags: list[str] = _json(list)  # what conditions see: (file_tags | tags_added) - tags_removed
+    file_tags: list[str] = _json(list)  # as the customer file brought them (sync replaces them)
+    tags_added: list[str] = _json(list)  # by `tag` actions; a sync never touches these two
+    tags_removed: list[str] = _json(list)
     attributes: dict[str, Any] = _json(dict)
     first_synced_at: datetime | None = _time()
     # Derived facts (engine/store/facts.py); never written from a customer file.
@@ -110,6 +113,7 @@ class PlaybookVersion(SQLModel, table=True):
     playbook_id: str = Field(index=True)
     version: str
     source: str
+    templates: dict[str, str] = _json(dict)  # templates/NAME -> its text, as the version used it
     enabled_at: datetime | None = _time()
     created_at: datetime | None = _time()
 
@@ -128,6 +132,7 @@ class Enrollment(SQLModel, table=True):
     version: str
     customer_id: str = Field(foreign_key="customers.customer_id", index=True)
     occurrence_key: str
+    event_id: str | None = None  # the triggering event, when the trigger is an event
     step: int = 0
     wake_at: datetime | None = _time()
     holdout: bool = False
@@ -138,22 +143,30 @@ class Enrollment(SQLModel, table=True):
     # For `segment` triggers: when the customer stopped matching `when` (NULL: still in the
     # segment). The edge trigger enters only customers with no open membership.
     left_at: datetime | None = _time()
+    converted_at: datetime | None = _time()  # the goal event's time, within the goal window
 
 
 class Action(SQLModel, table=True):
-    """The outbox: one planned action, delivered by the dispatcher at least once."""
+    """The outbox: one planned action, delivered by the dispatcher at least once.
+
+    `status` is one word of engine/store/status.py; `next_attempt_at` is business time (as-of),
+    `lease_until` real time. `payload` is frozen before the first attempt: a re-send is the same.
+    """
 
     __tablename__ = "actions"
-    __table_args__ = (sa.Index("ix_actions_status_next", "status", "next_attempt_at"),)
+    __table_args__ = (sa.Index("ix_actions_status_next", "status", "next_attempt_at"),
+                      sa.Index("ix_actions_customer_connector", "customer_id", "connector"))
 
     id: int | None = Field(default=None, primary_key=True)
     enrollment_id: int | None = Field(default=None, foreign_key="enrollments.id", index=True)
-    customer_id: str = Field(index=True)
+    playbook_id: str = Field(index=True)
+    customer_id: str
+    stage: int = 0
     step: int = 0
     connector: str
     payload: dict[str, Any] = _json(dict)
     idempotency_key: str = Field(unique=True)
-    status: str = "pending"
+    status: str = "planned"
     reason: str | None = None
     attempts: int = 0
     next_attempt_at: datetime | None = _time()
@@ -162,6 +175,22 @@ class Action(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime | None = _time()
+    sent_at: datetime | None = _time()  # business time of the delivery
+
+
+class ActionAttempt(SQLModel, table=True):
+    """One try at delivering an action, kept for `retain outbox show` and the on-call person."""
+
+    __tablename__ = "action_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    action_id: int = Field(foreign_key="actions.id", index=True)
+    attempt: int
+    worker: str | None = None
+    started_at: datetime = Field(sa_type=UTCDateTime)  # real clock
+    finished_at: datetime | None = _time()
+    outcome: str  # a status word: sent, retrying, dead, suppressed, ...
+    error: str | None = None
 
 
 class Task(SQLModel, table=True):
@@ -172,12 +201,14 @@ class Task(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(unique=True)
     customer_id: str = Field(index=True)
+    playbook_id: str | None = None
     title: str
     assignee: str | None = None
     note: str | None = None
     due_at: datetime | None = _time()
     status: str = "open"
     created_at: datetime = Field(sa_type=UTCDateTime)
+    done_at: datetime | None = _time()
 
 
 class PointsEntry(SQLModel, table=True):
@@ -188,6 +219,7 @@ class PointsEntry(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(unique=True)
     customer_id: str = Field(index=True)
+    playbook_id: str | None = None
     amount: int
     reason: str | None = None
     created_at: datetime = Field(sa_type=UTCDateTime)
@@ -200,6 +232,17 @@ class Suppression(SQLModel, table=True):
 
     email: str = Field(primary_key=True)
     reason: str
+    created_at: datetime = Field(sa_type=UTCDateTime)
+
+
+class Secret(SQLModel, table=True):
+    """A key the engine made for itself (the unsubscribe signing key when RETAIN_SECRET_KEY is
+    unset), kept so links survive restarts and work across replicas."""
+
+    __tablename__ = "engine_secrets"
+
+    name: str = Field(primary_key=True)
+    value: str
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
@@ -223,6 +266,8 @@ events = _core(Event)
 versions = _core(PlaybookVersion)
 enrollments = _core(Enrollment)
 actions = _core(Action)
+attempts = _core(ActionAttempt)
+secrets = _core(Secret)
 tasks = _core(Task)
 points = _core(PointsEntry)
 suppressions = _core(Suppression)

@@ -14,7 +14,6 @@ from datetime import time, timedelta
 from pathlib import Path
 
 from engine.errors import InputError, did_you_mean
-from engine.format.durations import parse_duration
 
 CONFIG_FILE = "retain.toml"
 DEFAULT_URL = "sqlite:///retain.db"
@@ -66,6 +65,8 @@ class Cap:
     @classmethod
     def parse(cls, text: str) -> Cap:
         """`"2/7d"` -> Cap(2, 7 days); ValueError naming the accepted form."""
+        from engine.format.durations import parse_duration  # pydantic: not at every start-up
+
         count, _, window = str(text).partition("/")
         if not count.strip().isdigit() or int(count) < 1 or not window:
             raise ValueError(f"malformed cap {text!r}: expected COUNT/DURATION, like \"2/7d\"")

@@ -42,6 +42,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "what was done."),
     "report": ("cli.report:report_app", "KPI reports: retention, value, RFM, NPS, playbook effect "
                "against holdout."),
+    "outbox": ("cli.outbox:outbox_app", "See and re-drive the outbox: list, show, retry dead "
+               "actions."),
+    "tasks": ("cli.tasks:tasks_app", "Follow-up tasks for people: list them, mark one done."),
+    "unsubscribe": ("cli.unsubscribe:unsubscribe", "Suppress an address (or a link's token) and "
+                    "stop its waiting emails."),
     "demo": ("cli.demo:demo", "Create a demo database (real purchases, generated extras) and "
              "dry-run the samples."),
 }

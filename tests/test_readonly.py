@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from conftest import Cli
 from test_dry_run import files_digest  # main file and WAL by content; -shm is no data
 
-from cli.main import COMMANDS
+from cli.main import COMMANDS, load_command
 from cli.report import report_app
 from engine.errors import StoreError
 from engine.store.open import make_engine, migrate, open_reader, read_revision, schema_revisions
@@ -29,7 +29,10 @@ from playbooks import SAMPLES_DIR
 
 HEAD = schema_revisions()[-1]
 MIGRATE_MESSAGE = f"database at schema 0001, this Retain needs {HEAD}: run `retain migrate`"
-WRITERS = {"init", "schema", "sync", "demo", "migrate"}  # write files or a database, or neither
+WRITERS = {"init", "schema", "sync", "demo", "migrate",  # write files or a database, or neither
+           "unsubscribe"}
+WRITING_SUBCOMMANDS = {"outbox": {"retry"}, "tasks": {"done"}}
+"""Groups listed in READING whose other subcommands write (through open_store, which migrates)."""
 REPORTS = [command.name for command in report_app.registered_commands]
 READING = [
     ["dry-run", str(SAMPLES_DIR), "--as-of", "2024-03-01"],
@@ -38,6 +41,9 @@ READING = [
     ["customer", "show", "c1", "--json"],
     ["preview", "welcome-series", "c1", "--playbooks", str(SAMPLES_DIR), "--as-of", "2024-03-01"],
     ["validate", str(SAMPLES_DIR), "--json"],  # with --db (given before the command)
+    ["outbox", "list", "--status", "dead"],
+    ["outbox", "list", "--json"],
+    ["tasks", "list", "--open", "--json"],
     *(["report", name] + (["--playbooks", str(SAMPLES_DIR)] if name == "playbooks" else [])
       for name in REPORTS),
 ]
@@ -88,6 +94,10 @@ def test_every_command_is_a_reader_checked_here_or_a_writer() -> None:
     assert readers | WRITERS == set(COMMANDS), "say whether a new command reads or writes"
     assert not readers & WRITERS
     assert {"retention", "value", "rfm", "nps", "playbooks"} <= set(REPORTS)
+    for group, writing in WRITING_SUBCOMMANDS.items():
+        subcommands = set(load_command(group).commands)  # type: ignore[attr-defined]
+        checked = {args[1] for args in READING if args[0] == group}
+        assert checked | writing == subcommands - {"show"}, group  # show ID needs a row
 
 
 def test_old_schema_file_is_untouched_and_every_reader_names_migrate(old_sqlite: Path,

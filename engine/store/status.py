@@ -41,3 +41,7 @@ ACTIVE = "active"  # its current step's actions are in the outbox
 WAITING_STEP = "waiting"  # parked on a `wait` until wake_at
 COMPLETED = "completed"  # every step done (a holdout enrollment completes at once)
 EXITED = "exited"  # exit_when, on_change: exit, or the playbook's version changed; end_reason says
+
+# Task statuses (tasks.status): a follow-up task is open until a person marks it done.
+TASK_OPEN = "open"
+TASK_DONE = "done"

@@ -1,0 +1,1 @@
+"""The outbox: committing plans, delivering them, and the live cycle around both."""

@@ -150,7 +150,9 @@ def _print_action(action: Row) -> None:
                    f"{action['leased_by'] or '?'}" if action["lease_until"] else None),
     ]
     for name, value in fields:
-        typer.echo(f"  {name + ':':<14}{plain.one_line(str(value)) if value is not None else '-'}")
+        for line in plain.wrapped(str(value) if value is not None else plain.NONE, 16,
+                                  f"  {name}:"):
+            typer.echo(line)
     typer.echo("Payload (as frozen at commit):")
     for line in json.dumps(action["payload"], indent=2, ensure_ascii=False).splitlines():
         typer.echo(f"  {line}")
@@ -170,7 +172,7 @@ def _print_attempts(tries: list[Row]) -> None:
                               _took(attempt["started_at"], attempt["finished_at"]),
                               attempt["outcome"], attempt["worker"]], head))
         if attempt["error"]:
-            typer.echo(plain.clip("      " + plain.one_line(attempt["error"]), plain.WIDTH))
+            typer.echo("\n".join(plain.wrapped(attempt["error"], 6)))
 
 
 def _took(started: str | None, finished: str | None) -> str | None:

@@ -76,6 +76,16 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
+def wrapped(text: str, indent: int, first: str = "") -> list[str]:
+    """`text` on one line, wrapped to WIDTH under an indent; `first` starts the first line
+    (a label padded to the indent). Whole, never clipped: for a detail view."""
+    import textwrap
+
+    pad = " " * indent
+    return textwrap.wrap(one_line(text), WIDTH, initial_indent=first.ljust(indent) or pad,
+                         subsequent_indent=pad, break_on_hyphens=False) or [first.rstrip()]
+
+
 def one_line(text: str) -> str:
     """Line breaks and tabs as spaces: one value, one line."""
     return " ".join(text.split())

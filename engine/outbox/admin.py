@@ -76,10 +76,13 @@ def _secret(value: Any) -> str | None:
 
 
 def _insert_ignore(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> int:
-    """INSERT a row unless its primary key is taken; 1 if this call inserted it, else 0."""
+    """INSERT a row unless its primary key is taken; 1 if this call inserted it, else 0.
+
+    Counted by RETURNING, not `rowcount`: psycopg reports -1 for an INSERT that did nothing."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
-    return connection.execute(statement).rowcount
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(
+        *table.primary_key.columns)
+    return len(connection.execute(statement).all())
 
 
 # --- unsubscribe ---------------------------------------------------------------------------------

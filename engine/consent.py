@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 from engine.errors import InputError
@@ -110,6 +111,18 @@ def is_loopback(host: str) -> bool:
 def unsubscribe_url(public_url: str, token: str) -> str:
     """`{public_url}/unsubscribe?token=T`, after `check_public_url`."""
     return f"{check_public_url(public_url)}/unsubscribe?token={quote(token, safe='.-_')}"
+
+
+def unsubscribe_links(key: bytes, public_url: str) -> Callable[[str], str]:
+    """address -> its unsubscribe link, for a live run's planner: the public URL is checked
+    once, here, so a bad RETAIN_PUBLIC_URL stops the run before anything is committed."""
+    base = check_public_url(public_url)
+    _require_key(key)
+
+    def link(address: str) -> str:
+        return unsubscribe_url(base, unsubscribe_token(address, key))
+
+    return link
 
 
 def _mac(plain: bytes, key: bytes) -> bytes:

@@ -14,6 +14,7 @@ from engine.consent import (
     SIGNING_KEY_NAME,
     check_public_url,
     is_loopback,
+    unsubscribe_links,
     unsubscribe_token,
     unsubscribe_url,
     verify_token,
@@ -89,6 +90,16 @@ def test_the_link_is_https_or_loopback_only() -> None:
         with pytest.raises(InputError, match="RETAIN_PUBLIC_URL"):
             check_public_url(bad)
     assert is_loopback("LOCALHOST") and not is_loopback("example.com")
+
+
+def test_links_for_a_live_run_check_the_url_once_and_carry_a_verifiable_token() -> None:
+    link = unsubscribe_links(KEY, "https://retain.example.com")
+    url = link("Ann@Example.com")
+    base, _, token = url.partition("/unsubscribe?token=")
+    assert base == "https://retain.example.com" and verify_token(token, KEY) == "ann@example.com"
+    assert link("ann@example.com") == url  # the same link on every send and re-send
+    with pytest.raises(InputError, match="RETAIN_PUBLIC_URL"):
+        unsubscribe_links(KEY, "http://retain.example.com")
 
 
 def test_the_secret_key_setting_signs_when_set(db: sa.Engine) -> None:

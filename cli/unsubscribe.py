@@ -35,18 +35,17 @@ def unsubscribe(
     """
     from engine.clock import utcnow
     from engine.config import load_settings
-    from engine.consent import verify_token
-    from engine.outbox.admin import signing_key
-    from engine.outbox.admin import unsubscribe as apply
+    from engine.outbox.admin import unsubscribe as by_address
+    from engine.outbox.admin import unsubscribe_by_token
 
     if (email is None) == (token is None):
         raise typer.BadParameter("give an EMAIL or --token T, not both", param_hint="EMAIL")
     settings = load_settings()
 
     def change(connection: sa.Connection) -> Unsubscribed:
-        address = email if token is None else verify_token(token, signing_key(connection,
-                                                                              settings))
-        return apply(connection, address, utcnow())
+        if token is not None:
+            return unsubscribe_by_token(connection, token, settings, utcnow())
+        return by_address(connection, email or "", utcnow())
 
     result = plain.write(ctx, change)
     if result.already:

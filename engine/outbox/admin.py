@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.clock import utcnow
-from engine.consent import SIGNING_KEY_NAME, new_key, require_address
+from engine.consent import SIGNING_KEY_NAME, new_key, require_address, verify_token
 from engine.errors import InputError
 from engine.store.status import DEAD, RETRYING, SUPPRESSED, TASK_DONE, WAITING
 from engine.store.tables import actions, customers, secrets, suppressions, tasks
@@ -117,6 +117,14 @@ def unsubscribe(connection: sa.Connection, address: str, now: datetime) -> Unsub
                                  actions.c.customer_id.in_(owners))
         .values(status=SUPPRESSED, reason=reason, updated_at=now)).rowcount
     return Unsubscribed(email, already, stopped)
+
+
+def unsubscribe_by_token(connection: sa.Connection, token: str, settings: Any,
+                         now: datetime) -> Unsubscribed:
+    """Apply an unsubscribe link's token (`retain unsubscribe --token`, later the daemon's
+    one-click POST): verified with the signing key, then as `unsubscribe`. A forged or altered
+    token is an InputError and changes nothing."""
+    return unsubscribe(connection, verify_token(token, signing_key(connection, settings)), now)
 
 
 # --- retry ---------------------------------------------------------------------------------------

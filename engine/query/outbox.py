@@ -4,7 +4,8 @@ The on-call person's questions: what is stuck or dead and why (`outbox list --st
 what exactly was sent and what each try said (`outbox show ID`), which follow-ups are open for
 me (`tasks list --assignee me --open`). Answers are plain JSON-able dicts (times as ISO 8601
 UTC text), so the CLI's table and its `--json` say the same thing. Lists read at most `limit`
-rows plus one count: an outbox of a million rows costs a page, not a million.
+rows (newest first by id, the primary key: the order rows were committed in, which a run at an
+earlier `--as-of` does not reorder, and a backward index scan instead of a sort) plus one count.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ TASK_COLUMNS = ("id", "due_at", "assignee", "customer_id", "playbook_id", "title
 
 def list_actions(connection: sa.Connection, *, status: str | None = None,
                  playbook: str | None = None, limit: int = 50) -> Row:
-    """The newest `limit` outbox rows matching the filters, and how many match in all."""
+    """The `limit` outbox rows committed last that match the filters, and how many match."""
     where = _filters(status=status, playbook=playbook)
     total = connection.execute(sa.select(sa.func.count()).select_from(actions).where(*where)
                                ).scalar_one()
     rows = connection.execute(
         sa.select(*(actions.c[name] for name in LIST_COLUMNS)).where(*where)
-        .order_by(actions.c.created_at.desc(), actions.c.id.desc()).limit(limit)).mappings()
+        .order_by(actions.c.id.desc()).limit(limit)).mappings()
     return {"total": total, "actions": [_plain(row) for row in rows]}
 
 

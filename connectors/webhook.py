@@ -1,17 +1,27 @@
 """The `webhook` action: call an HTTP endpoint with a JSON body (a CRM, a chat channel).
 
-Parameters and checks only; the HTTP call with its Idempotency-Key is a later issue. The url and
-header values may name environment variables as `${VAR}`: secrets live in the environment, never
-in YAML, and messages name the variable, never its value (RELIABILITY 30).
+The url and header values may name environment variables as `${VAR}`: secrets live in the
+environment, never in YAML nor in the database, and messages name the variable, never its value
+(RELIABILITY 30). A live run freezes the action at commit (`payload`): method, url, headers and
+body rendered for the customer, `${VAR}` left as written. The dispatcher's `send` expands the
+variables from the environment of the sending process, signs the request (Standard Webhooks)
+and judges the answer; that side lives in connectors/webhook_send.py, imported only when a
+dispatch opens the connector, so `retain validate` never loads httpx.
+
+Frozen url and header values are *env templates*: `${NAME}` is a variable the playbook author
+wrote, `$$` a literal `$`. Every `$` that rendering produced (customer data, literal text) is
+doubled at commit, so a customer named `${RETAIN_WEBHOOK_SECRET}` is sent as that text and
+never expanded into the secret.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import jinja2
 from pydantic import BaseModel, Field, JsonValue, field_validator
@@ -28,6 +38,7 @@ from connectors.base import (
 )
 from engine import (
     ENV_REFERENCE,
+    PermanentError,
     Problem,
     TemplateChecker,
     TemplateError,
@@ -37,9 +48,14 @@ from engine import (
     render,
 )
 
+if TYPE_CHECKING:
+    from connectors.base import Delivery, Sent
+    from connectors.webhook_send import Sender
+
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field name
 RESERVED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection",
-                              "idempotency-key"})
+                              "idempotency-key", "webhook-id", "webhook-timestamp",
+                              "webhook-signature"})
 
 
 class WebhookParams(ConnectorParams):
@@ -75,6 +91,16 @@ class WebhookConnector(Connector):
 
     kind = "webhook"
     Params = WebhookParams
+    concurrency: ClassVar[int] = 8  # requests in flight at once, over as many connections
+    retry: ClassVar[tuple[int, float, float]] = (6, 30.0, 3.0)
+    """6 attempts over about an hour (RELIABILITY): retries after about 30 s, 90 s, 4.5 min,
+    13.5 min and 40 min, jittered by the dispatcher."""
+    timeout: float = 5.0
+    """Seconds allowed to connect, to write and between reads (httpx's default): a slow
+    endpoint is retried, not waited for."""
+
+    def __init__(self) -> None:
+        self._sender: Sender | None = None
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
         """Url and headers: variables set, single-line templates; body strings: templates."""
@@ -87,10 +113,67 @@ class WebhookConnector(Connector):
 
     def plan(self, params: BaseModel, render: Render, render_file: RenderFile,
              due_at: datetime) -> dict[str, Any]:
-        """Method, url and body rendered; `${VAR}`s stay as written (expanded only at send)."""
+        """Method, url and body rendered; `${VAR}`s stay as written (expanded only at send).
+
+        Header values are rendered too, though not shown, so that one failing for a customer
+        fails in the dry-run rather than at commit."""
         hook = expect(params, WebhookParams)
+        for value in hook.headers.values():
+            render(value, header=True)
         return {"method": hook.method, "url": render(hook.url, header=True),
                 "body": _render_body(render, hook.body)}
+
+    def payload(self, params: BaseModel, render: Render, render_file: RenderFile,
+                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                unsubscribe_url: str) -> dict[str, Any]:
+        """The request frozen at commit: url and header values as env templates (`${VAR}`
+        unexpanded, every other `$` doubled), the body as rendered JSON."""
+        hook = expect(params, WebhookParams)
+        return {"method": hook.method, "url": freeze_env_template(render, hook.url),
+                "headers": {name: freeze_env_template(render, value)
+                            for name, value in hook.headers.items()},
+                "body": _render_body(render, hook.body)}
+
+    async def open(self, settings: Any) -> None:
+        """One HTTP client for the cycle, and the signing key from `settings.webhook_secret`."""
+        from connectors.webhook_send import Sender
+
+        await self.close()
+        self._sender = Sender.start(settings, connections=self.concurrency, timeout=self.timeout)
+
+    async def send(self, delivery: Delivery) -> Sent:
+        """Expand `${VAR}`s from this process's environment, sign, POST, judge the answer."""
+        if self._sender is None:
+            raise PermanentError("the webhook connector was not opened before sending")
+        return await self._sender.send(delivery, os.environ)
+
+    async def close(self) -> None:
+        """Close the HTTP client (its pooled connections)."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            await sender.close()
+
+
+def freeze_env_template(render: Render, source: str) -> str:
+    """`source` rendered as one line, with the author's `${VAR}`s kept and every other `$`
+    doubled, so `expand_env_template` expands exactly what the author wrote."""
+    marked, names, unmark = _mark_env(source)
+    rendered = render(marked, header=True).replace("$", "$$")
+    return unmark(rendered, lambda index: "${" + names[index] + "}")
+
+
+def expand_env_template(text: str, env: Mapping[str, str]) -> str:
+    """A frozen env template with its variables from `env` and `$$` read as `$`.
+
+    Raises `TemplateError` naming a missing or empty variable, never a value.
+    """
+    return "$".join(expand_env(part, env) for part in text.split("$$"))
+
+
+def env_template_names(text: str) -> list[str]:
+    """The variables a frozen env template expands, in order, once each."""
+    return list(dict.fromkeys(name for part in text.split("$$")
+                              for name in ENV_REFERENCE.findall(part)))
 
 
 def _render_body(render: Render, value: JsonValue) -> JsonValue:
@@ -141,6 +224,16 @@ def render_with_env(environment: jinja2.Environment, source: str, context: Mappi
     """
     if problems := env_var_problems(source, env):
         raise TemplateError("; ".join(problems))
+    marked, names, unmark = _mark_env(source)
+    text = unmark(render(environment, marked, context), lambda index: env[names[index]])
+    if header and (problem := header_problem(text)):
+        raise TemplateError(problem)
+    return text
+
+
+def _mark_env(source: str) -> tuple[str, list[str], Callable[[str, Callable[[int], str]], str]]:
+    """`source` with each `${VAR}` replaced by a random marker that Jinja leaves alone, the
+    names in order, and the function that puts something (the reference, the value) back."""
     marker = f"@@env{secrets.token_hex(8)}:"
     names: list[str] = []
 
@@ -148,8 +241,9 @@ def render_with_env(environment: jinja2.Environment, source: str, context: Mappi
         names.append(match.group(1))
         return f"{marker}{len(names) - 1}@@"
 
-    rendered = render(environment, ENV_REFERENCE.sub(mark, source), context)
-    text = re.sub(re.escape(marker) + r"(\d+)@@", lambda m: env[names[int(m.group(1))]], rendered)
-    if header and (problem := header_problem(text)):
-        raise TemplateError(problem)
-    return text
+    pattern = re.compile(re.escape(marker) + r"(\d+)@@")
+
+    def unmark(text: str, put: Callable[[int], str]) -> str:
+        return pattern.sub(lambda m: put(int(m.group(1))), text)
+
+    return ENV_REFERENCE.sub(mark, source), names, unmark

@@ -13,7 +13,8 @@ no more than module `x` itself.
   header values), `ENV_REFERENCE`, `env_var_problems`, `expand_env` (`${VAR}` from the
   environment, never from YAML).
 - Values: `Duration` (a pydantic-ready `15m 12h 30d 2w` duration).
-- Time: `iso` (the one spelling of an instant in output and keys).
+- Time: `iso` (the one spelling of an instant in output and keys), `utcnow` (the real clock, for
+  what follows it: leases, heartbeats, a webhook's timestamp).
 
 The CLI imports the subpackages directly; docs/ARCHITECTURE.md says which may import which.
 """
@@ -31,16 +32,16 @@ _PUBLIC = {
     "render_file": "engine.format.templates", "header_problem": "engine.format.templates",
     "ENV_REFERENCE": "engine.format.templates", "env_var_problems": "engine.format.templates",
     "expand_env": "engine.format.templates", "Duration": "engine.format.durations",
-    "iso": "engine.clock",
+    "iso": "engine.clock", "utcnow": "engine.clock",
 }
 __all__ = [
     "ENV_REFERENCE", "ConnectorError", "Duration", "Location", "PermanentError", "Problem",
     "RetainError", "TemplateChecker", "TemplateError", "TransientError", "env_var_problems",
-    "expand_env", "header_problem", "iso", "render", "render_file",
+    "expand_env", "header_problem", "iso", "render", "render_file", "utcnow",
 ]
 
 if TYPE_CHECKING:
-    from engine.clock import iso
+    from engine.clock import iso, utcnow
     from engine.errors import (
         ConnectorError,
         Location,

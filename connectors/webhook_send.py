@@ -59,6 +59,7 @@ SECRET_PREFIX = "whsec_"
 MAX_RETRY_AFTER = timedelta(days=1)
 READ_BYTES = 65536
 EXCERPT_CHARS = 200
+REDACT_MIN = 4
 RETRY = frozenset({408, 409, 425})
 CONNECTION = frozenset({401, 403, 429, 502, 503, 504})
 _SAFE_ID = string.ascii_letters + string.digits + "-._~/:@!$&'()*+,;="
@@ -141,9 +142,11 @@ class Request:
     values: Mapping[str, str]  # the expanded variables: redacted from every message
 
     def redact(self, text: str) -> str:
-        """`text` with every expanded value replaced by its `${NAME}`, longest first."""
+        """`text` with every expanded value replaced by its `${NAME}`, longest first (values
+        under REDACT_MIN characters are no secrets, and replacing them would garble the text)."""
         for name, value in sorted(self.values.items(), key=lambda item: -len(item[1])):
-            text = text.replace(value, "${" + name + "}")
+            if len(value) >= REDACT_MIN:
+                text = text.replace(value, "${" + name + "}")
         return text
 
 
@@ -221,11 +224,11 @@ class Sender:
     def __init__(self, client: httpx.AsyncClient, secret: str | None, timeout: float) -> None:
         self.client, self.timeout = client, timeout
         self.secret_key: bytes | None = None
-        self.secret_problem: PermanentError | None = None
+        self.secret_problem = ""  # why there is no key: every send fails with it
         try:
             self.secret_key = signing_key(secret)
         except PermanentError as error:
-            self.secret_problem = error
+            self.secret_problem = str(error)
 
     @classmethod
     def start(cls, settings: Any, *, connections: int, timeout: float) -> Sender:
@@ -241,7 +244,7 @@ class Sender:
     async def send(self, delivery: Delivery, env: Mapping[str, str]) -> Sent:
         """Expand, sign with this second's timestamp, send, judge."""
         if self.secret_key is None:
-            raise self.secret_problem or PermanentError(f"{SECRET_ENV} is not set")
+            raise PermanentError(self.secret_problem)
         timestamp = int(utcnow().timestamp())
         request = build_request(delivery.payload, delivery.key, env, self.secret_key, timestamp)
         try:

@@ -495,3 +495,15 @@ def test_a_payload_read_back_from_the_outbox_sends_the_same_bytes(
     one, two = receiver.requests
     assert one.verified and two.verified and one.body == two.body
     assert one.body == '{"a":{"b":[true,1.5],"z":1},"mid":"x","zeta":"Zoë"}'.encode()
+
+
+def test_the_plan_shows_the_same_fields_and_fails_on_a_header_as_the_commit_would() -> None:
+    renderer = Renderer(make_environment(None), {"customer": CUSTOMER}, lambda name: False)
+    connector = WebhookConnector()
+    planned = connector.plan(WebhookParams.model_validate(PARAMS), renderer.inline,
+                             renderer.file, AS_OF)
+    assert planned == {"method": "POST", "url": "${HOOK_URL}/customers/C1",
+                       "body": freeze()["body"]}
+    broken = WebhookParams.model_validate({**PARAMS, "headers": {"X-Tier": "{{ customer.tier }}"}})
+    with pytest.raises(TemplateError):
+        connector.plan(broken, renderer.inline, renderer.file, AS_OF)

@@ -247,21 +247,23 @@ GOLDEN = ("id: winback\nname: Win back\ntrigger:\n  segment: {}\nholdout: 30%\na
 def test_keys_and_holdout_are_pinned_across_versions(tmp_path: Path) -> None:
     """Literal keys and holdout groups of a fixed playbook text: a change to `action_key`,
     `in_holdout` or the version hash that would re-key (re-send) or regroup enrollments
-    between Retain versions fails here. Re-planning gives the same enrollment."""
+    between Retain versions fails here. Re-planning gives the same enrollment. (Re-pinned once,
+    in issue 12, when the version became the hash of the parsed document and its templates,
+    before any live run had written a key.)"""
     path = tmp_path / "winback.yaml"
     path.write_text(GOLDEN, encoding="utf-8")
     (pb,) = load_valid_playbooks([path], env={})
-    assert pb.version == "66ef773099ee6346"
+    assert pb.version == "88b63d9f1c0533a7"
     assert action_key(pb, "12347", "2011-12-10T00:00:00Z", 1, 2) == \
-        "winback/12347/1.2/8993ea5ebf9f3c45891b4508ab0b4269"
+        "winback/12347/1.2/af8d6d4e9eb26df13567543f7562e65a"
     assert [in_holdout(pb, c, "2011-12-10T00:00:00Z") for c in ("12346", "12347", "12348")] == \
         [False, False, True]
     args = ("12347", "2011-12-10T00:00:00Z", person("12347", "a@x.example"), None, {})
     made = planner(pb).enrollment(*args)
     assert made == planner(pb).enrollment(*args)
     assert not made.holdout and [a.key for a in made.actions] == [
-        "winback/12347/0.0/34bcfecc31b0f20c9dd42621d1a5cbde",
-        "winback/12347/1.2/8993ea5ebf9f3c45891b4508ab0b4269"]
+        "winback/12347/0.0/157cfb0ad4e913a07ec378ba94678ced",
+        "winback/12347/1.2/af8d6d4e9eb26df13567543f7562e65a"]
     held = ("12348", "2011-12-10T00:00:00Z", person("12348", "b@x.example"), None, {})
     assert planner(pb).enrollment(*held) == PlannedEnrollment(
         "12348", "2011-12-10T00:00:00Z", True, None, ())

@@ -87,9 +87,12 @@ def test_missing_path_and_empty_folder(tmp_path: Path) -> None:
         "no playbook files (*.yaml) here", "no such file or folder"]
 
 
-def test_playbook_version_changes_with_content(tmp_path: Path) -> None:
+def test_playbook_version_changes_with_content_not_comments(tmp_path: Path) -> None:
+    """tests/test_versions.py covers templates; here only the document."""
     path = tmp_path / "p.yaml"
     path.write_text((FIXTURES / "good" / "minimal.yaml").read_text())
     first = load_playbooks([path], env={}).playbooks[0].version
-    path.write_text(path.read_text() + "# a comment is a change too\n")
+    path.write_text(path.read_text() + "# a comment is not a new version\n")
+    assert load_playbooks([path], env={}).playbooks[0].version == first
+    path.write_text(path.read_text().replace("The smallest playbook", "The smallest one"))
     assert load_playbooks([path], env={}).playbooks[0].version != first

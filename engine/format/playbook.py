@@ -9,6 +9,8 @@ adds `Problem`s with a path; nothing stops at the first.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -99,7 +101,12 @@ Step = Wait | ActionStep
 
 @dataclass(frozen=True)
 class Playbook:
-    """A parsed, validated playbook: the document, its trigger, conditions and steps, its version."""
+    """A parsed, validated playbook: the document, its trigger, conditions and steps, its version.
+
+    `source` is the YAML text and `templates` the text of every template file its actions use
+    (None: not read, as when `parse_playbook` is called alone), so a run records exactly the
+    sources it hashed into `version` (engine/outbox/versions.py).
+    """
 
     document: PlaybookDocument
     trigger: Trigger
@@ -109,6 +116,8 @@ class Playbook:
     file: str
     source_map: SourceMap | None = field(default=None, compare=False, repr=False)  # set by the
     # loader, so whatever is found later (a warning at dry-run) still names file:line:column
+    source: str = field(default="", compare=False, repr=False)
+    templates: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def id(self) -> str:
@@ -116,9 +125,31 @@ class Playbook:
         return self.document.id
 
 
-def content_version(text: str) -> str:
-    """Every change of a playbook file is a new version: the hash of its content."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+VERSION_SCHEME = "retain-playbook-1"
+"""Named in every hash, so a later change of what a version covers can never collide."""
+
+
+def content_version(data: Any, templates: Mapping[str, str] | None = None) -> str:
+    """A playbook's version: the hash of its parsed document and the template files it uses.
+
+    The document is hashed as canonical JSON (sorted keys, no whitespace), not as text, so a
+    comment, blank lines, quoting or key order are not a new version and do not re-key the
+    actions of enrollments in flight; any change of a value or of a template's text is one.
+    """
+    canonical = json.dumps([VERSION_SCHEME, _canonical(data), sorted((templates or {}).items())],
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """YAML data as JSON can hold it: keys as text (YAML allows `1:`), other values by repr."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
 
 
 def pydantic_problems(exc: ValidationError, model: type[BaseModel],
@@ -233,7 +264,8 @@ def parse_playbook(data: Any, text: str, file: str,
     trigger, when, steps, problems = _parse_parts(data, connectors)
     if problems or trigger is None:
         return None, problems
-    return Playbook(document, trigger, when, steps, content_version(text), file), []
+    return Playbook(document, trigger, when, steps, content_version(data), file,
+                    source=text), []
 
 
 def _parse_parts(data: dict[str, Any], connectors: dict[str, Any]) -> tuple[

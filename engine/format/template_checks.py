@@ -68,6 +68,12 @@ class TemplateChecker:
         self._context = sample_context(customer_fields)
         self._file_results: dict[str, list[tuple[int, int, str]]] = {}
 
+    @property
+    def files_checked(self) -> tuple[str, ...]:
+        """The template files the actions asked about, in order: what the playbook's version
+        covers (engine/format/validation.py reads their texts)."""
+        return tuple(self._file_results)
+
     def template_path(self, name: str) -> Path:
         """Where the template file `name` is (or would be), for messages."""
         return (self.templates_dir or Path("templates")) / name

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import DictLoader, FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 from jinja2.utils import missing
@@ -119,11 +119,29 @@ def _blank_none(value: Any) -> Any:
     return "" if value is None else value
 
 
-def make_environment(templates_dir: Path | None = None) -> SandboxedEnvironment:
-    """The one Jinja environment for a templates folder (None: inline templates only)."""
+class StoredTemplates(DictLoader):
+    """Template files as a playbook version recorded them (name -> text), not as the folder has
+    them now: an enrollment renders its version's templates until it ends. `label` names them
+    in messages where a folder would."""
+
+    def __init__(self, mapping: Mapping[str, str], label: str) -> None:
+        super().__init__(dict(mapping))
+        self.label = label
+
+
+def make_environment(templates_dir: Path | None = None, *,
+                     templates: Mapping[str, str] | None = None,
+                     label: str = "templates") -> SandboxedEnvironment:
+    """The one Jinja environment for a templates folder (None: inline templates only), or for
+    the stored texts of a playbook version (`templates`, name -> text; `label` names them)."""
+    loader: jinja2.BaseLoader | None = None
+    if templates is not None:
+        loader = StoredTemplates(templates, label)
+    elif templates_dir is not None:
+        loader = FileSystemLoader(templates_dir)
     environment = _Sandbox(
         undefined=_Undefined,
-        loader=FileSystemLoader(templates_dir) if templates_dir is not None else None,
+        loader=loader,
         autoescape=select_autoescape(enabled_extensions=("html.j2",), disabled_extensions=(),
                                      default_for_string=False, default=False),
         trim_blocks=True,  # `{% if %}` lines leave no blank lines in text emails
@@ -141,6 +159,24 @@ def templates_dir_of(environment: jinja2.Environment) -> Path | None:
     if isinstance(loader, FileSystemLoader) and loader.searchpath:
         return Path(loader.searchpath[0])
     return None
+
+
+def has_template(environment: jinja2.Environment, name: str) -> bool:
+    """Whether template file `name` exists for this environment: in its folder, or among the
+    stored texts of a playbook version."""
+    if isinstance(environment.loader, StoredTemplates):
+        return name in environment.loader.mapping
+    folder = templates_dir_of(environment)
+    return folder is not None and (folder / name).is_file()
+
+
+def template_label(environment: jinja2.Environment, name: str) -> str:
+    """How messages name template file `name`: its path, or its stored version's label."""
+    loader = environment.loader
+    if isinstance(loader, StoredTemplates):
+        return f"{loader.label}/{name}"
+    folder = templates_dir_of(environment)
+    return str(folder / name) if folder else name
 
 
 class RenderFailure(Exception):
@@ -250,8 +286,7 @@ def render(environment: jinja2.Environment, source: str, context: Mapping[str, A
 
 def render_file(environment: jinja2.Environment, name: str, context: Mapping[str, Any]) -> str:
     """Render a template file; errors carry the file and line as their location."""
-    folder = templates_dir_of(environment)
-    path = str(folder / name) if folder else name
+    path = template_label(environment, name)
     try:
         template = environment.get_template(name)
         return run_template(template, as_context(context), header=False)

@@ -12,9 +12,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from jinja2 import meta
+
 from engine.errors import Issue, Location, PlaybookError, Problem
 from engine.format.fields import CUSTOMER_FIELDS
-from engine.format.playbook import ActionStep, Playbook, Step, parse_playbook, parse_steps
+from engine.format.playbook import (
+    ActionStep,
+    Playbook,
+    Step,
+    content_version,
+    parse_playbook,
+    parse_steps,
+)
 from engine.format.registry import load_connectors
 from engine.format.template_checks import TemplateChecker
 from engine.format.templates import make_environment
@@ -77,15 +87,21 @@ def templates_dir(playbook_file: Path) -> Path | None:
     return None
 
 
+def template_checker(file: Path, env: Mapping[str, str]) -> TemplateChecker:
+    """The checker of one playbook file's templates (its folder, the customer fields)."""
+    return TemplateChecker(make_environment(templates_dir(file)),
+                           {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}, env)
+
+
 def check_templates(steps: Sequence[Step], file: Path, connectors: Mapping[str, Any],
-                    env: Mapping[str, str]) -> list[Problem]:
+                    env: Mapping[str, str], checker: TemplateChecker | None = None
+                    ) -> list[Problem]:
     """Each action's semantic checks, templates included, with paths from the document root.
 
     Run on every action that parsed, even when another part of the file is wrong, so a schema
     error in one key does not hide the template errors elsewhere.
     """
-    checker = TemplateChecker(make_environment(templates_dir(file)),
-                              {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}, env)
+    checker = checker or template_checker(file, env)
     problems: list[Problem] = []
     for step in steps:
         if not isinstance(step, ActionStep):
@@ -111,7 +127,10 @@ def load_file(path: Path, connectors: Mapping[str, Any], env: Mapping[str, str],
     playbook, problems = parse_playbook(document.data, document.text, str(path), dict(connectors))
     steps = playbook.steps if playbook is not None else (
         parse_steps(document.data, dict(connectors))[0] if isinstance(document.data, dict) else ())
-    problems += check_templates(steps, path, connectors, env)
+    checker = template_checker(path, env)
+    problems += check_templates(steps, path, connectors, env, checker)
+    if playbook is not None:
+        playbook = with_templates(playbook, document.data, used_templates(checker))
     if playbook is not None:
         for check in checks:
             problems += check(playbook)
@@ -119,6 +138,34 @@ def load_file(path: Path, connectors: Mapping[str, Any], env: Mapping[str, str],
     if issues or playbook is None:
         return None, document, issues
     return replace(playbook, source_map=document.source_map), document, issues
+
+
+def used_templates(checker: TemplateChecker) -> dict[str, str]:
+    """name -> text of every template file the actions use: the ones their checks read, and
+    the files those include, extend or import by a literal name (found in the parsed template,
+    so a branch the trial render did not take still counts). Files that cannot be read are left
+    out: their check has already reported them."""
+    environment, folder = checker.environment, checker.templates_dir
+    found: dict[str, str] = {}
+    pending = list(checker.files_checked)
+    while pending and folder is not None:
+        name = pending.pop(0)
+        if name in found or not (folder / name).is_file():
+            continue
+        try:
+            found[name] = text = (folder / name).read_text(encoding="utf-8")
+            referenced = meta.find_referenced_templates(environment.parse(text))
+        except (OSError, UnicodeDecodeError, jinja2.TemplateSyntaxError):
+            continue
+        pending += [other for other in referenced if other is not None]
+    return dict(sorted(found.items()))
+
+
+def with_templates(playbook: Playbook, data: Any, templates: Mapping[str, str]) -> Playbook:
+    """The playbook (parsed from `data`) with the texts of its template files, and the version
+    that covers both."""
+    return replace(playbook, templates=dict(templates),
+                   version=content_version(data, templates))
 
 
 def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,

@@ -35,7 +35,7 @@ from jinja2 import Environment
 from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
-from engine.format.templates import as_context, render, render_file, templates_dir_of
+from engine.format.templates import as_context, has_template, render, render_file
 
 UNSUBSCRIBE_URL = "https://retain.example.invalid/unsubscribe?token=made-when-sent"
 """What `unsubscribe_url` is until a message is sent (dry-run, preview): the real link carries a
@@ -231,9 +231,8 @@ class Planner:
 
     def _has_file(self, name: str) -> bool:
         """Whether templates/NAME exists, asked once per plan (not once per customer)."""
-        if name not in self._files:
-            folder = templates_dir_of(self.environment)
-            self._files[name] = folder is not None and (folder / name).is_file()
+        if name not in self._files:  # in the folder, or in a stored version's templates
+            self._files[name] = has_template(self.environment, name)
         return self._files[name]
 
 

@@ -28,7 +28,7 @@ from engine.format.playbook import (
 from engine.format.registry import load_connectors
 from engine.format.template_checks import TemplateChecker
 from engine.format.templates import make_environment
-from engine.format.yamlsource import Document, SourceMap, dotted, load_yaml_file
+from engine.format.yamlsource import Document, SourceMap, dotted, load_yaml, load_yaml_file
 
 SUFFIXES = (".yaml", ".yml")
 TEMPLATES_DIR = "templates"
@@ -166,6 +166,29 @@ def with_templates(playbook: Playbook, data: Any, templates: Mapping[str, str]) 
     that covers both."""
     return replace(playbook, templates=dict(templates),
                    version=content_version(data, templates))
+
+
+def load_stored(text: str, label: str, templates: Mapping[str, str],
+                connectors: Mapping[str, Any], checks: Sequence[PlaybookCheck] = ()
+                ) -> tuple[Playbook | None, list[Issue]]:
+    """A recorded version's source parsed as a file is (strict YAML, the document's shape, the
+    same registries, the `checks`), with its recorded template texts; `label` stands for the
+    file in messages. Its templates are not checked again: they passed when the version was
+    recorded (only valid playbooks are), an enrollment in flight must not stop because a check
+    grew stricter since, and a template that fails for a customer still fails that action
+    alone when it is planned."""
+    document, issues = load_yaml(text, label)
+    if document is None:
+        return None, issues
+    playbook, problems = parse_playbook(document.data, text, label, dict(connectors))
+    if playbook is not None:
+        for check in checks:
+            problems += check(playbook)
+    issues += [to_issue(problem, document.source_map) for problem in problems]
+    if issues or playbook is None:
+        return None, issues
+    playbook = with_templates(playbook, document.data, templates)
+    return replace(playbook, source_map=document.source_map), []
 
 
 def load_playbooks(paths: list[Path], env: Mapping[str, str] | None = None,

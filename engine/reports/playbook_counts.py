@@ -3,8 +3,9 @@
 engine/reports/playbooks.py holds the definitions and the statistics; this module only counts,
 in the database, per playbook and group. One aggregate of enrollments GROUP BY playbook and
 holdout, with a correlated EXISTS per enrollment for the goal event (the goal's event type and
-window come from a CASE over the playbook id, so all playbooks are one query), and one of actions
-GROUP BY playbook, connector and status. Works on SQLite and PostgreSQL.
+window come from a CASE over the playbook id and the version each enrollment entered with, so
+all playbooks and versions are one query), and one of actions GROUP BY playbook, connector and
+status. Works on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -58,33 +59,48 @@ def _goal_end(seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     return PerDialect(sqlite, postgresql, UTCDateTime())
 
 
+def version_pairs(connection: sa.Connection, start: datetime | None,
+                  end: datetime | None) -> list[tuple[str, str]]:
+    """The (playbook, version) pairs the window's enrollments entered with."""
+    e = enrollments.c
+    return [(pid, version) for pid, version in connection.execute(
+        sa.select(e.playbook_id, e.version).where(in_window(start, end)).distinct()
+        .order_by(e.playbook_id, e.version))]
+
+
 def measured_counts(connection: sa.Connection, start: datetime | None, end: datetime | None,
-              goals: dict[str, Goal], cutoff: datetime
-              ) -> dict[tuple[str, bool], tuple[int, int]]:
-    """(closed, converted) per (playbook, holdout) for the playbooks with a goal: one aggregate,
-    with an EXISTS per enrollment for a goal event inside its window."""
+                    goals: dict[tuple[str, str], Goal], cutoff: datetime
+                    ) -> dict[tuple[str, bool], tuple[int, int, int]]:
+    """(judged, closed, converted) per (playbook, holdout): judged are the enrollments whose
+    version has a goal (`goals`, by (playbook, version)), closed those whose goal window ended,
+    converted those with a goal event inside it. One aggregate, with an EXISTS per enrollment."""
     if not goals:
         return {}
     e, ev = enrollments.c, events.c
-    goal_type = sa.case({pid: sa.literal(g.event, sa.String()) for pid, g in goals.items()},
-                        value=e.playbook_id)
-    seconds = sa.case({pid: sa.literal(int(g.within / timedelta(seconds=1)), sa.Integer())
-                       for pid, g in goals.items()}, value=e.playbook_id)
+
+    def per_version(value: Any, kind: sa.types.TypeEngine[Any]) -> sa.ColumnElement[Any]:
+        return sa.case(*(((e.playbook_id == pid) & (e.version == version),
+                          sa.literal(value(goal), kind))
+                         for (pid, version), goal in goals.items()), else_=sa.null())
+
+    goal_type = per_version(lambda g: g.event, sa.String())
+    seconds = per_version(lambda g: int(g.within / timedelta(seconds=1)), sa.Integer())
     goal_end = _goal_end(seconds)
     closed = goal_end <= sa.bindparam("cutoff", cutoff, type_=UTCDateTime())
     converted = (sa.select(ev.id).where(ev.customer_id == e.customer_id, ev.type == goal_type,
                                         ev.occurred_at > e.entered_at, ev.occurred_at <= goal_end)
                  .exists())
     rows = connection.execute(
-        sa.select(e.playbook_id, e.holdout, sa.func.count(sa.case((closed, 1))),
+        sa.select(e.playbook_id, e.holdout, sa.func.count(), sa.func.count(sa.case((closed, 1))),
                   sa.func.count(sa.case((closed & converted, 1))))
-        .where(in_window(start, end), e.playbook_id.in_(list(goals)))
+        .where(in_window(start, end), goal_type.is_not(None),
+               e.playbook_id.in_(sorted({pid for pid, _v in goals})))
         .group_by(e.playbook_id, e.holdout))
-    counts: dict[tuple[str, bool], tuple[int, int]] = {}
-    for playbook_id, holdout, n_closed, n_converted in rows:
+    counts: dict[tuple[str, bool], tuple[int, int, int]] = {}
+    for playbook_id, holdout, n_judged, n_closed, n_converted in rows:
         key = (playbook_id, bool(holdout))
-        before = counts.get(key, (0, 0))
-        counts[key] = (before[0] + n_closed, before[1] + n_converted)
+        before = counts.get(key, (0, 0, 0))
+        counts[key] = (before[0] + n_judged, before[1] + n_closed, before[2] + n_converted)
     return counts
 
 

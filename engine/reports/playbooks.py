@@ -7,13 +7,22 @@ Definitions (docs/REPORTS.md, "Playbooks", says the same):
   `--from` / `--to` choose enrollments by entry time only: a goal event after `--to` still counts
   for an enrollment that entered before it, because the goal window belongs to the enrollment.
 - **actions**: outbox rows of those enrollments, counted by connector and status.
-- **goal**: the playbook file's `goal: {event: T, within: D}`, read from the current file and
-  applied to every enrollment of the playbook whatever version it entered with (the versions table
-  keeps sources, but a team that changes a goal wants today's goal measured). A playbook id found
-  in enrollments whose file is gone, or whose file has no goal, shows entered and actions with
-  "no goal defined".
+- **goal**: each enrollment is judged by the `goal: {event: T, within: D}` of the version it
+  entered with, read from that version's recorded source (engine/query/versions.py, parsed once
+  per version): what the playbook promised when the customer entered is what it is measured
+  against, and a goal edited later does not rewrite past results. An enrollment whose version
+  was never recorded (enrollments written before versions were) is judged by the loaded file's
+  goal. Enrollments of a version without a goal are not measured (the statement counts them).
+  The goal shown is the loaded file's when some enrollment is judged by it (or there are
+  none), else the latest recorded one used; when versions in the window have different goals the
+  statement says so. A playbook none of whose enrollments has a goal, and whose file is gone or
+  has no goal, shows entered and actions with "no goal defined".
 - An enrollment **converts** when its customer has an event of type T with
-  `entered_at < occurred_at <= entered_at + D`; events outside that window do not count.
+  `entered_at < occurred_at <= entered_at + D`; events outside that window do not count. This
+  is computed from the events, not from `enrollments.converted_at` (which a live run sets when
+  it sees the goal event): the events are the facts, and a report as of any moment reads them
+  the same way whether or not a run has looked since (holdout enrollments, which complete at
+  once, or a window that ended after the last run).
 - Only enrollments whose goal window has **ended** are measured: `entered_at + D <= cutoff`. The
   cutoff is now (the clock, or `--as-of`), as for every report (DESIGN 1: a period that has
   ended is complete; no goal event in the window means not converted). Enrollments entered at
@@ -53,10 +62,16 @@ import sqlalchemy as sa
 from engine.clock import iso
 from engine.format.durations import format_duration
 from engine.format.playbook import Goal, Playbook
+from engine.query.versions import version_goals
 from engine.reports.html import HtmlPage, figure
 from engine.reports.intervals import CONFIDENCE, METHOD, newcombe, wilson
 from engine.reports.periods import quiet_note, report_now
-from engine.reports.playbook_counts import action_counts, entered_counts, measured_counts
+from engine.reports.playbook_counts import (
+    action_counts,
+    entered_counts,
+    measured_counts,
+    version_pairs,
+)
 from engine.reports.sheet import Column, Sheet
 from engine.store.facts import events
 
@@ -75,11 +90,12 @@ class Group:
     entered: int = 0
     open: int = 0
     converted: int = 0
+    no_goal: int = 0  # entered with a version that has no goal: never measured
 
     @property
     def measured(self) -> int:
         """Enrollments whose goal window has ended: the denominator of the rate."""
-        return self.entered - self.open
+        return self.entered - self.open - self.no_goal
 
     @property
     def rate(self) -> float | None:
@@ -112,11 +128,8 @@ class PlaybookEffect:
     treatment: Group
     holdout: Group
     actions: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def goal(self) -> Goal | None:
-        """The playbook's goal, or None (no goal, or the file is gone)."""
-        return None if self.playbook is None else self.playbook.document.goal
+    goal: Goal | None = None  # the goal shown (module docstring); None: nothing is measured
+    goals_differ: bool = False  # versions in the window measure different goals
 
     @property
     def entered(self) -> int:
@@ -136,7 +149,7 @@ class PlaybookEffect:
     def conclusion(self) -> str:
         """A stable keyword for the statement: what the numbers allow us to say."""
         t, h = self.treatment, self.holdout
-        if self.goal is None:
+        if self.goal is None or (self.entered and self.unmeasured == self.entered):
             return "no_goal"
         if not self.entered:
             return "no_enrollments"
@@ -156,8 +169,12 @@ class PlaybookEffect:
         t, h = self.treatment, self.holdout
         conclusion = self.conclusion
         if conclusion == "no_goal":
-            where = ("the playbook file is not among the loaded playbooks"
-                     if self.playbook is None else "the playbook has no `goal:`")
+            if self.goal is not None:
+                where = "the versions these enrollments entered with have no `goal:`"
+            elif self.playbook is None:
+                where = "the playbook file is not among the loaded playbooks"
+            else:
+                where = "the playbook has no `goal:`"
             return f"no goal defined ({where}): entered and actions only"
         if conclusion == "no_enrollments":
             return "no enrollments in this window"
@@ -182,10 +199,25 @@ class PlaybookEffect:
                     "lower": f"converts worse than the holdout: {effect}",
                     "unclear": f"no clear difference from the holdout: {effect}, the interval "
                     "includes 0"}[conclusion]
-        still_open = t.open + h.open
+        return text + self._caveats()
+
+    @property
+    def unmeasured(self) -> int:
+        """Enrollments of versions without a goal."""
+        return self.treatment.no_goal + self.holdout.no_goal
+
+    def _caveats(self) -> str:
+        """What the numbers leave out, appended to the statement."""
+        text = ""
+        still_open = self.treatment.open + self.holdout.open
         if still_open:
             text += (f"; {still_open:,} more enrollment{'s' if still_open != 1 else ''} still "
                      "inside the goal window, not counted yet")
+        if self.unmeasured:
+            text += (f"; {self.unmeasured:,} enrollment{'s' if self.unmeasured != 1 else ''} "
+                     "of a version without a goal, not measured")
+        if self.goals_differ:
+            text += "; versions differ in goal: each enrollment is judged by its version's"
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -371,31 +403,52 @@ def _columns(names: list[str]) -> list[Column]:
 def build(connection: sa.Connection, playbooks: Sequence[Playbook],
           start: datetime | None = None, end: datetime | None = None,
           now: datetime | None = None) -> PlaybooksReport:
-    """The report over enrollments that entered in `[start, end)`, with the goals of `playbooks`
-    (the loaded files). `now` (`--as-of`; None: the clock) closes goal windows and hides
-    enrollments entered at or after it."""
+    """The report over enrollments that entered in `[start, end)`, each judged by the goal of
+    its version (`playbooks`, the loaded files, for versions never recorded). `now` (`--as-of`;
+    None: the clock) closes goal windows and hides enrollments entered at or after it."""
     cutoff = report_now(now)
     given_end, end = end, cutoff if end is None else min(end, cutoff)
     latest = connection.execute(sa.select(sa.func.max(events.c.occurred_at))
                                 .where(events.c.occurred_at < cutoff)).scalar()
     known = {p.id: p for p in playbooks}
-    goals = {p.id: p.document.goal for p in playbooks if p.document.goal is not None}
+    goals = _version_goals(connection, known, version_pairs(connection, start, end))
     entered = entered_counts(connection, start, end)
-    measured = measured_counts(connection, start, end, goals, cutoff)
+    measured = measured_counts(connection, start, end,
+                               {pair: g for pair, g in goals.items() if g is not None}, cutoff)
     done = action_counts(connection, start, end)
     result = []
     for playbook_id in sorted(set(known) | {pid for pid, _h in entered}):
+        used = list(dict.fromkeys(g for (pid, _v), g in goals.items()
+                                  if pid == playbook_id and g is not None))
+        goal = _shown_goal(known.get(playbook_id), used)
         groups = []
         for holdout in (False, True):
             count = entered.get((playbook_id, holdout), 0)
-            closed, converted = measured.get((playbook_id, holdout), (0, 0))
-            if playbook_id in goals:
-                groups.append(Group(count, count - closed, converted))
-            else:
-                groups.append(Group(count))
+            judged, closed, converted = measured.get((playbook_id, holdout), (0, 0, 0))
+            groups.append(Group(count) if goal is None else
+                          Group(count, judged - closed, converted, count - judged))
         result.append(PlaybookEffect(playbook_id, known.get(playbook_id), groups[0], groups[1],
-                                     done.get(playbook_id, {})))
+                                     done.get(playbook_id, {}), goal, len(used) > 1))
     return PlaybooksReport(start, given_end, cutoff, latest, result)
+
+
+def _version_goals(connection: sa.Connection, known: dict[str, Playbook],
+                   pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Goal | None]:
+    """The goal of each (playbook, version) enrollments entered with, in recorded order: the
+    recorded version's, else (never recorded) the loaded file's."""
+    recorded = version_goals(connection, pairs)
+    fallback = {pair: known[pair[0]].document.goal if pair[0] in known else None
+                for pair in pairs if pair not in recorded}
+    return {**fallback, **recorded}
+
+
+def _shown_goal(playbook: Playbook | None, used: list[Goal]) -> Goal | None:
+    """The goal a line shows: the file's, when it judged some enrollment or none was judged;
+    else the latest recorded one that judged some."""
+    current = None if playbook is None else playbook.document.goal
+    if current is not None and (not used or current in used):
+        return current
+    return used[-1] if used else None
 
 
 def _pct(value: float | None) -> float | None:

@@ -214,3 +214,15 @@ def scanned(column: Column) -> Column:
     """
     plus = UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
     return PerDialect(plus, column, column.type)
+
+
+def insert_ignoring(table: sa.Table, dialect: sa.Dialect, keys: list[str]) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO NOTHING` for this database: the write of a row whose
+    unique key may already be there (a second run, another replica), which is then skipped."""
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)

@@ -1,0 +1,126 @@
+"""Playbook versions at run time: recorded with their sources, looked up for resumed enrollments,
+and `on_change: exit` applied.
+
+- **record**: each enabled playbook's version is written once, with the YAML text and the text of
+  every template file it uses (`Playbook.source`, `Playbook.templates`: exactly what was hashed),
+  `created_at` and `enabled_at` the run's as-of. A version already recorded is left as it is, so
+  the first enable of a playbook never moves (evaluate.prepare reads it for `backfill: false`).
+  `INSERT ... ON CONFLICT DO NOTHING` on the unique (playbook_id, version): two runs at once
+  cannot both write it.
+- **on_change: exit**: the open enrollments (active, waiting) of an older version end `exited`
+  ("playbook changed to version X") and their pending actions (planned, deferred, retrying) are
+  `cancelled` with the same reason, in two set-based statements. A claimed action is being sent
+  and is left to its outcome. With `on_change: keep` nothing changes: an enrollment finishes on
+  its own version (engine/query/versions.py reloads it, templates included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from jinja2 import Environment
+
+from engine.errors import PlaybookError
+from engine.format.playbook import Playbook
+from engine.format.templates import make_environment
+from engine.format.validation import templates_dir
+from engine.query.versions import Versions
+from engine.store import status as st
+from engine.store.dialect import insert_ignoring
+from engine.store.tables import actions, enrollments, versions
+
+OPEN = (st.ACTIVE, st.WAITING_STEP)
+Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
+
+
+@dataclass(frozen=True)
+class VersionChange:
+    """A version recorded by this run: `previous` is the one recorded before it (None: the
+    playbook's first version, its first enable)."""
+
+    playbook_id: str
+    version: str
+    previous: str | None
+
+
+def record_versions(connection: sa.Connection, playbooks: list[Playbook],
+                    as_of: datetime) -> dict[str, VersionChange]:
+    """Record each enabled playbook's version unless it is known; returns, per playbook id, the
+    version this call recorded (the ones that changed)."""
+    enabled = [p for p in playbooks if p.document.enabled]
+    if not enabled:
+        return {}
+    v = versions.c
+    known: dict[str, list[str]] = {}
+    for pid, version in connection.execute(
+            sa.select(v.playbook_id, v.version).where(v.playbook_id.in_({p.id for p in enabled}))
+            .order_by(v.id)):
+        known.setdefault(pid, []).append(version)
+    new = [p for p in enabled if p.version not in known.get(p.id, [])]
+    if new:
+        connection.execute(insert_ignoring(versions, connection.dialect,
+                                           ["playbook_id", "version"]),
+                           [_row(p, as_of) for p in new])
+    return {p.id: VersionChange(p.id, p.version, (known.get(p.id) or [None])[-1])
+            for p in new}
+
+
+def _row(playbook: Playbook, as_of: datetime) -> dict[str, Any]:
+    return {"playbook_id": playbook.id, "version": playbook.version, "source": playbook.source,
+            "templates": dict(playbook.templates or {}), "created_at": as_of,
+            "enabled_at": as_of}
+
+
+def exit_changed(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:
+    """`on_change: exit`: end the open enrollments of other versions and cancel their pending
+    actions; returns how many ended (0 with `on_change: keep`)."""
+    if playbook.document.on_change != "exit":
+        return 0
+    e, a = enrollments.c, actions.c
+    why = f"playbook changed to version {playbook.version}"
+    older = sa.and_(e.playbook_id == playbook.id, e.version != playbook.version,
+                    e.status.in_(OPEN))
+    connection.execute(
+        actions.update().where(a.enrollment_id.in_(sa.select(e.id).where(older)),
+                               a.status.in_(st.WAITING))
+        .values(status=st.CANCELLED, reason=why, updated_at=as_of))
+    ended = connection.execute(
+        enrollments.update().where(older)
+        .values(status=st.EXITED, ended_at=as_of, end_reason=why, wake_at=None))
+    return ended.rowcount or 0
+
+
+def version_lookup(writer: sa.Engine, playbooks: list[Playbook],
+                   connectors: Mapping[str, Any] | None = None) -> Lookup:
+    """(playbook id, version) -> that version and the environment of its templates, for
+    planning a resumed enrollment: the loaded playbook when it is the current version, else the
+    recorded one (parsed once per version); None when it was never recorded or no longer
+    loads (a connector it uses is gone), which the caller reports for that enrollment."""
+    current = {(p.id, p.version): p for p in playbooks}
+    found: dict[tuple[str, str], tuple[Playbook, Environment] | None] = {}
+    stored = Versions(connectors)
+
+    def lookup(playbook_id: str, version: str) -> tuple[Playbook, Environment] | None:
+        key = (playbook_id, version)
+        if key in found:
+            return found[key]
+        if key in current:
+            playbook = current[key]
+            found[key] = playbook, make_environment(templates_dir(Path(playbook.file)))
+            return found[key]
+        found[key] = None
+        try:
+            with writer.connect() as connection:  # once per version, beside the caller's
+                version_found = stored.find(connection, playbook_id, version)
+        except PlaybookError:
+            return None
+        if version_found is not None:
+            found[key] = version_found.playbook, version_found.environment
+        return found[key]
+
+    return lookup

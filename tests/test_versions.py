@@ -110,6 +110,17 @@ def test_a_template_no_action_uses_is_not(folder: Path) -> None:
     assert load(folder).version == first.version
 
 
+def test_only_files_inside_the_templates_folder_are_read(folder: Path) -> None:
+    """An include that names a file outside templates/ (never rendered here) is not read into
+    the version, so it never reaches the database."""
+    write(folder.parent, "secret.txt", "s3cr3t\n")
+    edit(folder, "templates/winback.html.j2", "</p>",
+         "</p>{% if false %}{% include '../secret.txt' %}{% endif %}")
+    templates = load(folder).templates or {}
+    assert sorted(templates) == ["footer.txt.j2", "winback.html.j2", "winback.txt.j2"]
+    assert not any("s3cr3t" in text for text in templates.values())
+
+
 # --- recording ----------------------------------------------------------------------------------
 
 def stored(db: sa.Engine) -> list[dict[str, Any]]:

@@ -131,7 +131,6 @@ def load_file(path: Path, connectors: Mapping[str, Any], env: Mapping[str, str],
     problems += check_templates(steps, path, connectors, env, checker)
     if playbook is not None:
         playbook = with_templates(playbook, document.data, used_templates(checker))
-    if playbook is not None:
         for check in checks:
             problems += check(playbook)
     issues += [to_issue(problem, document.source_map) for problem in problems]
@@ -143,19 +142,21 @@ def load_file(path: Path, connectors: Mapping[str, Any], env: Mapping[str, str],
 def used_templates(checker: TemplateChecker) -> dict[str, str]:
     """name -> text of every template file the actions use: the ones their checks read, and
     the files those include, extend or import by a literal name (found in the parsed template,
-    so a branch the trial render did not take still counts). Files that cannot be read are left
-    out: their check has already reported them."""
-    environment, folder = checker.environment, checker.templates_dir
+    so a branch the trial render did not take still counts). Read through the folder's loader,
+    which refuses names outside the folder (`../`). Files that cannot be read are left out:
+    their check has already reported them."""
+    environment = checker.environment
+    loader = environment.loader
     found: dict[str, str] = {}
     pending = list(checker.files_checked)
-    while pending and folder is not None:
+    while pending and loader is not None:
         name = pending.pop(0)
-        if name in found or not (folder / name).is_file():
+        if name in found:
             continue
         try:
-            found[name] = text = (folder / name).read_text(encoding="utf-8")
+            found[name] = text = loader.get_source(environment, name)[0]
             referenced = meta.find_referenced_templates(environment.parse(text))
-        except (OSError, UnicodeDecodeError, jinja2.TemplateSyntaxError):
+        except (OSError, UnicodeDecodeError, jinja2.TemplateError):
             continue
         pending += [other for other in referenced if other is not None]
     return dict(sorted(found.items()))

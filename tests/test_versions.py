@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -366,3 +367,52 @@ def test_enrollments_of_a_version_without_a_goal_are_not_measured(db: sa.Engine,
     assert winback["conclusion"] == "no_goal"
     assert winback["statement"].startswith(
         "no goal defined (the versions these enrollments entered with have no `goal:`)")
+
+
+# --- with the live cycle ----------------------------------------------------------------------
+
+STEPS = """\
+id: steps
+name: Two steps
+trigger:
+  segment: {}
+actions:
+  - task: { title: "First call {{ customer.customer_id }}" }
+  - wait: 3d
+  - task: { title: "Second call {{ customer.customer_id }}" }
+"""
+RUN_SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
+                               email_dir=None, smtp=SimpleNamespace(host=None), public_url=None,
+                               secret_key=None)
+
+
+@pytest.mark.parametrize("on_change", ["keep", "exit"])
+def test_a_run_resumes_in_flight_enrollments_on_their_version(
+        db: sa.Engine, tmp_path: Path, on_change: str) -> None:
+    """After the second task's title is edited, enrollments made before the edit get the old
+    title (keep), or end and get nothing more (exit); a new customer gets the new title."""
+    run = pytest.importorskip("engine.outbox.run")  # the live cycle (issue 12, run part)
+    (tmp_path / "playbooks").mkdir()
+    path = tmp_path / "playbooks" / "steps.yaml"
+    path.write_text(STEPS.replace("actions:", f"on_change: {on_change}\nactions:"))
+    with db.begin() as connection:
+        connection.execute(sa.insert(Customer.__table__), [{"customer_id": "a"}])
+    (first,) = load_valid_playbooks([path], env={})
+    run.run_cycle(db, [first], T1, RUN_SETTINGS, dispatch=False)
+    path.write_text(path.read_text().replace("Second call", "Changed call"))
+    with db.begin() as connection:
+        connection.execute(sa.insert(Customer.__table__), [{"customer_id": "b"}])
+    (second,) = load_valid_playbooks([path], env={})
+    assert second.version != first.version
+    run.run_cycle(db, [second], T1 + timedelta(days=4), RUN_SETTINGS, dispatch=False)
+    with db.connect() as connection:
+        titles = sorted((r.customer_id, r.payload["title"], r.status)
+                        for r in connection.execute(sa.select(actions)))
+        ended = {r.customer_id: r.status for r in connection.execute(sa.select(enrollments))}
+    if on_change == "keep":
+        assert ("a", "Second call a", st.PLANNED) in titles
+        assert ended["a"] == st.COMPLETED
+    else:
+        assert [t for t in titles if t[0] == "a"] == [("a", "First call a", st.CANCELLED)]
+        assert ended["a"] == st.EXITED
+    assert ("b", "First call b", st.PLANNED) in titles and ended["b"] == st.WAITING_STEP

@@ -119,7 +119,8 @@ def describe_errors(exc: ValidationError, path: Path, from_env: dict[str, Any]) 
             message = f"unknown setting{did_you_mean(env_name(table, key), known)}"
         elif error["type"] != "value_error" and (table, key) not in SECRETS:
             message += f" (got {error['input']!r})"
-        lines.append(f"{where}: [{table}] {key}: {message}")
+        what = "" if (table, key) in SECRETS else f" [{table}] {key}:"  # never from a file
+        lines.append(f"{where}:{what} {message}")
     return "\n".join(lines)
 
 

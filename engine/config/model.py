@@ -94,8 +94,19 @@ def _parser(kind: type[Cap] | type[QuietHours]) -> Any:
 CapValue = Annotated[Cap, _parser(Cap), PlainSerializer(str)]
 QuietHoursValue = Annotated[QuietHours, _parser(QuietHours), PlainSerializer(str)]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]  # a connector's name
-LOOPBACK = ("localhost", "127.", "::1")
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+
+
+def _loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: links that only this machine can follow."""
+    from ipaddress import ip_address
+
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SmtpSettings(BaseModel):
@@ -173,9 +184,26 @@ class Settings(BaseSettings):
         host = parts.hostname or ""
         if parts.scheme not in {"http", "https"} or not host:
             raise ValueError(f"{value!r} is not an http(s) URL like \"https://retain.example.com\"")
-        if parts.scheme == "http" and not host.startswith(LOOPBACK):
+        if parts.scheme == "http" and not _loopback(host):
             raise ValueError(f"{value!r} must use https (RFC 8058) unless the host is loopback")
         return value.strip().rstrip("/")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """`whsec_<base64>` as the Standard Webhooks libraries expect; the value never shown."""
+        import base64
+        import binascii
+
+        text = value.get_secret_value() if value is not None else "whsec_"
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if value is not None and (not text.startswith("whsec_") or not key):
+            raise ValueError("expected \"whsec_\" and the base64 of the signing key (the "
+                             "value is not shown)")
+        return value
 
     @field_validator("email_from")
     @classmethod

@@ -269,6 +269,20 @@ def test_broken_toml_names_the_file(tmp_path: Path) -> None:
         load_settings(tmp_path, env={})
 
 
+def test_init_writes_a_config_whose_examples_load(tmp_path: Path, cli: Cli) -> None:
+    """The scaffold's commented examples are valid settings once uncommented."""
+    assert cli(["init", str(tmp_path)])[0] == 0
+    text = (tmp_path / "retain.toml").read_text()
+    assert load_settings(tmp_path, env={}).database_url == "sqlite:///retain.db"
+    lines = [line.split("  #")[0].removeprefix("# ") for line in text.splitlines()
+             if line.startswith(("# [", "# ")) and ("=" in line or line.startswith("# ["))]
+    (tmp_path / "retain.toml").write_text(text + "\n".join(lines) + "\n")
+    settings = load_settings(tmp_path, env={})
+    assert (settings.timezone, settings.smtp.host, str(settings.caps["email"])) == \
+        ("UTC", "smtp.mailprovider.example", "2/1w")
+    assert str(settings.quiet_hours["email"]) == "21:00-08:00"
+
+
 def test_cli_db_option_overrides_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              cli: Cli) -> None:
     monkeypatch.setenv("RETAIN_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")

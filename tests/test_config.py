@@ -130,9 +130,12 @@ def test_every_unknown_table_and_key_at_once(tmp_path: Path) -> None:
 
 
 def test_key_outside_a_table(tmp_path: Path) -> None:
-    path = write(tmp_path, 'database_url = "sqlite:///x.db"\n')
-    assert error_of(tmp_path) == (f"{path}: unknown key outside a table 'database_url' (expected "
-                                  "one of: retain, smtp, caps, quiet_hours)")
+    path = write(tmp_path, 'database_url = "sqlite:///x.db"\nport = 25\n[retain]\ncaps = {}\n')
+    assert error_of(tmp_path).splitlines() == [
+        f"{path}: 'database_url' is outside a table: put it under [retain]",
+        f"{path}: unknown key outside a table 'port' (expected one of: retain, smtp, caps, "
+        "quiet_hours)",
+        f"{path}: [retain] caps is a table of its own: write [caps]"]
 
 
 @pytest.mark.parametrize(("table", "key", "env_name"), [

@@ -49,7 +49,9 @@ def read_config(path: Path) -> dict[str, Any]:
     problems: list[str] = []
     values: dict[str, Any] = {}
     for table, body in document.items():
-        if table not in known:
+        if not isinstance(body, dict) and table in known["retain"]:
+            problems.append(f"{path}: {table!r} is outside a table: put it under [retain]")
+        elif table not in known:
             hint = did_you_mean(table, known) or f" (expected one of: {', '.join(known)})"
             where = "table" if isinstance(body, dict) else "key outside a table"
             problems.append(f"{path}: unknown {where} {table!r}{hint}")
@@ -71,6 +73,8 @@ def _check_table(path: Path, table: str, body: dict[str, Any], keys: list[str]) 
         if (table, key) in SECRETS:
             problems.append(f"{path}: [{table}] {key} is a secret and is never read from a file: "
                             f"set the environment variable {env_name(table, key)} instead")
+        elif table == "retain" and key in NESTED:
+            problems.append(f"{path}: [retain] {key} is a table of its own: write [{key}]")
         elif table not in OPEN_TABLES and key not in keys:
             hint = did_you_mean(key, keys) or f" (expected one of: {', '.join(keys)})"
             problems.append(f"{path}: [{table}] unknown key {key!r}{hint}")

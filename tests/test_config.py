@@ -228,6 +228,20 @@ def test_an_unknown_nested_variable_is_named(tmp_path: Path) -> None:
                        "(did you mean 'RETAIN_SMTP_HOST'?)")
 
 
+def test_a_whole_table_in_one_variable_must_be_json(tmp_path: Path) -> None:
+    assert error_of(tmp_path, {"RETAIN_SMTP": "mail.example"}) == (
+        "environment variable RETAIN_SMTP: not a JSON object; set one variable per key instead, "
+        "like RETAIN_SMTP_HOST")
+    assert load_settings(tmp_path, env={"RETAIN_CAPS": '{"email": "3/1d"}'}).caps["email"] == \
+        Cap(3, timedelta(days=1))
+
+
+def test_a_channel_is_a_connector_name(tmp_path: Path) -> None:
+    path = write(tmp_path, '[caps]\nEmail = "2/7d"\n')
+    assert error_of(tmp_path) == (f"{path}: [caps] Email: 'Email' is not a channel: a connector's "
+                                  "name in lower case, like email or webhook")
+
+
 def test_unrelated_variables_are_ignored(tmp_path: Path) -> None:
     env = {"RETAIN_TEST_PG_URL": "postgresql://x", "RETAIN_UPDATE_SNAPSHOTS": "1"}
     assert load_settings(tmp_path, env=env) == load_settings(tmp_path, env={})

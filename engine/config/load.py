@@ -10,6 +10,7 @@ value present in the environment is the environment's).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,8 +141,12 @@ def load_settings(project_dir: Path | None = None, env: Mapping[str, str] | None
     from_file = read_config(path) if path.is_file() else {}
     try:
         from_env = GivenEnv(Settings, env)()
-    except SettingsError as exc:
-        raise InputError(f"environment: {exc}") from None
+    except SettingsError as exc:  # RETAIN_SMTP='...' is read as JSON for the whole table
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = env_name("retain", field.group(1)) if field else "a RETAIN_ variable"
+        raise InputError(f"environment variable {name}: not a JSON object; set one variable per "
+                         f"key instead, like {name}_{'HOST' if name.endswith('SMTP') else 'EMAIL'}"
+                         ) from None
     try:
         return Settings(**merge(from_file, from_env))
     except ValidationError as exc:

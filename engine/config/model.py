@@ -13,13 +13,13 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
     SecretStr,
-    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -93,7 +93,18 @@ def _parser(kind: type[Cap] | type[QuietHours]) -> Any:
 
 CapValue = Annotated[Cap, _parser(Cap), PlainSerializer(str)]
 QuietHoursValue = Annotated[QuietHours, _parser(QuietHours), PlainSerializer(str)]
-Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]  # a connector's name
+_CHANNEL = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _channel(name: str) -> str:
+    """A connector's name as the playbooks spell it (`email`, `webhook`)."""
+    if not _CHANNEL.fullmatch(name):
+        raise ValueError(f"{name!r} is not a channel: a connector's name in lower case, like "
+                         "email or webhook")
+    return name
+
+
+Channel = Annotated[str, AfterValidator(_channel)]
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 
 

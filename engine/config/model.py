@@ -195,6 +195,9 @@ class Settings(BaseSettings):
         host = parts.hostname or ""
         if parts.scheme not in {"http", "https"} or not host:
             raise ValueError(f"{value!r} is not an http(s) URL like \"https://retain.example.com\"")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r} may not carry a query or fragment: links append "
+                             "/unsubscribe?token=... to it")
         if parts.scheme == "http" and not _loopback(host):
             raise ValueError(f"{value!r} must use https (RFC 8058) unless the host is loopback")
         return value.strip().rstrip("/")
@@ -202,18 +205,21 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        """`whsec_<base64>` as the Standard Webhooks libraries expect; the value never shown."""
+        """`whsec_<base64>` as the Standard Webhooks libraries expect (the prefix and the `=`
+        padding may be left out, as connectors/webhook_send.py reads it); never shown."""
         import base64
         import binascii
 
-        text = value.get_secret_value() if value is not None else "whsec_"
+        if value is None:
+            return None
+        text = value.get_secret_value().strip().removeprefix("whsec_").rstrip("=")
         try:
-            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+            key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except (binascii.Error, ValueError):
             key = b""
-        if value is not None and (not text.startswith("whsec_") or not key):
-            raise ValueError("expected \"whsec_\" and the base64 of the signing key (the "
-                             "value is not shown)")
+        if not key:
+            raise ValueError("not a Standard Webhooks secret: expected \"whsec_\" followed by "
+                             "the base64 of the signing key (the value is not shown)")
         return value
 
     @field_validator("email_from")

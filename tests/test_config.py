@@ -110,6 +110,8 @@ def test_usual_port_follows_tls(tmp_path: Path) -> None:
     ports = {tls: load_settings(tmp_path, env={"RETAIN_SMTP_TLS": tls}).smtp.port
              for tls in ("none", "starttls", "tls")}
     assert ports == {"none": 25, "starttls": 587, "tls": 465}
+    assert load_settings(tmp_path, env={"RETAIN_SMTP_TLS": "tls", "RETAIN_SMTP_PORT": "2465"}
+                         ).smtp.port == 2465
 
 
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:
@@ -206,7 +208,7 @@ def test_a_bad_value_in_the_file_names_file_table_and_key(tmp_path: Path, table:
     ("RETAIN_QUIET_HOURS_SMS", "25:00-08:00", "[quiet_hours] sms: malformed quiet hours"),
     ("RETAIN_TIMEZONE", "Europe/Olso", "[retain] timezone: unknown time zone 'Europe/Olso'"),
     ("RETAIN_SMTP_TLS", "yes", "[smtp] tls: input should be 'none', 'starttls' or 'tls'"),
-    ("RETAIN_SMTP_PORT", "-1", "[smtp] port: input should be greater than or equal to 0"),
+    ("RETAIN_SMTP_PORT", "0", "[smtp] port: input should be greater than or equal to 1"),
     ("RETAIN_SMTP_VALIDATE_CERTS", "maybe", "[smtp] validate_certs: input should be a valid "
      "boolean"),
     ("RETAIN_PUBLIC_URL", "http://127.evil.example", "[retain] public_url:"),

@@ -126,7 +126,7 @@ class SmtpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str | None = None
-    port: int = Field(default=0, ge=0, le=65535)  # 0: the usual port for `tls` (25/587/465)
+    port: int = Field(default=587, ge=1, le=65535)  # unset: the usual port for `tls`
     username: str | None = None
     password: SecretStr | None = None  # environment only: RETAIN_SMTP_PASSWORD
     tls: Literal["none", "starttls", "tls"] = "starttls"
@@ -134,12 +134,13 @@ class SmtpSettings(BaseModel):
     timeout: float = Field(default=30.0, gt=0)
     validate_certs: bool = True
 
-    @model_validator(mode="after")
-    def _usual_port(self) -> SmtpSettings:
+    @model_validator(mode="before")
+    @classmethod
+    def _usual_port(cls, data: Any) -> Any:
         """No port given: the one that goes with `tls` (25 plain, 587 STARTTLS, 465 TLS)."""
-        if self.port == 0:
-            object.__setattr__(self, "port", DEFAULT_PORTS[self.tls])
-        return self
+        if isinstance(data, dict) and data.get("port") is None:
+            return {**data, "port": DEFAULT_PORTS.get(str(data.get("tls", "starttls")), 587)}
+        return data
 
 
 class Settings(BaseSettings):

@@ -18,7 +18,6 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from engine.config import load_settings
 from engine.errors import RetainError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -106,6 +105,8 @@ def root(
                                            metavar="URL", show_default=False)] = None,
 ) -> None:
     """Retain: rules-driven workflow automation for customer retention."""
+    from engine.config import load_settings  # pydantic: not for `retain --help`
+
     settings = load_settings()
     ctx.obj = State(db_url=db or settings.database_url, db_given=db is not None)
 

@@ -124,13 +124,39 @@ Unsubscribe: {{ unsubscribe_url }}
 """
 
 
+CONFIG_EXAMPLE = """\
+# Retain settings (docs/CONFIG.md). Each key can also be set as RETAIN_<KEY>, which wins over
+# this file. Secrets (RETAIN_SMTP_PASSWORD, RETAIN_SECRET_KEY, RETAIN_WEBHOOK_SECRET) are read
+# only from the environment, never from here.
+
+[retain]
+database_url = "sqlite:///retain.db"
+playbooks_dir = "playbooks"
+# timezone = "UTC"                          # for customers without a time zone
+# email_from = "Shop <news@shop.example>"
+# public_url = "https://retain.shop.example"  # base of unsubscribe links
+
+# [smtp]
+# host = "smtp.mailprovider.example"
+# port = 587
+# username = "retain@shop.example"
+# tls = "starttls"                          # none, starttls or tls
+
+# [caps]
+# email = "2/7d"                            # at most 2 emails per customer per 7 days
+
+# [quiet_hours]
+# email = "21:00-08:00"                     # in the customer's time zone
+"""
+
+
 def init(directory: Annotated[Path, typer.Argument(help="Project folder to create.")] = Path(".")
          ) -> None:
     """Scaffold a project: retain.toml, playbooks/ with a commented example, templates/."""
     from engine.format.schema import SCHEMA_FILE, schema_text
 
     files = {
-        CONFIG_FILE: '[retain]\ndatabase_url = "sqlite:///retain.db"\nplaybooks_dir = "playbooks"\n',
+        CONFIG_FILE: CONFIG_EXAMPLE,
         f"playbooks/{SCHEMA_FILE}": schema_text(),
         "playbooks/winback-30d.yaml": EXAMPLE,
         "templates/winback.txt.j2": EXAMPLE_TEMPLATE,

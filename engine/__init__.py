@@ -15,6 +15,7 @@ no more than module `x` itself.
 - Values: `Duration` (a pydantic-ready `15m 12h 30d 2w` duration).
 - Time: `iso` (the one spelling of an instant in output and keys), `utcnow` (the real clock, for
   what follows it: leases, heartbeats, a webhook's timestamp).
+- Settings: `Settings` (what `Connector.open(settings)` receives; docs/CONFIG.md).
 
 The CLI imports the subpackages directly; docs/ARCHITECTURE.md says which may import which.
 """
@@ -32,16 +33,17 @@ _PUBLIC = {
     "render_file": "engine.format.templates", "header_problem": "engine.format.templates",
     "ENV_REFERENCE": "engine.format.templates", "env_var_problems": "engine.format.templates",
     "expand_env": "engine.format.templates", "Duration": "engine.format.durations",
-    "iso": "engine.clock", "utcnow": "engine.clock",
+    "iso": "engine.clock", "utcnow": "engine.clock", "Settings": "engine.config",
 }
 __all__ = [
     "ENV_REFERENCE", "ConnectorError", "Duration", "Location", "PermanentError", "Problem",
-    "RetainError", "TemplateChecker", "TemplateError", "TransientError", "env_var_problems",
-    "expand_env", "header_problem", "iso", "render", "render_file", "utcnow",
+    "RetainError", "Settings", "TemplateChecker", "TemplateError", "TransientError",
+    "env_var_problems", "expand_env", "header_problem", "iso", "render", "render_file", "utcnow",
 ]
 
 if TYPE_CHECKING:
     from engine.clock import iso, utcnow
+    from engine.config import Settings
     from engine.errors import (
         ConnectorError,
         Location,

@@ -25,6 +25,7 @@ from engine.query.staleness import stale_as_of_issues
 from engine.query.vocabulary import typo_warnings
 from engine.store.facts import customers
 from engine.store.open import open_reader
+from engine.store.status import PLANNED, STATUSES
 
 ERRORS_SHOWN = 5  # in the text plan; `--json` streams every action with its status and reason
 AsOfOpt = Annotated[str | None, typer.Option(
@@ -85,6 +86,7 @@ def dry_run(
     `--json` streams every enrollment (or the first --show) with each action's key and due time.
     Every enrollment is planned whatever is listed: one that fails to render fails the dry-run.
     """
+    settings = load_settings()
     playbooks = playbooks_at(paths)
     moment = as_of_time(as_of)
     engine = open_reader(ctx.obj.db_url)
@@ -95,13 +97,13 @@ def dry_run(
             require_customer(connection, customer)
         with render.progress("evaluating playbooks", len(playbooks)) as advance:
             plan = make_plan(connection, playbooks, moment, customer_id=customer, show=shown,
-                             complete=not streamed, progress=advance)
+                             complete=not streamed, progress=advance, settings=settings)
         warnings = typo_warnings(connection, playbooks) + stale_as_of_issues(moment, plan.moment)
         if as_json:  # streamed while the connection is open: the plan reads as it goes
             render.write_chunks(plan.json_chunks(
                 every=show is None, extra={"warnings": [issue_json(w) for w in warnings]}))
         else:
-            print_plan(plan)
+            print_plan(plan, settings)
             show_warnings(warnings)
         connection.rollback()
     if plan.errors:
@@ -123,11 +125,14 @@ def show_errors(errors: list[str], first: int | None) -> None:
                                  "them all)", style="red", markup=False)
 
 
-def print_plan(plan: Plan) -> None:
+def print_plan(plan: Plan, settings: object | None = None) -> None:
     """The plan for a person: a summary, then each playbook's first enrollments."""
     moment = plan.moment
     out = render.console
     out.print(f"Dry run as of {iso(moment.as_of)}: nothing is written or sent.")
+    rules = _rules(settings)
+    if rules:
+        out.print(Text(rules))
     if moment.historical:
         out.print(f"As-of is before the latest synced event ({iso(moment.latest_event)}): facts "
                   "are derived from the events up to it (slower than a plain dry-run).")
@@ -145,9 +150,15 @@ def print_plan(plan: Plan) -> None:
                         "-" if pp.over_limit else f"{pp.holdout:,}", ", ".join(steps))
     out.print(summary)
     for pp in plan.playbooks:
-        for note in filter(None, (pp.over_limit, pp.note, _unplanned(pp))):
+        for note in filter(None, (pp.over_limit, pp.note, _counts(pp))):
             out.print(Text(f"{pp.playbook.id}: {note}",
                            style="red" if note == pp.over_limit else ""))
+        for status, reasons in pp.samples.items():
+            more = pp.statuses[status] - len(reasons)
+            for reason in reasons:
+                out.print(Text(f"  {status} {reason}"))
+            if more > 0:
+                out.print(Text(f"  ... and {more:,} more {status} (dry-run --json lists them)"))
     for pp in plan.playbooks:
         if pp.shown:
             out.print(_enrollment_table(pp))
@@ -155,13 +166,29 @@ def print_plan(plan: Plan) -> None:
         out.print(f"Disabled, not evaluated: {', '.join(plan.disabled)}.")
 
 
-def _unplanned(pp: PlaybookPlan) -> str | None:
-    """`12 of 2,000 actions not planned: 9 suppressed, 3 error`, over every enrollment."""
-    missed = {status: n for status, n in pp.statuses.items() if status != "planned"}
-    if not missed:
+def _rules(settings: object | None) -> str | None:
+    """`Caps: email 2/7d. Quiet hours: email 21:00-08:00 (customer's zone, else UTC).`"""
+    caps = getattr(settings, "caps", None) or {}
+    quiet = getattr(settings, "quiet_hours", None) or {}
+    parts = []
+    if caps:
+        parts.append("Caps: " + ", ".join(f"{k} {v}" for k, v in sorted(caps.items())) + ".")
+    if quiet:
+        zone = getattr(settings, "timezone", None) or "UTC"
+        parts.append("Quiet hours: " + ", ".join(f"{k} {v}" for k, v in sorted(quiet.items()))
+                     + f" (customer's zone, else {zone}).")
+    return " ".join(parts) or None
+
+
+def _counts(pp: PlaybookPlan) -> str | None:
+    """`2,000 actions: 1,900 planned, 60 deferred, 30 capped, 7 suppressed, 3 dead`, over every
+    enrollment, in the order of the status vocabulary."""
+    if not pp.statuses:
         return None
-    parts = ", ".join(f"{n:,} {status}" for status, n in sorted(missed.items()))
-    return f"{sum(missed.values()):,} of {pp.statuses.total():,} actions not planned: {parts}"
+    order = {status: n for n, status in enumerate(STATUSES)}
+    parts = ", ".join(f"{n:,} {status}" for status, n in
+                      sorted(pp.statuses.items(), key=lambda item: order.get(item[0], 99)))
+    return f"{pp.statuses.total():,} actions: {parts}"
 
 
 def _enrollment_table(pp: PlaybookPlan) -> Table:
@@ -186,7 +213,7 @@ def _action_line(action: PlannedAction) -> str:
     headline = fields.get("subject") or fields.get("title") or fields.get("url")
     if action.kind == "points":
         headline = f"{fields['amount']:+d} ({fields.get('reason') or 'no reason'})"
-    status = "" if action.status == "planned" else f" [{action.status}: {action.reason}]"
+    status = "" if action.status == PLANNED else f" [{action.status}: {action.reason}]"
     return f"{action.kind} at {action.run_at:%Y-%m-%d %H:%M}: {headline}{status}"
 
 

@@ -130,7 +130,7 @@ def test_errors_are_the_same_whatever_is_shown(db: sa.Engine, db_url: str, tmp_p
             assert [line[:len(expected[0])] for line in lines] == expected[:5]
             assert "... and 2 more (dry-run --json lists them all)" in err
             assert max(len(line) for line in err.splitlines()) <= 80
-            assert "pb: 7 of 40 actions not planned: 7 error" in out
+            assert "pb: 40 actions: 33 planned, 7 dead" in out
     assert found[()] == found[("--show", "1")] == found[("--show", "0")]
     assert found[("--json",)] == found[("--json", "--show", "1")]
 

@@ -181,7 +181,7 @@ def test_a_failing_template_is_an_error_naming_customer_and_action(tmp_path: Pat
                   'body: "x" }\n')
     made = planner(pb).enrollment("c9", "o", person("c9", "c9@x.example", "A\nB"), None, {})
     (action,) = made.actions
-    assert action.status == "error" and action.reason is not None
+    assert action.status == "dead" and action.error and action.reason is not None
     assert action.reason.startswith("customer c9, actions[0].email: ")
     assert made.errors("pb") == [f"pb: {action.reason}"]
 
@@ -201,7 +201,7 @@ def test_an_inline_body_is_rendered_at_plan_time(tmp_path: Path, body: str) -> N
     plan = planner(pb)
     (once,) = plan.enrollment("c1", "o", buyer("c1", 1), None, {}).actions
     (twice,) = plan.enrollment("c2", "o", buyer("c2", 3), None, {}).actions
-    assert once.status == "error" and twice.status == "planned"
+    assert once.status == "dead" and once.error and twice.status == "planned"
     assert once.reason == "customer c1, actions[0].email: cannot render: float division by zero"
     # the plan carries the subject and where the body comes from, never the body's text
     assert "45.0" not in repr(twice.fields) and twice.fields["subject"] == "Hi"
@@ -219,7 +219,7 @@ def test_template_files_are_rendered_at_plan_time(tmp_path: Path) -> None:
     (once,) = plan.enrollment("c1", "o", buyer("c1", 1), None, {}).actions
     (twice,) = plan.enrollment("c2", "o", buyer("c2", 3), None, {}).actions
     assert twice.status == "planned" and twice.fields["template"] == "avg"
-    assert once.status == "error"
+    assert once.status == "dead" and once.error
     assert once.reason == (f"customer c1, actions[0].email: {folder / 'avg.txt.j2'}:2: "
                            "cannot render: float division by zero")
     renderer = plan.renderer(buyer("c2", 3), None)  # what preview renders the message with
@@ -234,7 +234,7 @@ def test_a_template_file_removed_after_validate_is_an_error(tmp_path: Path) -> N
     pb = playbook(tmp_path, actions='  - email: { subject: "Hi", template: bye }\n')
     (folder / "bye.txt.j2").unlink()
     (action,) = planner(pb).enrollment("c1", "o", buyer("c1", 2), None, {}).actions
-    assert action.status == "error" and action.reason is not None
+    assert action.status == "dead" and action.error and action.reason is not None
     assert "no template file for 'bye'" in action.reason
 
 

@@ -244,7 +244,7 @@ def test_dry_run_renders_the_body_and_fails_for_whom_it_fails(
     where = "customer bob, actions[0].email: "
     located = f"{tmp_path / 'templates' / 'avg.txt.j2'}:2: " if body == "file" else ""
     reason = f"{where}{located}cannot render: float division by zero"
-    assert plan["bob/0"]["status"] == "error" and plan["bob/0"]["reason"] == reason
+    assert plan["bob/0"]["status"] == "dead" and plan["bob/0"]["reason"] == reason
     assert err.splitlines() == [f"avg: {reason}"]
     code, _, err = cli(["--db", db_url, "dry-run", str(tmp_path / "avg.yaml"),
                         "--as-of", iso(AS_OF)])

@@ -11,6 +11,13 @@ streams every enrollment itself (`PlaybookPlan.batches`: what a live run commits
 `dry-run --json` prints, in flat memory). Deterministic: the same database and as_of give the
 same plan in the same order (customer, occurrence). The plan reads through the caller's
 connection, so stream it while that is open.
+
+Caps and quiet hours come from the settings (engine/plan/delivery.py): playbooks are planned in
+priority order and share one `CapLedger`, so a lower-priority playbook's action is capped by what
+a higher one got in this run, as well as by the outbox rows read for each batch. Stream the
+playbooks in the plan's order (every flow here does); streaming one again re-plans it and every
+later one against the same higher-priority plan. A live run commits as it streams: an outbox
+row it wrote and the same planned action count once (by idempotency key).
 """
 
 from __future__ import annotations
@@ -32,10 +39,19 @@ from engine.format.registry import load_connectors
 from engine.format.templates import make_environment
 from engine.format.validation import templates_dir
 from engine.plan import reader
-from engine.plan.planner import PlannedEnrollment, Planner, in_holdout, over_limit
+from engine.plan.delivery import CapLedger, DeliveryRules
+from engine.plan.planner import (
+    PlannedEnrollment,
+    Planner,
+    Unsubscribe,
+    in_holdout,
+    over_limit,
+    schedule,
+)
 from engine.query.evaluate import Moment, compose, count, prepare
 
 Batches = Callable[[int | None], Iterator[list[PlannedEnrollment]]]
+SAMPLES = 3  # reasons kept per status and playbook, for the text plan
 
 
 @dataclass
@@ -54,24 +70,35 @@ class PlaybookPlan:
     source: Batches | None = field(default=None, repr=False)
     problems: dict[str, None] = field(default_factory=dict, repr=False)  # ordered, no repeats
     statuses: Counter[str] = field(default_factory=Counter)  # actions by status
+    samples: dict[str, list[str]] = field(default_factory=dict)  # status -> first reasons
     complete: bool = False  # every enrollment planned: problems and statuses cover them all
 
     def batches(self) -> Iterator[list[PlannedEnrollment]]:
         """Every enrollment a live run commits, a batch at a time; none when over the limit.
 
-        Collects each enrollment's errors and action statuses on the way, anew on each pass;
-        `complete` once the last batch is handed out.
+        Collects each enrollment's errors, action statuses and the first reasons of each
+        status on the way, anew on each pass; `complete` once the last batch is handed out.
         """
         self.problems.clear()
         self.statuses.clear()
+        self.samples.clear()
         self.complete = False
         if self.over_limit is None and self.source is not None:
             for batch in self.source(None):
                 for enrollment in batch:
                     self.problems.update(dict.fromkeys(enrollment.errors(self.playbook.id)))
                     self.statuses.update(action.status for action in enrollment.actions)
+                    self._sample(enrollment)
                 yield batch
         self.complete = True
+
+    def _sample(self, enrollment: PlannedEnrollment) -> None:
+        """Keep the first reasons of each status (but errors, which `problems` keeps)."""
+        for action in enrollment.actions:
+            if action.reason and not action.error:
+                kept = self.samples.setdefault(action.status, [])
+                if len(kept) < SAMPLES:
+                    kept.append(f"customer {enrollment.customer_id}: {action.reason}")
 
     def enrollments(self) -> Iterator[PlannedEnrollment]:
         """Every enrollment, one at a time (streamed in batches underneath)."""
@@ -139,37 +166,54 @@ def _listed(pp: PlaybookPlan, every: bool) -> Iterator[PlannedEnrollment]:
     return pp.enrollments() if every else iter(pp.shown)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every playbook of one plan shares."""
+
+    moment: Moment
+    connectors: dict[str, Any]
+    total: int | None
+    rules: DeliveryRules
+    ledger: CapLedger
+    unsubscribe: Unsubscribe | None
+
+
 def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datetime, *,
               customer_id: str | None = None, show: int | None = None, complete: bool = True,
-              progress: Callable[[int], object] | None = None) -> Plan:
+              progress: Callable[[int], object] | None = None, settings: Any | None = None,
+              unsubscribe: Unsubscribe | None = None) -> Plan:
     """Evaluate every enabled playbook at `as_of`: counts, holdout, limits, every enrollment
     planned and the first `show` kept (None: all, in memory; stream large plans with `batches`).
 
     `complete=False` plans only the first `show` (a LIMIT), for a caller that streams every
     enrollment afterwards; `errors` answers once it has. `customer_id` plans that customer's
     part: the limits are still decided from everyone entering, as the full plan decides them.
-    Reads only; the caller's transaction sees no writes from here.
+    `settings` brings `caps`, `quiet_hours` and `timezone` (None: none of them). `unsubscribe`
+    (address -> link) makes a live plan: real links, and the connectors' frozen payloads as the
+    sendable actions' fields. Reads only; the caller's transaction sees no writes from here.
     """
     active = sorted((p for p in playbooks if p.document.enabled),
                     key=lambda p: (-p.document.priority, p.id))
     moment = prepare(connection, as_of, active)
-    connectors = {kind: cls() for kind, cls in load_connectors().items()}
     needs_total = any(p.document.limits and p.document.limits.max_percent is not None
                       for p in active)
-    total = reader.total_customers(connection, as_of) if needs_total else None
+    rules = DeliveryRules.from_settings(settings, {p.id: p.document.priority for p in active})
+    run = _Run(moment, {kind: cls() for kind, cls in load_connectors().items()},
+               reader.total_customers(connection, as_of) if needs_total else None, rules,
+               CapLedger(), unsubscribe)
     plans = []
-    for playbook in active:
-        plans.append(_playbook_plan(connection, playbook, moment, connectors, total,
-                                    customer_id, show, complete))
+    for rank, playbook in enumerate(active):
+        plans.append(_playbook_plan(connection, playbook, rank, run, customer_id, show,
+                                    complete))
         if progress is not None:
             progress(1)
     disabled = sorted(p.id for p in playbooks if not p.document.enabled)
     return Plan(moment, plans, disabled)
 
 
-def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment,
-                   connectors: dict[str, Any], total: int | None, customer_id: str | None,
-                   show: int | None, complete: bool) -> PlaybookPlan:
+def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run: _Run,
+                   customer_id: str | None, show: int | None, complete: bool) -> PlaybookPlan:
+    moment = run.moment
     tc = moment.trigger_context(playbook.id)
     part = playbook.trigger.sql(tc, playbook.document.backfill)
     query = compose(playbook, tc, part, customer_id)
@@ -178,7 +222,7 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment
     everyone = result.entering
     if customer_id is not None and playbook.document.limits is not None:
         everyone = count(connection, compose(playbook, tc, part))  # the limits see everyone
-    result.over_limit = over_limit(playbook, everyone, total)
+    result.over_limit = over_limit(playbook, everyone, run.total)
     if result.over_limit is not None or result.entering == 0:
         result.complete = True
         return result
@@ -186,16 +230,23 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, moment: Moment
         result.holdout = sum(in_holdout(playbook, customer, occurrence)
                              for customer, occurrence in reader.keys(connection, query))
     environment = make_environment(templates_dir(Path(playbook.file)))
-    planner = Planner(playbook, moment.as_of, connectors, environment)
+    planner = Planner(playbook, moment.as_of, run.connectors, environment, rules=run.rules,
+                      ledger=run.ledger, rank=rank, unsubscribe=run.unsubscribe)
     ctx = CompileContext(moment.as_of, moment.historical)
+    channels = run.rules.capped_channels & {s.action.kind for s in schedule(playbook)
+                                            if s.stage == 0}
+    since = moment.as_of - run.rules.longest_window
 
     def source(limit: int | None) -> Iterator[list[PlannedEnrollment]]:
+        run.ledger.forget_from(rank)  # a new pass: only the higher-priority plan stays
         for batch in reader.candidate_batches(connection, query, limit):
             found = reader.records(connection, ctx, batch)
+            booked = reader.bookings(connection, [c.customer_id for c in batch], channels, since)
             yield [planner.enrollment(c.customer_id, c.occurrence, found.customers[c.customer_id],
                                       found.events.get(c.event_ref)
                                       if c.event_ref is not None else None,
-                                      found.suppressions) for c in batch]
+                                      found.suppressions, booked.get(c.customer_id))
+                   for c in batch]
 
     result.source = source
     if complete or show is None:

@@ -17,15 +17,26 @@ without a database (tests/test_planner.py) and a live run commits exactly what a
   connector's pure `blocked` check (suppressed), called here and again at send time.
 - Templates: every template an action would send (an email's subject and body, inline or
   in files) is rendered here in the one context of `template_context`, so a template that fails
-  for one customer marks that action `error`, naming customer and action, before anything is
-  sent. `retain preview` renders through the same `Renderer` and takes its status from `action`.
+  for one customer marks that action `dead` (flagged `error`), naming customer and action,
+  before anything is sent: a live run dead-letters that action only. `retain preview` renders
+  through the same `Renderer` and takes its status from `action`.
+- Caps and quiet hours (engine/plan/delivery.py): an action in its channel's quiet hours is
+  `deferred` to the window's end; an action of the stage committed now that does not fit its
+  channel's cap is `capped`, judged against the outbox (`booked`) and what higher-priority
+  playbooks got in this run (the `CapLedger`). Later stages are capped when their wait ends.
+- Live payloads: with `unsubscribe` (address -> link), templates see the real link and each
+  `planned`/`deferred` action's fields are the connector's `payload` (what the outbox freezes)
+  instead of `plan`; statuses, keys and due times are the same either way (dry-run == live).
+
+Statuses are the words of engine/store/status.py: planned, deferred, capped, skipped,
+suppressed, dead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,12 +47,20 @@ from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
 from engine.format.templates import as_context, has_template, render, render_file
+from engine.plan.delivery import Booking, CapLedger, DeliveryRules
+from engine.store.status import CAPPED, DEAD, DEFERRED, PLANNED, SKIPPED, SUPPRESSED
 
 UNSUBSCRIBE_URL = "https://retain.example.invalid/unsubscribe?token=made-when-sent"
 """What `unsubscribe_url` is until a message is sent (dry-run, preview): the real link carries a
 token made at send time. A URL, so it reads right in an `href` and in `List-Unsubscribe`, and
 `.invalid` (RFC 2606) never resolves."""
 KEY_PREFIX_CHARS = 48  # of the playbook id and of the customer id, for a readable key
+SENDABLE = (PLANNED, DEFERRED)
+"""The statuses a live run hands to the dispatcher (and that take a cap slot)."""
+Unsubscribe = Callable[[str], str]
+"""An address -> its unsubscribe link (engine/consent.py makes them for a live run)."""
+Booked = Mapping[str, Sequence[Booking]]
+"""A customer's outbox rows that fill a cap, by channel (engine/plan/reader.py `bookings`)."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +70,12 @@ class PlannedAction:
     step: int  # index in the playbook's `actions:` list (waits count)
     stage: int  # waits before it: stage 0 is committed now, later stages when their wait ends
     kind: str
-    run_at: datetime  # when the action is due (as-of plus the waits before it)
-    status: str  # planned | skipped | suppressed | error
-    fields: Mapping[str, Any]
+    run_at: datetime  # when it is due: as-of plus the waits before it, or after quiet hours
+    status: str  # planned | deferred | capped | skipped | suppressed | dead (status.py)
+    fields: Mapping[str, Any]  # plan() fields; a live plan's sendable ones: payload()
     key: str
     reason: str | None = None
+    error: bool = False  # dead because it cannot be made (a template that fails): a plan error
 
     @property
     def commit_now(self) -> bool:
@@ -98,7 +118,7 @@ class PlannedEnrollment:
 
     def errors(self, playbook_id: str) -> list[str]:
         """Actions that could not be planned, as `playbook: reason` lines."""
-        return [f"{playbook_id}: {a.reason}" for a in self.actions if a.status == "error"]
+        return [f"{playbook_id}: {a.reason}" for a in self.actions if a.error]
 
 
 @dataclass(frozen=True)
@@ -169,65 +189,128 @@ def action_key(playbook: Playbook, customer_id: str, occurrence: str, stage: int
 
 
 class Planner:
-    """Plans one playbook's enrollments from plain records: no database, only the clock."""
+    """Plans one playbook's enrollments from plain records: no database, only the clock.
+
+    `rules` (caps, quiet hours), `ledger` (what this run gave each customer, shared by every
+    playbook of the run) and `rank` (this playbook's place in priority order) decide deferred
+    and capped actions; `unsubscribe` makes it a live plan (real links, payload fields).
+    """
 
     def __init__(self, playbook: Playbook, as_of: datetime, connectors: Mapping[str, Any],
-                 environment: Environment) -> None:
+                 environment: Environment, *, rules: DeliveryRules | None = None,
+                 ledger: CapLedger | None = None, rank: int = 0,
+                 unsubscribe: Unsubscribe | None = None) -> None:
         self.playbook, self.as_of = playbook, as_of
         self.connectors, self.environment = connectors, environment
+        self.rules = rules if rules is not None else DeliveryRules()
+        self.ledger = ledger if ledger is not None else CapLedger()
+        self.rank, self.unsubscribe = rank, unsubscribe
         self.schedule = schedule(playbook)
         self._files: dict[str, bool] = {}
 
     def enrollment(self, customer_id: str, occurrence: str, customer: Mapping[str, Any],
-                   event: Mapping[str, Any] | None,
-                   suppressions: Mapping[str, str]) -> PlannedEnrollment:
+                   event: Mapping[str, Any] | None, suppressions: Mapping[str, str],
+                   booked: Booked | None = None) -> PlannedEnrollment:
         """What this (customer, occurrence) gets: nothing in holdout, else every action."""
         holdout = in_holdout(self.playbook, customer_id, occurrence)
         actions = () if holdout else tuple(self.actions(occurrence, customer, event,
-                                                        suppressions))
+                                                        suppressions, booked))
         return PlannedEnrollment(customer_id, occurrence, holdout,
                                  event["event_id"] if event else None, actions)
 
     def renderer(self, customer: Mapping[str, Any],
                  event: Mapping[str, Any] | None) -> Renderer:
         """The templates of one enrollment, rendered in its `template_context`."""
-        return Renderer(self.environment, template_context(self.playbook, customer, event),
-                        self._has_file)
+        context = template_context(self.playbook, customer, event, self.link(customer))
+        return Renderer(self.environment, context, self._has_file)
+
+    def link(self, customer: Mapping[str, Any]) -> str:
+        """The customer's `unsubscribe_url`: the placeholder unless live; live and without an
+        address, empty (there is nothing to unsubscribe)."""
+        if self.unsubscribe is None:
+            return UNSUBSCRIBE_URL
+        address = customer.get("email")
+        return self.unsubscribe(address) if address else ""
 
     def actions(self, occurrence: str, customer: Mapping[str, Any],
-                event: Mapping[str, Any] | None,
-                suppressions: Mapping[str, str]) -> Iterator[PlannedAction]:
+                event: Mapping[str, Any] | None, suppressions: Mapping[str, str],
+                booked: Booked | None = None) -> Iterator[PlannedAction]:
         """Each action rendered for this customer, due after the waits before it."""
         renderer = self.renderer(customer, event)  # one context for all of its templates
         for item in self.schedule:
             key = action_key(self.playbook, customer["customer_id"], occurrence, item.stage,
                              item.step)
-            yield self.action(item, key, customer, renderer, suppressions)
+            yield self.action(item, key, customer, renderer, suppressions, booked)
 
     def action(self, item: Scheduled, key: str, customer: Mapping[str, Any],
-               renderer: Renderer, suppressions: Mapping[str, str]) -> PlannedAction:
-        """One action's fields and status; a failing template is an `error`, not a crash."""
+               renderer: Renderer, suppressions: Mapping[str, str],
+               booked: Booked | None = None) -> PlannedAction:
+        """One action's status, due time and fields; a failing template is `dead`, not a crash.
+
+        In order: the address (skipped, suppressed), quiet hours (deferred: the due time
+        moves), the templates (rendered for that time), then the cap at that time (capped).
+        """
         kind, due = item.action.kind, self.as_of + item.delay
         connector = self.connectors[kind]
+        blocked = self._blocked(connector, customer, suppressions)
+        moved = None if blocked else self.rules.defer(kind, due, customer.get("timezone"))
+        at = moved.at if moved else due
 
-        def made(status: str, fields: Mapping[str, Any], reason: str | None = None
-                 ) -> PlannedAction:
-            return PlannedAction(item.step, item.stage, kind, due, status, fields, key, reason)
+        def made(status: str, fields: Mapping[str, Any], reason: str | None = None, *,
+                 when: datetime = at, error: bool = False) -> PlannedAction:
+            return PlannedAction(item.step, item.stage, kind, when, status, fields, key, reason,
+                                 error)
 
         try:
-            fields = connector.plan(item.action.params, renderer.inline, renderer.file, due)
-        except TemplateError as exc:
+            fields = self._fields(connector, item, renderer, at, key, customer,
+                                  live=blocked is None and self.unsubscribe is not None)
+        except (TemplateError, ValueError) as exc:  # ValueError: a header the email refuses
             where = f"customer {customer['customer_id']}, actions[{item.step}].{kind}"
-            return made("error", {}, f"{where}: {exc}")
-        if connector.needs_email:
-            address = customer.get("email")
-            if not address:
-                return made("skipped", fields, "no email address")
-            fields = {"to": address, **fields}
-            blocked = connector.blocked(address, suppressions)
-            if blocked is not None:
-                return made("suppressed", fields, blocked)
-        return made("planned", fields)
+            return made(DEAD, {}, f"{where}: {exc}", when=due, error=True)
+        if blocked is not None:
+            return made(blocked[0], fields, blocked[1], when=due)
+        capped = self._cap(item, kind, at, key, customer, booked)
+        if capped is not None:
+            return made(CAPPED, fields, capped)
+        return made(DEFERRED if moved else PLANNED, fields, moved.reason if moved else None)
+
+    def _blocked(self, connector: Any, customer: Mapping[str, Any],
+                 suppressions: Mapping[str, str]) -> tuple[str, str] | None:
+        """(skipped | suppressed, why) for a mail action this customer cannot get, or None."""
+        if not connector.needs_email:
+            return None
+        address = customer.get("email")
+        if not address:
+            return SKIPPED, "no email address"
+        why = connector.blocked(address, suppressions)
+        return None if why is None else (SUPPRESSED, why)
+
+    def _fields(self, connector: Any, item: Scheduled, renderer: Renderer, at: datetime,
+                key: str, customer: Mapping[str, Any], *, live: bool) -> Mapping[str, Any]:
+        """The connector's `plan` fields (with `to` for mail), or live its frozen `payload`."""
+        params = item.action.params
+        if live:
+            return connector.payload(params, renderer.inline, renderer.file, at, key=key,
+                                     customer=customer,
+                                     unsubscribe_url=renderer.context["unsubscribe_url"])
+        fields = connector.plan(params, renderer.inline, renderer.file, at)
+        address = customer.get("email")
+        return {"to": address, **fields} if connector.needs_email and address else fields
+
+    def _cap(self, item: Scheduled, kind: str, at: datetime, key: str,
+             customer: Mapping[str, Any], booked: Booked | None) -> str | None:
+        """Why this action does not fit its channel's cap, or None (then it takes a slot).
+
+        Only the stage committed now takes or is refused a slot; a later stage is judged
+        when its wait ends and it is committed."""
+        if kind not in self.rules.caps or item.stage != 0:
+            return None
+        customer_id = customer["customer_id"]
+        taken = [*(booked or {}).get(kind, ()), *self.ledger.booked(kind, customer_id)]
+        reason = self.rules.cap(kind, at, key, taken)
+        if reason is None:
+            self.ledger.book(kind, customer_id, Booking(at, self.playbook.id, key, self.rank))
+        return reason
 
     def _has_file(self, name: str) -> bool:
         """Whether templates/NAME exists, asked once per plan (not once per customer)."""
@@ -237,11 +320,12 @@ class Planner:
 
 
 def template_context(playbook: Playbook, customer: Mapping[str, Any],
-                     event: Mapping[str, Any] | None) -> dict[str, Any]:
+                     event: Mapping[str, Any] | None,
+                     unsubscribe_url: str = UNSUBSCRIBE_URL) -> dict[str, Any]:
     """What every template of an action sees (DESIGN 2.4): `customer`, the triggering `event`
     (when there is one), `playbook` and `unsubscribe_url`; wrapped once for all of them."""
     values: dict[str, Any] = {
-        "customer": customer, "unsubscribe_url": UNSUBSCRIBE_URL,
+        "customer": customer, "unsubscribe_url": unsubscribe_url,
         "playbook": {"id": playbook.id, "name": playbook.document.name}}
     if event is not None:
         values["event"] = event

@@ -1,9 +1,10 @@
 """`retain preview`: the whole message one action would send one customer, without sending it.
 
 The planner decides, the connector renders: the action's status (planned, skipped without an
-address, suppressed, error), its due time, its idempotency key and holdout all come from
-engine/plan/planner.py as a dry-run gets them, and its templates are rendered through the
-planner's `Renderer` in the one `template_context` (the same placeholder `unsubscribe_url`).
+address, suppressed, dead on a template error), its due time, its idempotency key and holdout
+all come from engine/plan/planner.py as a dry-run gets them, and its templates are rendered
+through the planner's `Renderer` in the one `template_context` (the same placeholder
+`unsubscribe_url`).
 The email connector then builds the real `EmailMessage` (connectors/email.py `build_message`,
 which the dispatcher will send); other kinds show their payload. A customer who would not
 enter now is previewed anyway, with a note saying so (and why to look at `retain explain`), and
@@ -115,7 +116,7 @@ def preview(connection: sa.Connection, playbook: Playbook, customer_id: str, as_
     """Render action `step` (default: the first email, else the first action) for one customer.
 
     Reads only. Raises InputError for a step that is no action, TemplateError (naming customer
-    and action) when a template fails for this customer, as the plan marks it `error`.
+    and action) when a template fails for this customer, as the plan marks it `dead`.
     """
     index = pick_step(playbook, step)
     moment = prepare(connection, as_of, [playbook])
@@ -137,7 +138,7 @@ def preview(connection: sa.Connection, playbook: Playbook, customer_id: str, as_
     address = customer.get("email")
     decision = planner.action(item, key, customer, renderer,
                               suppressed(connection, [address] if address else []))
-    if decision.status == "error":
+    if decision.error:
         raise TemplateError(decision.reason or "")
     result = _render(connectors[decision.kind], item.action, decision, renderer, customer,
                      occurrence is not None)

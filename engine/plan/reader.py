@@ -1,4 +1,5 @@
-"""What the planner needs, read in batches: counts, candidates, customers, events, suppressions.
+"""What the planner needs, read in batches: counts, candidates, customers, events, suppressions,
+and the outbox rows that already fill each customer's caps.
 
 Only reads. Every read is a batch of at most BATCH ids (an `IN` list every database accepts), so
 planning N enrollments costs N / BATCH round trips of each kind and memory stays flat in N. The
@@ -8,7 +9,7 @@ count of who enters is a `COUNT(*)` over that statement, so nothing streams just
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,9 +18,11 @@ import sqlalchemy as sa
 
 from engine.format.compile import DERIVED_FACTS, CompileContext, historical_fact
 from engine.format.fields import CUSTOMER_FIELDS
+from engine.plan.delivery import Booking
 from engine.query.evaluate import Candidate
 from engine.store.facts import customers, events, existed_at
-from engine.store.tables import suppressions
+from engine.store.status import COUNTS_AGAINST_CAP, SENT
+from engine.store.tables import actions, suppressions
 
 BATCH = 500
 STREAM = 5000  # rows a streamed result holds at a time
@@ -125,4 +128,33 @@ def suppressed(connection: sa.Connection, emails: list[str]) -> dict[str, str]:
         query = sa.select(suppressions.c.email, suppressions.c.reason).where(
             suppressions.c.email.in_(wanted[start:start + BATCH]))
         found.update((email.lower(), reason) for email, reason in connection.execute(query))
+    return found
+
+
+def bookings(connection: sa.Connection, ids: list[str], channels: Collection[str],
+             since: datetime) -> dict[str, dict[str, list[Booking]]]:
+    """customer_id -> channel -> the outbox rows that fill a cap: of those channels, sent or on
+    their way (`COUNTS_AGAINST_CAP`), at a time after `since` (as-of less the longest window).
+
+    A row's time is `sent_at` once sent, else `next_attempt_at` (when it is due, deferred or
+    retried): business time, as the cap windows are. Read through the (customer_id, connector)
+    index, a batch of ids at a time; rows due later are kept too (delivery.py says why).
+    """
+    found: dict[str, dict[str, list[Booking]]] = {}
+    if not channels or not ids:
+        return found
+    for start in range(0, len(ids), BATCH):
+        query = sa.select(actions.c.customer_id, actions.c.connector, actions.c.status,
+                          actions.c.sent_at, actions.c.next_attempt_at, actions.c.playbook_id,
+                          actions.c.idempotency_key).where(
+            actions.c.customer_id.in_(ids[start:start + BATCH]),
+            actions.c.connector.in_(sorted(channels)),
+            actions.c.status.in_(COUNTS_AGAINST_CAP),
+            sa.or_(actions.c.sent_at > since, actions.c.next_attempt_at > since))
+        for row in connection.execute(query):
+            at = row.sent_at if row.status == SENT and row.sent_at else row.next_attempt_at
+            if at is None or at <= since:
+                continue
+            found.setdefault(row.customer_id, {}).setdefault(row.connector, []).append(
+                Booking(at, row.playbook_id, row.idempotency_key))
     return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +20,7 @@ from engine.config import load_settings
 from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
 from engine.plan.build import Plan, PlaybookPlan, make_plan
+from engine.plan.delivery import cap_text
 from engine.plan.planner import PlannedAction, in_holdout
 from engine.query.checks import load_valid_playbooks
 from engine.query.explain import Explanation, explain, show_value
@@ -153,12 +156,9 @@ def print_plan(plan: Plan, settings: object | None = None) -> None:
         for note in filter(None, (pp.over_limit, pp.note, _counts(pp))):
             out.print(Text(f"{pp.playbook.id}: {note}",
                            style="red" if note == pp.over_limit else ""))
-        for status, reasons in pp.samples.items():
-            more = pp.statuses[status] - len(reasons)
-            for reason in reasons:
-                out.print(Text(f"  {status} {reason}"))
-            if more > 0:
-                out.print(Text(f"  ... and {more:,} more {status} (dry-run --json lists them)"))
+        for line in _sample_lines(pp):
+            out.print(Text(textwrap.fill(line, width=out.width - 1, initial_indent="  ",
+                                         subsequent_indent="      ")))
     for pp in plan.playbooks:
         if pp.shown:
             out.print(_enrollment_table(pp))
@@ -172,12 +172,23 @@ def _rules(settings: object | None) -> str | None:
     quiet = getattr(settings, "quiet_hours", None) or {}
     parts = []
     if caps:
-        parts.append("Caps: " + ", ".join(f"{k} {v}" for k, v in sorted(caps.items())) + ".")
+        parts.append("Caps: " + ", ".join(f"{k} {cap_text(v)}" for k, v in sorted(caps.items()))
+                     + ".")
     if quiet:
         zone = getattr(settings, "timezone", None) or "UTC"
         parts.append("Quiet hours: " + ", ".join(f"{k} {v}" for k, v in sorted(quiet.items()))
                      + f" (customer's zone, else {zone}).")
     return " ".join(parts) or None
+
+
+def _sample_lines(pp: PlaybookPlan) -> Iterator[str]:
+    """The first reasons of each status not planned (why deferred, capped, suppressed...)."""
+    for status, reasons in pp.samples.items():
+        for reason in reasons:
+            yield f"{status} {reason}"
+        more = pp.statuses[status] - len(reasons)
+        if more > 0:
+            yield f"... and {more:,} more {status} (dry-run --json lists them all)"
 
 
 def _counts(pp: PlaybookPlan) -> str | None:

@@ -151,12 +151,24 @@ class DeliveryRules:
         full = cap_conflict(cap, at, unique.values())
         if full is None:
             return None
-        names = dict.fromkeys(b.playbook_id for b in full)
-        named = [f"{pid} (priority {self.priorities[pid]})" if pid in self.priorities else pid
-                 for pid in names]
-        by = " and ".join(named) if len(named) < 3 else ", ".join(named[:-1]) + \
-            f" and {named[-1]}"
-        return f"cap {channel} {cap} reached: sent or planned by {by}"
+        return f"cap {channel} {cap_text(cap)} reached: sent or planned by {self._names(full)}"
+
+    def _names(self, full: list[Booking]) -> str:
+        """The playbooks that filled the window: this run's by priority, then the others."""
+        known = self.priorities
+        pids = sorted(dict.fromkeys(b.playbook_id for b in full),  # in time order
+                      key=lambda pid: (pid not in known, -known.get(pid, 0)))
+        named = [f"{pid} (priority {known[pid]})" if pid in known else pid for pid in pids]
+        return named[0] if len(named) == 1 else ", ".join(named[:-1]) + f" and {named[-1]}"
+
+
+def cap_text(cap: Cap) -> str:
+    """`2/7d` as a person writes it in `[caps]` (days stay days: never `2/1w`)."""
+    seconds = int(cap.window.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{cap.count}/{seconds // size}{unit}"
+    return f"{cap.count}/{seconds}s"
 
 
 def _zone(name: str) -> ZoneInfo | None:

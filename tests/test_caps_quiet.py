@@ -418,3 +418,41 @@ def test_dry_run_shows_deferred_and_capped_actions_with_reasons(
                            "fields", "reason"}
     assert all(s in STATUSES for p in by_id.values() for e in p["enrollments"]
                for s in (a["status"] for a in e["actions"]))
+
+
+def test_a_live_plan_decides_as_the_dry_run_on_both_databases(db: sa.Engine,
+                                                               tmp_path: Path) -> None:
+    """`unsubscribe` makes the plan live: payloads as fields, the same statuses, keys, due
+    times and reasons as the dry-run, caps, priority and quiet hours included."""
+    add_customers(db, *(customer(f"c{n}", email=f"c{n}@x.example", name=f"N{n}",
+                                 timezone="America/New_York" if n % 2 else None)
+                        for n in range(6)))
+    add_rows(db, ("welcome", "c3", "webhook", "sent", AS_OF - timedelta(hours=2), AS_OF))
+    pbs = [db_playbook(tmp_path, "segment: {}", more="priority: 80\n", actions=HOOK + MAIL,
+                       pid="high"),
+           db_playbook(tmp_path, "segment: {}", more="priority: 20\n", actions=MAIL + HOOK,
+                       pid="low")]
+    rules = settings(caps={"email": "1/7d", "webhook": "1/1d"}, quiet={"email": "08:00-12:00"})
+
+    def decided(**live: Any) -> list[tuple[Any, ...]]:
+        with db.connect() as connection:
+            plan = make_plan(connection, pbs, AS_OF, settings=rules, **live)
+            return [(pp.playbook.id, e.customer_id, a.key, a.status, a.run_at, a.reason,
+                     dict(a.fields)) for pp in plan.playbooks for e in pp.enrollments()
+                    for a in e.actions]
+
+    dry = decided()
+    live = decided(unsubscribe=lambda address: f"https://u.example/?t={address}")
+    assert [row[:6] for row in dry] == [row[:6] for row in live]
+    statuses = {(pid, cid, fields.get("url") is None): status
+                for pid, cid, _, status, *_, fields in dry}
+    assert statuses[("high", "c0", False)] == PLANNED  # the webhook
+    assert statuses[("high", "c3", False)] == CAPPED  # the welcome webhook 2 h ago
+    assert statuses[("high", "c0", True)] == DEFERRED  # 10:00 UTC is quiet in UTC
+    assert statuses[("high", "c1", True)] == PLANNED  # 05:00 in New York is not
+    assert {statuses[("low", c, True)] for c in ("c0", "c1")} == {CAPPED}
+    assert statuses[("low", "c0", False)] == CAPPED  # high's webhook took the day
+    hooks = [fields for pid, _, _, status, *_, fields in live
+             if status == PLANNED and "url" in fields]
+    assert hooks and all("headers" in fields for fields in hooks)  # the frozen payload
+    assert all("headers" not in fields for *_, fields in dry)

@@ -92,7 +92,8 @@ class DeliveryRules:
     quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
     timezone: str = DEFAULT_ZONE
     priorities: Mapping[str, int] = field(default_factory=dict)  # of this run's playbooks
-    _zones: dict[str | None, tuple[ZoneInfo, str]] = field(default_factory=dict, repr=False)
+    _zones: dict[str | None, tuple[ZoneInfo, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)  # zone name -> found
 
     @classmethod
     def from_settings(cls, settings: Any | None,
@@ -171,10 +172,12 @@ def cap_text(cap: Cap) -> str:
     return f"{cap.count}/{seconds}s"
 
 
-def _zone(name: str) -> ZoneInfo | None:
+def _zone(name: object) -> ZoneInfo | None:
+    """The zone of that name, or None for anything else: unknown (`Mars/Olympus`), not a key
+    (`../x`), a folder of zones (`Europe`), a name too long for a file, not text at all."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):  # unknown, or not a zone key at all ("../x")
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 

@@ -457,3 +457,13 @@ def test_a_live_plan_decides_as_the_dry_run_on_both_databases(db: sa.Engine,
              if status == PLANNED and "url" in fields]
     assert hooks and all("headers" in fields for fields in hooks)  # the frozen payload
     assert all("headers" not in fields for *_, fields in dry)
+
+
+def test_a_resumed_stage_is_the_one_capped(tmp_path: Path) -> None:
+    """A planner for an enrollment whose wait is over judges caps for that stage."""
+    pb = playbook(tmp_path, actions=MAIL + "  - wait: 1h\n" + MAIL)
+    full = {"email": [booking(utc("2026-01-15T09:00:00"), "welcome")]}
+    made = planner_at(pb, utc("2026-01-15T10:00:00"), rules_of(caps={"email": "1/1d"}),
+                      commit_stage=1).enrollment("c1", "o", person("c1", "a@x.example"), None,
+                                                 {}, full)
+    assert [(a.stage, a.status) for a in made.actions] == [(0, PLANNED), (1, CAPPED)]

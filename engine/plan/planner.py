@@ -194,17 +194,19 @@ class Planner:
     `rules` (caps, quiet hours), `ledger` (what this run gave each customer, shared by every
     playbook of the run) and `rank` (this playbook's place in priority order) decide deferred
     and capped actions; `unsubscribe` makes it a live plan (real links, payload fields).
+    `commit_stage` is the stage a run commits now, the one caps are judged for: 0 for a new
+    enrollment, the next stage for one whose wait is over.
     """
 
     def __init__(self, playbook: Playbook, as_of: datetime, connectors: Mapping[str, Any],
                  environment: Environment, *, rules: DeliveryRules | None = None,
                  ledger: CapLedger | None = None, rank: int = 0,
-                 unsubscribe: Unsubscribe | None = None) -> None:
+                 unsubscribe: Unsubscribe | None = None, commit_stage: int = 0) -> None:
         self.playbook, self.as_of = playbook, as_of
         self.connectors, self.environment = connectors, environment
         self.rules = rules if rules is not None else DeliveryRules()
         self.ledger = ledger if ledger is not None else CapLedger()
-        self.rank, self.unsubscribe = rank, unsubscribe
+        self.rank, self.unsubscribe, self.commit_stage = rank, unsubscribe, commit_stage
         self.schedule = schedule(playbook)
         self._files: dict[str, bool] = {}
 
@@ -303,7 +305,7 @@ class Planner:
 
         Only the stage committed now takes or is refused a slot; a later stage is judged
         when its wait ends and it is committed."""
-        if kind not in self.rules.caps or item.stage != 0:
+        if kind not in self.rules.caps or item.stage != self.commit_stage:
             return None
         customer_id = customer["customer_id"]
         taken = [*(booked or {}).get(kind, ()), *self.ledger.booked(kind, customer_id)]

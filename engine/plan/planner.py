@@ -249,8 +249,10 @@ class Planner:
                booked: Booked | None = None) -> PlannedAction:
         """One action's status, due time and fields; a failing template is `dead`, not a crash.
 
-        In order: the address (skipped, suppressed), quiet hours (deferred: the due time
-        moves), the templates (rendered for that time), then the cap at that time (capped).
+        Quiet hours move the due time first (deferred) and the templates are rendered for
+        that time; a template that fails makes the action dead whatever else holds (the
+        dry-run fails for it), else no address or a suppressed one keeps it from going
+        (skipped, suppressed, at the original time), else the cap is judged at its time.
         """
         kind, due = item.action.kind, self.as_of + item.delay
         connector = self.connectors[kind]

@@ -16,7 +16,7 @@ from rich.text import Text
 from cli import render
 from cli.playbooks import JsonOpt, PathsArg, issue_json, show_warnings
 from engine.clock import iso, parse_as_of, utcnow
-from engine.config import load_settings
+from engine.config import Settings, load_settings
 from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
 from engine.plan.build import Plan, PlaybookPlan, make_plan
@@ -128,7 +128,7 @@ def show_errors(errors: list[str], first: int | None) -> None:
                                  "them all)", style="red", markup=False)
 
 
-def print_plan(plan: Plan, settings: object | None = None) -> None:
+def print_plan(plan: Plan, settings: Settings | None = None) -> None:
     """The plan for a person: a summary, then each playbook's first enrollments."""
     moment = plan.moment
     out = render.console
@@ -166,16 +166,17 @@ def print_plan(plan: Plan, settings: object | None = None) -> None:
         out.print(f"Disabled, not evaluated: {', '.join(plan.disabled)}.")
 
 
-def _rules(settings: object | None) -> str | None:
+def _rules(settings: Settings | None) -> str | None:
     """`Caps: email 2/7d. Quiet hours: email 21:00-08:00 (customer's zone, else UTC).`"""
-    caps = getattr(settings, "caps", None) or {}
-    quiet = getattr(settings, "quiet_hours", None) or {}
+    if settings is None:
+        return None
+    caps, quiet = settings.caps, settings.quiet_hours
     parts = []
     if caps:
         parts.append("Caps: " + ", ".join(f"{k} {cap_text(v)}" for k, v in sorted(caps.items()))
                      + ".")
     if quiet:
-        zone = getattr(settings, "timezone", None) or "UTC"
+        zone = settings.timezone or "UTC"
         parts.append("Quiet hours: " + ", ".join(f"{k} {v}" for k, v in sorted(quiet.items()))
                      + f" (customer's zone, else {zone}).")
     return " ".join(parts) or None

@@ -3,16 +3,17 @@
 The rules are pure (engine/plan/delivery.py) and tested first without a database; then the plan
 on both databases counts the outbox rows that already fill a cap (sent and on their way, never
 capped or dead ones), arbitrates between playbooks by priority, and the dry-run shows it all.
-Settings are a stand-in of the fixed field names (`caps`, `quiet_hours`, `timezone`).
+Settings come from `load_settings` with `RETAIN_CAPS_*`, `RETAIN_QUIET_HOURS_*` and
+`RETAIN_TIMEZONE` (no retain.toml), and from a project's retain.toml for the dry-run command.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,7 +27,7 @@ from test_planner import person, playbook
 
 from connectors.base import Render, RenderFile
 from connectors.tasks import TaskConnector
-from engine.config import Cap, QuietHours
+from engine.config import Cap, QuietHours, Settings, load_settings
 from engine.format.playbook import Playbook
 from engine.format.registry import load_connectors
 from engine.format.templates import make_environment
@@ -47,12 +48,16 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+NO_PROJECT = Path(__file__).parent / "fixtures" / "playbooks"  # a folder without retain.toml
+
+
 def settings(caps: Mapping[str, str] | None = None, quiet: Mapping[str, str] | None = None,
-             timezone: str = "UTC") -> SimpleNamespace:
-    """The settings fields the plan reads, as engine.config.Settings names them."""
-    return SimpleNamespace(caps={k: Cap.parse(v) for k, v in (caps or {}).items()},
-                           quiet_hours={k: QuietHours.parse(v) for k, v in (quiet or {}).items()},
-                           timezone=timezone)
+             timezone: str = "UTC") -> Settings:
+    """Settings from the environment only, as `retain` reads them."""
+    env = {f"RETAIN_CAPS_{k.upper()}": v for k, v in (caps or {}).items()}
+    env |= {f"RETAIN_QUIET_HOURS_{k.upper()}": v for k, v in (quiet or {}).items()}
+    assert not (NO_PROJECT / "retain.toml").exists()
+    return load_settings(NO_PROJECT, env={**env, "RETAIN_TIMEZONE": timezone})
 
 
 def planner_at(pb: Playbook, as_of: datetime, rules: DeliveryRules, *, rank: int = 0,
@@ -381,6 +386,8 @@ def test_priority_wins_the_slot_whatever_the_ids(db: sa.Engine, tmp_path: Path) 
 def test_dry_run_shows_deferred_and_capped_actions_with_reasons(
         db: sa.Engine, db_url: str, tmp_path: Path, cli: Cli,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project's retain.toml sets the rules; the text shows reasons and counts by status,
+    `--json` each action's status, reason and (deferred) run_at."""
     add_customers(db, customer("c1", email="c1@x.example", name="Ann",
                                timezone="Europe/Berlin"),
                   customer("c2", email="c2@x.example", name="Bob"))
@@ -390,8 +397,11 @@ def test_dry_run_shows_deferred_and_capped_actions_with_reasons(
         (folder / f"{pid}.yaml").write_text(
             f"id: {pid}\nname: {pid}\npriority: {prio}\ntrigger:\n  segment: {{}}\n"
             f"actions:\n{MAIL}", encoding="utf-8")
-    stand_in = settings(caps={"email": "1/7d"}, quiet={"email": "22:00-06:00"})
-    monkeypatch.setattr("cli.evaluate.load_settings", lambda *a, **k: stand_in)
+    (folder / "retain.toml").write_text('[caps]\nemail = "1/7d"\n\n[quiet_hours]\n'
+                                        'email = "22:00-06:00"\n', encoding="utf-8")
+    monkeypatch.chdir(folder)
+    for name in [n for n in os.environ if n.startswith("RETAIN_")]:
+        monkeypatch.delenv(name)
     args = ["--db", db_url, "dry-run", str(folder), "--as-of", "2026-01-15T04:30:00Z"]
     code, out, err = cli(args)
     assert code == 0, err

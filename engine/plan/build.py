@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -49,6 +49,9 @@ from engine.plan.planner import (
     schedule,
 )
 from engine.query.evaluate import Moment, compose, count, prepare
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 Batches = Callable[[int | None], Iterator[list[PlannedEnrollment]]]
 SAMPLES = 3  # reasons kept per status and playbook, for the text plan
@@ -180,7 +183,8 @@ class _Run:
 
 def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datetime, *,
               customer_id: str | None = None, show: int | None = None, complete: bool = True,
-              progress: Callable[[int], object] | None = None, settings: Any | None = None,
+              progress: Callable[[int], object] | None = None,
+              settings: Settings | None = None,
               unsubscribe: Unsubscribe | None = None) -> Plan:
     """Evaluate every enabled playbook at `as_of`: counts, holdout, limits, every enrollment
     planned and the first `show` kept (None: all, in memory; stream large plans with `batches`).

@@ -29,13 +29,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.clock import iso
 
 if TYPE_CHECKING:
-    from engine.config import Cap, QuietHours
+    from engine.config import Cap, QuietHours, Settings
 
 DEFAULT_ZONE = "UTC"
 
@@ -96,16 +96,13 @@ class DeliveryRules:
         default_factory=dict, init=False, repr=False, compare=False)  # zone name -> found
 
     @classmethod
-    def from_settings(cls, settings: Any | None,
+    def from_settings(cls, settings: Settings | None,
                       priorities: Mapping[str, int] | None = None) -> DeliveryRules:
-        """The rules of `settings` (None: no caps, no quiet hours, UTC).
-
-        Read with getattr: a settings object without `caps`/`quiet_hours` has none of them.
-        """
-        return cls(dict(getattr(settings, "caps", None) or {}),
-                   dict(getattr(settings, "quiet_hours", None) or {}),
-                   getattr(settings, "timezone", None) or DEFAULT_ZONE,
-                   dict(priorities or {}))
+        """The rules of `settings` (None: no caps, no quiet hours, UTC)."""
+        if settings is None:
+            return cls(priorities=dict(priorities or {}))
+        return cls(dict(settings.caps), dict(settings.quiet_hours),
+                   settings.timezone or DEFAULT_ZONE, dict(priorities or {}))
 
     @property
     def capped_channels(self) -> frozenset[str]:

@@ -27,7 +27,7 @@ from engine.clock import aware_utc
 from engine.format.compile import CompileContext, at, compile_condition
 from engine.format.playbook import Every, Playbook
 from engine.format.triggers import DateTrigger, TriggerContext, TriggerSql
-from engine.store.facts import customers, events, existed_at
+from engine.store.facts import ENGINE_EVENT_TYPES, customers, events, existed_at
 from engine.store.tables import enrollments, versions
 
 
@@ -82,7 +82,8 @@ def latest_event_time(connection: sa.Connection) -> datetime | None:
     where `max(occurred_at)` over all events would read every row."""
     latest = [connection.execute(sa.select(sa.func.max(events.c.occurred_at))
                                  .where(events.c.type == kind)).scalar()
-              for kind in distinct_values(connection, events.c.type)]
+              for kind in distinct_values(connection, events.c.type)
+              if kind not in ENGINE_EVENT_TYPES]  # the engine's own never make a run historical
     return max((moment for moment in latest if moment is not None), default=None)
 
 

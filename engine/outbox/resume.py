@@ -1,0 +1,112 @@
+"""Enrollments whose `wait` is over: the next stage's actions planned and committed.
+
+A resumed enrollment is planned with the version it entered with (templates included), by the
+same Planner a new one uses, so its keys, statuses and payloads follow the same rules; its due
+times are counted from its entry (entered_at + the waits before the stage), not from the run.
+`exit_when` was checked before this (engine/outbox/lifecycle.py runs first in a cycle), so an
+enrollment that met its exit event is no longer waiting here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from jinja2 import Environment
+
+from engine.clock import iso
+from engine.format.compile import CompileContext
+from engine.format.playbook import Playbook
+from engine.outbox.commit import StagePlan, action_row, insert_actions
+from engine.outbox.lifecycle import end
+from engine.plan import reader
+from engine.plan.planner import PlannedEnrollment, Planner
+from engine.store import status as st
+from engine.store.tables import enrollments, events
+
+BATCH = 500
+Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
+"""(playbook id, version) -> that version and its templates, or None when it is not known."""
+
+
+def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
+               connectors: Mapping[str, Any],
+               make_planner: Callable[..., Planner] | None = None) -> Counter[tuple[str, str]]:
+    """Commit the next stage of every enrollment whose wake-up time has come; returns the
+    committed actions counted by (playbook id, status)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    build = make_planner or Planner
+    last = 0
+    while True:
+        with writer.begin() as connection:
+            due = _due(connection, as_of, last)
+            if not due:
+                return counts
+            last = due[-1]["id"]
+            ctx = CompileContext(as_of, False)
+            people = reader.customer_records(connection, ctx, [r["customer_id"] for r in due])
+            triggering = _events(connection, [r["event_id"] for r in due if r["event_id"]])
+            blocked = reader.suppressed(connection, [p["email"] for p in people.values()
+                                                     if p.get("email")])
+            unknown = []
+            for row in due:
+                found = lookup(row["playbook_id"], row["version"])
+                customer = people.get(row["customer_id"])
+                if found is None or customer is None:
+                    what = (f"version {row['version']} of {row['playbook_id']} is not recorded"
+                            if found is None else "the customer is gone")
+                    unknown.append({"ident": row["id"], "why": f"cannot resume: {what}"})
+                    continue
+                playbook, environment = found
+                stages = StagePlan(playbook)
+                stage = stages.after(row["step"])
+                planned = []
+                if stage is not None:
+                    planner = build(playbook, row["entered_at"], connectors, environment)
+                    planned = [a for a in planner.actions(
+                        row["occurrence_key"], customer, triggering.get(row["event_id"]),
+                        blocked) if a.stage == stage]
+                enrollment = PlannedEnrollment(row["customer_id"], row["occurrence_key"],
+                                               False, row["event_id"], tuple(planned))
+                rows = [action_row(playbook.id, row["id"], enrollment, a, as_of)
+                        for a in planned]
+                insert_actions(connection, rows)
+                counts.update((playbook.id, r["status"]) for r in rows)
+                _advance(connection, row["id"], stages, row["entered_at"], stage, as_of)
+            if unknown:
+                end(connection, unknown, as_of, st.EXITED)
+
+
+def _due(connection: sa.Connection, as_of: datetime, after: int) -> list[dict[str, Any]]:
+    e = enrollments.c
+    query = (sa.select(e.id, e.playbook_id, e.version, e.customer_id, e.occurrence_key,
+                       e.event_id, e.step, e.entered_at)
+             .where(e.status == st.WAITING_STEP, e.wake_at <= as_of, e.id > after)
+             .order_by(e.id).limit(BATCH))
+    return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def _events(connection: sa.Connection, event_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Triggering events by their event id, as templates see them."""
+    if not event_ids:
+        return {}
+    refs = list(connection.execute(sa.select(events.c.id).where(
+        events.c.event_id.in_(sorted(set(event_ids))))).scalars())
+    return {record["event_id"]: record
+            for record in reader.event_records(connection, refs).values()}
+
+
+def _advance(connection: sa.Connection, ident: int, stages: StagePlan, entered_at: datetime,
+             stage: int | None, as_of: datetime) -> None:
+    """Move the enrollment to `stage`: waiting for the one after it, or completed."""
+    wake = None if stage is None else stages.wake_at(entered_at, stage)
+    values: dict[str, Any] = {"wake_at": wake}
+    if stage is not None:
+        values["step"] = stage
+    if wake is None:
+        values.update(status=st.COMPLETED, ended_at=as_of,
+                      end_reason=f"every step done by {iso(as_of)}")
+    connection.execute(enrollments.update().where(enrollments.c.id == ident).values(**values))

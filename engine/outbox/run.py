@@ -1,0 +1,155 @@
+"""One live cycle (`retain run`): evaluate, commit the plan, resume waits, dispatch.
+
+In this order, all at one business time `as_of` (docs/EVALUATION.md, "One clock"):
+
+1. refuse before writing anything when a playbook sends email and no transport is set;
+2. record each enabled playbook's version (sources and templates), first enable included;
+3. per playbook: `on_change: exit` ends enrollments of older versions, goals reached are
+   recorded, `exit_when` ends enrollments and cancels what they had pending, and segment
+   memberships of customers who no longer match close;
+4. the plan (the same `make_plan` a dry-run prints) is committed playbook by playbook, in
+   priority order (engine/outbox/commit.py); a playbook over its `limits` enrolls no one;
+5. enrollments whose wait is over get their next step (engine/outbox/resume.py);
+6. unless `dispatch=False`, everything due is delivered (engine/outbox/dispatch.py).
+
+Running it again at once finds nothing new: every write is keyed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.errors import InputError
+from engine.format.playbook import Playbook
+from engine.format.registry import load_connectors
+from engine.outbox import lifecycle
+from engine.outbox.commit import commit_playbook
+from engine.plan.build import make_plan
+from engine.query.evaluate import prepare
+
+
+@dataclass
+class PlaybookRun:
+    """What one cycle did for one playbook."""
+
+    id: str
+    entered: int = 0
+    holdout: int = 0
+    over_limit: str | None = None
+    exited: int = 0
+    converted: int = 0
+    committed: Counter[str] = field(default_factory=Counter)  # actions written, by status
+    delivered: Counter[str] = field(default_factory=Counter)  # dispatch outcomes, by status
+
+    def to_json(self) -> dict[str, Any]:
+        """The playbook's line of `retain run --json`."""
+        return {"id": self.id, "entered": self.entered, "holdout": self.holdout,
+                "over_limit": self.over_limit, "exited": self.exited,
+                "converted": self.converted, "committed": dict(self.committed),
+                "dispatched": dict(self.delivered)}
+
+
+@dataclass
+class RunReport:
+    """One cycle, per playbook, plus what dispatch did."""
+
+    as_of: datetime
+    playbooks: dict[str, PlaybookRun]
+    dispatched: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """`retain run --json`."""
+        from engine.clock import iso
+
+        return {"as_of": iso(self.as_of), "dispatched": self.dispatched,
+                "playbooks": [p.to_json() for p in self.playbooks.values()]}
+
+
+def require_transport(playbooks: list[Playbook], settings: Any) -> None:
+    """A live run that would send email needs somewhere to send it: refuse before any write."""
+    sends_email = [p.id for p in playbooks if p.document.enabled
+                   and any(getattr(step, "kind", None) == "email" for step in p.steps)]
+    if not sends_email:
+        return
+    transport = getattr(settings, "email_transport", None)
+    if transport == "file" and getattr(settings, "email_dir", None):
+        return
+    if transport in (None, "smtp") and getattr(settings.smtp, "host", None):
+        return
+    raise InputError(
+        f"{', '.join(sends_email)} send email, and no mail transport is configured: set "
+        "RETAIN_SMTP_HOST (and RETAIN_SMTP_PORT, RETAIN_SMTP_TLS, RETAIN_SMTP_USERNAME, "
+        "RETAIN_SMTP_PASSWORD, RETAIN_EMAIL_FROM as needed), or RETAIN_EMAIL_TRANSPORT=file "
+        "with RETAIN_EMAIL_DIR to write messages to a folder. Nothing was committed.")
+
+
+def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, settings: Any, *,
+              dispatch: bool = True,
+              progress: Callable[[int], object] | None = None) -> RunReport:
+    """One live cycle at `as_of` (module docstring); the writer engine comes from open_store."""
+    require_transport(playbooks, settings)
+    active = [p for p in playbooks if p.document.enabled]
+    report = RunReport(as_of, {p.id: PlaybookRun(p.id) for p in
+                               sorted(active, key=lambda p: (-p.document.priority, p.id))},
+                       dispatch)
+    from engine.outbox.versions import record_versions
+
+    with writer.begin() as connection:
+        record_versions(connection, active, as_of)
+        moment = prepare(connection, as_of, active)
+        for playbook in active:
+            line = report.playbooks[playbook.id]
+            line.exited += _version_exits(connection, playbook, as_of)
+            line.converted += lifecycle.record_goals(connection, playbook, as_of)
+            line.exited += lifecycle.apply_exits(connection, playbook, as_of)
+            lifecycle.close_memberships(connection, playbook, moment)
+    with writer.connect() as reading:  # the plan reads here while each batch commits apart
+        plan = make_plan(reading, active, as_of, show=0, complete=False, progress=progress,
+                         **_plan_options(reading, settings))
+        for part in plan.playbooks:
+            line = report.playbooks[part.playbook.id]
+            line.over_limit = part.over_limit
+            done = commit_playbook(writer, part, as_of)
+            line.entered, line.holdout = done.entered, done.holdout
+            line.committed.update(done.statuses)
+        reading.rollback()
+    for (playbook_id, status), n in _resume(writer, active, as_of).items():
+        if playbook_id in report.playbooks:
+            report.playbooks[playbook_id].committed[status] += n
+    if dispatch:
+        from engine.outbox.dispatch import dispatch as deliver
+
+        outcome = deliver(writer, settings, as_of)
+        for (playbook_id, status), n in outcome.by_playbook().items():
+            if playbook_id in report.playbooks:
+                report.playbooks[playbook_id].delivered[status] += n
+    return report
+
+
+def _plan_options(connection: sa.Connection, settings: Any) -> dict[str, Any]:
+    """What a live plan takes beyond a dry-run's: the settings (caps, quiet hours) and the real
+    unsubscribe links."""
+    return {}  # INTEGRATE: settings + unsubscribe links once the plan part lands
+
+
+def _version_exits(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:
+    if playbook.document.on_change != "exit":
+        return 0
+    from engine.outbox.versions import exit_changed
+
+    return exit_changed(connection, playbook, as_of)
+
+
+def _resume(writer: sa.Engine, playbooks: list[Playbook],
+            as_of: datetime) -> Counter[tuple[str, str]]:
+    from engine.outbox.resume import resume_due
+    from engine.outbox.versions import version_lookup
+
+    connectors = {kind: cls() for kind, cls in load_connectors().items()}
+    return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors)

@@ -1,0 +1,133 @@
+"""The live cycle without delivery (`retain run --no-dispatch`), on both databases.
+
+What a run commits is what dry-run planned; a second run at once commits nothing; a `wait` parks
+the enrollment and a later run resumes it with the version it entered with; `exit_when` ends it
+and cancels what is pending; `goal` records the conversion within its window; a playbook over
+its `limits` enrolls no one; segment memberships close when the customer stops matching.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from test_evaluate_triggers import (
+    AS_OF,
+    add_customers,
+    add_events,
+    ago,
+    customer,
+    playbook,
+)
+
+from engine.outbox.run import run_cycle
+from engine.plan.build import make_plan
+from engine.store import status as st
+from engine.store.tables import actions, enrollments
+
+SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
+                           email_dir=None, smtp=SimpleNamespace(host=None), public_url=None,
+                           secret_key=None)
+TWO_STEPS = ('  - task: { title: "Call {{ customer.customer_id }}", due_in: 2d }\n'
+             '  - points: { amount: 50, reason: welcome }\n'
+             '  - wait: 3d\n'
+             '  - task: { title: "Second call {{ customer.customer_id }}" }\n')
+
+
+def shop(db: sa.Engine) -> None:
+    add_customers(db, customer("a"), customer("b"), customer("c"))
+    add_events(db, ("e1", "a", "purchase", ago(days=1), {"amount": 10}),
+               ("e2", "b", "purchase", ago(days=2), {"amount": 20}))
+
+
+def rows(db: sa.Engine, table: sa.Table, *order: Any) -> list[dict[str, Any]]:
+    with db.connect() as connection:
+        return [dict(r) for r in connection.execute(
+            sa.select(table).order_by(*order)).mappings()]
+
+
+def cycle(db: sa.Engine, pbs: list[Any], as_of: Any = AS_OF) -> Any:
+    return run_cycle(db, pbs, as_of, SETTINGS, dispatch=False)
+
+
+def test_commit_is_the_dry_run_plan_and_a_second_run_adds_nothing(db: sa.Engine,
+                                                                  tmp_path: Path) -> None:
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS)
+    with db.connect() as connection:
+        planned = make_plan(connection, [pb], AS_OF)
+        expected = {(e.customer_id, e.occurrence, a.key, a.status, a.run_at)
+                    for e in planned.playbooks[0].enrollments() for a in e.actions
+                    if a.commit_now}
+    report = cycle(db, [pb])
+    line = report.playbooks["pb"]
+    assert (line.entered, dict(line.committed)) == (2, {st.PLANNED: 4})
+    enrolled = rows(db, enrollments, enrollments.c.customer_id)
+    assert [(e["customer_id"], e["occurrence_key"], e["status"]) for e in enrolled] == [
+        ("a", "e1", st.WAITING_STEP), ("b", "e2", st.WAITING_STEP)]
+    assert all(e["wake_at"] == AS_OF + timedelta(days=3) for e in enrolled)
+    occurrence = {e["id"]: e["occurrence_key"] for e in enrolled}
+    committed = {(a["customer_id"], occurrence[a["enrollment_id"]], a["idempotency_key"],
+                  a["status"], a["next_attempt_at"]) for a in rows(db, actions, actions.c.id)}
+    assert committed == expected
+    again = cycle(db, [pb])
+    assert (again.playbooks["pb"].entered, sum(again.playbooks["pb"].committed.values())) == (0, 0)
+    assert len(rows(db, actions, actions.c.id)) == 4
+
+
+def test_wait_resumes_the_next_stage_at_its_time(db: sa.Engine, tmp_path: Path) -> None:
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS)
+    cycle(db, [pb])
+    cycle(db, [pb], AS_OF + timedelta(days=2))  # not yet
+    assert len(rows(db, actions, actions.c.id)) == 4
+    report = cycle(db, [pb], AS_OF + timedelta(days=3, hours=1))
+    assert dict(report.playbooks["pb"].committed) == {st.PLANNED: 2}
+    later = [a for a in rows(db, actions, actions.c.id) if a["stage"] == 1]
+    assert [(a["customer_id"], a["payload"]["title"]) for a in later] == [
+        ("a", "Second call a"), ("b", "Second call b")]
+    assert all(a["next_attempt_at"] == AS_OF + timedelta(days=3) for a in later)
+    assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.COMPLETED}
+    assert sum(cycle(db, [pb], AS_OF + timedelta(days=9)).playbooks["pb"].committed.values()) == 0
+
+
+def test_exit_when_ends_and_cancels_pending(db: sa.Engine, tmp_path: Path) -> None:
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS,
+                  more="exit_when: { event: refund }\n")
+    cycle(db, [pb])
+    add_events(db, ("r1", "a", "refund", AS_OF + timedelta(hours=5), {}))
+    report = cycle(db, [pb], AS_OF + timedelta(days=4))
+    assert report.playbooks["pb"].exited == 1
+    by_customer = {e["customer_id"]: e for e in rows(db, enrollments, enrollments.c.id)}
+    assert by_customer["a"]["status"] == st.EXITED
+    assert "exit_when: refund" in by_customer["a"]["end_reason"]
+    mine = [a for a in rows(db, actions, actions.c.id) if a["customer_id"] == "a"]
+    assert {a["status"] for a in mine} == {st.CANCELLED}  # pending stage 0, no stage 1
+    assert len([a for a in rows(db, actions, actions.c.id) if a["customer_id"] == "b"]) == 3
+
+
+def test_goal_within_window_converts(db: sa.Engine, tmp_path: Path) -> None:
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }",
+                  more="goal: { event: review, within: 2d }\n")
+    cycle(db, [pb])
+    add_events(db, ("g1", "a", "review", AS_OF + timedelta(days=1), {}),
+               ("g2", "b", "review", AS_OF + timedelta(days=3), {}))
+    report = cycle(db, [pb], AS_OF + timedelta(days=4))
+    assert report.playbooks["pb"].converted == 1
+    converted = {e["customer_id"]: e["converted_at"] for e in rows(db, enrollments,
+                                                                    enrollments.c.id)}
+    assert converted == {"a": AS_OF + timedelta(days=1), "b": None}
+
+
+def test_over_the_limit_enrolls_no_one(db: sa.Engine, tmp_path: Path) -> None:
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }",
+                  more="limits: { max_enrollments: 1 }\n")
+    report = cycle(db, [pb])
+    assert "over limits.max_enrollments 1" in (report.playbooks["pb"].over_limit or "")
+    assert rows(db, enrollments, enrollments.c.id) == []

@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "false, for one customer."),
     "preview": ("cli.preview:preview_command", "Render the whole message (headers, text, HTML) "
                 "one customer would get. Sends nothing."),
+    "run": ("cli.run:run", "One live cycle: evaluate every enabled playbook, commit its plan, "
+            "resume enrollments whose wait is over, then deliver what is due. `--as-of` is the "
+            "business time of all of it."),
     "customer": ("cli.customer:customer_app", "Look at one customer: profile, facts, timeline, "
                  "what was done."),
     "report": ("cli.report:report_app", "KPI reports: retention, value, RFM, NPS, playbook effect "

@@ -1,0 +1,198 @@
+"""Benchmark the live run's commit against a bare set-based INSERT ... SELECT of the same rows.
+
+The issue's target: a run that enrolls about 150,000 customers of a 1,000,000 base into a
+two-action playbook (a task and points) commits, beyond process start-up, within 2x of a bare
+`INSERT ... SELECT` of the same enrollment and action rows into tables with the same unique keys,
+measured in the same run; memory flat in N; a second run at once commits nothing, in under half
+that baseline.
+
+Per database (SQLite file, PostgreSQL schema) and size, in ONE process:
+
+- the base: N customers written by one `INSERT ... SELECT` from a generated series, 15% of them
+  inactive for 40-100 days (the playbook's `inactive: {days: 30}` picks them), the rest active
+  within the last 20 days; statistics taken (ANALYZE), as after a sync;
+- **baseline**: the same enrollments (`INSERT INTO enrollments SELECT ... FROM customers WHERE
+  last_active_at <= as_of - 30d`) and their two actions each (`INSERT INTO actions SELECT ...
+  FROM enrollments`, the idempotency key built in SQL), into copies of the tables with the same
+  unique keys (`bare_enrollments`, `bare_actions`), in one transaction;
+- **run**: `engine.outbox.run.run_cycle(..., dispatch=False)` (evaluate, plan every enrollment,
+  render the task title, commit in batches), the same count of rows checked;
+- **again**: the same run at once, which must commit nothing;
+- memory: tracemalloc's peak during the same run repeated on emptied tables (Python
+  allocations: what grows with N if something holds every row; tracemalloc slows Python, so
+  never during a timed run).
+
+    python bench/bench_commit.py [--customers 1000000] [--db sqlite|postgresql|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tracemalloc
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.format.validation import load_valid_playbooks
+from engine.outbox.run import run_cycle
+from engine.plan.build import make_plan
+from engine.store.open import open_store
+
+AS_OF = datetime(2025, 1, 1, tzinfo=UTC)
+PLAYBOOK = """id: bench-winback
+name: Bench winback
+trigger:
+  inactive: { days: 30 }
+actions:
+  - task: { title: "Call {{ customer.name }}", assignee: retention, due_in: 2d }
+  - points: { amount: 200, reason: winback bonus }
+"""
+SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
+                           email_dir=None, smtp=SimpleNamespace(host=None),
+                           public_url="http://127.0.0.1:8765", secret_key=None)
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def base(engine: sa.Engine, n: int) -> None:
+    """N customers, 15% inactive 40-100 days before AS_OF, by one INSERT ... SELECT."""
+    as_of = AS_OF.replace(tzinfo=None)
+    with engine.begin() as c:
+        if engine.dialect.name == "sqlite":
+            series = ("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s "
+                      f"WHERE i < {n}) ")
+            last = ("datetime(:as_of, CASE WHEN i % 20 < 3 THEN '-' || (40 + i % 60) || ' days'"
+                    " ELSE '-' || (i % 20) || ' days' END)")
+            source = "FROM s"
+        else:
+            series = ""
+            last = ("CAST(:as_of AS timestamptz) - (CASE WHEN i % 20 < 3 THEN 40 + i % 60 "
+                    "ELSE i % 20 END) * interval '1 day'")
+            source = f"FROM generate_series(1, {n}) AS s(i)"
+        c.execute(sa.text(
+            f"{series}INSERT INTO customers (customer_id, email, name, created_at, tags, "
+            "file_tags, tags_added, tags_removed, attributes, purchase_count, total_spent, "
+            "points_balance, last_active_at) "
+            f"SELECT 'c' || i, 'c' || i || '@example.com', 'Customer ' || i, :start, '[]', "
+            f"'[]', '[]', '[]', '{{}}', 0, 0, 0, {last} {source}"),
+            {"as_of": as_of, "start": datetime(2020, 1, 1, tzinfo=UTC).replace(tzinfo=None)})
+        c.execute(sa.text("ANALYZE"))
+        for name in ("enrollments", "actions"):
+            bare = f"bare_{name}"
+            if engine.dialect.name == "sqlite":
+                ddl = c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = :n"),
+                                {"n": name}).scalar_one()
+                ddl = ddl.replace(f"TABLE {name}", f"TABLE {bare}", 1)
+                c.execute(sa.text(ddl.replace("REFERENCES enrollments", "REFERENCES "
+                                                                       "bare_enrollments")))
+            else:
+                c.execute(sa.text(f"CREATE TABLE {bare} (LIKE {name} INCLUDING ALL)"))
+        if engine.dialect.name == "postgresql":  # LIKE copies no foreign key: the same checks
+            c.execute(sa.text("ALTER TABLE bare_actions ADD FOREIGN KEY (enrollment_id) "
+                              "REFERENCES bare_enrollments (id)"))
+        if engine.dialect.name == "sqlite":  # the unique keys (SQLite copies them in the DDL)
+            c.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS bare_e_key ON bare_enrollments"
+                              " (playbook_id, customer_id, occurrence_key)"))
+            c.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS bare_a_key ON bare_actions "
+                              "(idempotency_key)"))
+
+
+def baseline(engine: sa.Engine) -> tuple[float, int]:
+    """The same rows by hand: two INSERT ... SELECT in one transaction; seconds and rows."""
+    cutoff = (AS_OF - timedelta(days=30)).replace(tzinfo=None)
+    as_of = AS_OF.replace(tzinfo=None)
+    started = time.perf_counter()
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO bare_enrollments (playbook_id, version, customer_id, occurrence_key, "
+            "step, holdout, status, entered_at) SELECT 'bench-winback', 'v', customer_id, "
+            "'x' || customer_id, 0, false, 'completed', :as_of FROM customers "
+            "WHERE last_active_at <= :cutoff"), {"as_of": as_of, "cutoff": cutoff})
+        inserted = 0
+        for step, kind, payload in ((0, "task", '{"title": "Call"}'),
+                                    (1, "points", '{"amount": 200}')):
+            inserted += c.execute(sa.text(
+                "INSERT INTO bare_actions (playbook_id, enrollment_id, customer_id, stage, step,"
+                " connector, payload, idempotency_key, status, attempts, next_attempt_at, "
+                f"created_at) SELECT playbook_id, id, customer_id, 0, {step}, '{kind}', "
+                f"'{payload}', playbook_id || '/' || customer_id || '/0.{step}/' || "
+                "occurrence_key, 'planned', 0, :as_of, :as_of FROM bare_enrollments"),
+                {"as_of": as_of}).rowcount
+    return time.perf_counter() - started, inserted
+
+
+def measure(url: str, n: int, folder: Path) -> dict[str, Any]:
+    engine = open_store(url)
+    started = time.perf_counter()
+    base(engine, n)
+    built = time.perf_counter() - started
+    file = folder / "bench-winback.yaml"
+    file.write_text(PLAYBOOK)
+    playbooks = load_valid_playbooks([file])
+    with engine.connect() as connection:  # imports and first compilations, untimed
+        make_plan(connection, playbooks, AS_OF, show=1, complete=False)
+    bare_s, bare_rows = baseline(engine)
+    started = time.perf_counter()
+    report = run_cycle(engine, playbooks, AS_OF, SETTINGS, dispatch=False)
+    run_s = time.perf_counter() - started
+    line = report.playbooks["bench-winback"]
+    committed = sum(line.committed.values())
+    assert committed == bare_rows, (committed, bare_rows)
+    started = time.perf_counter()
+    again = run_cycle(engine, playbooks, AS_OF, SETTINGS, dispatch=False)
+    again_s = time.perf_counter() - started
+    assert sum(again.playbooks["bench-winback"].committed.values()) == 0
+    with engine.begin() as c:  # the same run again from empty tables, for its memory alone
+        c.execute(sa.text("DELETE FROM actions"))
+        c.execute(sa.text("DELETE FROM enrollments"))
+    tracemalloc.start()  # slows Python down: never around a timed run
+    run_cycle(engine, playbooks, AS_OF, SETTINGS, dispatch=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    engine.dispose()
+    return {"db": engine.dialect.name, "customers": n, "entered": line.entered,
+            "actions": committed, "base_s": built, "bare_s": bare_s, "run_s": run_s,
+            "again_s": again_s, "peak_mb": peak / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    print("| db | customers | entered | actions | bare INSERT...SELECT s | run s | ratio "
+          "| again s | again/bare | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n in args.customers:
+        for db in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                schema = None
+                if db == "sqlite":
+                    url = f"sqlite:///{folder / 'bench.db'}"
+                else:
+                    schema = f"bench_{uuid.uuid4().hex[:8]}"
+                    admin = sa.create_engine(PG)
+                    with admin.begin() as c:
+                        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+                    url = f"{PG}?options=-csearch_path%3D{schema}"
+                try:
+                    r = measure(url, n, folder)
+                finally:
+                    if schema is not None:
+                        with admin.begin() as c:
+                            c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+                        admin.dispose()
+            print(f"| {r['db']} | {n:,} | {r['entered']:,} | {r['actions']:,} | "
+                  f"{r['bare_s']:.2f} | {r['run_s']:.2f} | {r['run_s'] / r['bare_s']:.1f}x | "
+                  f"{r['again_s']:.2f} | {r['again_s'] / r['bare_s']:.2f} | "
+                  f"{r['peak_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -29,8 +29,8 @@ from engine.store import status as st
 from engine.store.tables import actions, enrollments
 
 SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
-                           email_dir=None, smtp=SimpleNamespace(host=None), public_url=None,
-                           secret_key=None)
+                           email_dir=None, smtp=SimpleNamespace(host=None),
+                           public_url="http://127.0.0.1:8765", secret_key=None)
 TWO_STEPS = ('  - task: { title: "Call {{ customer.customer_id }}", due_in: 2d }\n'
              '  - points: { amount: 50, reason: welcome }\n'
              '  - wait: 3d\n'

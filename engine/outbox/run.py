@@ -72,21 +72,25 @@ class RunReport:
 
 
 def require_transport(playbooks: list[Playbook], settings: Any) -> None:
-    """A live run that would send email needs somewhere to send it: refuse before any write."""
-    sends_email = [p.id for p in playbooks if p.document.enabled
-                   and any(getattr(step, "kind", None) == "email" for step in p.steps)]
-    if not sends_email:
-        return
+    """A live run that would send needs somewhere to send it, and a webhook a secret to sign
+    with: refuse before any write, naming the settings."""
+    def using(kind: str) -> list[str]:
+        return [p.id for p in playbooks if p.document.enabled
+                and any(getattr(step, "kind", None) == kind for step in p.steps)]
+
+    emails, webhooks = using("email"), using("webhook")
     transport = getattr(settings, "email_transport", None)
-    if transport == "file" and getattr(settings, "email_dir", None):
-        return
-    if transport in (None, "smtp") and getattr(settings.smtp, "host", None):
-        return
-    raise InputError(
-        f"{', '.join(sends_email)} send email, and no mail transport is configured: set "
-        "RETAIN_SMTP_HOST (and RETAIN_SMTP_PORT, RETAIN_SMTP_TLS, RETAIN_SMTP_USERNAME, "
-        "RETAIN_SMTP_PASSWORD, RETAIN_EMAIL_FROM as needed), or RETAIN_EMAIL_TRANSPORT=file "
-        "with RETAIN_EMAIL_DIR to write messages to a folder. Nothing was committed.")
+    if emails and not ((transport == "file" and getattr(settings, "email_dir", None))
+                       or (transport in (None, "smtp") and settings.smtp.host)):
+        raise InputError(
+            f"{', '.join(emails)} send email, and no mail transport is configured: set "
+            "RETAIN_SMTP_HOST (and RETAIN_SMTP_PORT, RETAIN_SMTP_TLS, RETAIN_SMTP_USERNAME, "
+            "RETAIN_SMTP_PASSWORD, RETAIN_EMAIL_FROM as needed), or RETAIN_EMAIL_TRANSPORT=file "
+            "with RETAIN_EMAIL_DIR to write messages to a folder. Nothing was committed.")
+    if webhooks and not getattr(settings, "webhook_secret", None):
+        raise InputError(
+            f"{', '.join(webhooks)} call webhooks, which are signed (Standard Webhooks): set "
+            "RETAIN_WEBHOOK_SECRET to a whsec_ secret. Nothing was committed.")
 
 
 def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, settings: Any, *,
@@ -101,6 +105,7 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
     from engine.outbox.versions import record_versions
 
     with writer.begin() as connection:
+        options = _plan_options(connection, settings)
         record_versions(connection, active, as_of)
         moment = prepare(connection, as_of, active)
         for playbook in active:
@@ -111,7 +116,7 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
             lifecycle.close_memberships(connection, playbook, moment)
     with writer.connect() as reading:  # the plan reads here while each batch commits apart
         plan = make_plan(reading, active, as_of, show=0, complete=False, progress=progress,
-                         **_plan_options(reading, settings))
+                         **options)
         for part in plan.playbooks:
             line = report.playbooks[part.playbook.id]
             line.over_limit = part.over_limit
@@ -134,8 +139,13 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
 
 def _plan_options(connection: sa.Connection, settings: Any) -> dict[str, Any]:
     """What a live plan takes beyond a dry-run's: the settings (caps, quiet hours) and the real
-    unsubscribe links."""
-    return {}  # INTEGRATE: settings + unsubscribe links once the plan part lands
+    unsubscribe links, signed with the kept key (made here, in the caller's transaction, the
+    first time). A bad RETAIN_PUBLIC_URL stops the run here, before anything is committed."""
+    from engine.consent import unsubscribe_links
+    from engine.outbox.admin import signing_key
+
+    links = unsubscribe_links(signing_key(connection, settings), settings.public_url)
+    return {"settings": settings, "unsubscribe": links}
 
 
 def _version_exits(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:

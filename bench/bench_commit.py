@@ -34,11 +34,11 @@ import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
+from engine.config import Settings
 from engine.format.validation import load_valid_playbooks
 from engine.outbox.run import run_cycle
 from engine.plan.build import make_plan
@@ -53,9 +53,7 @@ actions:
   - task: { title: "Call {{ customer.name }}", assignee: retention, due_in: 2d }
   - points: { amount: 200, reason: winback bonus }
 """
-SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
-                           email_dir=None, smtp=SimpleNamespace(host=None),
-                           public_url="http://127.0.0.1:8765", secret_key=None)
+SETTINGS = Settings()
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,14 +22,13 @@ from test_evaluate_triggers import (
     playbook,
 )
 
+from engine.config import Settings
 from engine.outbox.run import run_cycle
 from engine.plan.build import make_plan
 from engine.store import status as st
 from engine.store.tables import actions, enrollments
 
-SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
-                           email_dir=None, smtp=SimpleNamespace(host=None),
-                           public_url="http://127.0.0.1:8765", secret_key=None)
+SETTINGS = Settings()
 TWO_STEPS = ('  - task: { title: "Call {{ customer.customer_id }}", due_in: 2d }\n'
              '  - points: { amount: 50, reason: welcome }\n'
              '  - wait: 3d\n'

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from engine.config import Settings
 from engine.errors import PlaybookError
 from engine.format.playbook import Playbook
 from engine.format.registry import load_connectors
@@ -381,9 +381,7 @@ actions:
   - wait: 3d
   - task: { title: "Second call {{ customer.customer_id }}" }
 """
-RUN_SETTINGS = SimpleNamespace(caps={}, quiet_hours={}, timezone="UTC", email_transport=None,
-                               email_dir=None, smtp=SimpleNamespace(host=None), public_url=None,
-                               secret_key=None)
+RUN_SETTINGS = Settings()
 
 
 @pytest.mark.parametrize("on_change", ["keep", "exit"])

@@ -23,7 +23,8 @@ from engine.format.playbook import Playbook
 from engine.outbox.commit import StagePlan, action_row, insert_actions
 from engine.outbox.lifecycle import end
 from engine.plan import reader
-from engine.plan.planner import PlannedEnrollment, Planner
+from engine.plan.delivery import CapLedger, DeliveryRules
+from engine.plan.planner import PlannedEnrollment, Planner, Unsubscribe
 from engine.store import status as st
 from engine.store.tables import enrollments, events
 
@@ -33,12 +34,17 @@ Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
 
 
 def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
-               connectors: Mapping[str, Any],
-               make_planner: Callable[..., Planner] | None = None) -> Counter[tuple[str, str]]:
+               connectors: Mapping[str, Any], *, settings: Any = None,
+               unsubscribe: Unsubscribe | None = None) -> Counter[tuple[str, str]]:
     """Commit the next stage of every enrollment whose wake-up time has come; returns the
-    committed actions counted by (playbook id, status)."""
+    committed actions counted by (playbook id, status).
+
+    Caps and quiet hours apply as they do to a new enrollment's first step: the outbox rows
+    already there fill the caps (read per batch), and one ledger keeps what this pass gave.
+    """
     counts: Counter[tuple[str, str]] = Counter()
-    build = make_planner or Planner
+    rules = DeliveryRules.from_settings(settings)
+    ledger = CapLedger()
     last = 0
     while True:
         with writer.begin() as connection:
@@ -51,6 +57,8 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
             triggering = _events(connection, [r["event_id"] for r in due if r["event_id"]])
             blocked = reader.suppressed(connection, [p["email"] for p in people.values()
                                                      if p.get("email")])
+            booked = reader.bookings(connection, list(people), rules.capped_channels,
+                                     as_of - rules.longest_window)
             unknown = []
             for row in due:
                 found = lookup(row["playbook_id"], row["version"])
@@ -65,10 +73,12 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
                 stage = stages.after(row["step"])
                 planned = []
                 if stage is not None:
-                    planner = build(playbook, row["entered_at"], connectors, environment)
+                    planner = Planner(playbook, row["entered_at"], connectors, environment,
+                                      rules=rules, ledger=ledger, unsubscribe=unsubscribe,
+                                      commit_stage=stage)
                     planned = [a for a in planner.actions(
                         row["occurrence_key"], customer, triggering.get(row["event_id"]),
-                        blocked) if a.stage == stage]
+                        blocked, booked.get(row["customer_id"])) if a.stage == stage]
                 enrollment = PlannedEnrollment(row["customer_id"], row["occurrence_key"],
                                                False, row["event_id"], tuple(planned))
                 rows = [action_row(playbook.id, row["id"], enrollment, a, as_of)

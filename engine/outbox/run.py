@@ -124,7 +124,7 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
             line.entered, line.holdout = done.entered, done.holdout
             line.committed.update(done.statuses)
         reading.rollback()
-    for (playbook_id, status), n in _resume(writer, active, as_of).items():
+    for (playbook_id, status), n in _resume(writer, active, as_of, options).items():
         if playbook_id in report.playbooks:
             report.playbooks[playbook_id].committed[status] += n
     if dispatch:
@@ -156,10 +156,10 @@ def _version_exits(connection: sa.Connection, playbook: Playbook, as_of: datetim
     return exit_changed(connection, playbook, as_of)
 
 
-def _resume(writer: sa.Engine, playbooks: list[Playbook],
-            as_of: datetime) -> Counter[tuple[str, str]]:
+def _resume(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime,
+            options: dict[str, Any]) -> Counter[tuple[str, str]]:
     from engine.outbox.resume import resume_due
     from engine.outbox.versions import version_lookup
 
     connectors = {kind: cls() for kind, cls in load_connectors().items()}
-    return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors)
+    return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors, **options)

@@ -49,8 +49,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("cli.tasks:tasks_app", "Follow-up tasks for people: list them, mark one done."),
     "unsubscribe": ("cli.unsubscribe:unsubscribe", "Suppress an address (or a link's token) and "
                     "stop its waiting emails."),
-    "demo": ("cli.demo:demo", "Create a demo database (real purchases, generated extras) and "
-             "dry-run the samples."),
+    "demo": ("cli.demo:demo", "Create a demo database and run the sample playbooks live; email "
+             "goes to a folder."),
 }
 
 

@@ -1,12 +1,19 @@
 """The `email` action: a templated subject and a body from a template file or inline text.
 
 `build_message` makes the one `email.message.EmailMessage` (`email.policy.default`, which
-refuses CR/LF in header values, folding at 998) that `retain preview` shows and the dispatcher
-(a later issue) will send: From, To, Subject, a Message-ID derived from the action's idempotency key (so a retry
-carries the same one, RELIABILITY 7), `List-Unsubscribe` and `List-Unsubscribe-Post` (RFC 8058
-one-click), and a text and/or HTML part. The subject is a header, so it may never carry a line
-break (RELIABILITY 14). The sender comes from `RETAIN_EMAIL_FROM`; until sending is configured a
-reserved `.invalid` address stands in.
+refuses CR/LF in header values, folding at 998) that `retain preview` shows and the connector
+sends: From, To, Subject, Date, a Message-ID derived from the action's idempotency key (so a
+retry carries the same one, RELIABILITY 7), `List-Unsubscribe` and `List-Unsubscribe-Post` (RFC
+8058 one-click), and a text and/or HTML part. The subject is a header, so it may never carry a
+line break (RELIABILITY 14). The sender comes from `RETAIN_EMAIL_FROM`; until sending is
+configured a reserved `.invalid` address stands in.
+
+A live run freezes `payload` in the outbox at commit: every header and both bodies, rendered,
+with the due time as Date. `send` builds the message from that payload alone, with a multipart
+boundary derived from the content, so every attempt sends the same bytes (RELIABILITY 7: a
+re-send after a lost ack is the same message). The transport is chosen by `open`: SMTP through a
+pool of reused connections (connectors/smtp.py), or `.eml` files in a folder
+(connectors/mailfile.py).
 """
 
 from __future__ import annotations
@@ -15,34 +22,57 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import Any
+from email.utils import format_datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from connectors.base import (
     Connector,
     ConnectorParams,
+    Delivery,
     Render,
     RenderFile,
+    Sent,
     expect,
     file_problems,
     inline_problems,
 )
-from engine import Problem, TemplateChecker, TemplateError
+from engine import PermanentError, Problem, TemplateChecker, TemplateError, header_problem
+
+if TYPE_CHECKING:  # the transports load in open(): validate and dry-run need neither
+    from connectors.mailfile import MailFolder
+    from connectors.smtp import SmtpPool
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
 POLICY = policy.default.clone(max_line_length=998)
 """email.policy.default (CR/LF in a header value is an error), folding only past RFC 5322's hard
 line limit: at the default 78, `List-Unsubscribe: <https://...long token...>` would be folded,
 and it must stay one line (RELIABILITY 15)."""
+WIRE = POLICY.clone(linesep="\r\n")
+"""How a message is written for sending (SMTP and .eml files alike): CRLF line ends."""
 FROM_ENV = "RETAIN_EMAIL_FROM"
 PLACEHOLDER_FROM = "Retain <retain@example.invalid>"
 """The sender until RETAIN_EMAIL_FROM is set: `.invalid` is reserved, so it can never deliver."""
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """How one message travels: MAIL FROM, RCPT TO, its Message-ID (the file transport names the
+    file after it) and whether it needs SMTPUTF8 (a non-ASCII address)."""
+
+    sender: str
+    recipient: str
+    message_id: str = ""
+    utf8: bool = False
 
 
 class EmailParams(ConnectorParams):
@@ -90,6 +120,13 @@ class EmailConnector(Connector):
     kind = "email"
     Params = EmailParams
     needs_email = True
+    retry = (8, 120.0, 2.8)  # 8 attempts, the first retry after ~2 min, ~24 h in all
+    from_address: str | None = None
+    """The sender `payload` freezes: set it from `Settings.email_from` (`open` does); when None,
+    RETAIN_EMAIL_FROM from the environment, else the `.invalid` placeholder."""
+
+    def __init__(self) -> None:
+        self._transport: SmtpPool | MailFolder | None = None
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
         """Subject as a header template; the body inline or in its template files."""
@@ -115,6 +152,71 @@ class EmailConnector(Connector):
             "body": "inline text" if email.body is not None else "inline html"}
         return {"subject": subject, **source}
 
+    def payload(self, params: BaseModel, render: Render, render_file: RenderFile,
+                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                unsubscribe_url: str) -> dict[str, Any]:
+        """Everything `send` needs, rendered once and frozen at commit, as plain JSON: the
+        headers (Date is the due time, so every attempt sends the same bytes) and both bodies.
+        A header the email package would refuse (a line break in the customer's name) fails
+        here, for this customer's action only, not at send time."""
+        email = expect(params, EmailParams)
+        address = str(customer.get("email") or "").strip()
+        who = customer.get("customer_id", "?")
+        if not address:
+            raise TemplateError(f"customer {who} has no email address")
+        name = customer.get("name")
+        for value in (address, str(name or "")):
+            if problem := header_problem(value):
+                raise TemplateError(f"customer {who}: To {value!r}: {problem}")
+        text, html = bodies(email, render, render_file)
+        from_address = self.from_address or sender()
+        return {"from": from_address, "to": recipient(name, address), "address": address,
+                "subject": render(email.subject, header=True), "text": text, "html": html,
+                "message_id": message_id(key, from_address), "date": mail_date(due_at),
+                "unsubscribe_url": unsubscribe_url}
+
+    async def open(self, settings: Any) -> None:
+        """Choose the transport: `.eml` files when `email_transport` is "file", else SMTP to
+        `smtp.host` through `smtp.connections` reused sessions (the dispatcher's concurrency)."""
+        if email_from := getattr(settings, "email_from", None):
+            self.from_address = email_from
+        if getattr(settings, "email_transport", None) == "file":
+            folder = getattr(settings, "email_dir", None)
+            if not folder:
+                raise PermanentError("RETAIN_EMAIL_TRANSPORT is 'file' but RETAIN_EMAIL_DIR, the "
+                                     "folder for the .eml files, is not set")
+            from connectors.mailfile import MailFolder
+
+            self._transport = MailFolder(Path(folder))
+            return
+        smtp = getattr(settings, "smtp", None)
+        if smtp is None or not getattr(smtp, "host", None):
+            raise PermanentError("email cannot be sent: set RETAIN_SMTP_HOST (the SMTP server), or "
+                                 "RETAIN_EMAIL_TRANSPORT=file and RETAIN_EMAIL_DIR to write .eml "
+                                 "files")
+        from connectors.smtp import SmtpConfig, SmtpPool
+
+        config = SmtpConfig.from_settings(smtp)
+        self._transport = SmtpPool(config)
+        self.concurrency = config.connections  # type: ignore[misc]  (open may change it)
+
+    async def send(self, delivery: Delivery) -> Sent:
+        """Build the message from the frozen payload (never rendered again) and deliver it."""
+        if self._transport is None:
+            raise PermanentError("the email connector was not opened before sending")
+        try:
+            envelope, data = wire_message(delivery.payload)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentError(f"action {delivery.action_id} (customer {delivery.customer_id}):"
+                                 f" cannot build the email from its payload: {exc}") from exc
+        return Sent(detail=await self._transport.deliver(envelope, data))
+
+    async def close(self) -> None:
+        """Close the pooled SMTP sessions (QUIT)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
+
     def blocked(self, address: str, suppressions: Mapping[str, str]) -> str | None:
         """A suppressed address (unsubscribed, bounced) gets no mail, whatever its letter case:
         `Ann@Example.COM` is blocked by a suppression of `ann@example.com`."""
@@ -133,7 +235,27 @@ class EmailConnector(Connector):
         return build_message(from_address=from_address, to=to,
                              subject=render(email.subject, header=True), text=text, html=html,
                              message_id=message_id(key, from_address) if key else None,
-                             unsubscribe_url=unsubscribe_url)
+                             unsubscribe_url=unsubscribe_url, date=mail_date(due_at))
+
+
+def wire_message(payload: Mapping[str, Any]) -> tuple[Envelope, bytes]:
+    """The envelope and the bytes to send for a frozen payload: the same bytes every time."""
+    message = build_message(from_address=payload["from"], to=payload["to"],
+                            subject=payload["subject"], text=payload["text"],
+                            html=payload["html"], message_id=payload["message_id"],
+                            unsubscribe_url=payload["unsubscribe_url"], date=payload["date"])
+    envelope = Envelope(sender=_envelope_sender(payload["from"]),
+                        recipient=payload["address"], message_id=payload["message_id"])
+    if not (envelope.sender.isascii() and envelope.recipient.isascii()):
+        envelope = Envelope(envelope.sender, envelope.recipient, envelope.message_id, utf8=True)
+        return envelope, message.as_bytes(policy=WIRE.clone(utf8=True))
+    return envelope, message.as_bytes(policy=WIRE)
+
+
+def mail_date(due_at: datetime) -> str:
+    """The Date header of an action due at `due_at` (UTC): `Fri, 04 Dec 2026 09:00:00 +0000`."""
+    moment = due_at.replace(tzinfo=UTC) if due_at.tzinfo is None else due_at.astimezone(UTC)
+    return format_datetime(moment)
 
 
 def bodies(email: EmailParams, render: Render, render_file: RenderFile
@@ -162,16 +284,20 @@ def message_id(key: str, from_address: str) -> str:
 
 
 def build_message(*, from_address: str, to: str | None, subject: str, text: str | None,
-                  html: str | None, message_id: str | None,
-                  unsubscribe_url: str) -> EmailMessage:
+                  html: str | None, message_id: str | None, unsubscribe_url: str,
+                  date: str | None = None) -> EmailMessage:
     """The message as it is sent: headers, then a text part, an HTML part, or both as
     multipart/alternative (text first: clients show the last part they can display). Every sent
-    message has a Message-ID; only a preview of what no run would send goes without."""
+    message has a Message-ID; only a preview of what no run would send goes without. The
+    multipart boundary derives from the bodies (the email package would pick a random one), so
+    the same arguments always give the same bytes."""
     message = EmailMessage(policy=POLICY)
     message["From"] = from_address
     if to:
         message["To"] = to
     message["Subject"] = subject
+    if date is not None:
+        message["Date"] = date
     if message_id is not None:
         message["Message-ID"] = message_id
     message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
@@ -180,6 +306,7 @@ def build_message(*, from_address: str, to: str | None, subject: str, text: str 
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
+            message.set_boundary(_boundary(text, html))
     else:
         message.set_content(html or "", subtype="html")
     return message
@@ -190,6 +317,22 @@ def recipient(name: str | None, address: str) -> str:
     if not name:
         return address
     return str(Address(display_name=name, addr_spec=address))
+
+
+def _boundary(text: str, html: str) -> str:
+    """A multipart boundary that is a hash of the bodies, hence stable, and in neither of them."""
+    seed = hashlib.sha256(f"{text}\0{html}".encode()).hexdigest()
+    boundary = f"==retain-{seed[:32]}=="
+    while boundary in text or boundary in html:  # astronomically rare; still never wrong
+        seed = hashlib.sha256(seed.encode()).hexdigest()
+        boundary = f"==retain-{seed[:32]}=="
+    return boundary
+
+
+@lru_cache(maxsize=64)
+def _envelope_sender(from_address: str) -> str:
+    """MAIL FROM: the bare address of the From header (one parse per distinct sender)."""
+    return _parse_address(from_address).addr_spec
 
 
 def _parse_address(text: str) -> Address:

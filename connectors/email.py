@@ -52,10 +52,11 @@ if TYPE_CHECKING:  # the transports load in open(): validate and dry-run need ne
     from connectors.smtp import SmtpPool
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
-POLICY = policy.default.clone(max_line_length=998)
+POLICY = policy.default.clone(max_line_length=998, cte_type="7bit")
 """email.policy.default (CR/LF in a header value is an error), folding only past RFC 5322's hard
 line limit: at the default 78, `List-Unsubscribe: <https://...long token...>` would be folded,
-and it must stay one line (RELIABILITY 15)."""
+and it must stay one line (RELIABILITY 15). 7-bit: a non-ASCII body is quoted-printable or
+base64, so no server needs 8BITMIME and the frozen message is plain ASCII."""
 WIRE = POLICY.clone(linesep="\r\n")
 """How a message is written for sending (SMTP and .eml files alike): CRLF line ends."""
 FROM_ENV = "RETAIN_EMAIL_FROM"
@@ -155,10 +156,14 @@ class EmailConnector(Connector):
     def payload(self, params: BaseModel, render: Render, render_file: RenderFile,
                 due_at: datetime, *, key: str, customer: Mapping[str, Any],
                 unsubscribe_url: str) -> dict[str, Any]:
-        """Everything `send` needs, rendered once and frozen at commit, as plain JSON: the
-        headers (Date is the due time, so every attempt sends the same bytes) and both bodies.
-        A header the email package would refuse (a line break in the customer's name) fails
-        here, for this customer's action only, not at send time."""
+        """Everything `send` needs, rendered and built once, frozen at commit as plain JSON: the
+        whole message as it goes on the wire (`message`, CRLF line ends, 7-bit), with its
+        headers alongside for people (`outbox show`) and the envelope. Date is the due time, so
+        every attempt sends these same bytes. A header the email package refuses (a line break
+        in the customer's name) fails here, for this customer's action only, not at send time.
+
+        Built here and not at send: building a MIME message costs more CPU than sending it over
+        a reused SMTP session (docs/BENCHMARKS.md "Email"), so the dispatcher only sends."""
         email = expect(params, EmailParams)
         address = str(customer.get("email") or "").strip()
         who = customer.get("customer_id", "?")
@@ -170,10 +175,21 @@ class EmailConnector(Connector):
                 raise TemplateError(f"customer {who}: To {value!r}: {problem}")
         text, html = bodies(email, render, render_file)
         from_address = self.from_address or sender()
-        return {"from": from_address, "to": recipient(name, address), "address": address,
-                "subject": render(email.subject, header=True), "text": text, "html": html,
-                "message_id": message_id(key, from_address), "date": mail_date(due_at),
-                "unsubscribe_url": unsubscribe_url}
+        fields = {"from": from_address, "to": "", "address": address,
+                  "subject": render(email.subject, header=True),
+                  "message_id": message_id(key, from_address), "date": mail_date(due_at),
+                  "unsubscribe_url": unsubscribe_url}
+        try:  # the email package refuses what it cannot write (a non-ASCII local part too)
+            fields["to"] = recipient(name, address)
+            message = build_message(from_address=fields["from"], to=fields["to"],
+                                    subject=fields["subject"], text=text, html=html,
+                                    message_id=fields["message_id"],
+                                    unsubscribe_url=unsubscribe_url, date=fields["date"])
+            utf8 = not (from_address.isascii() and address.isascii())
+            wire = message.as_bytes(policy=WIRE.clone(utf8=True) if utf8 else WIRE)
+        except (ValueError, TypeError) as exc:
+            raise TemplateError(f"customer {who}: the email cannot be built: {exc}") from exc
+        return {**fields, "message": wire.decode("utf-8")}
 
     async def open(self, settings: Any) -> None:
         """Choose the transport: `.eml` files when `email_transport` is "file", else SMTP to
@@ -201,14 +217,14 @@ class EmailConnector(Connector):
         self.concurrency = config.connections  # type: ignore[misc]  (open may change it)
 
     async def send(self, delivery: Delivery) -> Sent:
-        """Build the message from the frozen payload (never rendered again) and deliver it."""
+        """Deliver the message frozen in the payload, as it is: never rendered or built again."""
         if self._transport is None:
             raise PermanentError("the email connector was not opened before sending")
         try:
             envelope, data = wire_message(delivery.payload)
         except (KeyError, TypeError, ValueError) as exc:
             raise PermanentError(f"action {delivery.action_id} (customer {delivery.customer_id}):"
-                                 f" cannot build the email from its payload: {exc}") from exc
+                                 f" the outbox payload is not a frozen email: {exc!r}") from exc
         return Sent(detail=await self._transport.deliver(envelope, data))
 
     async def close(self) -> None:
@@ -240,16 +256,12 @@ class EmailConnector(Connector):
 
 def wire_message(payload: Mapping[str, Any]) -> tuple[Envelope, bytes]:
     """The envelope and the bytes to send for a frozen payload: the same bytes every time."""
-    message = build_message(from_address=payload["from"], to=payload["to"],
-                            subject=payload["subject"], text=payload["text"],
-                            html=payload["html"], message_id=payload["message_id"],
-                            unsubscribe_url=payload["unsubscribe_url"], date=payload["date"])
-    envelope = Envelope(sender=_envelope_sender(payload["from"]),
-                        recipient=payload["address"], message_id=payload["message_id"])
-    if not (envelope.sender.isascii() and envelope.recipient.isascii()):
-        envelope = Envelope(envelope.sender, envelope.recipient, envelope.message_id, utf8=True)
-        return envelope, message.as_bytes(policy=WIRE.clone(utf8=True))
-    return envelope, message.as_bytes(policy=WIRE)
+    sender_address = _envelope_sender(payload["from"])
+    recipient_address = str(payload["address"])
+    envelope = Envelope(sender=sender_address, recipient=recipient_address,
+                        message_id=str(payload["message_id"]),
+                        utf8=not (sender_address.isascii() and recipient_address.isascii()))
+    return envelope, str(payload["message"]).encode("utf-8")
 
 
 def mail_date(due_at: datetime) -> str:

@@ -241,6 +241,28 @@ def test_a_text_only_payload_sends_one_plain_part(
     assert message.get_content().strip() == "Just text"
 
 
+def test_the_payload_is_the_whole_message_frozen_as_ascii_json() -> None:
+    frozen = payload(name="Zoë Núñez", template=None, body="Grüße, 10 € off\n")
+    assert frozen["message"].isascii()  # 7-bit: no server needs 8BITMIME; any JSON column
+    message = message_from_bytes(frozen["message"].encode(), policy=policy.default)
+    assert message["To"].addresses[0].display_name == "Zoë Núñez"
+    assert message.get_content() == "Grüße, 10 € off\n"  # type: ignore[attr-defined]
+    assert (frozen["from"], frozen["address"], frozen["subject"]) == (
+        FROM, "ann@example.com", "We miss you, Ann")
+    assert frozen["date"] == "Fri, 04 Dec 2026 09:30:00 +0000"
+
+
+def test_an_international_address_goes_with_smtputf8(
+        serve: Callable[..., tuple[Peer, int]]) -> None:
+    peer, port = serve(enable_SMTPUTF8=True)
+    send_one(settings(port), payload(email="ann@bücher.example", name="Zoë"))
+    (got,) = peer.received
+    assert got.rcpt_tos == ["ann@bücher.example"]
+    assert "To: Zoë <ann@bücher.example>" in got.data.decode("utf-8").split("\r\n")
+    with pytest.raises(TemplateError, match="customer ann: the email cannot be built"):
+        payload(email="zoë@example.com")  # Python's email package writes no such local part
+
+
 def test_a_payload_cannot_carry_a_header_injection() -> None:
     with pytest.raises(TemplateError, match="customer ann: To"):
         payload(name="Ann\r\nBcc: x@evil.example")

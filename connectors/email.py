@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
@@ -52,7 +52,23 @@ if TYPE_CHECKING:  # the transports load in open(): validate and dry-run need ne
     from connectors.smtp import SmtpPool
 
 TEMPLATE_SUFFIXES = (".html.j2", ".txt.j2")
-POLICY = policy.default.clone(max_line_length=998, cte_type="7bit")
+class _Headers(HeaderRegistry):
+    """The standard header registry, but each header class made once: the stock one builds a
+    new class for every header it parses (a tenth of the time of building a message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        key = name.lower()
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = super().__getitem__(name)
+        return made
+
+
+POLICY = policy.default.clone(max_line_length=998, cte_type="7bit", header_factory=_Headers())
 """email.policy.default (CR/LF in a header value is an error), folding only past RFC 5322's hard
 line limit: at the default 78, `List-Unsubscribe: <https://...long token...>` would be folded,
 and it must stay one line (RELIABILITY 15). 7-bit: a non-ASCII body is quoted-printable or
@@ -175,12 +191,11 @@ class EmailConnector(Connector):
                 raise TemplateError(f"customer {who}: To {value!r}: {problem}")
         text, html = bodies(email, render, render_file)
         from_address = self.from_address or sender()
-        fields = {"from": from_address, "to": "", "address": address,
-                  "subject": render(email.subject, header=True),
-                  "message_id": message_id(key, from_address), "date": mail_date(due_at),
-                  "unsubscribe_url": unsubscribe_url}
+        subject = render(email.subject, header=True)
         try:  # the email package refuses what it cannot write (a non-ASCII local part too)
-            fields["to"] = recipient(name, address)
+            fields = {"from": from_address, "to": recipient(name, address), "address": address,
+                      "subject": subject, "message_id": message_id(key, from_address),
+                      "date": mail_date(due_at), "unsubscribe_url": unsubscribe_url}
             message = build_message(from_address=fields["from"], to=fields["to"],
                                     subject=fields["subject"], text=text, html=html,
                                     message_id=fields["message_id"],
@@ -304,24 +319,32 @@ def build_message(*, from_address: str, to: str | None, subject: str, text: str 
     multipart boundary derives from the bodies (the email package would pick a random one), so
     the same arguments always give the same bytes."""
     message = EmailMessage(policy=POLICY)
-    message["From"] = from_address
+    message["From"] = _header("From", from_address)
     if to:
         message["To"] = to
     message["Subject"] = subject
     if date is not None:
-        message["Date"] = date
+        message["Date"] = _header("Date", date)
     if message_id is not None:
         message["Message-ID"] = message_id
     message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["List-Unsubscribe-Post"] = _header("List-Unsubscribe-Post",
+                                               "List-Unsubscribe=One-Click")
     if text is not None:
         message.set_content(text)
         if html is not None:
+            message.make_alternative(boundary=_boundary(text, html))
             message.add_alternative(html, subtype="html")
-            message.set_boundary(_boundary(text, html))
     else:
         message.set_content(html or "", subtype="html")
     return message
+
+
+@lru_cache(maxsize=256)
+def _header(name: str, value: str) -> Any:
+    """A header the policy has parsed (and checked: CR/LF is refused) once; a run's messages share
+    their sender, due time and one-click header, and a parsed header is immutable."""
+    return POLICY.header_store_parse(name, value)[1]
 
 
 def recipient(name: str | None, address: str) -> str:

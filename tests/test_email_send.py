@@ -264,6 +264,14 @@ def test_an_international_address_goes_with_smtputf8(
 
 
 def test_a_payload_cannot_carry_a_header_injection() -> None:
+    connector = EmailConnector()
+    for sender in ("Shop <news@shop.example>\r\nBcc: x@evil.example", "a@b.example\nBcc: x"):
+        connector.from_address = sender  # cached parsed headers still refuse line breaks
+        with pytest.raises(TemplateError, match="customer ann: the email cannot be built"):
+            connector.payload(EmailParams(subject="Hi", body="x"), render, lambda name: None,
+                              DUE, key="k", customer={"customer_id": "ann",
+                                                      "email": "ann@example.com"},
+                              unsubscribe_url=UNSUBSCRIBE)
     with pytest.raises(TemplateError, match="customer ann: To"):
         payload(name="Ann\r\nBcc: x@evil.example")
     with pytest.raises(TemplateError, match="no email address"):

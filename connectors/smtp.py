@@ -62,9 +62,11 @@ class SmtpConfig:
         if password is not None and hasattr(password, "get_secret_value"):
             password = password.get_secret_value()
         timeout = getattr(smtp, "timeout", None)
-        return cls(host=str(smtp.host), port=int(getattr(smtp, "port", None) or DEFAULT_PORTS[tls]),
-                   tls=tls, username=getattr(smtp, "username", None) or None,
-                   password=password, connections=max(1, int(getattr(smtp, "connections", 8) or 8)),
+        port = getattr(smtp, "port", None) or DEFAULT_PORTS[tls]
+        connections = getattr(smtp, "connections", None) or 8
+        return cls(host=str(smtp.host), port=int(port), tls=tls,
+                   username=getattr(smtp, "username", None) or None, password=password,
+                   connections=max(1, int(connections)),
                    timeout=float(timeout) if timeout else 30.0,
                    validate_certs=bool(getattr(smtp, "validate_certs", True)))
 
@@ -141,7 +143,11 @@ class SmtpPool:
                 raise
             client.close()
             client = await self._connect()
-            await client.mail(envelope.sender, options=options, encoding=_encoding(envelope))
+            try:
+                await client.mail(envelope.sender, options=options, encoding=_encoding(envelope))
+            except BaseException:
+                client.close()  # the caller still holds the old session, not this one
+                raise
         return client
 
     async def _recycle(self, client: aiosmtplib.SMTP, code: int) -> None:
@@ -201,6 +207,10 @@ class SmtpPool:
                                   connection=True)
         if isinstance(exc, aiosmtplib.SMTPResponseException):
             return TransientError(f"{where} answered {exc.code} {exc.message}", connection=True)
+        if isinstance(exc, TimeoutError) and step == "DATA":
+            return TransientError(f"{where} timed out before confirming the message (it may "
+                                  "have it: the retry re-sends the same Message-ID)",
+                                  connection=True)
         if isinstance(exc, TimeoutError):
             return TransientError(f"{where} timed out: {exc}", connection=True)
         if isinstance(exc, aiosmtplib.SMTPServerDisconnected) and step == "DATA":

@@ -65,6 +65,15 @@ class Peer:
     drop_after_data: int = 0  # store, then drop the connection before 250 (RFC 1047)
     logins: list[str] = field(default_factory=list)
     password: str = "right"
+    mail_reply: str | None = None  # refuse MAIL FROM with this
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -310,6 +319,16 @@ def test_a_policy_rejection_of_the_content_is_permanent_without_bouncing(
     error = failure(settings(port), payload())
     assert isinstance(error, PermanentError) and error.suppress is None
     assert "554 5.7.1 Message rejected as spam" in str(error)
+
+
+def test_a_refused_sender_is_never_one_message_s_dead_letter(
+        serve: Callable[..., tuple[Peer, int]]) -> None:
+    """Every message would be refused alike (RETAIN_EMAIL_FROM, the account): retried, and the
+    dispatcher holds the rest of the outbox back."""
+    _, port = serve(Peer(mail_reply="553 5.7.1 <news@shop.example>: Sender address rejected"))
+    error = failure(settings(port), payload())
+    assert isinstance(error, TransientError) and error.connection is True
+    assert "refused the sender news@shop.example: 553 5.7.1" in str(error)
 
 
 def test_421_is_about_the_server(serve: Callable[..., tuple[Peer, int]]) -> None:

@@ -34,13 +34,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import aiosmtplib
 
 from connectors.base import Delivery
 from connectors.email import WIRE, EmailConnector, EmailParams, build_message, wire_message
+from engine.config import Settings, SmtpSettings
 
 FROM = "Shop <news@shop.example>"
 DUE = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
@@ -50,7 +50,7 @@ HTML = ("<html><body><p>Hello {name},</p>" + "<p>We have not seen you for a whil
         + "<a href=\"{url}\">unsubscribe</a></body></html>\n")
 
 Payloads = Sequence[dict[str, Any]]
-Engine = Callable[[Payloads, SimpleNamespace], Awaitable[None]]
+Engine = Callable[[Payloads, Settings], Awaitable[None]]
 
 
 def make_payloads(count: int) -> list[dict[str, Any]]:
@@ -79,7 +79,7 @@ def make_payloads(count: int) -> list[dict[str, Any]]:
     return payloads
 
 
-async def engine_send(payloads: Payloads, settings: SimpleNamespace) -> None:
+async def engine_send(payloads: Payloads, settings: Settings) -> None:
     """The engine's side: swap this for the dispatcher (claim, send, record) when it lands."""
     connector = EmailConnector()
     await connector.open(settings)
@@ -97,7 +97,7 @@ async def engine_send(payloads: Payloads, settings: SimpleNamespace) -> None:
         await connector.close()
 
 
-async def build_at_send(payloads: Payloads, settings: SimpleNamespace) -> None:
+async def build_at_send(payloads: Payloads, settings: Settings) -> None:
     """The engine as if only the fields were frozen: build each message before sending it."""
     def rebuild(payload: dict[str, Any]) -> dict[str, Any]:
         message = build_message(from_address=payload["from"], to=payload["to"],
@@ -162,7 +162,7 @@ def measure(args: argparse.Namespace, engine: Engine = engine_send) -> list[dict
     for payload in payloads:
         envelope, data = wire_message(payload)
         prebuilt.append((envelope.sender, envelope.recipient, data))
-    sides: dict[str, Callable[[SimpleNamespace, int], Awaitable[None]]] = {
+    sides: dict[str, Callable[[Settings, int], Awaitable[None]]] = {
         "bare": lambda settings, port: bare_send(prebuilt, "127.0.0.1", port,
                                                  settings.smtp.connections),
         "engine": lambda settings, port: engine(payloads, settings)}
@@ -172,11 +172,8 @@ def measure(args: argparse.Namespace, engine: Engine = engine_send) -> list[dict
     rows = []
     try:
         for connections in args.connections:
-            settings = SimpleNamespace(
-                email_transport=None, email_dir=None, email_from=FROM,
-                smtp=SimpleNamespace(host="127.0.0.1", port=port, username=None, password=None,
-                                     tls="none", connections=connections, timeout=30.0,
-                                     validate_certs=True))
+            settings = Settings(email_from=FROM, smtp=SmtpSettings(
+                host="127.0.0.1", port=port, tls="none", connections=connections))
             best = dict.fromkeys(sides, float("inf"))
             cpu = dict.fromkeys(sides, float("inf"))
             for _ in range(args.rounds):

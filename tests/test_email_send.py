@@ -2,8 +2,7 @@
 10, 11, 14, 15, 17): what arrives, byte-identical re-sends, how each failure is classified for
 the dispatcher, TLS, connection reuse, and the file transport.
 
-Settings are a `SimpleNamespace` of exactly the field names `engine.config.Settings` will have
-(common brief) until the pydantic-settings model lands on main.
+Settings come from `load_settings` with RETAIN_* variables, as a deployment gives them.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,7 +28,9 @@ from connectors.base import Delivery, Sent
 from connectors.email import EmailConnector, EmailParams, message_id
 from connectors.mailfile import eml_name
 from engine import PermanentError, TemplateError, TransientError
+from engine.config import Settings, load_settings
 
+NO_PROJECT = Path(__file__).parent  # load_settings reads retain.toml from here: there is none
 FROM = "Shop <news@shop.example>"
 UNSUBSCRIBE = "https://retain.shop.example/unsubscribe?token=" + "t" * 120
 DUE = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
@@ -144,14 +144,20 @@ def server_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 # --- the engine's side ---------------------------------------------------------------------------
 
-def settings(port: int, **smtp: Any) -> SimpleNamespace:
-    values: dict[str, Any] = {"host": "127.0.0.1", "port": port, "username": None,
-                              "password": None, "tls": "none", "connections": 8, "timeout": 5.0,
-                              "validate_certs": True}
-    values.update(smtp)
-    return SimpleNamespace(email_transport=None, email_dir=None, email_from=FROM,
-                           public_url="https://retain.shop.example",
-                           smtp=SimpleNamespace(**values))
+def settings(port: int, **smtp: Any) -> Settings:
+    """Settings as a deployment gives them: RETAIN_* variables (no retain.toml here)."""
+    env = {"RETAIN_SMTP_HOST": "127.0.0.1", "RETAIN_SMTP_PORT": str(port),
+           "RETAIN_SMTP_TLS": "none", "RETAIN_SMTP_TIMEOUT": "5",
+           "RETAIN_EMAIL_FROM": FROM, "RETAIN_PUBLIC_URL": "https://retain.shop.example"}
+    env.update({f"RETAIN_SMTP_{name.upper()}": str(value) for name, value in smtp.items()})
+    assert not (NO_PROJECT / "retain.toml").exists()
+    return load_settings(NO_PROJECT, env=env)
+
+
+def file_settings(folder: Path) -> Settings:
+    return load_settings(NO_PROJECT, env={"RETAIN_EMAIL_TRANSPORT": "file",
+                                          "RETAIN_EMAIL_DIR": str(folder),
+                                          "RETAIN_EMAIL_FROM": FROM})
 
 
 def render(source: str, *, header: bool = False, html: bool = False) -> str:
@@ -177,7 +183,7 @@ def delivery(frozen: dict[str, Any], *, action_id: int = 1, attempt: int = 1) ->
                     playbook_id="winback", payload=frozen, as_of=DUE, attempt=attempt)
 
 
-def run(config: SimpleNamespace,
+def run(config: Any,
         body: Callable[[EmailConnector], Awaitable[Any]]) -> Any:
     """Open a connector with `config`, run `body` with it, close it: one dispatch cycle."""
     async def cycle() -> Any:
@@ -190,11 +196,11 @@ def run(config: SimpleNamespace,
     return asyncio.run(cycle())
 
 
-def send_one(config: SimpleNamespace, frozen: dict[str, Any]) -> Sent:
+def send_one(config: Any, frozen: dict[str, Any]) -> Sent:
     return run(config, lambda connector: connector.send(delivery(frozen)))
 
 
-def failure(config: SimpleNamespace, frozen: dict[str, Any]) -> Exception:
+def failure(config: Any, frozen: dict[str, Any]) -> Exception:
     try:
         send_one(config, frozen)
     except (TransientError, PermanentError) as exc:
@@ -458,8 +464,7 @@ def test_a_session_the_server_closed_while_idle_is_replaced(
 # --- configuration ------------------------------------------------------------------------------
 
 def test_without_a_transport_sending_names_the_settings() -> None:
-    config = SimpleNamespace(email_transport=None, email_dir=None, email_from=FROM,
-                             smtp=SimpleNamespace(host=None, port=None))
+    config = load_settings(NO_PROJECT, env={"RETAIN_EMAIL_FROM": FROM})
     with pytest.raises(PermanentError, match="RETAIN_SMTP_HOST.*RETAIN_EMAIL_TRANSPORT"):
         asyncio.run(EmailConnector().open(config))
 
@@ -473,8 +478,7 @@ def test_email_retries_eight_times_over_about_a_day() -> None:
 
 def test_the_file_transport_writes_readable_eml_files(tmp_path: Path) -> None:
     folder = tmp_path / "mail" / "out"
-    config = SimpleNamespace(email_transport="file", email_dir=str(folder), email_from=FROM,
-                             smtp=SimpleNamespace(host=None, port=None))
+    config = file_settings(folder)
     frozen, other = payload(), payload("other")
 
     async def three(connector: EmailConnector) -> list[Sent]:

@@ -149,6 +149,11 @@ class Connector(ABC):
         everything `send` needs, rendered once (the planned fields by default)."""
         return self.plan(params, render, render_file, due_at)
 
+    def configure(self, settings: Any) -> None:
+        """Take what planning needs from the settings (the email sender for Message-IDs): called
+        on every instance the engine makes when it has settings, before `payload`."""
+        return None
+
     async def open(self, settings: Any) -> None:
         """Get ready to send (connections, clients) with the engine's settings; once per
         dispatch cycle, before the first `send`. Raise `TransientError(connection=True)` when

@@ -208,11 +208,15 @@ class EmailConnector(Connector):
             raise TemplateError(f"customer {who}: the email cannot be built: {exc}") from exc
         return {**fields, "message": wire.decode("utf-8")}
 
+    def configure(self, settings: Any) -> None:
+        """The sender (`email_from`, RETAIN_EMAIL_FROM or retain.toml) for payloads."""
+        if email_from := getattr(settings, "email_from", None):
+            self.from_address = email_from
+
     async def open(self, settings: Any) -> None:
         """Choose the transport: `.eml` files when `email_transport` is "file", else SMTP to
         `smtp.host` through `smtp.connections` reused sessions (the dispatcher's concurrency)."""
-        if email_from := getattr(settings, "email_from", None):
-            self.from_address = email_from
+        self.configure(settings)
         if getattr(settings, "email_transport", None) == "file":
             folder = getattr(settings, "email_dir", None)
             if not folder:

@@ -86,6 +86,16 @@ def load_connectors(*, installed: bool = True) -> dict[str, type[Any]]:
     return {**(_installed() if installed else {}), **_registered}
 
 
+def make_connectors(settings: Any = None) -> dict[str, Any]:
+    """One instance of every connector by kind, configured with `settings` when given (the
+    email sender a live payload is built with)."""
+    made = {kind: cls() for kind, cls in load_connectors().items()}
+    if settings is not None:
+        for connector in made.values():
+            connector.configure(settings)
+    return made
+
+
 def connector_names() -> list[str]:
     """The installed connector kinds, without importing any of them (for messages and hints)."""
     return sorted({entry.name for entry in entry_points(group=CONNECTOR_GROUP)})

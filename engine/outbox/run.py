@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from engine.errors import InputError
 from engine.format.playbook import Playbook
-from engine.format.registry import load_connectors
+from engine.format.registry import make_connectors
 from engine.outbox import lifecycle
 from engine.outbox.commit import commit_playbook
 from engine.plan.build import make_plan
@@ -161,5 +161,5 @@ def _resume(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime,
     from engine.outbox.resume import resume_due
     from engine.outbox.versions import version_lookup
 
-    connectors = {kind: cls() for kind, cls in load_connectors().items()}
+    connectors = make_connectors(options.get("settings"))
     return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors, **options)

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from engine.clock import iso
 from engine.format.compile import CompileContext
 from engine.format.playbook import Playbook
-from engine.format.registry import load_connectors
+from engine.format.registry import make_connectors
 from engine.format.templates import make_environment
 from engine.format.validation import templates_dir
 from engine.plan import reader
@@ -202,7 +202,7 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
     needs_total = any(p.document.limits and p.document.limits.max_percent is not None
                       for p in active)
     rules = DeliveryRules.from_settings(settings, {p.id: p.document.priority for p in active})
-    run = _Run(moment, {kind: cls() for kind, cls in load_connectors().items()},
+    run = _Run(moment, make_connectors(settings),
                reader.total_customers(connection, as_of) if needs_total else None, rules,
                CapLedger(), unsubscribe)
     plans = []

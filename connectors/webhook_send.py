@@ -117,8 +117,9 @@ def retry_after(value: str | None, now: datetime) -> timedelta | None:
     if not value or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        delay = timedelta(seconds=int(text))
+    if text.isascii() and text.isdigit():  # `²` is a digit to str.isdigit, not to int()
+        # 10+ digits is past the cap anyway: timedelta would overflow, int() refuse 4,300+
+        delay = timedelta(seconds=int(text)) if len(text) < 10 else MAX_RETRY_AFTER
     else:
         try:
             when = parsedate_to_datetime(text)

@@ -354,6 +354,16 @@ def test_retry_after_values() -> None:
     assert retry_after(None, now) is None
 
 
+def test_a_retry_after_a_receiver_makes_up_never_breaks_the_send() -> None:
+    """The header is the receiver's text: a number too large for a timedelta is a day, and
+    digits that are not ASCII (`²`, read from latin-1) are unreadable, never an exception."""
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert retry_after("9" * 30, now) == timedelta(days=1)
+    assert retry_after("9" * 5000, now) == timedelta(days=1)  # past int()'s 4300 digits
+    assert retry_after("\u00b2", now) is None
+    assert retry_after("\u0663\u0660", now) is None  # Arabic-Indic 30
+
+
 def test_a_slow_endpoint_times_out_and_is_retried(receiver: Receiver) -> None:
     receiver.script = [Answer(200, delay=1.5)]
     started = time.monotonic()

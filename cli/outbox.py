@@ -135,8 +135,13 @@ def _scope(status: str | None, playbook: str | None) -> str:
 
 def _print_action(action: Row) -> None:
     """The row as `field: value` lines, then the payload as indented JSON."""
-    typer.echo(f"Action {action['id']}: {action['connector']} for customer "
+    import textwrap
+
+    heading = (f"Action {action['id']}: {action['connector']} for customer "
                f"{action['customer_id']}, playbook {action['playbook_id']}")
+    for line in textwrap.wrap(heading, plain.WIDTH, subsequent_indent="  ",
+                              break_on_hyphens=False):
+        typer.echo(line)  # long ids (a UUID) wrap rather than pass 80 columns
     tries = f" after {action['attempts']} attempt{'s' if action['attempts'] != 1 else ''}"
     fields = [
         ("status", f"{action['status']}{tries if action['attempts'] else ''}"),

@@ -24,6 +24,7 @@ so the dispatcher stops calling it for the cycle without using up other actions'
 | 3xx (redirects are not followed), 400, 410, other 4xx | dead-letter                        |
 | connect error or connect timeout           | retry, connection                             |
 | read/write timeout, connection dropped     | retry                                         |
+| no whole answer within 4x the timeout      | retry (an endpoint that drips its answer)     |
 | a variable missing, a bad url or header    | dead-letter, naming the variable or header    |
 
 Error texts carry the status, the url as frozen (`${VAR}` unexpanded) and the start of the
@@ -33,6 +34,7 @@ database even when a receiver echoes the request back.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -60,6 +62,10 @@ MAX_RETRY_AFTER = timedelta(days=1)
 READ_BYTES = 65536
 EXCERPT_CHARS = 200
 REDACT_MIN = 4
+DEADLINE_FACTOR = 4
+"""The whole exchange may take this many timeouts: connect, write, wait, read. httpx's timeouts
+are per step (between two reads), so an endpoint sending a byte now and then would otherwise
+hold a send, and its lease, for as long as it likes."""
 RETRY = frozenset({408, 409, 425})
 CONNECTION = frozenset({401, 403, 429, 502, 503, 504})
 _SAFE_ID = string.ascii_letters + string.digits + "-._~/:@!$&'()*+,;="
@@ -117,8 +123,9 @@ def retry_after(value: str | None, now: datetime) -> timedelta | None:
     if not value or not value.strip():
         return None
     text = value.strip()
-    if text.isdigit():
-        delay = timedelta(seconds=int(text))
+    if text.isascii() and text.isdigit():  # `²` is a digit to str.isdigit, not to int()
+        # 10+ digits is past the cap anyway: timedelta would overflow, int() refuse 4,300+
+        delay = timedelta(seconds=int(text)) if len(text) < 10 else MAX_RETRY_AFTER
     else:
         try:
             when = parsedate_to_datetime(text)
@@ -223,6 +230,7 @@ class Sender:
 
     def __init__(self, client: httpx.AsyncClient, secret: str | None, timeout: float) -> None:
         self.client, self.timeout = client, timeout
+        self.deadline = timeout * DEADLINE_FACTOR
         self.secret_key: bytes | None = None
         self.secret_problem = ""  # why there is no key: every send fails with it
         try:
@@ -248,11 +256,15 @@ class Sender:
         timestamp = int(utcnow().timestamp())
         request = build_request(delivery.payload, delivery.key, env, self.secret_key, timestamp)
         try:
-            async with self.client.stream(request.method, request.url, headers=request.headers,
-                                          content=request.body) as response:
+            async with asyncio.timeout(self.deadline), self.client.stream(
+                    request.method, request.url, headers=request.headers,
+                    content=request.body) as response:
                 excerpt = await _excerpt(response)
                 sent = judge(request, response.status_code, response.reason_phrase,
                              response.headers, excerpt)
+        except TimeoutError:
+            raise TransientError(f"no whole answer within {self.deadline:g} s from "
+                                 f"{request.where}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as error:
             raise _transport_error(request, error, self.timeout) from None
         return Sent(detail=sent.detail, writes=(sent_event(delivery, request, response),))

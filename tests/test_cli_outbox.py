@@ -154,6 +154,18 @@ def test_show_has_the_row_its_payload_and_every_attempt(filled: str, cli: Cli) -
     assert max(len(line) for line in out.splitlines() if '"' not in line) <= 80
 
 
+def test_show_of_long_ids_stays_within_80_columns(db: sa.Engine, db_url: str, cli: Cli) -> None:
+    """A UUID customer id and a long playbook id wrap the heading instead of overflowing it."""
+    uuid, playbook = "0b6f3c1e-5d2a-4e8b-9a77-1f2e3d4c5b6a", "winback-high-value-customers-90d"
+    with db.begin() as connection:
+        connection.execute(sa.insert(actions), [action(1, playbook, uuid, "planned")])
+    code, out, err = cli(["--db", db_url, "outbox", "show", "1"])
+    assert code == 0, err
+    assert out.startswith(f"Action 1: email for customer {uuid},")
+    assert playbook in " ".join(out.split())
+    assert max(len(line) for line in out.splitlines() if '"' not in line) <= 80
+
+
 def test_show_of_an_unknown_id_exits_1(filled: str, cli: Cli) -> None:
     code, out, err = cli(["--db", filled, "outbox", "show", "99"])
     assert (code, out) == (1, "")

@@ -105,6 +105,18 @@ def test_a_template_the_actions_use_is_part_of_the_version(folder: Path, name: s
     assert action_key(changed, "c1", "o", 0, 0) != action_key(first, "c1", "o", 0, 0)
 
 
+def test_a_file_an_inline_template_includes_is_part_of_the_version(folder: Path) -> None:
+    """`note: "{% include 'script.txt.j2' %}"`: the file is recorded with the version (a
+    resumed enrollment renders it from the record) and editing it is a new version."""
+    write(folder.parent, "templates/script.txt.j2", "Ask how the last order went.\n")
+    edit(folder, "playbooks/winback.yaml", 'title: "Call {{ customer.name }}"',
+         'title: "Call {{ customer.name }}", note: "{% include \'script.txt.j2\' %}"')
+    first = load(folder)
+    assert (first.templates or {}).get("script.txt.j2") == "Ask how the last order went.\n"
+    edit(folder, "templates/script.txt.j2", "last order", "latest order")
+    assert load(folder).version != first.version
+
+
 def test_a_template_no_action_uses_is_not(folder: Path) -> None:
     first = load(folder)
     edit(folder, "templates/unused.txt.j2", "Not used", "Still not used")

@@ -52,6 +52,7 @@ class Answer:
     body: bytes = b'{"ok": true}'
     delay: float = 0.0
     echo: bool = False  # answer with the request's headers (a receiver that echoes)
+    trickle: float = 0.0  # seconds between the body's bytes (a slow-drip endpoint)
 
 
 @dataclass
@@ -111,7 +112,12 @@ class Receiver:
                 handler.send_header(name, value)
             handler.send_header("Content-Length", str(len(reply)))
             handler.end_headers()
-            handler.wfile.write(reply)
+            if not answer.trickle:
+                handler.wfile.write(reply)
+            for byte in reply if answer.trickle else b"":
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(answer.trickle)
         except OSError:  # the client gave up (a timeout test)
             pass
 
@@ -354,6 +360,16 @@ def test_retry_after_values() -> None:
     assert retry_after(None, now) is None
 
 
+def test_a_retry_after_a_receiver_makes_up_never_breaks_the_send() -> None:
+    """The header is the receiver's text: a number too large for a timedelta is a day, and
+    digits that are not ASCII (`²`, read from latin-1) are unreadable, never an exception."""
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert retry_after("9" * 30, now) == timedelta(days=1)
+    assert retry_after("9" * 5000, now) == timedelta(days=1)  # past int()'s 4300 digits
+    assert retry_after("\u00b2", now) is None
+    assert retry_after("\u0663\u0660", now) is None  # Arabic-Indic 30
+
+
 def test_a_slow_endpoint_times_out_and_is_retried(receiver: Receiver) -> None:
     receiver.script = [Answer(200, delay=1.5)]
     started = time.monotonic()
@@ -361,6 +377,17 @@ def test_a_slow_endpoint_times_out_and_is_retried(receiver: Receiver) -> None:
     assert time.monotonic() - started < 1.4
     assert isinstance(error, TransientError) and not error.connection
     assert str(error) == "no answer within 0.3 s from POST ${HOOK_URL}/customers/C1"
+
+
+def test_an_endpoint_that_drips_its_answer_is_cut_off_and_retried(receiver: Receiver) -> None:
+    """Each byte comes within the read timeout, so only a deadline on the whole exchange stops
+    a receiver from holding a send (and its lease) for as long as it likes."""
+    receiver.script = [Answer(200, body=b"x" * 40, trickle=0.1)]  # 4 s in all
+    started = time.monotonic()
+    error = send_one(freeze(), timeout=0.3)
+    assert time.monotonic() - started < 2.5
+    assert isinstance(error, TransientError) and not error.connection
+    assert str(error) == "no whole answer within 1.2 s from POST ${HOOK_URL}/customers/C1"
 
 
 def test_a_refused_connection_is_a_connection_error(

@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.meta import find_undeclared_variables
+from jinja2.meta import find_referenced_templates, find_undeclared_variables
 from jinja2.sandbox import SandboxedEnvironment
 
 from engine.errors import did_you_mean
@@ -67,12 +67,14 @@ class TemplateChecker:
         self.templates_dir = templates_dir_of(environment)
         self._context = sample_context(customer_fields)
         self._file_results: dict[str, list[tuple[int, int, str]]] = {}
+        self._included: dict[str, None] = {}  # files inline templates include, in order
 
     @property
     def files_checked(self) -> tuple[str, ...]:
-        """The template files the actions asked about, in order: what the playbook's version
-        covers (engine/format/validation.py reads their texts)."""
-        return tuple(self._file_results)
+        """The template files the actions asked about, in order, then the files their inline
+        templates include, extend or import by a literal name: what the playbook's version
+        covers (engine/format/validation.py reads their texts and follows their includes)."""
+        return tuple(dict.fromkeys([*self._file_results, *self._included]))
 
     def template_path(self, name: str) -> Path:
         """Where the template file `name` is (or would be), for messages."""
@@ -85,12 +87,21 @@ class TemplateChecker:
     def check_string(self, source: str, *, header: bool = False) -> list[tuple[int, str]]:
         """Problems in an inline template as (0-based line offset, message), every one found."""
         problems = [(line, message) for line, _, message in self._static(source, header)]
+        self._note_includes(source)
         try:
             template = compile_inline(self.environment, source, html=False)
             run_template(template, dict(self._context), header)
         except RenderFailure as failure:
             problems = _add_failure(problems, failure.line, failure.message)
         return [(max(line - 1, 0), message) for line, message in problems]
+
+    def _note_includes(self, source: str) -> None:
+        """Remember the files an inline template names in include/extends/import."""
+        try:
+            found = find_referenced_templates(self.environment.parse(source))
+        except jinja2.TemplateSyntaxError:  # reported by _static
+            return
+        self._included.update(dict.fromkeys(name for name in found if name is not None))
 
     def check_file(self, name: str) -> list[tuple[int, int, str]]:
         """Problems in a template file as (1-based line, column, message); 0 when none applies."""

@@ -9,7 +9,8 @@ real-clock second of this attempt (also under `--as-of`: receivers reject old ti
 `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` keyed with the
 base64-decoded part of `RETAIN_WEBHOOK_SECRET` (`whsec_<base64>`). `Idempotency-Key` carries the
 key too. Without a secret nothing is sent: a receiver that verifies cannot accept an unsigned
-call, so each action fails permanently with a message naming RETAIN_WEBHOOK_SECRET.
+call, so each action is retried (connection=True: the whole cycle's webhooks wait) with a message
+naming RETAIN_WEBHOOK_SECRET; `retain run` refuses to commit webhooks without it.
 
 How an answer is judged (the dispatcher retries a `TransientError` with backoff, dead-letters a
 `PermanentError`; `connection=True` means the endpoint or the account failed, not this action,
@@ -25,7 +26,8 @@ so the dispatcher stops calling it for the cycle without using up other actions'
 | connect error or connect timeout           | retry, connection                             |
 | read/write timeout, connection dropped     | retry                                         |
 | no whole answer within 4x the timeout      | retry (an endpoint that drips its answer)     |
-| a variable missing, a bad url or header    | dead-letter, naming the variable or header    |
+| a `${VAR}` missing here (configuration)    | retry, connection, naming the variable        |
+| a bad url or header                        | dead-letter, naming the url or header         |
 
 Error texts carry the status, the url as frozen (`${VAR}` unexpanded) and the start of the
 response body, with any expanded value replaced by its `${NAME}`, so no secret reaches the
@@ -189,10 +191,13 @@ def build_request(payload: Mapping[str, Any], key: str, env: Mapping[str, str],
 
 
 def _expand(frozen: str, env: Mapping[str, str], what: str) -> str:
+    """`${VAR}` from this process's environment. A missing variable is this dispatcher's
+    configuration, not the action's fault: retried (connection=True, so the other webhooks of
+    the cycle wait too) rather than dead-lettering every webhook that names it."""
     try:
         return expand_env_template(frozen, env)
     except TemplateError as error:
-        raise PermanentError(f"{what}: {error}") from None
+        raise TransientError(f"{what}: {error}", connection=True) from None
 
 
 def judge(request: Request, status: int, reason: str, headers: httpx.Headers,
@@ -251,8 +256,8 @@ class Sender:
 
     async def send(self, delivery: Delivery, env: Mapping[str, str]) -> Sent:
         """Expand, sign with this second's timestamp, send, judge."""
-        if self.secret_key is None:
-            raise PermanentError(self.secret_problem)
+        if self.secret_key is None:  # configuration: wait for it, never dead-letter them all
+            raise TransientError(self.secret_problem, connection=True)
         timestamp = int(utcnow().timestamp())
         request = build_request(delivery.payload, delivery.key, env, self.secret_key, timestamp)
         try:

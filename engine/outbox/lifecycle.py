@@ -4,7 +4,7 @@ Run before new enrollments are committed, so an exit cancels what is pending bef
 sent, and a customer who left a segment can enter it again in the same run.
 
 - **goal**: an enrollment converts at the first goal event after it entered, when that event is
-  within the goal window (`converted_at`; reports measure uplift from it). The earliest event
+  within the goal window of the version it entered with (`converted_at`). The earliest event
   after entry decides: if it is past the window, no later one is inside it.
 - **exit_when**: an enrollment still in progress whose customer had the exit event since
   entering is `exited` (end_reason says which event and when) and its pending actions are
@@ -22,8 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import iso
-from engine.format.playbook import Playbook
+from engine.format.playbook import Goal, Playbook
 from engine.query.evaluate import Moment, at_utc, compose
+from engine.query.versions import version_goals
 from engine.store import status as st
 from engine.store.tables import actions, enrollments, events
 
@@ -32,18 +33,32 @@ OPEN = (st.ACTIVE, st.WAITING_STEP)
 
 
 def record_goals(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:
-    """Mark conversions of this playbook's enrollments; returns how many converted now."""
-    goal = playbook.document.goal
-    if goal is None:
-        return 0
+    """Mark conversions of this playbook's enrollments, each judged by the goal of the version
+    it entered with (as `report playbooks` judges it); returns how many converted now."""
+    e = enrollments.c
+    open_versions = list(connection.execute(
+        sa.select(e.version).where(e.playbook_id == playbook.id, e.converted_at.is_(None))
+        .distinct()).scalars())
+    goals = version_goals(connection, [(playbook.id, v) for v in open_versions])
+    converted = 0
+    for version in open_versions:
+        goal = goals.get((playbook.id, version),
+                         playbook.document.goal if version == playbook.version else None)
+        if goal is not None:
+            converted += _convert(connection, playbook.id, version, goal, as_of)
+    return converted
+
+
+def _convert(connection: sa.Connection, playbook_id: str, version: str, goal: Goal,
+             as_of: datetime) -> int:
     e, ev = enrollments.c, events.c
     first = (sa.select(e.id, e.entered_at, sa.func.min(ev.occurred_at))
              .join_from(enrollments, events, sa.and_(ev.customer_id == e.customer_id,
                                                     ev.type == goal.event,
                                                     ev.occurred_at > e.entered_at,
                                                     ev.occurred_at <= as_of))
-             .where(e.playbook_id == playbook.id, e.converted_at.is_(None),
-                    e.entered_at <= as_of)
+             .where(e.playbook_id == playbook_id, e.version == version,
+                    e.converted_at.is_(None), e.entered_at <= as_of)
              .group_by(e.id, e.entered_at))
     converted = [(ident, at) for ident, entered, at in connection.execute(first)
                  if _aware(at) - _aware(entered) <= goal.within]

@@ -87,6 +87,10 @@ def require_transport(playbooks: list[Playbook], settings: Any) -> None:
             "RETAIN_SMTP_HOST (and RETAIN_SMTP_PORT, RETAIN_SMTP_TLS, RETAIN_SMTP_USERNAME, "
             "RETAIN_SMTP_PASSWORD, RETAIN_EMAIL_FROM as needed), or RETAIN_EMAIL_TRANSPORT=file "
             "with RETAIN_EMAIL_DIR to write messages to a folder. Nothing was committed.")
+    if emails and transport != "file" and not getattr(settings, "email_from", None):
+        raise InputError(
+            f"{', '.join(emails)} send email over SMTP, and no sender is configured: set "
+            "RETAIN_EMAIL_FROM (or email_from in retain.toml). Nothing was committed.")
     if webhooks and not getattr(settings, "webhook_secret", None):
         raise InputError(
             f"{', '.join(webhooks)} call webhooks, which are signed (Standard Webhooks): set "

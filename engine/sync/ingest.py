@@ -66,8 +66,9 @@ from engine.sync.rows import (
     customer_values,
     event_values,
     event_warning,
+    json_text,
 )
-from engine.sync.tags import synced_tags
+from engine.sync.tags import json_bind, synced_tags
 
 __all__ = ["RowError", "SyncReport", "ingest_customers", "ingest_events", "read_rows",
            "sync_customers", "sync_events", "write_rejects"]
@@ -146,6 +147,8 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
             continue
         changes = _changes(item, old._mapping)
         if changes:
+            if "tags" in changes:
+                changes["tags"] = json_text(changes["tags"])  # once; bound in 4 places
             updates[tuple(sorted(changes))].append(
                 {"_id": customer_id, **{f"v_{k}": v for k, v in changes.items()}})
         else:
@@ -202,7 +205,7 @@ def _update_statement(names: tuple[str, ...]) -> sa.Update:
     values: dict[str, Any] = {name: sa.bindparam(f"v_{name}", type_=customers.c[name].type)
                               for name in names}
     if "tags" in values:  # the file's tags, merged with the playbooks' (engine/sync/tags.py)
-        values["file_tags"] = values["tags"]
+        values["file_tags"] = json_bind("v_tags")
         values["tags"] = synced_tags(values["file_tags"])
     return (sa.update(customers)
             .where(customers.c.customer_id == sa.bindparam("_id"))

@@ -26,7 +26,7 @@ from engine.format.registry import load_connectors
 from engine.format.schema import playbook_schema
 from engine.format.validation import load_playbooks
 from engine.outbox.tags import apply_tags, merged_tags
-from engine.store.tables import customers
+from engine.store.tables import actions, customers
 from engine.sync.ingest import ingest_customers, sync_customers
 
 SYNCED = datetime(2025, 1, 1, tzinfo=UTC)
@@ -227,6 +227,19 @@ def test_customer_show_lists_file_and_playbook_tags_apart(tagged_db: sa.Engine, 
     apply(tagged_db, "c3", ["low-activity"], [])
     code, out, _ = cli(["--db", db_url, "customer", "show", "c3"])
     assert "none from the file; by playbooks: +low-activity" in out
+
+
+def test_customer_show_summarises_a_tag_action(tagged_db: sa.Engine, db_url: str,
+                                               cli: Cli) -> None:
+    with tagged_db.begin() as connection:
+        connection.execute(sa.insert(actions).values(
+            playbook_id="mark", customer_id="c1", connector="tag", status="sent",
+            payload={"add": ["low-activity"], "remove": ["active"]}, idempotency_key="k1",
+            created_at=SYNCED))
+    code, out, _ = cli(["--db", db_url, "customer", "show", "c1", "--json"])
+    (action,) = json.loads(out)["actions"]
+    assert (action["connector"], action["summary"]) == ("tag", "+low-activity -active")
+    assert "tag_payload" not in action
 
 
 # --- the connector -------------------------------------------------------------------------

@@ -49,7 +49,10 @@ def synced_tags(file_tags: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
 
 
 def _sqlite_merged(file_tags: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """(file | added) - removed with SQLite's json1: file order, then the added ones' order."""
+    """(file | added) - removed with SQLite's json1: file order, then the added ones' order.
+
+    SQLite aggregates rows in the order of the ordered subquery (SQL promises no order there):
+    only the order shown depends on it, never what a condition sees."""
     c = customers.c
     given = sa.func.json_each(file_tags).table_valued("value", "key").alias("given")
     again = sa.func.json_each(file_tags).table_valued("value").alias("again")

@@ -207,6 +207,35 @@ def test_dry_run_shows_what_a_tag_action_would_do(tagged_db: sa.Engine, db_url: 
     assert tag_columns(tagged_db, "c1")["tags_added"] == []  # a dry-run writes nothing
 
 
+def test_a_committed_tag_action_sends_the_write_that_wakes_another_playbook(
+        tagged_db: sa.Engine, db_url: str, cli: Cli, tmp_path: Path) -> None:
+    """Commit (`retain run --no-dispatch`), then what the dispatcher does with the row: send
+    the frozen payload, apply the write it returns; the wake-up playbook then sees the tag."""
+    (tmp_path / "mark.yaml").write_text(
+        "id: mark\nname: Mark\ntrigger: { segment: {} }\nwhen:\n  - tags: { contains: vip }\n"
+        "actions:\n  - tag: { add: [low-activity], remove: [active] }\n")
+    code, out, err = cli(["--db", db_url, "run", str(tmp_path / "mark.yaml"), "--as-of", LATER,
+                          "--no-dispatch"])
+    assert (code, err) == (0, ""), err
+    with tagged_db.connect() as connection:
+        (row,) = connection.execute(sa.select(actions)).mappings().all()
+    assert (row["customer_id"], row["connector"], dict(row["payload"])) == (
+        "c1", "tag", {"add": ["low-activity"], "remove": ["active"]})
+    sent = asyncio.run(TagConnector().send(Delivery(
+        action_id=row["id"], key=row["idempotency_key"], customer_id=row["customer_id"],
+        playbook_id=row["playbook_id"], payload=row["payload"], as_of=SYNCED, attempt=1)))
+    with tagged_db.begin() as connection:
+        for write in sent.writes:
+            assert write.kind == "tags"
+            apply_tags(connection, write.values["customer_id"], write.values["add"],
+                       write.values["remove"])
+    folder = tmp_path / "wake"
+    folder.mkdir()
+    (folder / "wake-up.yaml").write_text(WAKE_UP)
+    assert entering(cli, db_url, folder) == ["c1"]
+    assert tag_columns(tagged_db, "c1")["tags"] == ["vip", "low-activity"]
+
+
 # --- customer show -------------------------------------------------------------------------
 
 

@@ -40,10 +40,11 @@ from connectors.base import (
 )
 from engine import PermanentError, Problem, TemplateChecker
 
-TAG_PATTERN = r"^[^\s,{}]([^,{}\x00-\x1f\x7f]{0,98}[^\s,{}])?$"
-"""A tag as a customer file can carry it: no comma (the CSV separator), no line break or other
+TAG_PATTERN = r"^[^\s,{}]([^,{}\x00-\x1f\x7f]{0,98}[^\s,{}])?(?![\s\S])"
+r"""A tag as a customer file can carry it: no comma (the CSV separator), no line break or other
 control character, no space at either end; no brace, so it cannot be taken for a template. At
-most 100 characters."""
+most 100 characters. `(?![\s\S])` ends the input in JSON Schema's regular expressions and
+Python's alike (`$` also matches before a final line break in Python's)."""
 _TAG = re.compile(TAG_PATTERN)
 TAG_SCHEMA = {"type": "string", "pattern": TAG_PATTERN, "maxLength": 100}
 
@@ -60,7 +61,7 @@ def tag_problem(tag: str) -> str | None:
         return f"tag {tag!r} has a comma, which separates tags in a customer file"
     if len(tag) > 100:
         return f"tag {tag[:20]!r}... is longer than 100 characters"
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         return f"tag {tag!r} has a line break or another control character"
     return None
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from conftest import Cli
 
 from connectors.base import Delivery, Sent, Write
-from connectors.tags import TagConnector, TagParams
+from connectors.tags import TAG_SCHEMA, TagConnector, TagParams, tag_problem
 from engine.errors import PermanentError
 from engine.format.registry import load_connectors
 from engine.format.schema import playbook_schema
@@ -293,6 +293,19 @@ def test_send_refuses_a_payload_without_tags() -> None:
                         payload={"add": []}, as_of=SYNCED, attempt=1)
     with pytest.raises(PermanentError, match="action 7: the tag payload has no tags"):
         asyncio.run(TagConnector().send(delivery))
+
+
+@pytest.mark.parametrize(("tag", "problem"), [
+    ("low-activity", None), ("big spender", None), ("x", None), ("a" * 100, None),
+    ("a" * 101, "is longer than 100 characters"), ("", "cannot be empty"),
+    ("tab\there", "control character"), ("new\nline", "control character"),
+    ("trailing\n", "starts or ends with a space"), ("{% if %}", "looks like a template"),
+])
+def test_a_tag_is_a_plain_name(tag: str, problem: str | None) -> None:
+    found = tag_problem(tag)
+    assert found is None if problem is None else problem in (found or "")
+    schema_ok = not list(jsonschema.Draft202012Validator(TAG_SCHEMA).iter_errors(tag))
+    assert schema_ok == (problem is None)
 
 
 def test_plan_and_payload_are_the_tags() -> None:

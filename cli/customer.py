@@ -18,7 +18,7 @@ from rich.text import Text
 
 from cli import render
 from engine.errors import InputError
-from engine.query.customer_view import DEFAULT_EVENTS, customer_view
+from engine.query.customer_view import DEFAULT_EVENTS, customer_view, tag_changes
 from engine.store.open import open_reader
 
 customer_app = typer.Typer(help="Look at one customer: profile, facts, timeline, what was done.",
@@ -56,13 +56,24 @@ def show(ctx: typer.Context, customer_id: IdArg, as_json: JsonOpt = False,
 def _print_profile(view: Row) -> None:
     """Own columns as field/value rows, with the email's suppression right under the profile."""
     customer = dict(view["customer"])
-    customer["tags"] = ", ".join(customer["tags"] or []) or None
+    customer["tags"] = _tags(customer.pop("file_tags"), customer.pop("tags_added"),
+                             customer.pop("tags_removed"))
     attributes = customer.pop("attributes") or {}
     suppressed = view["suppressed"]
     customer["suppressed"] = (f"yes: {suppressed['reason']} since "
                               f"{_when(suppressed['created_at'])}" if suppressed else "no")
     rows = [*customer.items(), *((f"attributes.{k}", v) for k, v in sorted(attributes.items()))]
     _field_table(f"Customer {customer['customer_id']} (times in UTC)", rows)
+
+
+def _tags(file_tags: list[str], added: list[str], removed: list[str]) -> str | None:
+    """`vip, newsletter; by playbooks: +low-activity -active`: the file's tags, then the
+    playbooks' changes to them (conditions see the result)."""
+    from_file = ", ".join(file_tags)
+    changes = tag_changes(added, removed)
+    if changes is None:
+        return from_file or None
+    return f"{from_file or 'none from the file'}; by playbooks: {changes}"
 
 
 def _print_facts(facts: Row) -> None:

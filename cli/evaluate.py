@@ -23,6 +23,7 @@ from engine.plan.build import Plan, PlaybookPlan, make_plan
 from engine.plan.delivery import cap_text
 from engine.plan.planner import PlannedAction, in_holdout
 from engine.query.checks import load_valid_playbooks
+from engine.query.customer_view import tag_changes
 from engine.query.explain import Explanation, explain, show_value
 from engine.query.staleness import stale_as_of_issues
 from engine.query.vocabulary import typo_warnings
@@ -225,6 +226,8 @@ def _action_line(action: PlannedAction) -> str:
     headline = fields.get("subject") or fields.get("title") or fields.get("url")
     if action.kind == "points":
         headline = f"{fields['amount']:+d} ({fields.get('reason') or 'no reason'})"
+    elif action.kind == "tag":
+        headline = tag_changes(fields.get("add") or [], fields.get("remove") or [])
     status = "" if action.status == PLANNED else f" [{action.status}: {action.reason}]"
     return f"{action.kind} at {action.run_at:%Y-%m-%d %H:%M}: {headline}{status}"
 

@@ -19,6 +19,7 @@ import engine.format.registry as registry
 from connectors.base import Connector, ConnectorParams
 from connectors.email import EmailConnector, EmailParams
 from connectors.points import PointsConnector, PointsParams
+from connectors.tags import TagConnector, TagParams
 from connectors.tasks import TaskConnector, TaskParams
 from connectors.webhook import WebhookConnector, WebhookParams, render_with_env
 from engine.errors import Location, Problem, TemplateError
@@ -35,7 +36,7 @@ from engine.format.templates import make_environment
 
 FIELDS = {name: str(kind) for name, kind in CUSTOMER_FIELDS.items()}
 BUILT_INS = {"email": EmailConnector, "task": TaskConnector, "points": PointsConnector,
-             "webhook": WebhookConnector}
+             "webhook": WebhookConnector, "tag": TagConnector}
 ENV = {"CRM_WEBHOOK_URL": "https://crm.example/hook", "CRM_TOKEN": "s3cr3t"}
 
 
@@ -168,6 +169,7 @@ def test_docstring_example_is_valid(kind: str, checker: TemplateChecker, templat
     (EmailParams, {"subject": "Hi", "body": "Hello"}),
     (TaskParams, {"title": "Call"}),
     (PointsParams, {"amount": 10}),
+    (TagParams, {"add": ["vip"]}),
     (WebhookParams, {"url": "https://x.example"}),
 ])
 def test_every_params_model_rejects_unknown_keys(model: type[BaseModel],

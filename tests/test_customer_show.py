@@ -57,6 +57,7 @@ def test_json_has_the_profile_facts_and_newest_events_first(cli: Cli, synced: st
         "customer_id": "c2", "email": "bjorn@example.org", "name": "Bjorn Berg",
         "created_at": "2024-02-01T12:30:00Z", "birthday": None, "timezone": "Europe/Oslo",
         "country": "NO", "segment": "silver", "tags": ["newsletter"],
+        "file_tags": ["newsletter"], "tags_added": [], "tags_removed": [],
         "attributes": {"plan": "basic"}, "first_synced_at": iso(NOW)}
     facts = view["facts"]
     assert facts["purchase_count"] == 2

@@ -33,8 +33,11 @@ from engine.store.tables import (
 DEFAULT_EVENTS = 50
 
 PROFILE_FIELDS = ("customer_id", "email", "name", "created_at", "birthday", "timezone",
-                  "country", "segment", "tags", "attributes", "first_synced_at")
-"""A customer's own columns, as synced from customer files (plus when sync first saw them)."""
+                  "country", "segment", "tags", "file_tags", "tags_added", "tags_removed",
+                  "attributes", "first_synced_at")
+"""A customer's own columns, as synced from customer files (plus when sync first saw them).
+`tags` is what conditions see: the file's tags (`file_tags`) plus those playbooks added, less
+those they removed (engine/outbox/tags.py)."""
 
 FACT_FIELDS = ("last_active_at", "first_purchase_at", "last_purchase_at", "purchase_count",
                "total_spent", "last_feedback_score", "last_feedback_at", "points_balance",
@@ -46,6 +49,7 @@ MONEY_FIELDS = frozenset({"total_spent", "amount"})
 
 SUMMARY_KEYS = ("subject", "title")
 """Payload keys that say in a few words what an action is (an email's subject, a task's title)."""
+TAG_CONNECTOR = "tag"  # its payload is two short lists, summarised as `+added -removed`
 
 
 Row = dict[str, Any]
@@ -123,11 +127,22 @@ def _actions(connection: sa.Connection, customer_id: str) -> list[Row]:
     """
     a = actions.c
     summary = sa.func.coalesce(*(json_reading(a.payload, key, "text") for key in SUMMARY_KEYS))
-    return _rows(connection, sa.select(
+    rows = _rows(connection, sa.select(
         enrollments.c.playbook_id, a.step, a.connector, a.status, a.reason, a.attempts,
         summary.label("summary"), a.created_at, a.next_attempt_at, a.last_error,
+        sa.case((a.connector == TAG_CONNECTOR, a.payload)).label("tag_payload"),
     ).select_from(actions.outerjoin(enrollments, a.enrollment_id == enrollments.c.id))
         .where(a.customer_id == customer_id).order_by(a.created_at.desc(), a.id.desc()))
+    for row in rows:
+        tags = row.pop("tag_payload")
+        if isinstance(tags, dict) and row["summary"] is None:
+            row["summary"] = tag_changes(tags.get("add") or [], tags.get("remove") or [])
+    return rows
+
+
+def tag_changes(add: list[str], remove: list[str]) -> str | None:
+    """`+low-activity -active`: tags added and removed, in one line; None for no change."""
+    return " ".join([*(f"+{tag}" for tag in add), *(f"-{tag}" for tag in remove)]) or None
 
 
 def _tasks(connection: sa.Connection, customer_id: str) -> list[Row]:

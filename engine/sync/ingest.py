@@ -14,7 +14,8 @@ events (dedupe by id), update derived facts"). Guarantees:
   which is kept or derived, see engine/store/facts.py); columns it does not give are never touched,
   nor are the derived facts. Extra columns are merged into `attributes`. `first_synced_at` is
   set when a customer is first inserted. Facts are refreshed batch by batch, in the batch's
-  transaction.
+  transaction. A file's `tags` replace the file's tags (`file_tags`), never the ones playbooks
+  added or removed; `tags` is recomputed from both (engine/sync/tags.py).
 - Events: an event for a customer not in the database is rejected. Facts of every customer with
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
   a crash also repairs facts the crash left stale.
@@ -65,7 +66,9 @@ from engine.sync.rows import (
     customer_values,
     event_values,
     event_warning,
+    json_text,
 )
+from engine.sync.tags import json_bind, synced_tags
 
 __all__ = ["RowError", "SyncReport", "ingest_customers", "ingest_events", "read_rows",
            "sync_customers", "sync_events", "write_rejects"]
@@ -133,7 +136,7 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
     pending: dict[str, CustomerValues] = {}
     for _, _, item in parse_batch(batch, customer_values, report):
         _fold(pending, item, report)
-    columns = [customers.c[name] for name in (*CUSTOMER_COLUMNS, "attributes")]
+    columns = [_stored(name) for name in (*CUSTOMER_COLUMNS, "attributes")]
     existing = {row.customer_id: row for row in existing_customers(connection, list(pending), columns)}
     inserts: list[dict[str, Any]] = []
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -144,6 +147,8 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
             continue
         changes = _changes(item, old._mapping)
         if changes:
+            if "tags" in changes:
+                changes["tags"] = json_text(changes["tags"])  # once; bound in 4 places
             updates[tuple(sorted(changes))].append(
                 {"_id": customer_id, **{f"v_{k}": v for k, v in changes.items()}})
         else:
@@ -176,7 +181,7 @@ def _new_customer(item: CustomerValues, now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(CUSTOMER_COLUMNS)
     row.update(item.columns, customer_id=item.customer_id, first_synced_at=now,
                attributes=item.apply_attributes({}), **FACT_DEFAULTS)
-    row["tags"] = row["tags"] or []
+    row["tags"] = row["file_tags"] = row["tags"] or []  # no playbook tagged a new customer yet
     row["created_at"] = row["created_at"] or now  # until events say better (engine/store/facts.py)
     return row
 
@@ -191,11 +196,20 @@ def _changes(item: CustomerValues, old: Any) -> dict[str, Any]:
     return changes
 
 
+def _stored(name: str) -> sa.ColumnElement[Any]:
+    """The column a file's `name` is compared with: a file's `tags` are kept in `file_tags`."""
+    return customers.c.file_tags.label("tags") if name == "tags" else customers.c[name]
+
+
 def _update_statement(names: tuple[str, ...]) -> sa.Update:
+    values: dict[str, Any] = {name: sa.bindparam(f"v_{name}", type_=customers.c[name].type)
+                              for name in names}
+    if "tags" in values:  # the file's tags, merged with the playbooks' (engine/sync/tags.py)
+        values["file_tags"] = json_bind("v_tags")
+        values["tags"] = synced_tags(values["file_tags"])
     return (sa.update(customers)
             .where(customers.c.customer_id == sa.bindparam("_id"))
-            .values({name: sa.bindparam(f"v_{name}", type_=customers.c[name].type)
-                     for name in names}))
+            .values(values))
 
 
 # --- events -------------------------------------------------------------------------------------

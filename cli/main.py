@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "what was done."),
     "report": ("cli.report:report_app", "KPI reports: retention, value, RFM, NPS, playbook effect "
                "against holdout."),
+    "dispatch": ("cli.dispatch:dispatch_command", "Deliver what is due in the outbox: claim, "
+                 "send, record; retry or dead-letter."),
     "outbox": ("cli.outbox:outbox_app", "See and re-drive the outbox: list, show, retry dead "
                "actions."),
     "tasks": ("cli.tasks:tasks_app", "Follow-up tasks for people: list them, mark one done."),

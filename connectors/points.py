@@ -1,6 +1,8 @@
 """The `points` action: award (or, negative, deduct) loyalty points.
 
-Parameters and checks only; the ledger row, exactly once by its key, is a later issue.
+It sends nothing itself: `send` returns the ledger line as a `Write`; the dispatcher inserts it
+once per idempotency key and, only then, updates the balance and records `points_awarded`, all
+in the outcome's transaction (engine/outbox/writes.py).
 """
 
 from __future__ import annotations
@@ -10,8 +12,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
-from connectors.base import Connector, ConnectorParams, Render, RenderFile, expect
-from engine import Problem, TemplateChecker
+from connectors.base import (
+    Connector,
+    ConnectorParams,
+    Delivery,
+    Render,
+    RenderFile,
+    Sent,
+    Write,
+    expect,
+)
+from engine import PermanentError, Problem, TemplateChecker
 
 
 class PointsParams(ConnectorParams):
@@ -50,3 +61,12 @@ class PointsConnector(Connector):
         """The amount and reason, as the ledger will get them."""
         points = expect(params, PointsParams)
         return {"amount": points.amount, "reason": points.reason}
+
+    async def send(self, delivery: Delivery) -> Sent:
+        """The ledger line for the dispatcher to write, exactly once by the action's key."""
+        amount = delivery.payload.get("amount")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
+            raise PermanentError(f"action {delivery.action_id}: points payload has no whole, "
+                                 f"non-zero amount: {amount!r}")
+        values = {"amount": amount, "reason": delivery.payload.get("reason")}
+        return Sent(detail=f"{amount:+d} points", writes=(Write("points", values),))

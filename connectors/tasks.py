@@ -1,10 +1,12 @@
 """The `task` action: a follow-up task for a person (a call, a review of a complaint).
 
-Parameters and checks only; writing the task row exactly once is a later issue.
+It sends nothing itself: `send` returns the task row as a `Write`, and the dispatcher inserts
+it in the same transaction as the outcome, once per idempotency key (engine/outbox/writes.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -13,12 +15,15 @@ from pydantic import BaseModel, Field
 from connectors.base import (
     Connector,
     ConnectorParams,
+    Delivery,
     Render,
     RenderFile,
+    Sent,
+    Write,
     expect,
     inline_problems,
 )
-from engine import Duration, Problem, TemplateChecker
+from engine import Duration, Problem, TemplateChecker, iso
 
 
 class TaskParams(ConnectorParams):
@@ -59,3 +64,16 @@ class TaskConnector(Connector):
         return {"title": render(task.title, header=True), "assignee": task.assignee,
                 "due_at": due_at + task.due_in if task.due_in else None,
                 "note": render(task.note) if task.note is not None else None}
+
+    def payload(self, params: BaseModel, render: Render, render_file: RenderFile,
+                due_at: datetime, *, key: str, customer: Mapping[str, Any],
+                unsubscribe_url: str) -> dict[str, Any]:
+        """The planned fields as JSON: the due time spelled as an ISO instant."""
+        fields = self.plan(params, render, render_file, due_at)
+        return {**fields, "due_at": iso(fields["due_at"]) if fields["due_at"] else None}
+
+    async def send(self, delivery: Delivery) -> Sent:
+        """The task row for the dispatcher to write, exactly once by the action's key."""
+        values = {name: delivery.payload.get(name) for name in ("title", "assignee", "due_at",
+                                                                 "note")}
+        return Sent(detail="task created", writes=(Write("task", values),))

@@ -1,0 +1,92 @@
+"""`retain dispatch`: deliver what is due in the outbox, once, and say what became of it.
+
+SIGTERM (a deploy, `kubectl delete pod`): sends in flight finish and are recorded, rows claimed
+but not started are put back, nothing new is claimed, exit 0 (RELIABILITY 4). A second SIGTERM
+exits at once; the rows it held come back to any dispatcher when their lease runs out (60 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cli import render
+from engine.clock import iso, parse_as_of, utcnow
+
+if TYPE_CHECKING:
+    from engine.outbox.dispatch import DispatchReport
+
+AsOfOpt = Annotated[str | None, typer.Option(
+    "--as-of", help="Business time of this dispatch (ISO date or time, naive means UTC): what is "
+    "due by then is sent, and sends, retries and facts are recorded at it. Default: now.",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")]
+OUTCOMES = ("sent", "retrying", "dead", "suppressed", "skipped", "released")
+
+
+def dispatch_command(ctx: typer.Context, as_of: AsOfOpt = None, as_json: JsonOpt = False
+                     ) -> None:
+    """Deliver what is due in the outbox: claim, send, record; retry or dead-letter.
+
+    One pass over the actions due at --as-of (default now); prints how many were sent,
+    are retrying, dead or suppressed, per playbook. SIGTERM finishes the sends in flight,
+    puts back what was not started and exits 0; a second SIGTERM exits at once."""
+    from engine.config import load_settings
+    from engine.outbox.dispatch import dispatch
+    from engine.store.open import open_store
+
+    moment = _moment(as_of)
+    engine = open_store(ctx.obj.db_url)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm(stop))
+    try:
+        report = dispatch(engine, load_settings(), moment, stop=stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        engine.dispose()
+    if as_json:
+        render.print_json(report.to_json())
+        return
+    _print(report)
+
+
+def _moment(text: str | None) -> datetime:
+    if text is None:
+        return utcnow()
+    try:
+        return parse_as_of(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--as-of") from None
+
+
+def _on_sigterm(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # the second one: now, leases come back on their own
+        stop.set()
+    return handle
+
+
+def _print(report: DispatchReport) -> None:
+    table = report.by_playbook()
+    print(f"Dispatch as of {iso(report.as_of)}"
+          + (" (stopped by SIGTERM)" if report.stopped else ""))
+    if not table:
+        print("Nothing was due.")
+        return
+    width = max(len("playbook"), *(len(p) for p in table))
+    shown = [o for o in OUTCOMES if report.total(o)] or ["sent"]
+    print(f"{'playbook':<{width}}  " + "  ".join(f"{o:>10}" for o in shown))
+    for playbook, counts in table.items():
+        print(f"{playbook:<{width}}  " + "  ".join(f"{counts.get(o, 0):>10,}" for o in shown))
+    if len(table) > 1:
+        print(f"{'total':<{width}}  " + "  ".join(f"{report.total(o):>10,}" for o in shown))
+    if report.lost:
+        print(f"{report.lost} action(s) were taken over by another worker (lease ran out).")

@@ -1,0 +1,116 @@
+"""Claiming due outbox rows with a lease, extending it while sends run, and putting rows back.
+
+A row is due when it waits (`planned`, `deferred`, `retrying`) and its `next_attempt_at` has
+come in business time (as-of), or when it is `claimed` by a worker whose lease ran out on the
+real clock (that worker died: its claim comes back, RELIABILITY principle 4). Claiming sets
+`claimed`, the worker, a lease of 60 s and counts the attempt at once, so a message that kills
+its worker every time ends dead instead of looping (the dispatcher checks the count).
+
+PostgreSQL claims with one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`, so
+concurrent dispatchers take disjoint rows without waiting on each other (pgqueuer, River). SQLite
+has no `SKIP LOCKED`: the same select and update run in a `BEGIN IMMEDIATE` transaction, whose
+write lock serializes claimers. Either way the status the row had before is returned, so a row
+can be put back exactly as it was when its connector goes down or the worker is told to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.clock import utcnow
+from engine.outbox.txn import writing
+from engine.store.status import CLAIMED, RETRYING, WAITING
+from engine.store.tables import actions
+
+LEASE = timedelta(seconds=60)
+HEARTBEAT = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One outbox row this worker holds, as it was read at the claim."""
+
+    id: int
+    key: str
+    playbook_id: str
+    customer_id: str
+    connector: str
+    payload: dict[str, Any]
+    attempts: int  # including this claim
+    was: str  # the status before the claim: what a put-back restores
+    next_attempt_at: datetime | None
+    reason: str | None
+    last_error: str | None
+
+
+_COLUMNS = (actions.c.id, actions.c.idempotency_key, actions.c.playbook_id,
+            actions.c.customer_id, actions.c.connector, actions.c.payload, actions.c.attempts,
+            actions.c.next_attempt_at, actions.c.reason, actions.c.last_error)
+
+
+def _due(as_of: datetime, now: datetime, skip: Collection[str]) -> sa.ColumnElement[bool]:
+    waiting = sa.and_(actions.c.status.in_(WAITING), actions.c.next_attempt_at <= as_of)
+    stale = sa.and_(actions.c.status == CLAIMED, actions.c.lease_until < now)
+    due = sa.or_(waiting, stale)
+    return sa.and_(due, actions.c.connector.not_in(sorted(skip))) if skip else due
+
+
+def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
+              skip: Collection[str] = (), lease: timedelta = LEASE) -> list[Claimed]:
+    """Claim up to `limit` due rows, oldest due first; `skip` names connectors not to claim
+    for (one that went down in this pass)."""
+    now = utcnow()
+    values = {"status": CLAIMED, "leased_by": worker, "lease_until": now + lease,
+              "attempts": actions.c.attempts + 1, "updated_at": as_of}
+    pick = (sa.select(actions.c.id, actions.c.status.label("was"))
+            .where(_due(as_of, now, skip))
+            .order_by(actions.c.next_attempt_at, actions.c.id).limit(limit))
+    with writing(engine) as connection:
+        if engine.dialect.name == "postgresql":
+            picked = pick.with_for_update(skip_locked=True).cte("picked")
+            statement = (sa.update(actions).where(actions.c.id == picked.c.id).values(values)
+                         .returning(*_COLUMNS, picked.c.was))
+            rows = connection.execute(statement).all()
+        else:  # the write lock of BEGIN IMMEDIATE is held: nobody claims in between
+            was = dict(connection.execute(pick).all())
+            if not was:
+                return []
+            statement = (sa.update(actions).where(actions.c.id.in_(list(was))).values(values)
+                         .returning(*_COLUMNS))
+            rows = [(*row, was[row.id]) for row in connection.execute(statement)]
+    return sorted((_claimed(row) for row in rows),
+                  key=lambda c: (c.next_attempt_at is None, c.next_attempt_at, c.id))
+
+
+def _claimed(row: Any) -> Claimed:
+    (id_, key, playbook_id, customer_id, connector, payload, attempts, next_at, reason,
+     last_error, was) = row
+    return Claimed(id=id_, key=key, playbook_id=playbook_id, customer_id=customer_id,
+                   connector=connector, payload=dict(payload or {}), attempts=attempts, was=was,
+                   next_attempt_at=next_at, reason=reason, last_error=last_error)
+
+
+def put_back_status(row: Claimed) -> str:
+    """The status a released row returns to: what it was, or `retrying` for a row taken over
+    from a dead worker (its earlier claim counted an attempt that never finished)."""
+    return row.was if row.was in WAITING else RETRYING
+
+
+def extend_leases(engine: sa.Engine, worker: str, ids: Iterable[int], *,
+                  lease: timedelta = LEASE) -> int:
+    """The heartbeat: push the lease of rows still held by `worker` (real clock); how many."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    with writing(engine) as connection:
+        result = connection.execute(
+            sa.update(actions)
+            .where(actions.c.id.in_(ids), actions.c.leased_by == worker,
+                   actions.c.status == CLAIMED)
+            .values(lease_until=utcnow() + lease))
+    return result.rowcount

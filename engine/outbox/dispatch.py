@@ -1,0 +1,274 @@
+"""The dispatcher: claim what is due, send it through its connector, record every outcome.
+
+One pass (`dispatch`) loops until nothing is due at `as_of` (or `limit` rows were taken, or
+`stop` is set): claim a batch with a lease (engine/outbox/claim.py), judge what must not be sent
+(engine/outbox/judge.py), send the rest concurrently, up to each connector's `concurrency`
+(asyncio), heartbeat the lease while sends run, and record the batch's outcomes in one
+transaction (engine/outbox/record.py). The payload was frozen at commit: nothing is rendered
+here, so a re-send after a crash is byte-identical.
+
+Outcomes: `Sent` -> `sent` (with its writes, and for email the `email_sent` facts);
+`TransientError` -> `retrying` after a jittered exponential backoff (engine/outbox/backoff.py)
+or the peer's `retry_after`, `dead` once the connector's attempts are used up;
+`TransientError(connection=True)` -> that row retrying and the connector down for the pass
+(engine/outbox/channel.py); `PermanentError` -> `dead`, the address suppressed when it says so;
+any other exception -> transient, with its repr: a connector's bug never stops the loop.
+
+Stopping (`stop` set, e.g. by SIGTERM): sends in flight finish and are recorded, rows claimed but
+not started are put back unchanged, nothing new is claimed (RELIABILITY 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from connectors.base import Delivery, Sent
+from engine.clock import iso, utcnow
+from engine.errors import PermanentError, TransientError
+from engine.outbox import backoff, judge
+from engine.outbox.channel import Channel
+from engine.outbox.claim import HEARTBEAT, Claimed, claim_due, extend_leases
+from engine.outbox.record import RELEASED, Outcome, record
+from engine.store.status import DEAD, RETRYING, SENT, SKIPPED, SUPPRESSED
+
+log = logging.getLogger(__name__)
+BATCH = 256
+"""Rows claimed, sent and recorded together: one claim and one outcome transaction per batch."""
+
+
+@dataclass
+class DispatchReport:
+    """What one pass did: outcome counts per playbook, and rows lost to another worker."""
+
+    worker: str
+    as_of: datetime
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lost: int = 0
+    stopped: bool = False
+
+    def total(self, status: str) -> int:
+        """How many rows ended with this outcome."""
+        return sum(n for (_, outcome), n in self.counts.items() if outcome == status)
+
+    def by_playbook(self) -> dict[str, dict[str, int]]:
+        """{playbook: {outcome: count}}, sorted."""
+        table: dict[str, dict[str, int]] = {}
+        for (playbook, outcome), n in sorted(self.counts.items()):
+            table.setdefault(playbook, {})[outcome] = n
+        return table
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain data (`retain dispatch --json`)."""
+        outcomes = sorted({outcome for _, outcome in self.counts})
+        return {"as_of": iso(self.as_of), "worker": self.worker, "stopped": self.stopped,
+                "lost": self.lost, "totals": {o: self.total(o) for o in outcomes},
+                "playbooks": self.by_playbook()}
+
+
+def default_worker() -> str:
+    """host:pid:random, unique per dispatcher (two threads of one process differ too)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def dispatch(engine: sa.Engine, settings: Any, as_of: datetime, *, worker: str | None = None,
+             limit: int | None = None, connectors: Mapping[str, Any] | None = None,
+             stop: threading.Event | None = None, batch: int = BATCH,
+             rng: random.Random | None = None) -> DispatchReport:
+    """Deliver everything due at `as_of`; see the module docstring. Blocking (asyncio inside)."""
+    return asyncio.run(dispatch_async(engine, settings, as_of, worker=worker, limit=limit,
+                                      connectors=connectors, stop=stop, batch=batch, rng=rng))
+
+
+async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
+                         worker: str | None = None, limit: int | None = None,
+                         connectors: Mapping[str, Any] | None = None,
+                         stop: threading.Event | None = None, batch: int = BATCH,
+                         rng: random.Random | None = None) -> DispatchReport:
+    """`dispatch` for a caller already in an event loop (the daemon)."""
+    pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
+                  stop, rng or random.Random())
+    return await pass_.run(limit, batch)
+
+
+def _instances(connectors: Mapping[str, Any] | None) -> dict[str, Any]:
+    if connectors is None:
+        from engine.format.registry import load_connectors
+
+        connectors = load_connectors()
+    return {kind: c() if isinstance(c, type) else c for kind, c in connectors.items()}
+
+
+class _Pass:
+    """The state of one dispatch pass."""
+
+    def __init__(self, engine: sa.Engine, settings: Any, as_of: datetime, worker: str,
+                 connectors: dict[str, Any], stop: threading.Event | None,
+                 rng: random.Random) -> None:
+        self.engine, self.settings, self.as_of, self.worker = engine, settings, as_of, worker
+        self.connectors, self.stop, self.rng = connectors, stop, rng
+        self.channels: dict[str, Channel] = {}
+        self.report = DispatchReport(worker=worker, as_of=as_of)
+        self.pending: set[int] = set()
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    async def run(self, limit: int | None, batch: int) -> DispatchReport:
+        try:
+            while not self.stopping() and (limit is None or limit > 0):
+                size = batch if limit is None else min(batch, limit)
+                skip = sorted(kind for kind, c in self.channels.items() if c.down)
+                rows = await asyncio.to_thread(claim_due, self.engine, self.worker, self.as_of,
+                                               size, skip=skip)
+                if not rows:
+                    break
+                limit = None if limit is None else limit - len(rows)
+                outcomes = await self.batch(rows)
+                kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes,
+                                               self.as_of)
+                self.report.counts.update((o.row.playbook_id, o.status) for o in kept)
+                self.report.lost += len(outcomes) - len(kept)
+        finally:
+            for channel in self.channels.values():
+                await channel.close()
+        self.report.stopped = self.stopping()
+        return self.report
+
+    async def batch(self, rows: list[Claimed]) -> list[Outcome]:
+        """Judge, then send, one claimed batch; every row gets an outcome."""
+        judged = await asyncio.to_thread(self.judge, rows)
+        to_send = [row for row in rows if row.id not in judged]
+        self.pending = {row.id for row in to_send}
+        beat = asyncio.create_task(self.heartbeat())
+        try:
+            sent = await asyncio.gather(*(self.deliver(row) for row in to_send))
+        finally:
+            beat.cancel()
+        return [*judged.values(), *sent]
+
+    def judge(self, rows: list[Claimed]) -> dict[int, Outcome]:
+        """Outcomes decided before sending (engine/outbox/judge.py); read in one connection."""
+        now, judged = utcnow(), {}
+        with self.engine.connect() as connection:
+            over = [r for r in rows if r.connector in self.connectors
+                    and r.attempts > self.channel(r.connector).retry[0]]
+            finished = judge.finished_attempts(connection, [r.id for r in over])
+            for row in over:
+                reason = judge.gave_up_reason(row, self.channel(row.connector).retry[0],
+                                              finished.get(row.id, 0))
+                judged[row.id] = Outcome(row, DEAD, f"dead: {reason}", reason, started_at=now,
+                                         finished_at=now)
+            for row in rows:
+                if row.connector not in self.connectors:
+                    why = (f"no connector {row.connector!r} is installed (installed: "
+                           f"{', '.join(sorted(self.connectors)) or 'none'})")
+                    judged[row.id] = Outcome(row, DEAD, f"dead: {why}", why, started_at=now,
+                                             finished_at=now)
+            emails = [r for r in rows if r.id not in judged
+                      and getattr(self.connectors[r.connector], "needs_email", False)]
+            judged.update(self.blocked(connection, emails, now))
+        return judged
+
+    def blocked(self, connection: sa.Connection, rows: list[Claimed], now: datetime
+                ) -> dict[int, Outcome]:
+        """Emails to no address, or to one suppressed since the plan (RELIABILITY 16, 17)."""
+        found = judge.addresses(connection, rows)
+        table = judge.suppressed(connection, [a for a in found.values() if a])
+        judged = {}
+        for row in rows:
+            address = found[row.id]
+            why = "the customer has no email address" if not address else \
+                self.connectors[row.connector].blocked(address, table)
+            if why:
+                status = SKIPPED if not address else SUPPRESSED
+                judged[row.id] = Outcome(row, status, why, started_at=now, finished_at=now)
+        return judged
+
+    def channel(self, kind: str) -> Channel:
+        if kind not in self.channels:
+            self.channels[kind] = Channel(kind, self.connectors[kind])
+        return self.channels[kind]
+
+    async def heartbeat(self) -> None:
+        """While sends of the batch run, keep their leases (real clock) every 10 s."""
+        while True:
+            await asyncio.sleep(HEARTBEAT.total_seconds())
+            held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
+                                           sorted(self.pending))
+            log.debug("heartbeat: %d lease(s) extended", held)
+
+    async def deliver(self, row: Claimed) -> Outcome:
+        """Send one row, or put it back; never raises."""
+        try:
+            return await self._deliver(row)
+        finally:
+            self.pending.discard(row.id)
+
+    async def _deliver(self, row: Claimed) -> Outcome:
+        channel = self.channel(row.connector)
+        if self.stopping():
+            return Outcome(row, RELEASED)
+        error = await channel.open(self.settings)
+        if error is not None or channel.semaphore is None:
+            if channel.blamed is None and not channel.opened:  # the open failure shows on one row
+                channel.blamed = row.id
+                now = utcnow()
+                return self.failed(row, channel, error or "not opened", None, now, now)
+            return Outcome(row, RELEASED)
+        async with channel.semaphore:
+            if self.stopping() or channel.down:
+                return Outcome(row, RELEASED)
+            return await self.send(row, channel)
+
+    async def send(self, row: Claimed, channel: Channel) -> Outcome:
+        started = utcnow()
+        delivery = Delivery(action_id=row.id, key=row.key, customer_id=row.customer_id,
+                            playbook_id=row.playbook_id, payload=row.payload, as_of=self.as_of,
+                            attempt=row.attempts)
+        try:
+            result = await channel.connector.send(delivery)
+        except TransientError as exc:
+            if exc.connection:
+                channel.go_down(str(exc))
+            return self.failed(row, channel, str(exc), exc.retry_after, started, utcnow())
+        except PermanentError as exc:
+            address = judge.recipient(row.payload) if exc.suppress else None
+            return Outcome(row, DEAD, f"dead: {exc}", str(exc), started_at=started,
+                           finished_at=utcnow(),
+                           suppress={address: exc.suppress} if address and exc.suppress else {})
+        except Exception as exc:  # noqa: BLE001  (a connector's bug: retried, never fatal)
+            log.exception("action %s (%s): the connector raised", row.id, row.connector)
+            return self.failed(row, channel, repr(exc), None, started, utcnow())
+        if not isinstance(result, Sent):
+            return self.failed(row, channel, f"send returned {result!r}, not Sent", None, started,
+                               utcnow())
+        return Outcome(row, SENT, None, writes=tuple(result.writes), detail=result.detail,
+                       email=row.connector == "email", started_at=started, finished_at=utcnow())
+
+    def failed(self, row: Claimed, channel: Channel, error: str,
+               retry_after: timedelta | None, started: datetime, finished: datetime) -> Outcome:
+        """A transient failure: retrying after the backoff, or dead once attempts are used."""
+        maximum, first, growth = channel.retry
+        if row.attempts >= maximum:
+            reason = f"dead: gave up after {row.attempts} attempts; last error: {error}"
+            return Outcome(row, DEAD, reason, error, started_at=started, finished_at=finished)
+        wait = backoff.delay(row.attempts, first, growth, self.rng)
+        if retry_after is not None:
+            wait = max(retry_after, backoff.MINIMUM)
+        due = self.as_of + wait
+        reason = f"attempt {row.attempts} of {maximum} failed; next at {iso(due)}"
+        return Outcome(row, RETRYING, reason, error, next_attempt_at=due, started_at=started,
+                       finished_at=finished)

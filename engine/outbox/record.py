@@ -1,0 +1,141 @@
+"""Recording a batch of outcomes in one transaction, only for rows this worker still holds.
+
+Each outcome updates its `actions` row, adds an `action_attempts` row (attempt number, worker,
+real start and end, outcome, error) and applies its writes (engine/outbox/writes.py) in the
+same transaction, so a `sent` action and its task, ledger line or `email_sent` event commit
+together or not at all. Rows are first locked and checked to be still `claimed` by this worker:
+one whose lease ran out and was taken over by another worker records nothing (that worker will
+send it again with the same key, so its writes happen once, there).
+
+A whole batch commits at once (a transaction per message would cap the send rate). One write
+that fails (a third-party connector's bad row) is rolled back to its savepoint and dead-letters
+that action only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.outbox import writes
+from engine.outbox.claim import Claimed, put_back_status
+from engine.outbox.txn import writing
+from engine.store.status import CLAIMED, DEAD, SENT
+from engine.store.tables import actions, attempts
+
+log = logging.getLogger(__name__)
+RELEASED = "released"
+"""Not an action status: the outcome of a row put back unsent (its connector went down, or the
+worker is stopping); it returns to the status it had, its attempt uncounted."""
+
+
+@dataclass
+class Outcome:
+    """What became of one claimed row."""
+
+    row: Claimed
+    status: str  # SENT, RETRYING, DEAD, SUPPRESSED, or RELEASED
+    reason: str | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+    writes: tuple[Any, ...] = ()  # connectors.base.Write values of a Sent
+    detail: str | None = None
+    suppress: dict[str, str] = field(default_factory=dict)  # address -> reason
+    email: bool = False  # a sent email: record email_sent and last_emailed_at
+    started_at: datetime | None = None  # real clock; None: nothing was tried
+    finished_at: datetime | None = None
+
+
+def record(engine: sa.Engine, worker: str, outcomes: Sequence[Outcome], as_of: datetime
+           ) -> list[Outcome]:
+    """Write the outcomes this worker may still write; returns those (the others were lost)."""
+    if not outcomes:
+        return []
+    with writing(engine) as connection:
+        held = _held(connection, worker, [o.row.id for o in outcomes])
+        kept = [o for o in outcomes if o.row.id in held]
+        if not kept:
+            return _lost(worker, len(outcomes), kept)
+        for outcome in kept:
+            if outcome.status == SENT and outcome.writes:
+                _apply_writes(connection, outcome, as_of)
+        connection.execute(_UPDATE, [_values(o, worker, as_of) for o in kept])
+        tried = [o for o in kept if o.status != RELEASED]
+        if tried:
+            connection.execute(sa.insert(attempts), [_attempt(o, worker) for o in tried])
+        writes.record_emails(connection, [o.row for o in kept
+                                          if o.status == SENT and o.email], as_of)
+        writes.suppress(connection, {a: r for o in kept for a, r in o.suppress.items()}, as_of)
+    return _lost(worker, len(outcomes), kept)
+
+
+def _lost(worker: str, total: int, kept: list[Outcome]) -> list[Outcome]:
+    if total > len(kept):
+        log.warning("worker %s lost the lease of %d action(s); another worker has them", worker,
+                    total - len(kept))
+    return kept
+
+
+def _held(connection: sa.Connection, worker: str, ids: list[int]) -> set[int]:
+    query = (sa.select(actions.c.id)
+             .where(actions.c.id.in_(ids), actions.c.leased_by == worker,
+                    actions.c.status == CLAIMED))
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return set(connection.execute(query).scalars())
+
+
+def _apply_writes(connection: sa.Connection, outcome: Outcome, as_of: datetime) -> None:
+    savepoint = connection.begin_nested()
+    try:
+        for write in outcome.writes:
+            writes.apply(connection, write.kind, write.values, outcome.row, as_of)
+    except (SQLAlchemyError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        savepoint.rollback()
+        outcome.status, outcome.error = DEAD, f"writing its result failed: {exc!r}"
+        outcome.reason = f"dead: {outcome.error}"
+        return
+    savepoint.commit()
+
+
+_UPDATE = (sa.update(actions)
+           .where(actions.c.id == sa.bindparam("_id"), actions.c.leased_by == sa.bindparam("_by"))
+           .values(status=sa.bindparam("_status"), reason=sa.bindparam("_reason"),
+                   last_error=sa.bindparam("_error"), attempts=sa.bindparam("_attempts"),
+                   next_attempt_at=sa.bindparam("_next", type_=actions.c.next_attempt_at.type),
+                   sent_at=sa.bindparam("_sent", type_=actions.c.sent_at.type),
+                   updated_at=sa.bindparam("_updated", type_=actions.c.updated_at.type),
+                   lease_until=None, leased_by=None))
+
+
+def _values(outcome: Outcome, worker: str, as_of: datetime) -> dict[str, Any]:
+    row = outcome.row
+    if outcome.status == RELEASED:
+        return {"_id": row.id, "_by": worker, "_status": put_back_status(row),
+                "_reason": row.reason, "_error": row.last_error, "_attempts": row.attempts - 1,
+                "_next": row.next_attempt_at, "_sent": None, "_updated": as_of}
+    return {"_id": row.id, "_by": worker, "_status": outcome.status, "_reason": outcome.reason,
+            "_error": outcome.error if outcome.error is not None else row.last_error,
+            "_attempts": row.attempts,
+            "_next": outcome.next_attempt_at or row.next_attempt_at,
+            "_sent": as_of if outcome.status == SENT else None, "_updated": as_of}
+
+
+def _attempt(outcome: Outcome, worker: str) -> dict[str, Any]:
+    started = outcome.started_at or outcome.finished_at
+    return {"action_id": outcome.row.id, "attempt": outcome.row.attempts, "worker": worker,
+            "started_at": started, "finished_at": outcome.finished_at,
+            "outcome": outcome.status,
+            "error": outcome.error or (outcome.reason if outcome.status != SENT else None)}
+
+
+def tally(outcomes: Sequence[Outcome]) -> Counter[tuple[str, str]]:
+    """(playbook, outcome) counts, for the report."""
+    return Counter((o.row.playbook_id, o.status) for o in outcomes)

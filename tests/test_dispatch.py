@@ -1,0 +1,370 @@
+"""The dispatcher's outcomes on both databases: sent, retrying, dead, suppressed, put back.
+
+Rows are written straight into the outbox (as a live run's commit would), sent through the real
+task and points connectors and through test connectors that deliver to a real socket peer
+(tests/dispatch_support.py), whose record of received keys is the external effect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dispatch_support import (
+    AS_OF,
+    Sink,
+    SinkEmailConnector,
+    SockConnector,
+    action,
+    add_action,
+    add_customer,
+    settings,
+)
+
+from connectors.base import Delivery, Sent
+from connectors.points import PointsConnector
+from connectors.tasks import TaskConnector
+from engine.clock import utcnow
+from engine.outbox.claim import claim_due
+from engine.outbox.dispatch import dispatch
+from engine.outbox.record import Outcome, record
+from engine.store.status import (
+    CLAIMED,
+    DEAD,
+    PLANNED,
+    RETRYING,
+    SENT,
+    SKIPPED,
+    SUPPRESSED,
+)
+from engine.store.tables import attempts, customers, events, points, suppressions, tasks
+
+CONNECTORS = {"sock": SockConnector, "task": TaskConnector, "points": PointsConnector,
+              "email": SinkEmailConnector}
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    server = Sink()
+    yield server
+    server.close()
+
+
+def run(db: sa.Engine, as_of: Any = AS_OF, **kw: Any) -> Any:
+    kw.setdefault("connectors", CONNECTORS)
+    return dispatch(db, settings(), as_of, **kw)
+
+
+def tries(db: sa.Engine, action_id: int) -> list[Any]:
+    with db.connect() as connection:
+        return connection.execute(sa.select(attempts).where(attempts.c.action_id == action_id)
+                                  .order_by(attempts.c.attempt)).all()
+
+
+def count(db: sa.Engine, table: sa.Table, *where: Any) -> int:
+    with db.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(table)
+                                      .where(*where)).scalar_one())
+
+
+def test_a_due_row_is_sent_once_and_recorded(db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1")
+    sent = add_action(db, "k-sent", payload={"port": sink.port})
+    later = add_action(db, "k-later", payload={"port": sink.port},
+                       next_at=AS_OF + timedelta(minutes=1))
+    report = run(db, worker="w1")
+    assert report.by_playbook() == {"winback": {SENT: 1}}
+    row = action(db, sent)
+    assert (row.status, row.attempts, row.sent_at, row.leased_by, row.lease_until) == \
+        (SENT, 1, AS_OF, None, None)
+    [attempt] = tries(db, sent)
+    assert (attempt.attempt, attempt.worker, attempt.outcome, attempt.error) == \
+        (1, "w1", SENT, None)
+    assert attempt.started_at <= attempt.finished_at
+    assert action(db, later).status == PLANNED  # not due at as-of
+    assert run(db).counts == {}  # a second pass finds nothing
+    assert sink.counts() == {"k-sent": 1}
+
+
+def test_transient_failure_retries_with_backoff_then_dead(db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1")
+    sink.replies["k1"] = "TEMP"
+    row_id = add_action(db, "k1", payload={"port": sink.port})
+    assert run(db).by_playbook() == {"winback": {RETRYING: 1}}
+    row = action(db, row_id)
+    assert (row.status, row.attempts, row.last_error) == (RETRYING, 1, "451 try later")
+    first = SockConnector.retry[1]
+    assert AS_OF + timedelta(seconds=first * 0.9) <= row.next_attempt_at <= \
+        AS_OF + timedelta(seconds=first * 1.1)
+    assert run(db, row.next_attempt_at - timedelta(seconds=1)).counts == {}  # not yet due
+    at = row.next_attempt_at
+    assert run(db, at).by_playbook() == {"winback": {RETRYING: 1}}
+    second = action(db, row_id)
+    assert second.next_attempt_at - at >= timedelta(seconds=first * 2 * 0.9)  # it grows
+    assert run(db, second.next_attempt_at).by_playbook() == {"winback": {DEAD: 1}}
+    dead = action(db, row_id)
+    assert (dead.status, dead.attempts) == (DEAD, 3)
+    assert "gave up after 3 attempts" in dead.reason and "451" in dead.reason
+    assert [t.outcome for t in tries(db, row_id)] == [RETRYING, RETRYING, DEAD]
+    assert sink.counts() == {"k1": 3}
+
+
+def test_permanent_error_dead_letters_and_suppresses_the_bounced_address(
+        db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1", "ann@example.com")
+    add_customer(db, "c2", "bob@example.com")
+    sink.replies["k-bounce"] = "PERM"
+    bounced = add_action(db, "k-bounce", connector="email", customer="c1",
+                         payload={"port": sink.port, "to": "Ann <Ann@Example.com>"})
+    fine = add_action(db, "k-fine", connector="email", customer="c2",
+                      payload={"port": sink.port, "to": "Bob <bob@example.com>"})
+    report = run(db)
+    assert (report.total(DEAD), report.total(SENT)) == (1, 1)  # the other one still goes
+    row = action(db, bounced)
+    assert row.status == DEAD and "550 5.1.1 no such user" in row.last_error
+    with db.connect() as connection:
+        assert connection.execute(sa.select(suppressions.c.email, suppressions.c.reason)
+                                  ).all() == [("ann@example.com", "bounced")]
+    assert action(db, fine).status == SENT
+
+
+def test_a_connection_failure_takes_the_connector_down_for_the_pass(
+        db: sa.Engine, sink: Sink) -> None:
+    class OneAtATime(SockConnector):
+        concurrency = 1
+
+    add_customer(db, "c1")
+    sink.replies["k0"] = "DOWN"
+    ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(5)]
+    task = add_action(db, "k-task", connector="task", payload={"title": "Call Ann"})
+    report = run(db, connectors={**CONNECTORS, "sock": OneAtATime}, batch=3)
+    assert report.by_playbook() == {"winback": {RETRYING: 1, "released": 2, SENT: 1}}
+    first = action(db, ids[0])
+    assert (first.status, first.attempts, first.last_error) == \
+        (RETRYING, 1, "421 service not available")
+    for other in ids[1:]:  # put back as they were: no attempt used, no lease
+        row = action(db, other)
+        assert (row.status, row.attempts, row.leased_by, row.lease_until, row.next_attempt_at) \
+            == (PLANNED, 0, None, None, AS_OF)
+        assert tries(db, other) == []
+    assert action(db, task).status == SENT  # other connectors go on
+    assert sink.counts() == {"k0": 1}
+    sink.replies.clear()  # the peer is back: a later pass sends the rest, once each
+    assert run(db, AS_OF + timedelta(hours=1)).total(SENT) == 5
+    assert sink.counts() == {f"k{n}": 1 + (n == 0) for n in range(5)}
+
+
+def test_a_connector_that_cannot_open_costs_one_row_one_attempt(db: sa.Engine) -> None:
+    class Unreachable(SockConnector):
+        async def open(self, settings: Any) -> None:
+            raise OSError("connection refused")
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", payload={"port": 1}) for n in range(4)]
+    report = run(db, connectors={"sock": Unreachable})
+    assert report.by_playbook() == {"winback": {RETRYING: 1, "released": 3}}
+    statuses = [(action(db, i).status, action(db, i).attempts) for i in ids]
+    assert statuses == [(RETRYING, 1)] + [(PLANNED, 0)] * 3
+    assert "cannot open the sock connector" in action(db, ids[0]).last_error
+
+
+def test_any_other_exception_is_transient_and_never_stops_the_loop(
+        db: sa.Engine, sink: Sink) -> None:
+    class Buggy(SockConnector):
+        async def send(self, delivery: Delivery) -> Sent:
+            if delivery.key == "k-bug":
+                raise KeyError("subject")
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    bug = add_action(db, "k-bug", payload={"port": sink.port})
+    ok = add_action(db, "k-ok", payload={"port": sink.port})
+    report = run(db, connectors={"sock": Buggy})
+    assert (report.total(RETRYING), report.total(SENT)) == (1, 1)
+    assert action(db, bug).last_error == "KeyError('subject')"
+    assert action(db, ok).status == SENT
+
+
+def test_tasks_and_points_are_written_once_with_the_outcome(db: sa.Engine) -> None:
+    add_customer(db, "c1")
+    task = add_action(db, "k-task", connector="task", payload={
+        "title": "Call Ann", "assignee": "team", "due_at": "2026-03-04T12:00:00Z", "note": None})
+    award = add_action(db, "k-points", connector="points",
+                       payload={"amount": 200, "reason": "winback bonus"})
+    assert run(db).total(SENT) == 2
+    with db.connect() as connection:
+        task_row = connection.execute(sa.select(tasks)).one()
+        assert (task_row.idempotency_key, task_row.title, task_row.assignee, task_row.due_at,
+                task_row.playbook_id, task_row.created_at) == \
+            ("k-task", "Call Ann", "team", AS_OF + timedelta(days=2), "winback", AS_OF)
+        ledger = connection.execute(sa.select(points)).one()
+        assert (ledger.idempotency_key, ledger.amount, ledger.created_at) == \
+            ("k-points", 200, AS_OF)
+        event = connection.execute(sa.select(events)).one()
+        assert (event.event_id, event.type, event.occurred_at, event.amount,
+                event.properties) == ("k-points", "points_awarded", AS_OF, 200,
+                                      {"reason": "winback bonus", "playbook": "winback"})
+    # Sent again (re-driven as `outbox retry` would): nothing is written twice.
+    with db.begin() as connection:
+        connection.execute(sa.text("UPDATE actions SET status = 'planned'"))
+    assert run(db, AS_OF + timedelta(days=1)).total(SENT) == 2
+    assert (count(db, tasks), count(db, points), count(db, events)) == (1, 1, 1)
+    with db.connect() as connection:
+        assert connection.execute(sa.select(customers.c.points_balance)).scalar_one() == 200
+    assert action(db, task).sent_at == AS_OF + timedelta(days=1)
+    assert action(db, award).attempts == 2
+
+
+def test_email_sent_recorded_once_and_last_emailed_at_kept(db: sa.Engine, sink: Sink) -> None:
+    """RELIABILITY 7: a lost ack re-sends (the peer has it twice); one email_sent."""
+    add_customer(db, "c1", "ann@example.com")
+    sink.replies["k-mail"] = "DROP"
+    row_id = add_action(db, "k-mail", connector="email", customer="c1",
+                        payload={"port": sink.port, "to": "Ann <ann@example.com>",
+                                 "subject": "We miss you", "message_id": "<k-mail@example.com>"})
+    assert run(db).total(RETRYING) == 1
+    assert action(db, row_id).last_error == "connection dropped before the reply (lost ack)"
+    sink.replies.clear()
+    at = action(db, row_id).next_attempt_at
+    assert run(db, at).total(SENT) == 1
+    # As if the same key were delivered and recorded again: still one email_sent.
+    with db.begin() as connection:
+        connection.execute(sa.text("UPDATE actions SET status = 'planned'"))
+    assert run(db, at + timedelta(hours=1)).total(SENT) == 1
+    assert sink.counts() == {"k-mail": 3}
+    with db.connect() as connection:
+        sent = connection.execute(sa.select(events)).one()
+        assert (sent.type, sent.event_id, sent.occurred_at, sent.customer_id) == \
+            ("email_sent", "k-mail", at, "c1")
+        assert sent.properties["subject"] == "We miss you"
+        assert connection.execute(sa.select(customers.c.last_emailed_at)).scalar_one() == \
+            at + timedelta(hours=1)
+
+
+def test_last_emailed_at_never_moves_back(db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1", "ann@example.com")
+    with db.begin() as connection:
+        connection.execute(sa.update(customers).values(last_emailed_at=AS_OF + timedelta(days=3)))
+    add_action(db, "k", connector="email", payload={"port": sink.port, "to": "ann@example.com"})
+    assert run(db).total(SENT) == 1
+    with db.connect() as connection:
+        assert connection.execute(sa.select(customers.c.last_emailed_at)).scalar_one() == \
+            AS_OF + timedelta(days=3)
+
+
+def test_unsubscribed_between_plan_and_dispatch_is_suppressed(db: sa.Engine, sink: Sink) -> None:
+    """RELIABILITY 16 and 17: the address is checked again at send time, any letter case."""
+    add_customer(db, "c1", "ann@example.com")
+    add_customer(db, "c2", None)
+    row_id = add_action(db, "k1", connector="email", customer="c1",
+                        payload={"port": sink.port, "to": "Ann <ANN@Example.com>"})
+    nobody = add_action(db, "k2", connector="email", customer="c2", payload={"port": sink.port})
+    with db.begin() as connection:
+        connection.execute(sa.insert(suppressions).values(
+            email="ann@example.com", reason="unsubscribed", created_at=AS_OF))
+    report = run(db)
+    assert report.by_playbook() == {"winback": {SUPPRESSED: 1, SKIPPED: 1}}
+    row = action(db, row_id)
+    assert (row.status, row.reason) == (SUPPRESSED, "address is suppressed (unsubscribed)")
+    assert action(db, nobody).reason == "the customer has no email address"
+    assert [t.outcome for t in tries(db, row_id)] == [SUPPRESSED]
+    assert sink.counts() == {}
+
+
+def test_a_dead_workers_claim_comes_back_after_its_lease(db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1")
+    stale = add_action(db, "k-stale", payload={"port": sink.port}, status=CLAIMED, attempts=1,
+                       leased_by="dead-worker", lease_until=utcnow() - timedelta(seconds=1))
+    alive = add_action(db, "k-alive", payload={"port": sink.port}, status=CLAIMED, attempts=1,
+                       leased_by="busy-worker", lease_until=utcnow() + timedelta(seconds=60))
+    assert run(db).total(SENT) == 1
+    row = action(db, stale)
+    assert (row.status, row.attempts) == (SENT, 2)
+    assert (action(db, alive).status, action(db, alive).leased_by) == (CLAIMED, "busy-worker")
+    assert sink.counts() == {"k-stale": 1}
+
+
+def test_a_row_that_crashes_its_worker_every_time_ends_dead(db: sa.Engine, sink: Sink) -> None:
+    """Attempts are counted at claim: the last allowed claim never finished, so no more."""
+    add_customer(db, "c1")
+    row_id = add_action(db, "k", payload={"port": sink.port}, status=CLAIMED, attempts=3,
+                        leased_by="gone", lease_until=utcnow() - timedelta(seconds=1))
+    assert run(db).total(DEAD) == 1
+    row = action(db, row_id)
+    assert (row.status, row.attempts) == (DEAD, 4)
+    assert "crashed its worker 3 time(s)" in row.reason
+    assert sink.counts() == {}
+
+
+def test_a_worker_that_lost_its_lease_records_nothing(db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1")
+    row_id = add_action(db, "k-points", connector="points", payload={"amount": 5})
+    [mine] = claim_due(db, "slow", AS_OF, 10)
+    with db.begin() as connection:  # the lease runs out while "slow" is still sending
+        connection.execute(sa.text("UPDATE actions SET lease_until = :t"),
+                           {"t": utcnow() - timedelta(seconds=1)})
+    assert run(db, worker="fast").total(SENT) == 1
+    from connectors.base import Write
+    late = Outcome(mine, SENT, writes=(Write("points", {"amount": 5}),), started_at=utcnow(),
+                   finished_at=utcnow())
+    assert record(db, "slow", [late], AS_OF) == []
+    assert [(t.worker, t.attempt) for t in tries(db, row_id)] == [("fast", 2)]
+    assert count(db, points) == 1
+
+
+def test_an_unknown_connector_is_dead_naming_the_installed_ones(db: sa.Engine) -> None:
+    add_customer(db, "c1")
+    row_id = add_action(db, "k", connector="sms")
+    assert run(db).total(DEAD) == 1
+    assert "no connector 'sms' is installed (installed: email, points, sock, task)" in \
+        action(db, row_id).reason
+
+
+def test_heartbeat_extends_the_lease_of_a_long_send(db: sa.Engine, monkeypatch: Any) -> None:
+    import engine.outbox.dispatch as module
+    monkeypatch.setattr(module, "HEARTBEAT", timedelta(seconds=0.2))
+    leases: list[Any] = []
+
+    class Slow(SockConnector):
+        async def send(self, delivery: Delivery) -> Sent:
+            import asyncio
+            for _ in range(3):
+                leases.append(action(db, delivery.action_id).lease_until)
+                await asyncio.sleep(0.35)
+            return Sent()
+
+    add_customer(db, "c1")
+    add_action(db, "k")
+    assert run(db, connectors={"sock": Slow}).total(SENT) == 1
+    assert leases[0] < leases[1] < leases[2]
+
+
+def test_stop_finishes_in_flight_sends_and_puts_the_rest_back(db: sa.Engine, sink: Sink) -> None:
+    stop = threading.Event()
+
+    class Stopper(SockConnector):
+        concurrency = 1
+
+        async def send(self, delivery: Delivery) -> Sent:
+            stop.set()  # SIGTERM arrives during the first send
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(4)]
+    report = run(db, connectors={"sock": Stopper}, stop=stop)
+    assert report.stopped and report.by_playbook() == {"winback": {SENT: 1, "released": 3}}
+    assert [action(db, i).status for i in ids] == [SENT, PLANNED, PLANNED, PLANNED]
+    assert [action(db, i).attempts for i in ids] == [1, 0, 0, 0]
+    assert count(db, attempts) == 1
+
+
+def test_limit_caps_the_rows_taken(db: sa.Engine, sink: Sink) -> None:
+    add_customer(db, "c1")
+    for n in range(5):
+        add_action(db, f"k{n}", payload={"port": sink.port})
+    assert run(db, limit=2, batch=1).total(SENT) == 2
+    assert run(db).total(SENT) == 3

@@ -5,7 +5,9 @@ test-only connectors that deliver to it.
 idempotency key and reads one reply line. The sink records every key it received (the external
 effect) before replying, so duplicate deliveries are seen by the peer, as an SMTP server would
 see them. Replies per key: `OK` (default), `TEMP`, `PERM`, `DOWN` (a connection-level failure),
-or `DROP` (store the key, then close without replying: a lost ack).
+`DROP` (store the key, then close without replying: a lost ack), `HOLD` (the connector then
+blocks for an hour: the effect happened, the commit never comes) or `PAUSE` (it waits a second
+and a half, then succeeds); a list of replies is used up one delivery at a time.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Sink(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.received: list[str] = []
-        self.replies: dict[str, str] = {}
+        self.replies: dict[str, str | list[str]] = {}
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -76,6 +78,8 @@ class _Handler(socketserver.StreamRequestHandler):
             with server.lock:
                 server.received.append(key)
                 reply = server.replies.get(key, "OK")
+                if isinstance(reply, list):
+                    reply = reply.pop(0) if len(reply) > 1 else reply[0]
             if reply == "DROP":
                 return
             self.wfile.write(f"{reply}\n".encode())
@@ -86,7 +90,7 @@ class SockParams(ConnectorParams):
     """Nothing to configure: the port rides in the payload."""
 
 
-async def deliver_line(port: int, key: str, *, hold: bool = False) -> str:
+async def deliver_line(port: int, key: str) -> str:
     """Send a key to the sink and read its reply (an effect outside the database)."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -96,11 +100,13 @@ async def deliver_line(port: int, key: str, *, hold: bool = False) -> str:
         writer.write(f"{key}\n".encode())
         await writer.drain()
         reply = (await reader.readline()).decode().strip()
-        if hold:  # the peer has it; never get to commit (a kill -9 test kills us here)
-            await asyncio.sleep(3600)
     finally:
         writer.close()
-    if reply == "OK":
+    if reply == "HOLD":  # the peer has it; never get to commit (a kill -9 test kills us here)
+        await asyncio.sleep(3600)
+    if reply == "PAUSE":
+        await asyncio.sleep(1.5)
+    if reply in ("OK", "PAUSE"):
         return "OK"
     if reply == "":
         raise TransientError("connection dropped before the reply (lost ack)")
@@ -135,8 +141,7 @@ class SockConnector(Connector):
         type(self).closed += 1
 
     async def send(self, delivery: Delivery) -> Sent:
-        await deliver_line(int(delivery.payload["port"]), delivery.key,
-                           hold=bool(delivery.payload.get("hold")))
+        await deliver_line(int(delivery.payload["port"]), delivery.key)
         return Sent(detail="OK")
 
 
@@ -172,3 +177,26 @@ def add_action(engine: sa.Engine, key: str, *, connector: str = "sock",
 def action(engine: sa.Engine, action_id: int) -> Any:
     with engine.connect() as connection:
         return connection.execute(sa.select(actions).where(actions.c.id == action_id)).one()
+
+
+def use_only(*classes: type[Any]) -> None:
+    """Make `load_connectors()` give exactly these (what a `retain dispatch` subprocess of a
+    test sees), whatever is installed."""
+    from engine.format import registry
+
+    registry._installed = dict  # type: ignore[assignment]  # nothing installed
+    for cls in classes:
+        registry.register_connector(cls)
+
+
+RUNNER = """
+import sys
+sys.path.insert(0, {tests!r})
+from dispatch_support import SockConnector, SinkEmailConnector, use_only
+from connectors.points import PointsConnector
+from connectors.tasks import TaskConnector
+use_only(SockConnector, SinkEmailConnector, PointsConnector, TaskConnector)
+from cli.main import main
+main(sys.argv[1:])
+"""
+"""A `retain` process whose connectors are the test ones: `python -c RUNNER ARGS...`."""

@@ -127,6 +127,9 @@ class _Pass:
         return self.stop is not None and self.stop.is_set()
 
     async def run(self, limit: int | None, batch: int) -> DispatchReport:
+        """Claim, send, record, batch after batch. A batch's outcomes are recorded (in a thread)
+        while the next batch is claimed and sent, so sending never waits for the database."""
+        recording: asyncio.Task[None] | None = None
         try:
             while not self.stopping() and (limit is None or limit > 0):
                 size = batch if limit is None else min(batch, limit)
@@ -137,15 +140,21 @@ class _Pass:
                     break
                 limit = None if limit is None else limit - len(rows)
                 outcomes = await self.batch(rows)
-                kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes,
-                                               self.as_of)
-                self.report.counts.update((o.row.playbook_id, o.status) for o in kept)
-                self.report.lost += len(outcomes) - len(kept)
+                if recording is not None:
+                    await recording
+                recording = asyncio.create_task(self.record(outcomes))
         finally:
+            if recording is not None:
+                await recording
             for channel in self.channels.values():
                 await channel.close()
         self.report.stopped = self.stopping()
         return self.report
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes, self.as_of)
+        self.report.counts.update((o.row.playbook_id, o.status) for o in kept)
+        self.report.lost += len(outcomes) - len(kept)
 
     async def batch(self, rows: list[Claimed]) -> list[Outcome]:
         """Judge, then send, one claimed batch; every row gets an outcome."""

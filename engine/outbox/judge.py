@@ -39,7 +39,11 @@ def gave_up_reason(row: Claimed, maximum: int, finished: int) -> str:
 
 
 def recipient(payload: Mapping[str, Any]) -> str | None:
-    """The bare address a frozen email payload goes to (`"Ann" <ann@x>` -> `ann@x`)."""
+    """The bare address a frozen email payload goes to: its `address`, else read from `to`
+    (`"Ann" <ann@x>` -> `ann@x`)."""
+    address = payload.get("address")
+    if isinstance(address, str) and address.strip():
+        return address.strip()
     value = payload.get("to")
     if isinstance(value, str) and value.strip():
         return parseaddr(value)[1] or value.strip()

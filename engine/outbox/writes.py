@@ -114,11 +114,10 @@ def record_emails(connection: sa.Connection, sent: Sequence[Claimed], as_of: dat
          "properties": _email_properties(row)} for row in sent])
     connection.execute(
         sa.update(customers)
-        .where(customers.c.customer_id == sa.bindparam("_customer"),
+        .where(customers.c.customer_id.in_(sorted({row.customer_id for row in sent})),
                sa.or_(customers.c.last_emailed_at.is_(None),
                       customers.c.last_emailed_at < as_of))
-        .values(last_emailed_at=as_of),
-        [{"_customer": customer} for customer in sorted({row.customer_id for row in sent})])
+        .values(last_emailed_at=as_of))
 
 
 def _email_properties(row: Claimed) -> dict[str, Any]:

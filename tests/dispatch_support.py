@@ -13,11 +13,13 @@ and a half, then succeeds); a list of replies is used up one delivery at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socketserver
+import tempfile
 import threading
 from collections import Counter
 from datetime import UTC, datetime
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 
 from connectors.base import Connector, ConnectorParams, Delivery, Sent
 from connectors.email import EmailConnector
+from engine.config import Settings, load_settings
 from engine.errors import PermanentError, TransientError
 from engine.store.status import PLANNED
 from engine.store.tables import actions, customers
@@ -32,15 +35,12 @@ from engine.store.tables import actions, customers
 AS_OF = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
-def settings() -> SimpleNamespace:
-    """A stand-in for engine.config.Settings with the fields a connector's open() reads."""
-    smtp = SimpleNamespace(host=None, port=25, username=None, password=None, tls="none",
-                           connections=8, timeout=5.0, validate_certs=True)
-    return SimpleNamespace(database_url="", playbooks_dir="playbooks", timezone="UTC", caps={},
-                           quiet_hours={}, smtp=smtp, email_from="Retain <r@example.com>",
-                           email_transport=None, email_dir=None,
-                           public_url="http://127.0.0.1:8765", secret_key=None,
-                           webhook_secret=None)
+@functools.cache
+def settings() -> Settings:
+    """The engine's settings as a project without retain.toml and an empty environment has
+    them (an empty folder: no file is read)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return load_settings(Path(folder), env={})
 
 
 class Sink(socketserver.ThreadingTCPServer):

@@ -1,8 +1,8 @@
 """One connector during one dispatch pass: opened on first use, down after a connection error.
 
 A connector is opened lazily, when the first row for it is claimed, and closed once at the end
-of the pass. `send`s run at most `connector.concurrency` at once (read after `open`, which may
-change it: the email connector sizes it to its connection pool). When the peer itself fails
+of the pass. The dispatcher runs at most `connector.concurrency` sends at once (read after
+`open`, which may change it: the email connector sizes it to its connection pool). When the peer itself fails
 (`TransientError(connection=True)`, or `open` failing), the channel goes down: nothing more is
 sent through it in this pass, the rows waiting for it are put back without using an attempt, and
 the claim skips its kind, so an outage costs one attempt of one row, not every message's.
@@ -25,7 +25,6 @@ class Channel:
         self.opened = False
         self.down: str | None = None  # why it stopped taking sends in this pass
         self.blamed: int | None = None  # the action that carries an `open` failure
-        self.semaphore: asyncio.Semaphore | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -44,7 +43,6 @@ class Channel:
                     self.go_down(f"cannot open the {self.kind} connector: {_text(exc)}")
                 else:
                     self.opened = True
-                    self.semaphore = asyncio.Semaphore(max(1, int(self.connector.concurrency)))
         return self.down
 
     def go_down(self, why: str) -> None:

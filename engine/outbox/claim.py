@@ -6,11 +6,12 @@ real clock (that worker died: its claim comes back, RELIABILITY principle 4). Cl
 `claimed`, the worker, a lease of 60 s and counts the attempt at once, so a message that kills
 its worker every time ends dead instead of looping (the dispatcher checks the count).
 
-PostgreSQL claims with one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`, so
-concurrent dispatchers take disjoint rows without waiting on each other (pgqueuer, River). SQLite
-has no `SKIP LOCKED`: the same select and update run in a `BEGIN IMMEDIATE` transaction, whose
-write lock serializes claimers. Either way the status the row had before is returned, so a row
-can be put back exactly as it was when its connector goes down or the worker is told to stop.
+PostgreSQL picks the rows with `SELECT ... FOR UPDATE SKIP LOCKED` and claims them with
+`UPDATE ... WHERE id IN (...) RETURNING` in the same transaction, so concurrent dispatchers take
+disjoint rows without waiting on each other (pgqueuer, River). SQLite has no `SKIP LOCKED`: the
+same select and update run in a `BEGIN IMMEDIATE` transaction, whose write lock serializes
+claimers. Either way the status each row had before is kept, so a row can be put back exactly
+as it was when its connector goes down or the worker is told to stop.
 """
 
 from __future__ import annotations
@@ -53,43 +54,49 @@ _COLUMNS = (actions.c.id, actions.c.idempotency_key, actions.c.playbook_id,
             actions.c.next_attempt_at, actions.c.reason, actions.c.last_error)
 
 
-def _due(as_of: datetime, now: datetime, skip: Collection[str]) -> sa.ColumnElement[bool]:
-    waiting = sa.and_(actions.c.status.in_(WAITING), actions.c.next_attempt_at <= as_of)
-    stale = sa.and_(actions.c.status == CLAIMED, actions.c.lease_until < now)
-    due = sa.or_(waiting, stale)
-    return sa.and_(due, actions.c.connector.not_in(sorted(skip))) if skip else due
+def _candidates(as_of: datetime, now: datetime) -> list[tuple[sa.ColumnElement[bool], Any]]:
+    """Each kind of due row with the order it is taken in: one index range each, so a claim
+    reads about `limit` index entries however long the backlog is (one OR over all of them made
+    PostgreSQL sort every due row at every claim)."""
+    stale = (actions.c.status == CLAIMED, actions.c.lease_until < now)
+    return [(sa.and_(*stale), actions.c.lease_until)] + [
+        (sa.and_(actions.c.status == status, actions.c.next_attempt_at <= as_of),
+         actions.c.next_attempt_at) for status in WAITING]
 
 
 def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
               skip: Collection[str] = (), lease: timedelta = LEASE) -> list[Claimed]:
-    """Claim up to `limit` due rows, oldest due first; `skip` names connectors not to claim
-    for (one that went down in this pass)."""
+    """Claim up to `limit` due rows (a dead worker's first, then the waiting ones, oldest due
+    first within each status); `skip` names connectors not to claim for (one that went down in
+    this pass)."""
     now = utcnow()
-    values = {"status": CLAIMED, "leased_by": worker, "lease_until": now + lease,
-              "attempts": actions.c.attempts + 1, "updated_at": as_of}
-    pick = (sa.select(actions.c.id, actions.c.status.label("was"))
-            .where(_due(as_of, now, skip))
-            .order_by(actions.c.next_attempt_at, actions.c.id).limit(limit))
+    skip_locked = engine.dialect.name == "postgresql"
     with writing(engine) as connection:
-        if engine.dialect.name == "postgresql":
-            picked = pick.with_for_update(skip_locked=True).cte("picked")
-            statement = (sa.update(actions).where(actions.c.id == picked.c.id).values(values)
-                         .returning(*_COLUMNS, picked.c.was))
-            rows = connection.execute(statement).all()
-        else:  # the write lock of BEGIN IMMEDIATE is held: nobody claims in between
-            was = dict(connection.execute(pick).all())
-            if not was:
-                return []
-            statement = (sa.update(actions).where(actions.c.id.in_(list(was))).values(values)
-                         .returning(*_COLUMNS))
-            rows = [(*row, was[row.id]) for row in connection.execute(statement)]
-    return sorted((_claimed(row) for row in rows),
+        was: dict[int, str] = {}
+        for due, order in _candidates(as_of, now):
+            if len(was) >= limit:
+                break
+            pick = (sa.select(actions.c.id, actions.c.status).where(due)
+                    .order_by(order, actions.c.id).limit(limit - len(was)))
+            if skip:
+                pick = pick.where(actions.c.connector.not_in(sorted(skip)))
+            if skip_locked:  # SQLite: the write lock of BEGIN IMMEDIATE is held instead
+                pick = pick.with_for_update(skip_locked=True)
+            was.update(connection.execute(pick).all())
+        if not was:
+            return []
+        rows = connection.execute(
+            sa.update(actions).where(actions.c.id.in_(list(was)))
+            .values(status=CLAIMED, leased_by=worker, lease_until=now + lease,
+                    attempts=actions.c.attempts + 1, updated_at=as_of)
+            .returning(*_COLUMNS)).all()
+    return sorted((_claimed(row, was[row.id]) for row in rows),
                   key=lambda c: (c.next_attempt_at is None, c.next_attempt_at, c.id))
 
 
-def _claimed(row: Any) -> Claimed:
+def _claimed(row: Any, was: str) -> Claimed:
     (id_, key, playbook_id, customer_id, connector, payload, attempts, next_at, reason,
-     last_error, was) = row
+     last_error) = row
     return Claimed(id=id_, key=key, playbook_id=playbook_id, customer_id=customer_id,
                    connector=connector, payload=dict(payload or {}), attempts=attempts, was=was,
                    next_attempt_at=next_at, reason=reason, last_error=last_error)

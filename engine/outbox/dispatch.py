@@ -27,7 +27,7 @@ import random
 import socket
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -159,14 +159,18 @@ class _Pass:
     async def batch(self, rows: list[Claimed]) -> list[Outcome]:
         """Judge, then send, one claimed batch; every row gets an outcome."""
         judged = await asyncio.to_thread(self.judge, rows)
-        to_send = [row for row in rows if row.id not in judged]
-        self.pending = {row.id for row in to_send}
+        queues: dict[str, deque[Claimed]] = {}
+        for row in rows:
+            if row.id not in judged:
+                queues.setdefault(row.connector, deque()).append(row)
+        self.pending = {row.id for queue in queues.values() for row in queue}
         beat = asyncio.create_task(self.heartbeat())
         try:
-            sent = await asyncio.gather(*(self.deliver(row) for row in to_send))
+            done = await asyncio.gather(*(self.drain(kind, queue) for kind, queue in
+                                          queues.items()))
         finally:
             beat.cancel()
-        return [*judged.values(), *sent]
+        return [*judged.values(), *(outcome for part in done for outcome in part)]
 
     def judge(self, rows: list[Claimed]) -> dict[int, Outcome]:
         """Outcomes decided before sending (engine/outbox/judge.py); read in one connection."""
@@ -219,28 +223,35 @@ class _Pass:
                                            sorted(self.pending))
             log.debug("heartbeat: %d lease(s) extended", held)
 
-    async def deliver(self, row: Claimed) -> Outcome:
-        """Send one row, or put it back; never raises."""
-        try:
-            return await self._deliver(row)
-        finally:
-            self.pending.discard(row.id)
+    async def drain(self, kind: str, queue: deque[Claimed]) -> list[Outcome]:
+        """Send one connector's rows of the batch with `concurrency` workers; what is left
+        when the channel goes down or the pass is stopping is put back."""
+        channel, done = self.channel(kind), []
+        if not self.stopping():
+            error = await channel.open(self.settings)
+            if error is not None and channel.blamed is None:  # the open failure shows on one row
+                row = queue.popleft()
+                channel.blamed, now = row.id, utcnow()
+                done.append(self.failed(row, channel, error, None, now, now))
+            elif error is None:
+                workers = min(max(1, int(channel.connector.concurrency)), len(queue))
+                for part in await asyncio.gather(*(self.work(channel, queue)
+                                                   for _ in range(workers))):
+                    done.extend(part)
+        done.extend(Outcome(row, RELEASED) for row in queue)
+        return done
 
-    async def _deliver(self, row: Claimed) -> Outcome:
-        channel = self.channel(row.connector)
-        if self.stopping():
-            return Outcome(row, RELEASED)
-        error = await channel.open(self.settings)
-        if error is not None or channel.semaphore is None:
-            if channel.blamed is None and not channel.opened:  # the open failure shows on one row
-                channel.blamed = row.id
-                now = utcnow()
-                return self.failed(row, channel, error or "not opened", None, now, now)
-            return Outcome(row, RELEASED)
-        async with channel.semaphore:
-            if self.stopping() or channel.down:
-                return Outcome(row, RELEASED)
-            return await self.send(row, channel)
+    async def work(self, channel: Channel, queue: deque[Claimed]) -> list[Outcome]:
+        """One sender: takes the next row until none is left, the channel is down or the pass
+        is stopping (a send in flight always finishes)."""
+        done = []
+        while queue and not channel.down and not self.stopping():
+            row = queue.popleft()
+            try:
+                done.append(await self.send(row, channel))
+            finally:
+                self.pending.discard(row.id)
+        return done
 
     async def send(self, row: Claimed, channel: Channel) -> Outcome:
         started = utcnow()

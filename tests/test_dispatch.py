@@ -368,3 +368,31 @@ def test_limit_caps_the_rows_taken(db: sa.Engine, sink: Sink) -> None:
         add_action(db, f"k{n}", payload={"port": sink.port})
     assert run(db, limit=2, batch=1).total(SENT) == 2
     assert run(db).total(SENT) == 3
+
+
+def test_retry_after_from_the_peer_sets_the_next_attempt(db: sa.Engine) -> None:
+    """A 429's Retry-After (the webhook connector passes it on) wins over the backoff."""
+    from engine.errors import TransientError
+
+    class Busy(SockConnector):
+        async def send(self, delivery: Delivery) -> Sent:
+            raise TransientError("HTTP 429", retry_after=timedelta(minutes=7))
+
+    add_customer(db, "c1")
+    row_id = add_action(db, "k")
+    assert run(db, connectors={"sock": Busy}).total(RETRYING) == 1
+    assert action(db, row_id).next_attempt_at == AS_OF + timedelta(minutes=7)
+
+
+def test_a_write_that_fails_dead_letters_that_action_only(db: sa.Engine) -> None:
+    """A connector's bad row (here a task without a title) is rolled back to its savepoint; the
+    other outcomes of the batch commit."""
+    add_customer(db, "c1")
+    bad = add_action(db, "k-bad", connector="task", payload={"assignee": "team"})
+    good = add_action(db, "k-good", connector="points", payload={"amount": 3})
+    report = run(db)
+    assert (report.total(DEAD), report.total(SENT)) == (1, 1)
+    row = action(db, bad)
+    assert row.status == DEAD and "writing its result failed" in row.last_error
+    assert action(db, good).status == SENT
+    assert (count(db, tasks), count(db, points)) == (0, 1)

@@ -11,6 +11,7 @@
   alternating rounds; the fastest of each counts. Target (issue 12): dispatch >= 80% of bare.
 
     python bench/bench_dispatch.py [--messages 2000] [--rounds 3] [--pg URL] [--no-email]
+                                   [--payload-bytes 6000,100]
 """
 
 from __future__ import annotations
@@ -76,16 +77,17 @@ def timed(engine: sa.Engine, settings: Any, connector: type[EmailConnector], cou
     return wall, cpu
 
 
-def overhead(url: str, count: int, rounds: int) -> dict[str, Any]:
+def overhead(url: str, count: int, rounds: int, size: int) -> dict[str, Any]:
     payloads = [{"address": f"c{n}@example.com", "to": f"C {n} <c{n}@example.com>",
-                 "subject": "We miss you", "message": "x" * 6000} for n in range(count)]
+                 "subject": "We miss you", "message": "x" * size} for n in range(count)]
     engine = open_store(url)
     best = (float("inf"), float("inf"))
     for _ in range(rounds):
         fill(engine, payloads)
         best = min(best, timed(engine, None, NoSend, count))
     engine.dispose()
-    return {"db": engine.dialect.name, "messages": count, "per_s": round(count / best[0]),
+    return {"db": engine.dialect.name, "messages": count, "size": size,
+            "per_s": round(count / best[0]),
             "wall_us": round(best[0] / count * 1e6), "cpu_us": round(best[1] / count * 1e6)}
 
 
@@ -130,15 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pg", help="also on this PostgreSQL URL (its tables are emptied)")
     parser.add_argument("--no-email", action="store_true")
+    parser.add_argument("--payload-bytes", type=lambda text: [int(n) for n in text.split(",")],
+                        default=[6000], help="message sizes of the overhead rows (6000: about "
+                        "bench_email's messages)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         urls = [f"sqlite:///{folder}/bench.db"] + ([args.pg] if args.pg else [])
-        print("| db | messages | dispatch msg/s (no send) | wall µs/msg | CPU µs/msg |")
-        print("|---|---|---|---|---|")
+        print("| db | messages | payload bytes | dispatch msg/s (no send) | wall µs/msg "
+              "| CPU µs/msg |")
+        print("|---|---|---|---|---|---|")
         for url in urls:
-            row = overhead(url, args.messages, args.rounds)
-            print(f"| {row['db']} | {row['messages']:,} | {row['per_s']:,} | {row['wall_us']} "
-                  f"| {row['cpu_us']} |")
+            for size in args.payload_bytes:
+                row = overhead(url, args.messages, args.rounds, size)
+                print(f"| {row['db']} | {row['messages']:,} | {size:,} | {row['per_s']:,} "
+                      f"| {row['wall_us']} | {row['cpu_us']} |")
         if args.no_email:
             return
         try:

@@ -190,13 +190,16 @@ def use_only(*classes: type[Any]) -> None:
 
 
 RUNNER = """
-import sys
+import os, sys
 sys.path.insert(0, {tests!r})
 from dispatch_support import SockConnector, SinkEmailConnector, use_only
+from connectors.email import EmailConnector
 from connectors.points import PointsConnector
 from connectors.tasks import TaskConnector
-use_only(SockConnector, SinkEmailConnector, PointsConnector, TaskConnector)
+email = EmailConnector if os.environ.get("DISPATCH_TEST_REAL_EMAIL") else SinkEmailConnector
+use_only(SockConnector, email, PointsConnector, TaskConnector)
 from cli.main import main
 main(sys.argv[1:])
 """
-"""A `retain` process whose connectors are the test ones: `python -c RUNNER ARGS...`."""
+"""A `retain` process whose connectors are the test ones: `python -c RUNNER ARGS...` (the real
+email connector when DISPATCH_TEST_REAL_EMAIL is set)."""

@@ -8,6 +8,7 @@ crash is seen as the receiver would see it.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import test_email_send
 from conftest import Cli
 from dispatch_support import (
     AS_OF,
@@ -30,13 +32,18 @@ from dispatch_support import (
     add_action,
     add_customer,
 )
+from test_email_send import FROM, Peer
+from test_email_send import payload as email_payload
 
+from connectors.email import message_id
 from connectors.points import PointsConnector
 from connectors.tasks import TaskConnector
 from engine.clock import iso
 from engine.format import registry
 from engine.store.status import CLAIMED, PLANNED, RETRYING, SENT
 from engine.store.tables import actions, attempts, customers, events, points, tasks
+
+serve = test_email_send.serve  # the aiosmtpd fixture
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -61,11 +68,11 @@ def test_connectors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         registry.unregister_connector(cls.kind)
 
 
-def retain(url: str, *args: str) -> subprocess.Popen[str]:
+def retain(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """A `retain --db URL ARGS` subprocess with the test connectors."""
     return subprocess.Popen([sys.executable, "-c", RUNNER.format(tests=str(TESTS)), "--db", url,
                              *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, **(env or {})})
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
@@ -186,3 +193,40 @@ def test_a_second_sigterm_exits_at_once(db_url: str, db: sa.Engine, sink: Sink) 
     # What it held comes back to any dispatcher after the lease; nothing was recorded.
     assert {action(db, i).status for i in ids} == {CLAIMED}
     assert RETRYING not in {action(db, i).status for i in ids}
+
+
+def test_kill_9_after_the_smtp_server_has_the_message(
+        db_url: str, db: sa.Engine, sink: Sink, serve: Callable[..., tuple[Peer, int]]) -> None:
+    """RELIABILITY 2 with real SMTP: aiosmtpd accepted the email, then the process was killed
+    before its batch committed (another row of the batch hangs after its peer has it). After the
+    lease, the email is sent again with the same Message-ID and recorded once."""
+    peer, port = serve()
+    add_customer(db, "ann", "ann@example.com")
+    sink.replies["k-hang"] = ["HOLD", "OK"]
+    frozen = email_payload("winback:ann:o1:0:0")
+    mail = add_action(db, "winback:ann:o1:0:0", connector="email", customer="ann",
+                      payload=frozen)
+    add_action(db, "k-hang", customer="ann", payload={"port": sink.port})
+    smtp = {"DISPATCH_TEST_REAL_EMAIL": "1", "RETAIN_SMTP_HOST": "127.0.0.1",
+            "RETAIN_SMTP_PORT": str(port), "RETAIN_SMTP_TLS": "none",
+            "RETAIN_EMAIL_FROM": FROM, "RETAIN_SMTP_TIMEOUT": "5"}
+    first = retain(db_url, "dispatch", "--as-of", iso(AS_OF), env=smtp)
+    try:
+        wait_for(lambda: len(peer.received) == 1 and sink.counts()["k-hang"] == 1)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    assert action(db, mail).status == CLAIMED  # the send happened, its record never came
+    with db.begin() as connection:  # the lease runs out
+        connection.execute(sa.update(actions).values(lease_until=AS_OF.replace(year=2000)))
+    again = retain(db_url, "dispatch", "--as-of", iso(AS_OF), "--json", env=smtp)
+    out, err = again.communicate(timeout=30)
+    assert again.returncode == 0, err
+    assert json.loads(out)["totals"] == {"sent": 2}
+    first_copy, second_copy = peer.received
+    assert first_copy.data == second_copy.data  # byte for byte: the frozen payload
+    assert first_copy.message["Message-ID"] == message_id("winback:ann:o1:0:0", FROM)
+    assert (action(db, mail).status, action(db, mail).attempts) == (SENT, 2)
+    with db.connect() as connection:
+        assert connection.execute(sa.select(events.c.event_id).where(
+            events.c.type == "email_sent")).scalars().all() == ["winback:ann:o1:0:0"]

@@ -135,7 +135,7 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
         from engine.outbox.dispatch import dispatch as deliver
 
         outcome = deliver(writer, settings, as_of)
-        for (playbook_id, status), n in outcome.by_playbook().items():
+        for (playbook_id, status), n in outcome.counts.items():
             if playbook_id in report.playbooks:
                 report.playbooks[playbook_id].delivered[status] += n
     return report

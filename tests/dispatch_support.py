@@ -149,6 +149,12 @@ class SinkEmailConnector(EmailConnector):
     """The real email connector's checks and `blocked`, sending its key to a `Sink` (until the
     SMTP send lands, the dispatcher's email facts are tested through this)."""
 
+    async def open(self, settings: Any) -> None:
+        return None  # no SMTP pool: the sink is the peer
+
+    async def close(self) -> None:
+        return None
+
     async def send(self, delivery: Delivery) -> Sent:
         await deliver_line(int(delivery.payload["port"]), delivery.key)
         return Sent(detail="250 OK")

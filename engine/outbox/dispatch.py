@@ -103,6 +103,11 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
     return await pass_.run(limit, batch)
 
 
+def _maximum(connector: Any) -> int:
+    """The attempts a connector allows (`retry[0]`)."""
+    return int(connector.retry[0])
+
+
 def _instances(connectors: Mapping[str, Any] | None) -> dict[str, Any]:
     if connectors is None:
         from engine.format.registry import load_connectors
@@ -121,7 +126,7 @@ class _Pass:
         self.connectors, self.stop, self.rng = connectors, stop, rng
         self.channels: dict[str, Channel] = {}
         self.report = DispatchReport(worker=worker, as_of=as_of)
-        self.pending: set[int] = set()
+        self.held: list[int] = []  # the batch being sent: its leases are kept alive
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -163,7 +168,7 @@ class _Pass:
         for row in rows:
             if row.id not in judged:
                 queues.setdefault(row.connector, deque()).append(row)
-        self.pending = {row.id for queue in queues.values() for row in queue}
+        self.held = [row.id for queue in queues.values() for row in queue]
         beat = asyncio.create_task(self.heartbeat())
         try:
             done = await asyncio.gather(*(self.drain(kind, queue) for kind, queue in
@@ -177,10 +182,10 @@ class _Pass:
         now, judged = utcnow(), {}
         with self.engine.connect() as connection:
             over = [r for r in rows if r.connector in self.connectors
-                    and r.attempts > self.channel(r.connector).retry[0]]
+                    and r.attempts > _maximum(self.connectors[r.connector])]
             finished = judge.finished_attempts(connection, [r.id for r in over])
             for row in over:
-                reason = judge.gave_up_reason(row, self.channel(row.connector).retry[0],
+                reason = judge.gave_up_reason(row, _maximum(self.connectors[row.connector]),
                                               finished.get(row.id, 0))
                 judged[row.id] = Outcome(row, DEAD, f"dead: {reason}", reason, started_at=now,
                                          finished_at=now)
@@ -216,11 +221,12 @@ class _Pass:
         return self.channels[kind]
 
     async def heartbeat(self) -> None:
-        """While sends of the batch run, keep their leases (real clock) every 10 s."""
+        """While sends of the batch run, keep the leases of all its rows (real clock) every
+        10 s: those sent early wait for the batch's record, and must not be taken over."""
         while True:
             await asyncio.sleep(HEARTBEAT.total_seconds())
             held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
-                                           sorted(self.pending))
+                                           self.held)
             log.debug("heartbeat: %d lease(s) extended", held)
 
     async def drain(self, kind: str, queue: deque[Claimed]) -> list[Outcome]:
@@ -246,11 +252,7 @@ class _Pass:
         is stopping (a send in flight always finishes)."""
         done = []
         while queue and not channel.down and not self.stopping():
-            row = queue.popleft()
-            try:
-                done.append(await self.send(row, channel))
-            finally:
-                self.pending.discard(row.id)
+            done.append(await self.send(row=queue.popleft(), channel=channel))
         return done
 
     async def send(self, row: Claimed, channel: Channel) -> Outcome:

@@ -28,7 +28,7 @@ AsOfOpt = Annotated[str | None, typer.Option(
     "due by then is sent, and sends, retries and facts are recorded at it. Default: now.",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")]
-OUTCOMES = ("sent", "retrying", "dead", "suppressed", "skipped", "released")
+OUTCOMES = ("sent", "retrying", "dead", "suppressed", "skipped")
 
 
 def dispatch_command(ctx: typer.Context, as_of: AsOfOpt = None, as_json: JsonOpt = False
@@ -78,15 +78,20 @@ def _print(report: DispatchReport) -> None:
     table = report.by_playbook()
     print(f"Dispatch as of {iso(report.as_of)}"
           + (" (stopped by SIGTERM)" if report.stopped else ""))
-    if not table:
+    if not table and not report.released:
         print("Nothing was due.")
         return
-    width = max(len("playbook"), *(len(p) for p in table))
     shown = [o for o in OUTCOMES if report.total(o)] or ["sent"]
-    print(f"{'playbook':<{width}}  " + "  ".join(f"{o:>10}" for o in shown))
-    for playbook, counts in table.items():
-        print(f"{playbook:<{width}}  " + "  ".join(f"{counts.get(o, 0):>10,}" for o in shown))
+    rows = [[playbook, *(f"{counts.get(o, 0):,}" for o in shown)]
+            for playbook, counts in table.items()]
     if len(table) > 1:
-        print(f"{'total':<{width}}  " + "  ".join(f"{report.total(o):>10,}" for o in shown))
+        rows.append(["total", *(f"{report.total(o):,}" for o in shown)])
+    header = ["playbook", *shown]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join([row[0].ljust(widths[0]),
+                         *(cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True))]))
+    if report.released:
+        print(f"{report.released:,} put back unsent (a connector down, or stopping): still due.")
     if report.lost:
         print(f"{report.lost} action(s) were taken over by another worker (lease ran out).")

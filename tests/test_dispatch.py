@@ -142,7 +142,8 @@ def test_a_connection_failure_takes_the_connector_down_for_the_pass(
     ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(5)]
     task = add_action(db, "k-task", connector="task", payload={"title": "Call Ann"})
     report = run(db, connectors={**CONNECTORS, "sock": OneAtATime}, batch=3)
-    assert report.by_playbook() == {"winback": {RETRYING: 1, "released": 2, SENT: 1}}
+    assert report.by_playbook() == {"winback": {RETRYING: 1, SENT: 1}}
+    assert report.released == 2
     first = action(db, ids[0])
     assert (first.status, first.attempts, first.last_error) == \
         (RETRYING, 1, "421 service not available")
@@ -166,7 +167,7 @@ def test_a_connector_that_cannot_open_costs_one_row_one_attempt(db: sa.Engine) -
     add_customer(db, "c1")
     ids = [add_action(db, f"k{n}", payload={"port": 1}) for n in range(4)]
     report = run(db, connectors={"sock": Unreachable})
-    assert report.by_playbook() == {"winback": {RETRYING: 1, "released": 3}}
+    assert (report.by_playbook(), report.released) == ({"winback": {RETRYING: 1}}, 3)
     statuses = [(action(db, i).status, action(db, i).attempts) for i in ids]
     assert statuses == [(RETRYING, 1)] + [(PLANNED, 0)] * 3
     assert "cannot open the sock connector" in action(db, ids[0]).last_error
@@ -363,7 +364,8 @@ def test_stop_finishes_in_flight_sends_and_puts_the_rest_back(db: sa.Engine, sin
     add_customer(db, "c1")
     ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(4)]
     report = run(db, connectors={"sock": Stopper}, stop=stop)
-    assert report.stopped and report.by_playbook() == {"winback": {SENT: 1, "released": 3}}
+    assert report.stopped and report.by_playbook() == {"winback": {SENT: 1}}
+    assert report.released == 3
     assert [action(db, i).status for i in ids] == [SENT, PLANNED, PLANNED, PLANNED]
     assert [action(db, i).attempts for i in ids] == [1, 0, 0, 0]
     assert count(db, attempts) == 1

@@ -102,8 +102,8 @@ def test_dispatch_prints_counts_per_playbook(db_url: str, db: sa.Engine, sink: S
     assert code == 0
     assert out.splitlines() == [
         f"Dispatch as of {iso(at)}",
-        "playbook              sent",
-        "welcome-series           1"]
+        "playbook        sent",
+        "welcome-series     1"]
     code, out, _ = cli(["--db", db_url, "dispatch", "--as-of", iso(at)])
     assert out.splitlines()[1] == "Nothing was due."
     assert max(len(line) for line in out.splitlines()) <= 80

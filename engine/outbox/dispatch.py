@@ -51,11 +51,14 @@ BATCH = 256
 
 @dataclass
 class DispatchReport:
-    """What one pass did: outcome counts per playbook, and rows lost to another worker."""
+    """What one pass did: outcome counts per (playbook, status), rows put back unsent (their
+    connector went down, or the pass was stopping: they stay due), rows lost to another
+    worker."""
 
     worker: str
     as_of: datetime
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    released: int = 0
     lost: int = 0
     stopped: bool = False
 
@@ -74,7 +77,8 @@ class DispatchReport:
         """The report as plain data (`retain dispatch --json`)."""
         outcomes = sorted({outcome for _, outcome in self.counts})
         return {"as_of": iso(self.as_of), "worker": self.worker, "stopped": self.stopped,
-                "lost": self.lost, "totals": {o: self.total(o) for o in outcomes},
+                "released": self.released, "lost": self.lost,
+                "totals": {o: self.total(o) for o in outcomes},
                 "playbooks": self.by_playbook()}
 
 
@@ -158,7 +162,9 @@ class _Pass:
 
     async def record(self, outcomes: list[Outcome]) -> None:
         kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes, self.as_of)
-        self.report.counts.update((o.row.playbook_id, o.status) for o in kept)
+        self.report.counts.update((o.row.playbook_id, o.status) for o in kept
+                                  if o.status != RELEASED)
+        self.report.released += sum(o.status == RELEASED for o in kept)
         self.report.lost += len(outcomes) - len(kept)
 
     async def batch(self, rows: list[Claimed]) -> list[Outcome]:

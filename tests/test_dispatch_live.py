@@ -19,7 +19,7 @@ from test_evaluate_triggers import AS_OF, add_customers, add_events, ago, custom
 from connectors.email import message_id
 from engine.outbox.run import run_cycle
 from engine.store import status as st
-from engine.store.tables import actions, customers, events, points, tasks
+from engine.store.tables import actions, customers, events, points, suppressions, tasks
 
 serve = test_email_send.serve  # the aiosmtpd fixture
 
@@ -91,3 +91,19 @@ def test_a_live_run_writes_tasks_and_points_once(db: sa.Engine, tmp_path: Path) 
     run_cycle(db, [pb], AS_OF + timedelta(days=1), settings(1))
     assert len(table(db, sa.select(tasks.c.id))) == 2
     assert len(table(db, sa.select(events.c.id).where(events.c.type == "points_awarded"))) == 2
+
+
+def test_a_550_dead_letters_that_email_and_suppresses_the_address(
+        db: sa.Engine, tmp_path: Path, serve: Callable[..., tuple[Peer, int]]) -> None:
+    """RELIABILITY 9: the server's text kept, the address suppressed as bounced (lower-cased),
+    the other customer's email sent."""
+    shop(db)
+    peer, port = serve(Peer(rcpt_replies={"B@Example.com": "550 5.1.1 no such user"}))
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=EMAIL)
+    report = run_cycle(db, [pb], AS_OF, settings(port))
+    assert dict(report.playbooks["pb"].delivered) == {st.SENT: 1, st.DEAD: 1}
+    [(error,)] = table(db, sa.select(actions.c.last_error).where(actions.c.status == st.DEAD))
+    assert "550" in error and "no such user" in error
+    assert table(db, sa.select(suppressions.c.email, suppressions.c.reason)) == \
+        [("b@example.com", "bounced")]
+    assert [item.rcpt_tos for item in peer.received] == [["a@example.com"]]

@@ -17,7 +17,8 @@ from engine.config import load_settings
 from engine.outbox.run import PlaybookRun, RunReport, run_cycle
 from engine.store.open import open_store
 
-COLUMNS = ("entered", "holdout", "sent", "deferred", "capped", "suppr.", "failed", "dead")
+COLUMNS = ("entered", "holdout", "sent", "deferred", "capped", "suppr", "failed", "dead")
+ID_WIDTH = 19  # 19 + 61 for the counts: 79 columns
 
 
 def run(
@@ -54,26 +55,30 @@ def counts(line: PlaybookRun) -> dict[str, int]:
     committed, delivered = line.committed, line.delivered
     return {"entered": line.entered, "holdout": line.holdout, "sent": delivered["sent"],
             "deferred": committed["deferred"], "capped": committed["capped"],
-            "suppr.": committed["suppressed"] + delivered["suppressed"],
+            "suppr": committed["suppressed"] + delivered["suppressed"],
             "failed": delivered["retrying"], "dead": committed["dead"] + delivered["dead"]}
 
 
 def print_report(report: RunReport) -> None:
-    """One row per playbook (80 columns), then the notes: limits, exits, what waits."""
-    from rich.table import Table
-
-    table = Table(title=f"Live run at {report.as_of:%Y-%m-%d %H:%M} UTC", title_justify="left")
-    table.add_column("playbook", overflow="fold", max_width=22)
-    for name in COLUMNS:
-        table.add_column(name, justify="right")
+    """One line per playbook in 80 columns (ids longer than the column fold onto the next line),
+    then the notes: limits, what waits, exits, goals."""
+    out = render.console
+    out.print(f"Live run at {report.as_of:%Y-%m-%d %H:%M} UTC", markup=False)
+    out.print(f"{'playbook':<{ID_WIDTH}}" + "".join(f"{name:>{len(name) + 1}}" if len(name) > 6
+                                                   else f"{name:>7}" for name in COLUMNS),
+              markup=False, style="bold")
     notes: list[str] = []
     for line in report.playbooks.values():
         row = counts(line)
-        table.add_row(line.id, *(f"{row[name]:,}" for name in COLUMNS))
+        head, rest = line.id[:ID_WIDTH - 1], line.id[ID_WIDTH - 1:]
+        out.print(f"{head:<{ID_WIDTH}}" + "".join(
+            f"{row[name]:>{max(len(name) + 1, 7)},}" for name in COLUMNS), markup=False)
+        while rest:
+            out.print(rest[:ID_WIDTH - 1], markup=False)
+            rest = rest[ID_WIDTH - 1:]
         notes += _notes(line, report.dispatched)
-    render.console.print(table)
     for note in notes:
-        render.console.print(note, markup=False)
+        out.print(note, markup=False)
 
 
 def _notes(line: PlaybookRun, dispatched: bool) -> list[str]:

@@ -158,9 +158,24 @@ def _print_action(action: Row) -> None:
         for line in plain.wrapped(str(value) if value is not None else plain.NONE, 16,
                                   f"  {name}:"):
             typer.echo(line)
+    payload = dict(action["payload"] or {})
+    message = payload.pop("message", None)  # an email's wire text: shown as lines, not JSON
     typer.echo("Payload (as frozen at commit):")
-    for line in json.dumps(action["payload"], indent=2, ensure_ascii=False).splitlines():
-        typer.echo(f"  {line}")
+    for line in json.dumps(payload, indent=2, ensure_ascii=False).splitlines():
+        body = line.lstrip()
+        pad = " " * (2 + len(line) - len(body))  # long values fold under their own indent
+        for part in textwrap.wrap(body, plain.WIDTH - len(pad), break_on_hyphens=False) or [""]:
+            typer.echo(pad + part)
+    if isinstance(message, str):
+        lines = message.splitlines()
+        typer.echo(f"Message as sent ({len(lines)} lines; the whole text with --json):")
+        for line in lines[:MESSAGE_LINES]:
+            typer.echo(f"  {line[:76]}")
+        if len(lines) > MESSAGE_LINES:
+            typer.echo(f"  ... {len(lines) - MESSAGE_LINES} more lines")
+
+
+MESSAGE_LINES = 40  # of an email's wire text in `outbox show`
 
 
 def _print_attempts(tries: list[Row]) -> None:

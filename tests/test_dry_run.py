@@ -223,11 +223,18 @@ def test_reading_commands_do_not_create_a_database(tmp_path: Path, cli: Cli) -> 
     assert not missing.exists()
 
 
-def test_demo_command_prints_the_dry_run(tmp_path: Path, cli: Cli) -> None:
+def test_demo_command_runs_the_samples_live_into_a_folder(tmp_path: Path, cli: Cli) -> None:
     code, out, _ = cli(["--db", f"sqlite:///{tmp_path / 'demo.db'}", "demo"])
     assert code == 0
-    assert "Dry run as of 2011-12-10T00:00:00Z: nothing is written or sent." in out
-    assert "winback-30d" in out and "over limit" in out and "explain" in out
+    assert "Live run at 2011-12-10 00:00 UTC" in out
+    assert "winback-30d" in out and "over limits.max_percent" in out
+    mail = tmp_path / "demo-mail"
+    written = sorted(mail.glob("*.eml"))
+    assert written and f"emails are in {mail}/" in " ".join(out.split())
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in written[0].read_bytes()
+    code, out, _ = cli(["--db", f"sqlite:///{tmp_path / 'demo.db'}", "demo"])
+    assert code == 0 and "0 actions delivered" in out  # nothing new the second time
+    assert sorted(mail.glob("*.eml")) == written
 
 
 def test_a_missing_value_renders_as_nothing_not_none(tmp_path: Path, cli: Cli) -> None:

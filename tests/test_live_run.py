@@ -1,0 +1,150 @@
+"""`retain run` end to end: the CLI, a project folder with retain.toml, a real aiosmtpd, both
+databases (RELIABILITY 8, 21, 22).
+
+What a live run commits is the plan `dry-run --json` printed for the same moment, caps, priority
+and quiet hours included; running it again at once sends nothing new; holdout customers get
+nothing. Everything goes through `retain ...` as a user types it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from live_support import Mailbox, Project, customer, mailbox, project, purchase, smtp_env
+
+from engine.store import status as st
+from engine.store.tables import actions, enrollments
+
+__all__ = ["mailbox", "project"]  # fixtures
+AS_OF = "2024-05-01T13:00:00Z"  # 22:00 in Tokyo: inside the email quiet hours there
+TOML = ('[retain]\ntimezone = "UTC"\n\n[caps]\nemail = "1/7d"\n\n'
+        '[quiet_hours]\nemail = "21:00-08:00"\n')
+EMAIL = ('actions:\n  - email:\n      subject: "{subject}, {{{{ customer.name }}}}"\n'
+         '      body: "Hello {{{{ customer.name }}}}. Unsubscribe: {{{{ unsubscribe_url }}}}"\n')
+
+
+def inactive(project: Project, pid: str, priority: int, *, when: str = "",
+             more: str = "", subject: str = "We miss you") -> None:
+    project.playbook(pid, f"priority: {priority}\ntrigger:\n  inactive: {{ days: 30 }}\n"
+                     + (f"when:\n  - {when}\n" if when else "") + more
+                     + EMAIL.format(subject=subject))
+
+
+def committed(project: Project) -> dict[str, Any]:
+    """The rows a run wrote, in dry-run's terms: enrollments and their stage-0 actions."""
+    occurrence = {}
+    entered = set()
+    for row in project.rows(enrollments):
+        occurrence[row["id"]] = row["occurrence_key"]
+        entered.add((row["playbook_id"], row["customer_id"], row["occurrence_key"],
+                     row["holdout"]))
+    done = {(row["playbook_id"], row["customer_id"], occurrence[row["enrollment_id"]],
+             row["idempotency_key"], row["status"], row["reason"],
+             row["next_attempt_at"].strftime("%Y-%m-%dT%H:%M:%SZ"))
+            for row in project.rows(actions)}
+    return {"enrollments": entered, "actions": done}
+
+
+def planned(plan: dict[str, Any]) -> dict[str, Any]:
+    """The same, from `dry-run --json`."""
+    entered, done = set(), set()
+    for playbook in plan["playbooks"]:
+        for e in playbook["enrollments"]:
+            entered.add((playbook["id"], e["customer_id"], e["occurrence"], e["holdout"]))
+            done |= {(playbook["id"], e["customer_id"], e["occurrence"], a["key"], a["status"],
+                      a.get("reason"), a["run_at"]) for a in e["actions"] if a["commit_now"]}
+    return {"enrollments": entered, "actions": done}
+
+
+def competing_shop(project: Project) -> None:
+    """Two playbooks after the same inactive customers and one email slot a week each.
+
+    `vip-winback` (priority 50) wants the Norwegians, `winback` (priority 10) everyone; Kai
+    lives in Tokyo, where 13:00 UTC is 22:00, inside the quiet hours."""
+    project.toml(TOML)
+    inactive(project, "vip-winback", 50, when="country: { eq: NO }", subject="Come back")
+    inactive(project, "winback", 10)
+    project.customers(customer("ann", country="NO"), customer("bob", country="NO"),
+                      customer("cy", country="SE"), customer("dee", country="SE"),
+                      customer("kai", country="NO", timezone="Asia/Tokyo"))
+    project.events(*(purchase(f"p-{cid}", cid, "2024-03-01T10:00:00Z")
+                     for cid in ("ann", "bob", "cy", "dee", "kai")))
+
+
+def test_run_commits_the_dry_run_plan_and_a_second_run_sends_nothing(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    competing_shop(project)
+    smtp_env(monkeypatch, mailbox.start().port)
+    before = project.json("dry-run", "--as-of", AS_OF)
+    plan = planned(before)
+
+    project.retain("run", "--no-dispatch", "--as-of", AS_OF)
+    assert committed(project) == plan
+    assert mailbox.received == []  # --no-dispatch sends nothing
+    by_key = {(a[0], a[1]): a for a in plan["actions"]}
+    # the plan itself is what this test is about: caps, priority and quiet hours all show
+    assert by_key[("vip-winback", "ann")][4] == st.PLANNED
+    assert by_key[("winback", "ann")][4] == st.CAPPED
+    assert "vip-winback" in by_key[("winback", "ann")][5]  # the loser's reason names the winner
+    assert by_key[("winback", "cy")][4] == st.PLANNED
+    assert by_key[("vip-winback", "kai")][4] == st.DEFERRED
+    assert by_key[("vip-winback", "kai")][6] == "2024-05-01T23:00:00Z"  # 08:00 in Tokyo
+    assert by_key[("winback", "kai")][4] == st.CAPPED
+    assert ("vip-winback", "cy") not in by_key
+
+    report = project.json("run", "--as-of", AS_OF)
+    lines = {line["id"]: line for line in report["playbooks"]}
+    assert lines["vip-winback"]["entered"] == lines["winback"]["entered"] == 0
+    assert lines["vip-winback"]["dispatched"] == {st.SENT: 2}
+    assert lines["winback"]["dispatched"] == {st.SENT: 2}
+    assert sorted(r[0] for r in mailbox.recipients) == [
+        "ann@example.com", "bob@example.com", "cy@example.com", "dee@example.com"]
+    outbox = project.rows(actions)
+
+    again = project.json("run", "--as-of", AS_OF)
+    assert all(line["entered"] == 0 and line["dispatched"] == {} and line["committed"] == {}
+               for line in again["playbooks"])
+    assert len(mailbox.received) == 4
+    assert project.rows(actions) == outbox
+    assert project.json("dry-run", "--as-of", AS_OF)["playbooks"][0]["entering"] == 0
+
+
+def test_a_first_run_with_dispatch_sends_once_and_the_second_sends_nothing(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    competing_shop(project)
+    smtp_env(monkeypatch, mailbox.start().port)
+    project.retain("run", "--as-of", AS_OF)
+    assert len(mailbox.received) == 4
+    assert all(n == 1 for n in mailbox.by_message_id().values())
+    statuses = sorted(row["status"] for row in project.rows(actions))
+    assert statuses == sorted([st.SENT] * 4 + [st.CAPPED] * 3 + [st.DEFERRED])
+    project.retain("run", "--as-of", AS_OF)
+    assert len(mailbox.received) == 4
+    # past Kai's quiet hours, the deferred email goes, once
+    project.retain("run", "--as-of", "2024-05-01T23:30:00Z")
+    assert [r[0] for r in mailbox.recipients[4:]] == ["kai@example.com"]
+    project.retain("run", "--as-of", "2024-05-02T00:30:00Z")
+    assert len(mailbox.received) == 5
+
+
+def test_holdout_customers_get_nothing(project: Project, mailbox: Mailbox,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    smtp_env(monkeypatch, mailbox.start().port)
+    inactive(project, "winback", 10, more="holdout: 50%\n")
+    names = [f"c{n:02d}" for n in range(12)]
+    project.customers(*(customer(cid) for cid in names))
+    project.events(*(purchase(f"p-{cid}", cid, "2024-03-01T10:00:00Z") for cid in names))
+    report = project.json("run", "--as-of", AS_OF)
+    line = report["playbooks"][0]
+    rows = project.rows(enrollments)
+    held = {row["customer_id"] for row in rows if row["holdout"]}
+    treated = {row["customer_id"] for row in rows if not row["holdout"]}
+    assert held and treated, "12 customers at 50% should give both groups"
+    assert (line["entered"], line["holdout"]) == (12, len(held))
+    assert {row["customer_id"] for row in project.rows(actions)} == treated
+    assert {r[0].split("@")[0] for r in mailbox.recipients} == treated
+    assert all(row["status"] == st.COMPLETED and row["end_reason"] == "holdout"
+               for row in rows if row["holdout"])
+    shown = project.json("customer", "show", sorted(held)[0])
+    assert shown["enrollments"][0]["holdout"] is True

@@ -270,6 +270,8 @@ class _Pass:
             result = await channel.connector.send(delivery)
         except TransientError as exc:
             if exc.connection:
+                if channel.down:  # the outage is charged to the row that found it out
+                    return Outcome(row, RELEASED)
                 channel.go_down(str(exc))
             return self.failed(row, channel, str(exc), exc.retry_after, started, utcnow())
         except PermanentError as exc:

@@ -48,6 +48,14 @@ class Mailbox:
     received: list[bytes] = field(default_factory=list)
     recipients: list[list[str]] = field(default_factory=list)
     controller: Controller | None = None
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> its RCPT reply
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.original_content, bytes)

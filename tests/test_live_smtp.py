@@ -16,7 +16,7 @@ import pytest
 from live_support import FROM, Mailbox, Project, customer, mailbox, project, purchase, smtp_env
 
 from engine.store import status as st
-from engine.store.tables import actions, suppressions
+from engine.store.tables import actions, attempts, suppressions
 
 __all__ = ["mailbox", "project"]  # fixtures
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
@@ -78,6 +78,49 @@ def test_a_server_down_at_the_first_run_gets_every_message_once_from_later_runs(
         r["payload"]["message_id"] for r in sent}
     project.retain("run", "--as-of", at(hours=30))
     assert len(mailbox.received) == 4
+
+
+def test_an_outage_costs_one_attempt_per_pass_not_every_message_s(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine/outbox/channel.py: when the server refuses connections, the row whose send found
+    it out is retrying with an attempt counted; the rows sent alongside it are put back
+    unchanged (no attempt used, none recorded), so an outage does not bring every message
+    nearer to its dead letter at once."""
+    names = ("ann", "bob", "cy", "dee")
+    shop(project, *names)
+    smtp_env(monkeypatch, mailbox.port)
+    for hours in (0, 1, 2):  # three passes while the server is down
+        project.retain("run", "--as-of", at(hours=hours))
+        rows = project.rows(actions)
+        assert sum(r["attempts"] for r in rows) == hours + 1, [
+            (r["customer_id"], r["status"], r["attempts"]) for r in rows]
+        assert {r["status"] for r in rows} <= {st.RETRYING, st.PLANNED}
+        assert len(project.rows(attempts)) == hours + 1
+    mailbox.start()
+    project.retain("run", "--as-of", at(hours=3))
+    assert {r["status"] for r in project.rows(actions)} == {st.SENT}
+    assert sorted(r[0] for r in mailbox.recipients) == [f"{n}@example.com" for n in names]
+
+
+def test_recipient_errors_through_a_run_550_bounces_451_retries(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELIABILITY 9: a 550 dead-letters that message and suppresses the address as bounced,
+    a 451 is retried later; the other messages go."""
+    shop(project, "ann", "bob", "cy")
+    mailbox.rcpt_replies = {"ann@example.com": "550 5.1.1 <ann@example.com>: no such user",
+                            "bob@example.com": "451 4.3.0 try again later"}
+    smtp_env(monkeypatch, mailbox.start().port)
+    line = project.json("run", "--as-of", at())["playbooks"][0]
+    assert line["dispatched"] == {st.SENT: 1, st.DEAD: 1, st.RETRYING: 1}
+    by_customer = {r["customer_id"]: r for r in project.rows(actions)}
+    assert "no such user" in (by_customer["ann"]["last_error"] or "")
+    assert by_customer["bob"]["status"] == st.RETRYING
+    assert [(s["email"], s["reason"]) for s in project.rows(suppressions)] == [
+        ("ann@example.com", "bounced")]
+    mailbox.rcpt_replies.clear()
+    project.retain("run", "--as-of", at(hours=1))
+    assert sorted(r[0] for r in mailbox.recipients) == ["bob@example.com", "cy@example.com"]
+    assert project.rows(actions)[0]["status"] == st.DEAD  # a bounce is not re-sent
 
 
 def test_a_template_that_fails_for_one_customer_dead_letters_that_action_only(

@@ -148,3 +148,23 @@ def test_holdout_customers_get_nothing(project: Project, mailbox: Mailbox,
                for row in rows if row["holdout"])
     shown = project.json("customer", "show", sorted(held)[0])
     assert shown["enrollments"][0]["holdout"] is True
+
+
+def test_the_run_table_fits_80_columns_with_whole_playbook_ids(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text summary is read by people: a playbook id (up to 18 characters) on one line,
+    every heading whole, within 80 columns (the demo prints this table first)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    smtp_env(monkeypatch, mailbox.start().port)
+    inactive(project, "negative-feedback", 20)
+    inactive(project, "birthday-greeting", 10)
+    project.customers(customer("ann"))
+    project.events(purchase("p-ann", "ann", "2024-03-01T10:00:00Z"))
+    _, text, _ = project.retain("run", "--as-of", AS_OF)
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), text
+    assert any("negative-feedback" in line for line in lines), text
+    assert any("birthday-greeting" in line for line in lines), text
+    heading = next(line for line in lines if "holdout" in line)
+    for name in ("entered", "holdout", "sent", "deferred", "capped", "failed", "dead"):
+        assert name in heading, text

@@ -75,9 +75,13 @@ def competing_shop(project: Project) -> None:
 def test_run_commits_the_dry_run_plan_and_a_second_run_sends_nothing(
         project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
     competing_shop(project)
+    project.playbook("call", "priority: 5\ntrigger:\n  inactive: { days: 30 }\n"
+                     "holdout: 50%\nactions:\n  - task: { title: Call, due_in: 1d }\n")
     smtp_env(monkeypatch, mailbox.start().port)
     before = project.json("dry-run", "--as-of", AS_OF)
     plan = planned(before)
+    held = {e[1] for e in plan["enrollments"] if e[0] == "call" and e[3]}
+    assert held and len(held) < 5  # both groups, so the holdout column is compared too
 
     project.retain("run", "--no-dispatch", "--as-of", AS_OF)
     assert committed(project) == plan
@@ -92,10 +96,13 @@ def test_run_commits_the_dry_run_plan_and_a_second_run_sends_nothing(
     assert by_key[("vip-winback", "kai")][6] == "2024-05-01T23:00:00Z"  # 08:00 in Tokyo
     assert by_key[("winback", "kai")][4] == st.CAPPED
     assert ("vip-winback", "cy") not in by_key
+    assert {a[1] for a in plan["actions"] if a[0] == "call"} == {
+        "ann", "bob", "cy", "dee", "kai"} - held
 
     report = project.json("run", "--as-of", AS_OF)
     lines = {line["id"]: line for line in report["playbooks"]}
     assert lines["vip-winback"]["entered"] == lines["winback"]["entered"] == 0
+    assert lines["call"]["dispatched"] == {st.SENT: 5 - len(held)}
     assert lines["vip-winback"]["dispatched"] == {st.SENT: 2}
     assert lines["winback"]["dispatched"] == {st.SENT: 2}
     assert sorted(r[0] for r in mailbox.recipients) == [
@@ -168,3 +175,60 @@ def test_the_run_table_fits_80_columns_with_whole_playbook_ids(
     heading = next(line for line in lines if "holdout" in line)
     for name in ("entered", "holdout", "sent", "deferred", "capped", "failed", "dead"):
         assert name in heading, text
+
+
+LOGIN_MAIL = """trigger:
+  event: { type: login }
+reentry: always
+actions:
+  - email:
+      subject: "Welcome back, {{ customer.name }}"
+      body: "Your share: {{ 100 // event.amount }}. {{ unsubscribe_url }}"
+"""
+
+
+def login(n: int, day: str, amount: int = 1) -> dict[str, Any]:
+    return {"event_id": f"l{n}", "customer_id": "ann", "type": "login",
+            "occurred_at": f"{day}T09:00:00Z", "amount": amount}
+
+
+def test_a_cap_of_two_emails_in_seven_days_holds_across_runs(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELIABILITY 22: the third email within 7 days is capped with the reason; a dead email
+    (its template failed) takes no slot; a week after the first, email goes again."""
+    project.toml('[caps]\nemail = "2/7d"\n')
+    project.playbook("hello", LOGIN_MAIL)
+    project.customers(customer("ann"))
+    smtp_env(monkeypatch, mailbox.start().port)
+    days = ["2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04", "2024-05-08"]
+    for n, day in enumerate(days):
+        project.events(login(n, day, amount=0 if n == 1 else 1), name=f"login{n}.jsonl")
+        project.retain("run", "--as-of", f"{day}T10:00:00Z")
+    rows = project.rows(actions)
+    assert [r["status"] for r in rows] == [st.SENT, st.DEAD, st.SENT, st.CAPPED, st.SENT]
+    assert "2/7d" in rows[3]["reason"], rows[3]["reason"]
+    assert len(mailbox.received) == 3
+
+
+def test_quiet_hours_defer_to_the_end_in_the_customer_zone_and_dry_run_says_why(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELIABILITY 21: due at 05:30 Berlin time with quiet hours 22:00-06:00: deferred to 06:00
+    Berlin (04:00 UTC in summer), the reason in dry-run, sent by the first run after it."""
+    project.toml('[quiet_hours]\nemail = "22:00-06:00"\n')
+    inactive(project, "winback", 10)
+    project.customers(customer("ann", timezone="Europe/Berlin"))
+    project.events(purchase("p-ann", "ann", "2024-03-01T10:00:00Z"))
+    smtp_env(monkeypatch, mailbox.start().port)
+    early = "2024-05-01T03:30:00Z"  # 05:30 in Berlin
+    (action,) = project.json("dry-run", "--as-of", early)["playbooks"][0]["enrollments"][0][
+        "actions"]
+    assert (action["status"], action["run_at"]) == (st.DEFERRED, "2024-05-01T04:00:00Z")
+    assert "quiet" in action["reason"]
+    _, text, _ = project.retain("dry-run", "--as-of", early)
+    assert "deferred" in text
+    project.retain("run", "--as-of", early)
+    assert mailbox.received == []
+    project.retain("run", "--as-of", "2024-05-01T03:59:00Z")
+    assert mailbox.received == []
+    project.retain("run", "--as-of", "2024-05-01T04:00:00Z")
+    assert mailbox.recipients == [["ann@example.com"]]

@@ -49,6 +49,7 @@ class Mailbox:
     recipients: list[list[str]] = field(default_factory=list)
     controller: Controller | None = None
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> its RCPT reply
+    data_replies: list[str] = field(default_factory=list)  # replies to the next DATAs
 
     async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -59,6 +60,8 @@ class Mailbox:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.original_content, bytes)
+        if self.data_replies:
+            return self.data_replies.pop(0)
         self.received.append(envelope.original_content)
         self.recipients.append(list(envelope.rcpt_tos))
         return "250 2.0.0 Ok: queued"

@@ -123,6 +123,38 @@ def test_recipient_errors_through_a_run_550_bounces_451_retries(
     assert project.rows(actions)[0]["status"] == st.DEAD  # a bounce is not re-sent
 
 
+def test_outbox_retry_re_drives_a_dead_message_with_the_same_message_id(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 554 at DATA dead-letters the message (no suppression: the address is fine); `retain
+    outbox retry ID --as-of` puts it back and the next run sends the same message; an action
+    dead since its plan has nothing to send and is refused with why."""
+    shop(project, "ann")
+    mailbox.data_replies = ["554 5.7.1 rejected: policy"]
+    smtp_env(monkeypatch, mailbox.start().port)
+    project.retain("run", "--as-of", at())
+    (dead,) = project.rows(actions)
+    assert dead["status"] == st.DEAD and "554" in dead["last_error"]
+    assert project.rows(suppressions) == []
+    _, said, _ = project.retain("outbox", "retry", str(dead["id"]), "--as-of", at(hours=1))
+    assert "retrying" in said
+    project.retain("run", "--as-of", at(minutes=59))
+    assert mailbox.received == []
+    project.retain("run", "--as-of", at(hours=1))
+    (message,) = mailbox.messages
+    assert str(message["Message-ID"]) == dead["payload"]["message_id"]
+    detail = project.json("outbox", "show", str(dead["id"]))
+    assert [a["outcome"] for a in detail["attempts"]] == [st.DEAD, st.SENT]
+    assert detail["action"]["status"] == st.SENT
+
+    project.customers(customer("eve", name="Eve\r\nBcc: x@evil.example"), name="eve.csv")
+    project.events(purchase("p-eve", "eve", "2024-03-01T10:00:00Z"), name="eve.jsonl")
+    project.retain("run", "--as-of", at(hours=2))
+    (eve,) = project.rows(actions, actions.c.customer_id == "eve")
+    code, out, err = project.retain("outbox", "retry", str(eve["id"]), ok=False)
+    assert code == 1 and str(eve["id"]) in out + err
+    assert project.rows(actions, actions.c.customer_id == "eve")[0]["status"] == st.DEAD
+
+
 def test_a_template_that_fails_for_one_customer_dead_letters_that_action_only(
         project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
     shop(project, "ann", "bob",

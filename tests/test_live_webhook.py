@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from live_support import Project, customer, project, purchase
@@ -78,3 +79,27 @@ def test_a_500_then_success_delivers_once_more_with_the_same_webhook_id(
     assert len(receiver.requests) == 3
     stored = json.dumps([a["payload"] for a in project.rows(actions)])
     assert "t0ken" not in stored and receiver.url not in stored  # secrets expanded at send
+
+
+def test_429_waits_for_retry_after_and_410_dead_letters(project: Project,
+                                                         receiver: Receiver) -> None:
+    project.playbook("crm", HOOK)
+    project.customers(customer("ann"), customer("bob"))
+    project.events(purchase("p1", "ann", "2024-05-01T09:00:00Z"))
+    receiver.script = [Answer(status=429, headers={"Retry-After": "600"})]
+    project.retain("run", "--as-of", "2024-05-01T10:00:00Z")
+    (row,) = project.rows(actions)
+    assert row["status"] == st.RETRYING
+    assert row["next_attempt_at"].astimezone(UTC) == datetime(2024, 5, 1, 10, 10, tzinfo=UTC)
+    project.retain("run", "--as-of", "2024-05-01T10:09:59Z")
+    assert len(receiver.requests) == 1
+    project.retain("run", "--as-of", "2024-05-01T10:10:00Z")
+    assert len(receiver.requests) == 2 and project.rows(actions)[0]["status"] == st.SENT
+
+    project.events(purchase("p2", "bob", "2024-05-01T11:00:00Z"), name="bob.jsonl")
+    receiver.script = [Answer(status=410, body=b"gone")]
+    project.retain("run", "--as-of", "2024-05-01T11:30:00Z")
+    (bob,) = project.rows(actions, actions.c.customer_id == "bob")
+    assert bob["status"] == st.DEAD and "410" in (bob["last_error"] or "")
+    project.retain("run", "--as-of", "2024-05-02T11:30:00Z")
+    assert len(receiver.requests) == 3

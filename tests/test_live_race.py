@@ -1,4 +1,4 @@
-"""Two `retain run` processes at once over the same database (a cron that overlaps itself, or two
+"""Three `retain run` processes at once over the same database (a cron that overlaps itself, or two
 replicas), on both databases: every enrollment is written once and every email arrives once,
 by Message-ID, at a real aiosmtpd (DESIGN 3, RELIABILITY principle 1-2).
 """

@@ -13,6 +13,7 @@ import json
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -28,7 +29,8 @@ PLAYBOOK = "churn-warning"
 @pytest.fixture
 def demo_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
-    for name in ("RETAIN_EMAIL_TRANSPORT", "RETAIN_EMAIL_DIR", "RETAIN_SMTP_HOST"):
+    for name in ("RETAIN_EMAIL_TRANSPORT", "RETAIN_EMAIL_DIR", "RETAIN_SMTP_HOST",
+                 "RETAIN_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
     return f"sqlite:///{tmp_path / 'shop.db'}"
 
@@ -56,6 +58,14 @@ def test_demo_writes_eml_files_where_it_says_and_a_second_demo_sends_nothing(
     on_disk = {str(message_from_bytes(f.read_bytes(), policy=policy.default)["Message-ID"])
                for f in files}
     assert on_disk == ids
+
+    # the link works after the process that made it is gone: the key is kept in the database
+    link = str(sample["List-Unsubscribe"]).strip("<>")
+    token = parse_qs(urlsplit(link).query)["token"][0]
+    code, out, err = cli(["--db", demo_db, "unsubscribe", "--token", token])
+    assert code == 0, err
+    address = sample["To"].addresses[0].addr_spec.lower()
+    assert address in out
 
     code, out, err = cli(["--db", demo_db, "demo", "--json"])
     assert code == 0, err

@@ -114,7 +114,10 @@ def test_run_commits_the_dry_run_plan_and_a_second_run_sends_nothing(
                for line in again["playbooks"])
     assert len(mailbox.received) == 4
     assert project.rows(actions) == outbox
-    assert project.json("dry-run", "--as-of", AS_OF)["playbooks"][0]["entering"] == 0
+    after = project.json("dry-run", "--as-of", AS_OF)
+    assert after["playbooks"][0]["entering"] == 0
+    assert after["historical"] is False  # the email_sent events just recorded are at as-of
+    assert project.json("dry-run", "--as-of", "2024-05-02T13:00:00Z")["historical"] is False
 
 
 def test_a_first_run_with_dispatch_sends_once_and_the_second_sends_nothing(

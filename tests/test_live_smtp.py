@@ -208,6 +208,27 @@ def test_unsubscribe_between_plan_and_dispatch_suppresses_any_case(
     assert mailbox.recipients == [["cy@example.com"]]
 
 
+def test_an_address_stored_in_mixed_case_is_suppressed_by_any_spelling(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELIABILITY 17 from the customer file's side: the customer's address is stored as the
+    file spells it; unsubscribing it in lower case before dispatch, or suppressing it before
+    the plan, still stops the email."""
+    shop(project, "ann", "bob")
+    project.customers(customer("ann", email="Ann.Lee@Example.COM"),
+                      customer("bob", email="BOB@EXAMPLE.com"), name="mixed.csv")
+    path = project.file("old.csv", "email,reason\nbob@example.com,complained\n")
+    project.retain("sync", "suppressions", str(path))
+    smtp_env(monkeypatch, mailbox.start().port)
+    project.retain("run", "--no-dispatch", "--as-of", at())
+    by_customer = {r["customer_id"]: r for r in project.rows(actions)}
+    assert by_customer["bob"]["status"] == st.SUPPRESSED  # at plan time
+    assert by_customer["ann"]["status"] == st.PLANNED
+    project.retain("unsubscribe", "ann.lee@example.com")
+    project.retain("dispatch", "--as-of", at(minutes=1))
+    assert {r["status"] for r in project.rows(actions)} == {st.SUPPRESSED}
+    assert mailbox.received == []
+
+
 def test_the_message_that_arrives_and_its_unsubscribe_token(
         project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
     shop(project, "cy")

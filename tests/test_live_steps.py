@@ -82,3 +82,32 @@ def test_wait_resume_and_exit_across_runs(project: Project, mailbox: Mailbox,
     assert shown["facts"]["last_emailed_at"] == "2024-05-02T22:00:00Z"
     _, text, _ = project.retain("customer", "show", "bob")
     assert "exited" in text and "cancelled" in text
+
+
+TWO_EMAILS = """trigger:
+  inactive: { days: 30 }
+actions:
+  - email: { subject: "One", body: "One. {{ unsubscribe_url }}" }
+  - wait: 1d
+  - email: { subject: "Two", body: "Two. {{ unsubscribe_url }}" }
+"""
+
+
+def test_a_step_resumed_late_at_night_waits_for_the_quiet_hours_to_end(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second email is due a day after the first (12:00), but the run that resumes the
+    enrollment comes at 23:00, inside the quiet hours: it is deferred to 08:00, not sent."""
+    project.toml('[quiet_hours]\nemail = "21:00-08:00"\n')
+    project.playbook("two", TWO_EMAILS)
+    project.customers(customer("ann"))
+    project.events(purchase("p-ann", "ann", "2024-03-01T10:00:00Z"))
+    smtp_env(monkeypatch, mailbox.start().port)
+    project.retain("run", "--as-of", "2024-05-01T12:00:00Z")
+    assert len(mailbox.received) == 1
+    project.retain("run", "--as-of", "2024-05-02T23:00:00Z")
+    second = [a for a in project.rows(actions) if a["stage"] == 1]
+    assert [(a["status"], a["next_attempt_at"].strftime("%Y-%m-%dT%H:%M")) for a in second] == [
+        (st.DEFERRED, "2024-05-03T08:00")]
+    assert len(mailbox.received) == 1
+    project.retain("run", "--as-of", "2024-05-03T08:00:00Z")
+    assert [str(m["Subject"]) for m in mailbox.messages] == ["One", "Two"]

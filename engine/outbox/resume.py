@@ -2,7 +2,9 @@
 
 A resumed enrollment is planned with the version it entered with (templates included), by the
 same Planner a new one uses, so its keys, statuses and payloads follow the same rules; its due
-times are counted from its entry (entered_at + the waits before the stage), not from the run.
+times are counted from its entry (entered_at + the waits before the stage), not from the run,
+except that quiet hours are judged at the run's moment when the run comes later than that (a
+step due at noon, resumed by a run at 23:00, is deferred to the end of the quiet hours).
 `exit_when` was checked before this (engine/outbox/lifecycle.py runs first in a cycle), so an
 enrollment that met its exit event is no longer waiting here.
 """
@@ -75,7 +77,7 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
                 if stage is not None:
                     planner = Planner(playbook, row["entered_at"], connectors, environment,
                                       rules=rules, ledger=ledger, unsubscribe=unsubscribe,
-                                      commit_stage=stage)
+                                      commit_stage=stage, sends_at=as_of)
                     planned = [a for a in planner.actions(
                         row["occurrence_key"], customer, triggering.get(row["event_id"]),
                         blocked, booked.get(row["customer_id"])) if a.stage == stage]

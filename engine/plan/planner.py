@@ -195,14 +195,17 @@ class Planner:
     playbook of the run) and `rank` (this playbook's place in priority order) decide deferred
     and capped actions; `unsubscribe` makes it a live plan (real links, payload fields).
     `commit_stage` is the stage a run commits now, the one caps are judged for: 0 for a new
-    enrollment, the next stage for one whose wait is over.
+    enrollment, the next stage for one whose wait is over. `sends_at` is the run's moment when
+    it is later than `as_of` plus the waits (a stage resumed by a late run): quiet hours are
+    judged then, when the action will really go.
     """
 
     def __init__(self, playbook: Playbook, as_of: datetime, connectors: Mapping[str, Any],
                  environment: Environment, *, rules: DeliveryRules | None = None,
                  ledger: CapLedger | None = None, rank: int = 0,
-                 unsubscribe: Unsubscribe | None = None, commit_stage: int = 0) -> None:
-        self.playbook, self.as_of = playbook, as_of
+                 unsubscribe: Unsubscribe | None = None, commit_stage: int = 0,
+                 sends_at: datetime | None = None) -> None:
+        self.playbook, self.as_of, self.sends_at = playbook, as_of, sends_at
         self.connectors, self.environment = connectors, environment
         self.rules = rules if rules is not None else DeliveryRules()
         self.ledger = ledger if ledger is not None else CapLedger()
@@ -257,7 +260,8 @@ class Planner:
         kind, due = item.action.kind, self.as_of + item.delay
         connector = self.connectors[kind]
         blocked = self._blocked(connector, customer, suppressions)
-        moved = None if blocked else self.rules.defer(kind, due, customer.get("timezone"))
+        sends = max(due, self.sends_at) if self.sends_at is not None else due
+        moved = None if blocked else self.rules.defer(kind, sends, customer.get("timezone"))
         at = moved.at if moved else due
 
         def made(status: str, fields: Mapping[str, Any], reason: str | None = None, *,

@@ -103,3 +103,26 @@ def test_429_waits_for_retry_after_and_410_dead_letters(project: Project,
     assert bob["status"] == st.DEAD and "410" in (bob["last_error"] or "")
     project.retain("run", "--as-of", "2024-05-02T11:30:00Z")
     assert len(receiver.requests) == 3
+
+
+def test_without_the_signing_secret_nothing_is_committed_or_dead_lettered(
+        project: Project, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.playbook("crm", HOOK)
+    project.customers(customer("ann"))
+    project.events(purchase("p1", "ann", "2024-05-01T09:00:00Z"))
+    monkeypatch.delenv("RETAIN_WEBHOOK_SECRET")
+    code, out, err = project.retain("run", "--as-of", "2024-05-01T10:00:00Z", ok=False)
+    assert code == 1 and "RETAIN_WEBHOOK_SECRET" in " ".join((out + err).split())
+    assert project.rows(actions) == []
+    # committed with the secret, dispatched by a process that lacks it: retried, never dead
+    monkeypatch.setenv("RETAIN_WEBHOOK_SECRET", SECRET)
+    project.retain("run", "--no-dispatch", "--as-of", "2024-05-01T10:00:00Z")
+    monkeypatch.delenv("RETAIN_WEBHOOK_SECRET")
+    project.retain("dispatch", "--as-of", "2024-05-01T10:00:00Z")
+    (row,) = project.rows(actions)
+    assert row["status"] == st.RETRYING and "RETAIN_WEBHOOK_SECRET" in (row["last_error"] or "")
+    assert receiver.requests == []
+    monkeypatch.setenv("RETAIN_WEBHOOK_SECRET", SECRET)
+    project.retain("dispatch", "--as-of", "2024-05-01T11:00:00Z")
+    assert project.rows(actions)[0]["status"] == st.SENT
+    assert [r.verified for r in receiver.requests] == [True]

@@ -10,6 +10,7 @@ exactly those conversions per group.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from live_support import Mailbox, smtp_env
 
 from engine.store.open import open_store
 from engine.store.tables import actions, enrollments
@@ -137,3 +139,46 @@ def test_uplift_report_counts_the_goal_events_per_group(
     assert converted == {treatment[0], treatment[1], holdout[0]}
     again = report("2012-01-10T00:00:00Z")
     assert again["groups"] == groups
+
+
+def test_a_week_of_daily_runs_on_the_demo_sends_each_message_once(
+        demo_db: str, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample playbooks (waits, holdouts, caps, quiet hours, points, tasks) on the demo data,
+    run every day for a week through a real aiosmtpd: no Message-ID arrives twice, every sent
+    email row arrived, a cap of 2 emails in 7 days holds per customer, nothing is left claimed."""
+    (tmp_path / "retain.toml").write_text(
+        '[caps]\nemail = "2/7d"\n\n[quiet_hours]\nemail = "21:00-08:00"\n', encoding="utf-8")
+    code, out, err = cli(["--db", demo_db, "demo", "--json"])
+    assert code == 0, err
+    box = Mailbox().start()
+    try:
+        smtp_env(monkeypatch, box.port)
+        for day in range(1, 8):
+            for hour in ("09:00", "15:00"):
+                code, out, err = cli(["--db", demo_db, "run", "--as-of",
+                                      f"2011-12-{10 + day:02d}T{hour}:00Z", str(SAMPLES_DIR)])
+                assert code == 0, out + err
+    finally:
+        box.stop()
+    counts = box.by_message_id()
+    assert len(counts) > 50 and set(counts.values()) == {1}
+    engine = open_store(demo_db)
+    with engine.connect() as connection:
+        sent = connection.execute(sa.select(actions.c.payload, actions.c.customer_id,
+                                            actions.c.sent_at).where(
+            actions.c.connector == "email", actions.c.status == "sent",
+            actions.c.sent_at > datetime(2011, 12, 10, tzinfo=UTC))).all()
+        claimed = connection.execute(sa.select(sa.func.count()).select_from(actions).where(
+            actions.c.status == "claimed")).scalar_one()
+        all_sent = connection.execute(sa.select(actions.c.customer_id, actions.c.sent_at).where(
+            actions.c.connector == "email", actions.c.status == "sent")).all()
+    engine.dispose()
+    assert {p["message_id"] for p, _, _ in sent} == set(counts)
+    assert claimed == 0
+    by_customer: dict[str, list[datetime]] = {}
+    for cid, when in all_sent:
+        by_customer.setdefault(cid, []).append(when.astimezone(UTC))
+    for cid, times in by_customer.items():
+        times.sort()
+        for i in range(2, len(times)):
+            assert times[i] - times[i - 2] >= timedelta(days=7), (cid, times)

@@ -176,12 +176,17 @@ def test_a_template_that_fails_for_one_customer_dead_letters_that_action_only(
 def test_a_header_injection_in_a_name_never_reaches_smtp(
         project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
     shop(project, "ann")
-    project.customers(customer("eve", name="Eve\r\nBcc: x@evil.example"), name="eve.csv")
-    project.events(purchase("p-eve", "eve", "2024-03-01T10:00:00Z"), name="eve.jsonl")
+    project.customers(customer("eve", name="Eve\r\nBcc: x@evil.example"),
+                      customer("mal", name="=?UTF-8?Q?Mal=0ABcc:_x@evil.example?="),
+                      name="eve.csv")
+    project.events(purchase("p-eve", "eve", "2024-03-01T10:00:00Z"),
+                   purchase("p-mal", "mal", "2024-03-01T10:00:00Z"), name="eve.jsonl")
     smtp_env(monkeypatch, mailbox.start().port)
     project.retain("run", "--as-of", at())
     by_customer = {r["customer_id"]: r for r in project.rows(actions)}
     assert by_customer["eve"]["status"] == st.DEAD
+    assert by_customer["mal"]["status"] == st.DEAD
+    assert "injection" in by_customer["mal"]["reason"]
     assert by_customer["ann"]["status"] == st.SENT
     assert mailbox.recipients == [["ann@example.com"]]
     assert not any(b"evil" in data for data in mailbox.received)

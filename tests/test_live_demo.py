@@ -44,7 +44,7 @@ def test_demo_writes_eml_files_where_it_says_and_a_second_demo_sends_nothing(
     folder = tmp_path / "shop-mail"
     files = sorted(folder.glob("*.eml"))
     assert files, out
-    assert str(folder) in " ".join(out.split())  # printed where to open them (maybe wrapped)
+    assert str(folder) in "".join(out.split())  # printed where to open them (maybe wrapped)
     sample = message_from_bytes(files[0].read_bytes(), policy=policy.default)
     assert sample["Message-ID"] and sample["To"] and sample["Subject"]
     assert str(sample["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"

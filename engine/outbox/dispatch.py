@@ -42,7 +42,8 @@ from engine.outbox import backoff, judge
 from engine.outbox.channel import Channel
 from engine.outbox.claim import HEARTBEAT, Claimed, claim_due, extend_leases
 from engine.outbox.record import RELEASED, Outcome, record
-from engine.store.status import DEAD, RETRYING, SENT, SKIPPED, SUPPRESSED
+from engine.plan.delivery import DeliveryRules
+from engine.store.status import DEAD, DEFERRED, RETRYING, SENT, SKIPPED, SUPPRESSED
 
 log = logging.getLogger(__name__)
 BATCH = 256
@@ -201,9 +202,27 @@ class _Pass:
                            f"{', '.join(sorted(self.connectors)) or 'none'})")
                     judged[row.id] = Outcome(row, DEAD, f"dead: {why}", why, started_at=now,
                                              finished_at=now)
+            judged.update(self.quiet(connection, [r for r in rows if r.id not in judged], now))
             emails = [r for r in rows if r.id not in judged
                       and getattr(self.connectors[r.connector], "needs_email", False)]
             judged.update(self.blocked(connection, emails, now))
+        return judged
+
+    def quiet(self, connection: sa.Connection, rows: list[Claimed], now: datetime
+              ) -> dict[int, Outcome]:
+        """Rows whose channel is in its quiet hours for the customer right now (as-of): a late
+        dispatch, or a retry whose backoff lands at night, must not send then. Deferred to the
+        next allowed minute, without using up an attempt (nothing was tried)."""
+        rules = DeliveryRules.from_settings(self.settings)
+        rows = [row for row in rows if row.connector in rules.quiet_hours]
+        zones = judge.time_zones(connection, [row.customer_id for row in rows])
+        judged = {}
+        for row in rows:
+            decision = rules.defer(row.connector, self.as_of, zones.get(row.customer_id))
+            if decision is not None:
+                judged[row.id] = Outcome(row, DEFERRED, decision.reason,
+                                         next_attempt_at=decision.at, started_at=now,
+                                         finished_at=now)
         return judged
 
     def blocked(self, connection: sa.Connection, rows: list[Claimed], now: datetime

@@ -4,6 +4,8 @@
   never finished (each crashed or killed its worker), and trying again would loop forever.
 - A row for a connector that is not installed ends `dead`, naming the installed ones
   (`retain outbox retry` re-drives it once the plugin is back).
+- A row of a channel in its quiet hours for the customer at as-of is deferred to their end
+  (a late dispatch, a retry landing at night), its attempt given back.
 - An email to an address unsubscribed or bounced since the plan ends `suppressed`, with the
   reason (RELIABILITY 16): the connector's own `blocked` check, on the frozen recipient, any
   letter case (RELIABILITY 17).
@@ -72,3 +74,12 @@ def suppressed(connection: sa.Connection, wanted: Sequence[str]) -> dict[str, st
     query = sa.select(suppressions.c.email, suppressions.c.reason).where(
         suppressions.c.email.in_(lowered))  # stored lower-cased by every writer
     return {email.lower(): reason for email, reason in connection.execute(query)}
+
+
+def time_zones(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str | None]:
+    """Each customer's time zone name (None: the configured default applies)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    return dict(connection.execute(sa.select(customers.c.customer_id, customers.c.timezone)
+                                   .where(customers.c.customer_id.in_(wanted))).all())

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.outbox import writes
 from engine.outbox.claim import Claimed, put_back_status
 from engine.outbox.txn import writing
-from engine.store.status import CLAIMED, DEAD, SENT
+from engine.store.status import CLAIMED, DEAD, DEFERRED, SENT
 from engine.store.tables import actions, attempts
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Outcome:
     """What became of one claimed row."""
 
     row: Claimed
-    status: str  # SENT, RETRYING, DEAD, SUPPRESSED, or RELEASED
+    status: str  # SENT, RETRYING, DEAD, SUPPRESSED, DEFERRED (quiet hours), or RELEASED
     reason: str | None = None
     error: str | None = None
     next_attempt_at: datetime | None = None
@@ -67,7 +67,7 @@ def record(engine: sa.Engine, worker: str, outcomes: Sequence[Outcome], as_of: d
             if outcome.status == SENT and outcome.writes:
                 _apply_writes(connection, outcome, as_of)
         _update(connection, worker, kept, as_of)
-        tried = [o for o in kept if o.status != RELEASED]
+        tried = [o for o in kept if o.status not in (RELEASED, DEFERRED)]
         if tried:
             connection.execute(sa.insert(attempts), [_attempt(o, worker) for o in tried])
         writes.record_emails(connection, [o.row for o in kept
@@ -136,6 +136,10 @@ def _values(outcome: Outcome, worker: str, as_of: datetime) -> dict[str, Any]:
         return {"_id": row.id, "_by": worker, "_status": put_back_status(row),
                 "_reason": row.reason, "_error": row.last_error, "_attempts": row.attempts - 1,
                 "_next": row.next_attempt_at, "_sent": None, "_updated": as_of}
+    if outcome.status == DEFERRED:  # quiet hours at send time: nothing was tried
+        return {"_id": row.id, "_by": worker, "_status": DEFERRED, "_reason": outcome.reason,
+                "_error": row.last_error, "_attempts": row.attempts - 1,
+                "_next": outcome.next_attempt_at, "_sent": None, "_updated": as_of}
     return {"_id": row.id, "_by": worker, "_status": outcome.status, "_reason": outcome.reason,
             "_error": outcome.error if outcome.error is not None else row.last_error,
             "_attempts": row.attempts,

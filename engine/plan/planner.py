@@ -91,7 +91,7 @@ class PlannedAction:
         data = {"type": self.kind, "step": self.step, "stage": self.stage, "key": self.key,
                 "commit_now": self.commit_now, "run_at": iso(self.run_at),
                 "status": self.status,
-                "fields": {k: _plain(v) for k, v in self.fields.items()}}
+                "fields": plain_fields(self.fields)}
         if self.reason:
             data["reason"] = self.reason
         return data
@@ -131,8 +131,10 @@ class Scheduled:
     action: ActionStep
 
 
-def _plain(value: Any) -> Any:
-    return iso(value) if isinstance(value, datetime) else value
+def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An action's fields as plain JSON data (times as ISO text): its `to_json` `fields`, and
+    the payload a live run writes to the outbox."""
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in fields.items()}
 
 
 def schedule(playbook: Playbook) -> tuple[Scheduled, ...]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +46,14 @@ from jinja2 import Environment
 from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
-from engine.format.templates import as_context, has_template, render, render_file
+from engine.format.templates import (
+    as_context,
+    as_value,
+    has_template,
+    inline_names,
+    render,
+    render_file,
+)
 from engine.plan.delivery import Booking, CapLedger, DeliveryRules
 from engine.store.status import CAPPED, DEAD, DEFERRED, PLANNED, SKIPPED, SUPPRESSED
 
@@ -214,6 +221,8 @@ class Planner:
         self.rank, self.unsubscribe, self.commit_stage = rank, unsubscribe, commit_stage
         self.schedule = schedule(playbook)
         self._files: dict[str, bool] = {}
+        self._playbook = as_value("playbook", {"id": playbook.id, "name": playbook.document.name})
+        self._links: dict[type, bool] = {}
 
     def enrollment(self, customer_id: str, occurrence: str, customer: Mapping[str, Any],
                    event: Mapping[str, Any] | None, suppressions: Mapping[str, str],
@@ -227,9 +236,15 @@ class Planner:
 
     def renderer(self, customer: Mapping[str, Any],
                  event: Mapping[str, Any] | None) -> Renderer:
-        """The templates of one enrollment, rendered in its `template_context`."""
-        context = template_context(self.playbook, customer, event, self.link(customer))
-        return Renderer(self.environment, context, self._has_file)
+        """The templates of one enrollment, rendered in its `template_context` (made lazily: a
+        live plan signs the customer's unsubscribe link only if something reads it)."""
+        values: dict[str, Any] = {"customer": customer, "playbook": self._playbook}
+        if event is not None:
+            values["event"] = event
+        if self.unsubscribe is None:
+            values["unsubscribe_url"] = UNSUBSCRIBE_URL
+            return Renderer(self.environment, values, self._has_file)
+        return Renderer(self.environment, values, self._has_file, lambda: self.link(customer))
 
     def link(self, customer: Mapping[str, Any]) -> str:
         """The customer's `unsubscribe_url`: the placeholder unless live; live and without an
@@ -300,9 +315,9 @@ class Planner:
         """The connector's `plan` fields (with `to` for mail), or live its frozen `payload`."""
         params = item.action.params
         if live:
+            link = renderer.unsubscribe_url if self._takes_link(connector) else ""
             return connector.payload(params, renderer.inline, renderer.file, at, key=key,
-                                     customer=customer,
-                                     unsubscribe_url=renderer.context["unsubscribe_url"])
+                                     customer=customer, unsubscribe_url=link)
         fields = connector.plan(params, renderer.inline, renderer.file, at)
         address = customer.get("email")
         return {"to": address, **fields} if connector.needs_email and address else fields
@@ -321,6 +336,18 @@ class Planner:
         if reason is None:
             self.ledger.book(kind, customer_id, Booking(at, self.playbook.id, key, self.rank))
         return reason
+
+    def _takes_link(self, connector: Any) -> bool:
+        """Whether this connector's `payload` may use `unsubscribe_url`: one that sends mail, or
+        that has a `payload` of its own. The base class's (connectors/base.py) is `plan`, which
+        never sees the link, so a task or points action is given "" (signing a link per
+        customer would be the priciest part of planning them)."""
+        kind = type(connector)
+        if kind not in self._links:
+            owner = next((c for c in kind.__mro__ if "payload" in vars(c)), kind)
+            inherited = (owner.__module__, owner.__qualname__) == ("connectors.base", "Connector")
+            self._links[kind] = bool(getattr(connector, "needs_email", False)) or not inherited
+        return self._links[kind]
 
     def _has_file(self, name: str) -> bool:
         """Whether templates/NAME exists, asked once per plan (not once per customer)."""
@@ -344,17 +371,50 @@ def template_context(playbook: Playbook, customer: Mapping[str, Any],
 
 class Renderer:
     """One enrollment's templates in one context: `inline` and `file` are what a connector gets
-    as `render` and `render_file` (connectors/base.py), in a plan and in a preview alike."""
+    as `render` and `render_file` (connectors/base.py), in a plan and in a preview alike.
 
-    __slots__ = ("context", "environment", "has_file")
+    `context` maps the names templates see to their values. A live plan passes `link`, which
+    makes `unsubscribe_url` when a template or a connector first asks for it (signing a link
+    per customer is wasted on a task). An inline template is rendered with only the names it
+    reads, each wrapped once (engine/format/templates.py `as_value`); the others are never
+    wrapped, and a name it reads that is missing is as undefined as in the whole context.
+    """
 
-    def __init__(self, environment: Environment, context: dict[str, Any],
-                 has_file: Callable[[str], bool]) -> None:
-        self.environment, self.context, self.has_file = environment, context, has_file
+    __slots__ = ("_link", "_values", "_wrapped", "environment", "has_file")
+
+    def __init__(self, environment: Environment, context: Mapping[str, Any],
+                 has_file: Callable[[str], bool], link: Callable[[], str] | None = None) -> None:
+        self.environment, self.has_file = environment, has_file
+        self._values, self._link = dict(context), link
+        self._wrapped: dict[str, Any] = {}
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The whole context, wrapped: what a template file sees."""
+        return self._context(None)
+
+    @property
+    def unsubscribe_url(self) -> str:
+        """The link the templates see as `unsubscribe_url` ("" when there is none)."""
+        return self._context(("unsubscribe_url",)).get("unsubscribe_url", "")
+
+    def _context(self, names: Iterable[str] | None) -> dict[str, Any]:
+        """The wrapped values of `names` that the context has (None: all of them)."""
+        if self._link is not None and (names is None or "unsubscribe_url" in names):
+            self._values["unsubscribe_url"] = self._link()
+            self._link = None
+        found = {}
+        for name in self._values if names is None else names:
+            if name in self._wrapped:
+                found[name] = self._wrapped[name]
+            elif name in self._values:
+                found[name] = self._wrapped[name] = as_value(name, self._values[name])
+        return found
 
     def inline(self, source: str, *, header: bool = False, html: bool = False) -> str:
         """An inline template (a subject, a body); `html` autoescapes like an `.html.j2` file."""
-        return render(self.environment, source, self.context, header=header, html=html)
+        names = inline_names(self.environment, source, html)
+        return render(self.environment, source, self._context(names), header=header, html=html)
 
     def file(self, name: str) -> str | None:
         """templates/NAME rendered, or None when the playbook's templates folder has no NAME."""

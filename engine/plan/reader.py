@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from engine.format.compile import DERIVED_FACTS, CompileContext, historical_fact
 from engine.format.fields import CUSTOMER_FIELDS
@@ -78,6 +79,15 @@ def records(connection: sa.Connection, ctx: CompileContext, batch: list[Candidat
     return Records(people, found, blocked)
 
 
+def among(connection: sa.Connection, column: sa.ColumnElement[str],
+          values: list[str]) -> sa.ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL `= ANY(array)`, one parameter that the server plans
+    at once, where a list of 500 parameters took it milliseconds to parse and plan per batch."""
+    if connection.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(None, values, type_=ARRAY(sa.String())))
+    return column.in_(values)
+
+
 def customer_records(connection: sa.Connection, ctx: CompileContext,
                      ids: list[str]) -> dict[str, dict[str, Any]]:
     """Customers by id as templates and explain see them: fields, facts as of ctx, attributes."""
@@ -87,7 +97,7 @@ def customer_records(connection: sa.Connection, ctx: CompileContext,
     found = {}
     for start in range(0, len(ids), BATCH):
         query = sa.select(*columns, customers.c.attributes).where(
-            customers.c.customer_id.in_(ids[start:start + BATCH]))
+            among(connection, customers.c.customer_id, ids[start:start + BATCH]))
         for row in connection.execute(query).mappings():
             record = dict(row)
             # Sums of float amounts carry binary noise (49.989999999999995); money reads in cents.
@@ -126,7 +136,7 @@ def suppressed(connection: sa.Connection, emails: list[str]) -> dict[str, str]:
     wanted = sorted({email.strip().lower() for email in emails} | set(emails))
     for start in range(0, len(wanted), BATCH):
         query = sa.select(suppressions.c.email, suppressions.c.reason).where(
-            suppressions.c.email.in_(wanted[start:start + BATCH]))
+            among(connection, suppressions.c.email, wanted[start:start + BATCH]))
         found.update((email.lower(), reason) for email, reason in connection.execute(query))
     return found
 

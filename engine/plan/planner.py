@@ -222,7 +222,6 @@ class Planner:
         self.schedule = schedule(playbook)
         self._files: dict[str, bool] = {}
         self._playbook = as_value("playbook", {"id": playbook.id, "name": playbook.document.name})
-        self._links: dict[type, bool] = {}
 
     def enrollment(self, customer_id: str, occurrence: str, customer: Mapping[str, Any],
                    event: Mapping[str, Any] | None, suppressions: Mapping[str, str],
@@ -237,7 +236,7 @@ class Planner:
     def renderer(self, customer: Mapping[str, Any],
                  event: Mapping[str, Any] | None) -> Renderer:
         """The templates of one enrollment, rendered in its `template_context` (made lazily: a
-        live plan signs the customer's unsubscribe link only if something reads it)."""
+        live plan signs the customer's unsubscribe link when something reads it)."""
         values: dict[str, Any] = {"customer": customer, "playbook": self._playbook}
         if event is not None:
             values["event"] = event
@@ -315,9 +314,9 @@ class Planner:
         """The connector's `plan` fields (with `to` for mail), or live its frozen `payload`."""
         params = item.action.params
         if live:
-            link = renderer.unsubscribe_url if self._takes_link(connector) else ""
             return connector.payload(params, renderer.inline, renderer.file, at, key=key,
-                                     customer=customer, unsubscribe_url=link)
+                                     customer=customer,
+                                     unsubscribe_url=renderer.unsubscribe_url)
         fields = connector.plan(params, renderer.inline, renderer.file, at)
         address = customer.get("email")
         return {"to": address, **fields} if connector.needs_email and address else fields
@@ -336,18 +335,6 @@ class Planner:
         if reason is None:
             self.ledger.book(kind, customer_id, Booking(at, self.playbook.id, key, self.rank))
         return reason
-
-    def _takes_link(self, connector: Any) -> bool:
-        """Whether this connector's `payload` may use `unsubscribe_url`: one that sends mail, or
-        that has a `payload` of its own. The base class's (connectors/base.py) is `plan`, which
-        never sees the link, so a task or points action is given "" (signing a link per
-        customer would be the priciest part of planning them)."""
-        kind = type(connector)
-        if kind not in self._links:
-            owner = next((c for c in kind.__mro__ if "payload" in vars(c)), kind)
-            inherited = (owner.__module__, owner.__qualname__) == ("connectors.base", "Connector")
-            self._links[kind] = bool(getattr(connector, "needs_email", False)) or not inherited
-        return self._links[kind]
 
     def _has_file(self, name: str) -> bool:
         """Whether templates/NAME exists, asked once per plan (not once per customer)."""
@@ -374,10 +361,10 @@ class Renderer:
     as `render` and `render_file` (connectors/base.py), in a plan and in a preview alike.
 
     `context` maps the names templates see to their values. A live plan passes `link`, which
-    makes `unsubscribe_url` when a template or a connector first asks for it (signing a link
-    per customer is wasted on a task). An inline template is rendered with only the names it
-    reads, each wrapped once (engine/format/templates.py `as_value`); the others are never
-    wrapped, and a name it reads that is missing is as undefined as in the whole context.
+    makes `unsubscribe_url` when a template or the connector's `payload` first asks for it. An
+    inline template is rendered with only the names it reads, each wrapped once
+    (engine/format/templates.py `as_value`): the others are never wrapped, and a name it reads
+    that is missing is as undefined as in the whole context.
     """
 
     __slots__ = ("_link", "_values", "_wrapped", "environment", "has_file")

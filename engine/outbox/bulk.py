@@ -118,7 +118,7 @@ class Bulk:
         if self.pg:
             params = {f"k_{name}": constants[name] for name in self.constant}
             result = connection.execute(self.statement, {"rows": json.dumps(rows), **params})
-            return list(result) if self.returning else []
+            return list(result.fetchall()) if self.returning else []
         fixed = [self.time(value) if isinstance(value, datetime) else value
                  for value in (constants[name] for name in self.constant)]
         found: list[sa.Row[Any]] = []
@@ -127,7 +127,7 @@ class Bulk:
             values = [*fixed, *(value for row in part for value in row)]
             result = connection.exec_driver_sql(self._sqlite_sql(len(part)), tuple(values))
             if self.returning:
-                found.extend(result)
+                found.extend(result.fetchall())  # at once: iterating fetches row by row
         return found
 
     def execute_dicts(self, connection: sa.Connection,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from email.errors import HeaderParseError
 from email.header import decode_header
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import DictLoader, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import DictLoader, FileSystemLoader, StrictUndefined, meta, select_autoescape
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 from jinja2.utils import missing
 
@@ -189,17 +190,26 @@ class RenderFailure(Exception):
 
 def as_context(context: Mapping[str, Any]) -> dict[str, Any]:
     """Wrap nested mappings as `_Record`s so undefined keys are named by their dotted path."""
+    return {name: as_value(name, value) for name, value in context.items()}
 
-    def wrap(where: str, value: Any) -> Any:
-        if isinstance(value, _Record):
-            return value
-        if isinstance(value, Mapping):
-            return _Record(where, {k: wrap(f"{where}.{k}", v) for k, v in value.items()})
-        if isinstance(value, list):
-            return [wrap(f"{where}[{i}]", v) for i, v in enumerate(value)]
+
+_PLAIN = frozenset({str, int, float, bool, type(None), datetime, date})
+"""Types `as_value` returns as they are, checked by exact type first: a customer record is
+mostly such values, and the checks for mappings and lists cost more than the wrapping."""
+
+
+def as_value(where: str, value: Any) -> Any:
+    """One context value as templates see it: mappings (nested too) as `_Record`s named by their
+    dotted path (`where`), lists copied with their items wrapped, anything else as it is."""
+    if type(value) in _PLAIN or isinstance(value, _Record):
         return value
-
-    return {name: wrap(name, value) for name, value in context.items()}
+    if isinstance(value, Mapping):
+        return _Record(where, {k: v if type(v) in _PLAIN else as_value(f"{where}.{k}", v)
+                               for k, v in value.items()})
+    if isinstance(value, list):
+        return [v if type(v) in _PLAIN else as_value(f"{where}[{i}]", v)
+                for i, v in enumerate(value)]
+    return value
 
 
 def header_problem(value: str) -> str | None:
@@ -244,7 +254,7 @@ def run_template(template: jinja2.Template, context: dict[str, Any], header: boo
     parts: list[str] = []
     size = 0
     try:
-        for chunk in template.generate(context):
+        for chunk in _generate(template, context):
             size += len(chunk.encode("utf-8", "surrogatepass"))
             if size > MAX_OUTPUT_BYTES:
                 raise RenderFailure("rendered output is larger than 256 KiB")
@@ -255,6 +265,40 @@ def run_template(template: jinja2.Template, context: dict[str, Any], header: boo
     if header and (problem := header_problem(text)):
         raise RenderFailure(problem)
     return text
+
+
+def _generate(template: jinja2.Template, context: Mapping[str, Any]) -> Iterator[str]:
+    """`template.generate(context)`, as Jinja 3.1 writes it, without rebuilding the template's
+    globals from their ChainMap twice per call (a third of a short title's render): they are
+    flattened once per template. Errors go through `handle_exception` as there, so the
+    traceback still names the template line."""
+    flat = template.__dict__.get("_retain_globals")
+    if flat is None:
+        flat = template.__dict__["_retain_globals"] = dict(template.globals)
+    ctx = new_context(template.environment, template.name, template.blocks,
+                      {**flat, **context}, True, flat)
+    try:
+        yield from template.root_render_func(ctx)
+    except Exception:  # noqa: BLE001 - re-raised by Jinja with the template's traceback
+        yield template.environment.handle_exception()
+
+
+def inline_names(environment: jinja2.Environment, source: str, html: bool) -> frozenset[str] | None:
+    """The context names an inline template reads (`customer`, `unsubscribe_url`, ...), found
+    once per environment; None when any may be read (it includes or imports another template,
+    which sees the whole context) or it does not parse (rendering reports that)."""
+    cache: dict[tuple[str, bool], frozenset[str] | None] = environment.__dict__.setdefault(
+        "_retain_inline_names", {})
+    key = (source, html)
+    if key not in cache:
+        try:
+            tree = environment.parse(source)
+        except jinja2.TemplateSyntaxError:
+            cache[key] = None
+        else:
+            referenced = list(meta.find_referenced_templates(tree))
+            cache[key] = None if referenced else frozenset(meta.find_undeclared_variables(tree))
+    return cache[key]
 
 
 def compile_inline(environment: jinja2.Environment, source: str, html: bool) -> jinja2.Template:

@@ -12,8 +12,9 @@ unique too. A crash between batches loses nothing: the next run plans the rest a
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,10 +22,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.format.playbook import Playbook
+from engine.outbox.bulk import Bulk
 from engine.plan.build import PlaybookPlan
-from engine.plan.planner import PlannedAction, PlannedEnrollment, schedule
+from engine.plan.planner import PlannedAction, PlannedEnrollment, plain_fields, schedule
 from engine.store import status as st
-from engine.store.dialect import insert_ignoring
 from engine.store.tables import actions, enrollments
 
 
@@ -43,18 +44,19 @@ def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> C
     if plan.over_limit is not None:
         return done
     stages = StagePlan(plan.playbook)
+    rows: _Rows | None = None
     for batch in plan.batches():
+        if not batch:
+            continue
         with writer.begin() as connection:
-            inserted = insert_enrollments(connection, plan.playbook, stages, batch, as_of)
-            rows = [action_row(plan.playbook.id, inserted[(e.customer_id, e.occurrence)], e,
-                               action, as_of)
-                    for e in batch if (e.customer_id, e.occurrence) in inserted
-                    for action in e.actions if action.stage == 0]
-            insert_actions(connection, rows)
+            if rows is None:
+                rows = _Rows(connection.dialect, plan.playbook, stages, as_of)
+            inserted = rows.enrollments(connection, batch)
+            statuses = rows.actions(connection, batch, inserted)
         done.entered += len(inserted)
         done.holdout += sum(1 for e in batch
                             if e.holdout and (e.customer_id, e.occurrence) in inserted)
-        done.statuses.update(row["status"] for row in rows)
+        done.statuses.update(statuses)
     return done
 
 
@@ -81,26 +83,70 @@ class StagePlan:
         return None if following is None else entered_at + self.delays[following]
 
 
+class _Rows:
+    """One playbook's enrollment and outbox rows for one commit, in the form `Bulk` sends them:
+    what is the same for every row (playbook, version, as-of) bound once, times converted once.
+    """
+
+    ENROLLMENT = ("customer_id", "occurrence_key", "event_id", "holdout", "wake_at", "status",
+                  "ended_at", "end_reason")
+    ACTION = ("enrollment_id", "customer_id", "stage", "step", "connector", "payload",
+              "idempotency_key", "status", "reason", "last_error", "next_attempt_at")
+
+    def __init__(self, dialect: sa.Dialect, playbook: Playbook, stages: StagePlan,
+                 as_of: datetime) -> None:
+        self.playbook = playbook
+        self.enrollment_bulk = Bulk(enrollments, dialect, self.ENROLLMENT,
+                                    ("playbook_id", "version", "step", "entered_at"),
+                                    ("playbook_id", "customer_id", "occurrence_key"),
+                                    ("id", "customer_id", "occurrence_key"))
+        self.action_bulk = Bulk(actions, dialect, self.ACTION,
+                                ("playbook_id", "attempts", "created_at", "updated_at"),
+                                ("idempotency_key",))
+        self.time = self.action_bulk.time
+        wake = stages.wake_at(as_of, 0)
+        now = self.time(as_of)
+        # the columns after (customer, occurrence, event) of an enrollment in / not in holdout
+        self.tail = {True: [True, None, st.COMPLETED, now, "holdout"],
+                     False: [False, self.time(wake), st.COMPLETED if wake is None
+                             else st.WAITING_STEP, now if wake is None else None, None]}
+        self.enrollment_constants = {"playbook_id": playbook.id, "version": playbook.version,
+                                     "step": 0, "entered_at": as_of}
+        self.action_constants = {"playbook_id": playbook.id, "attempts": 0,
+                                 "created_at": as_of, "updated_at": as_of}
+
+    def enrollments(self, connection: sa.Connection,
+                    batch: list[PlannedEnrollment]) -> dict[tuple[str, str], int]:
+        """Insert the batch's enrollments; (customer, occurrence) -> id of those this one
+        wrote (RETURNING: one already there, a re-plan or another replica's, is not)."""
+        tail = self.tail
+        packed = [[e.customer_id, e.occurrence, e.event_id, *tail[e.holdout]] for e in batch]
+        result = self.enrollment_bulk.execute(connection, packed, self.enrollment_constants)
+        return {(customer, occurrence): ident for ident, customer, occurrence in result}
+
+    def actions(self, connection: sa.Connection, batch: list[PlannedEnrollment],
+                inserted: Mapping[tuple[str, str], int]) -> list[str]:
+        """Insert the stage-0 actions of the enrollments this transaction inserted; their
+        statuses."""
+        time, dumps = self.time, json.dumps
+        packed = [[ident, e.customer_id, a.stage, a.step, a.kind, dumps(plain_fields(a.fields)),
+                   a.key, a.status, a.reason, a.reason if a.status == st.DEAD else None,
+                   time(a.run_at)]
+                  for e in batch if (ident := inserted.get((e.customer_id, e.occurrence)))
+                  is not None
+                  for a in e.actions if a.stage == 0]
+        if packed:
+            self.action_bulk.execute(connection, packed, self.action_constants)
+        return [row[7] for row in packed]
+
+
 def insert_enrollments(connection: sa.Connection, playbook: Playbook, stages: StagePlan,
                        batch: list[PlannedEnrollment],
                        as_of: datetime) -> dict[tuple[str, str], int]:
     """Insert the batch's enrollments; (customer, occurrence) -> id of those this one wrote."""
     if not batch:
         return {}
-    wake = stages.wake_at(as_of, 0)
-    rows = [{"playbook_id": playbook.id, "version": playbook.version,
-             "customer_id": e.customer_id, "occurrence_key": e.occurrence,
-             "event_id": e.event_id, "step": 0, "holdout": e.holdout, "entered_at": as_of,
-             "wake_at": None if e.holdout else wake,
-             "status": st.COMPLETED if e.holdout or wake is None else st.WAITING_STEP,
-             "ended_at": as_of if e.holdout or wake is None else None,
-             "end_reason": "holdout" if e.holdout else None}
-            for e in batch]
-    statement = insert_ignoring(enrollments, connection.dialect,
-                                ["playbook_id", "customer_id", "occurrence_key"])
-    c = enrollments.c
-    result = connection.execute(statement.returning(c.id, c.customer_id, c.occurrence_key), rows)
-    return {(customer, occurrence): ident for ident, customer, occurrence in result}
+    return _Rows(connection.dialect, playbook, stages, as_of).enrollments(connection, batch)
 
 
 def action_row(playbook_id: str, enrollment_id: int | None, enrollment: PlannedEnrollment,
@@ -108,7 +154,7 @@ def action_row(playbook_id: str, enrollment_id: int | None, enrollment: PlannedE
     """The outbox row of one planned action, as the plan decided it."""
     return {"playbook_id": playbook_id, "enrollment_id": enrollment_id,
             "customer_id": enrollment.customer_id, "stage": action.stage, "step": action.step,
-            "connector": action.kind, "payload": action.to_json()["fields"],
+            "connector": action.kind, "payload": plain_fields(action.fields),
             "idempotency_key": action.key, "status": action.status, "reason": action.reason,
             "last_error": action.reason if action.status == st.DEAD else None,
             "attempts": 0, "next_attempt_at": action.run_at, "created_at": as_of,
@@ -116,8 +162,16 @@ def action_row(playbook_id: str, enrollment_id: int | None, enrollment: PlannedE
 
 
 def insert_actions(connection: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Insert outbox rows; a key already there (a re-plan of the same action) is skipped."""
+    """Insert outbox rows (`action_row`s); a key already there (a re-plan of the same action)
+    is skipped."""
     rows = list(rows)
     if rows:
-        connection.execute(insert_ignoring(actions, connection.dialect, ["idempotency_key"]),
-                           rows)
+        columns = tuple(rows[0])
+        bulk = _DICT_BULKS.get((connection.dialect.name, columns))
+        if bulk is None:
+            bulk = _DICT_BULKS[(connection.dialect.name, columns)] = Bulk(
+                actions, connection.dialect, columns, (), ("idempotency_key",))
+        bulk.execute_dicts(connection, rows)
+
+
+_DICT_BULKS: dict[tuple[str, tuple[str, ...]], Bulk] = {}

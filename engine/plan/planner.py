@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +46,14 @@ from jinja2 import Environment
 from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
-from engine.format.templates import as_context, has_template, render, render_file
+from engine.format.templates import (
+    as_context,
+    as_value,
+    has_template,
+    inline_names,
+    render,
+    render_file,
+)
 from engine.plan.delivery import Booking, CapLedger, DeliveryRules
 from engine.store.status import CAPPED, DEAD, DEFERRED, PLANNED, SKIPPED, SUPPRESSED
 
@@ -91,7 +98,7 @@ class PlannedAction:
         data = {"type": self.kind, "step": self.step, "stage": self.stage, "key": self.key,
                 "commit_now": self.commit_now, "run_at": iso(self.run_at),
                 "status": self.status,
-                "fields": {k: _plain(v) for k, v in self.fields.items()}}
+                "fields": plain_fields(self.fields)}
         if self.reason:
             data["reason"] = self.reason
         return data
@@ -131,8 +138,10 @@ class Scheduled:
     action: ActionStep
 
 
-def _plain(value: Any) -> Any:
-    return iso(value) if isinstance(value, datetime) else value
+def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An action's fields as plain JSON data (times as ISO text): its `to_json` `fields`, and
+    the payload a live run writes to the outbox."""
+    return {k: iso(v) if isinstance(v, datetime) else v for k, v in fields.items()}
 
 
 def schedule(playbook: Playbook) -> tuple[Scheduled, ...]:
@@ -212,6 +221,7 @@ class Planner:
         self.rank, self.unsubscribe, self.commit_stage = rank, unsubscribe, commit_stage
         self.schedule = schedule(playbook)
         self._files: dict[str, bool] = {}
+        self._playbook = as_value("playbook", {"id": playbook.id, "name": playbook.document.name})
 
     def enrollment(self, customer_id: str, occurrence: str, customer: Mapping[str, Any],
                    event: Mapping[str, Any] | None, suppressions: Mapping[str, str],
@@ -225,9 +235,15 @@ class Planner:
 
     def renderer(self, customer: Mapping[str, Any],
                  event: Mapping[str, Any] | None) -> Renderer:
-        """The templates of one enrollment, rendered in its `template_context`."""
-        context = template_context(self.playbook, customer, event, self.link(customer))
-        return Renderer(self.environment, context, self._has_file)
+        """The templates of one enrollment, rendered in its `template_context` (made lazily: a
+        live plan signs the customer's unsubscribe link when something reads it)."""
+        values: dict[str, Any] = {"customer": customer, "playbook": self._playbook}
+        if event is not None:
+            values["event"] = event
+        if self.unsubscribe is None:
+            values["unsubscribe_url"] = UNSUBSCRIBE_URL
+            return Renderer(self.environment, values, self._has_file)
+        return Renderer(self.environment, values, self._has_file, lambda: self.link(customer))
 
     def link(self, customer: Mapping[str, Any]) -> str:
         """The customer's `unsubscribe_url`: the placeholder unless live; live and without an
@@ -300,7 +316,7 @@ class Planner:
         if live:
             return connector.payload(params, renderer.inline, renderer.file, at, key=key,
                                      customer=customer,
-                                     unsubscribe_url=renderer.context["unsubscribe_url"])
+                                     unsubscribe_url=renderer.unsubscribe_url)
         fields = connector.plan(params, renderer.inline, renderer.file, at)
         address = customer.get("email")
         return {"to": address, **fields} if connector.needs_email and address else fields
@@ -342,17 +358,50 @@ def template_context(playbook: Playbook, customer: Mapping[str, Any],
 
 class Renderer:
     """One enrollment's templates in one context: `inline` and `file` are what a connector gets
-    as `render` and `render_file` (connectors/base.py), in a plan and in a preview alike."""
+    as `render` and `render_file` (connectors/base.py), in a plan and in a preview alike.
 
-    __slots__ = ("context", "environment", "has_file")
+    `context` maps the names templates see to their values. A live plan passes `link`, which
+    makes `unsubscribe_url` when a template or the connector's `payload` first asks for it. An
+    inline template is rendered with only the names it reads, each wrapped once
+    (engine/format/templates.py `as_value`): the others are never wrapped, and a name it reads
+    that is missing is as undefined as in the whole context.
+    """
 
-    def __init__(self, environment: Environment, context: dict[str, Any],
-                 has_file: Callable[[str], bool]) -> None:
-        self.environment, self.context, self.has_file = environment, context, has_file
+    __slots__ = ("_link", "_values", "_wrapped", "environment", "has_file")
+
+    def __init__(self, environment: Environment, context: Mapping[str, Any],
+                 has_file: Callable[[str], bool], link: Callable[[], str] | None = None) -> None:
+        self.environment, self.has_file = environment, has_file
+        self._values, self._link = dict(context), link
+        self._wrapped: dict[str, Any] = {}
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The whole context, wrapped: what a template file sees."""
+        return self._context(None)
+
+    @property
+    def unsubscribe_url(self) -> str:
+        """The link the templates see as `unsubscribe_url` ("" when there is none)."""
+        return self._context(("unsubscribe_url",)).get("unsubscribe_url", "")
+
+    def _context(self, names: Iterable[str] | None) -> dict[str, Any]:
+        """The wrapped values of `names` that the context has (None: all of them)."""
+        if self._link is not None and (names is None or "unsubscribe_url" in names):
+            self._values["unsubscribe_url"] = self._link()
+            self._link = None
+        found = {}
+        for name in self._values if names is None else names:
+            if name in self._wrapped:
+                found[name] = self._wrapped[name]
+            elif name in self._values:
+                found[name] = self._wrapped[name] = as_value(name, self._values[name])
+        return found
 
     def inline(self, source: str, *, header: bool = False, html: bool = False) -> str:
         """An inline template (a subject, a body); `html` autoescapes like an `.html.j2` file."""
-        return render(self.environment, source, self.context, header=header, html=html)
+        names = inline_names(self.environment, source, html)
+        return render(self.environment, source, self._context(names), header=header, html=html)
 
     def file(self, name: str) -> str | None:
         """templates/NAME rendered, or None when the playbook's templates folder has no NAME."""

@@ -11,14 +11,13 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli import render
-from engine.clock import iso, parse_as_of, utcnow
+from cli import plain, render
+from engine.clock import iso
 
 if TYPE_CHECKING:
     from engine.outbox.dispatch import DispatchReport
@@ -42,7 +41,7 @@ def dispatch_command(ctx: typer.Context, as_of: AsOfOpt = None, as_json: JsonOpt
     from engine.outbox.dispatch import dispatch
     from engine.store.open import open_store
 
-    moment = _moment(as_of)
+    moment = plain.as_of_time(as_of)
     engine = open_store(ctx.obj.db_url)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, _on_sigterm(stop))
@@ -57,13 +56,6 @@ def dispatch_command(ctx: typer.Context, as_of: AsOfOpt = None, as_json: JsonOpt
     _print(report)
 
 
-def _moment(text: str | None) -> datetime:
-    if text is None:
-        return utcnow()
-    try:
-        return parse_as_of(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--as-of") from None
 
 
 def _on_sigterm(stop: threading.Event) -> Callable[[int, FrameType | None], None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli import render
+from cli.plain import as_of_time
 from cli.playbooks import JsonOpt, PathsArg, issue_json, show_warnings
-from engine.clock import iso, parse_as_of, utcnow
+from engine.clock import iso
 from engine.config import Settings, load_settings
 from engine.errors import InputError, did_you_mean
 from engine.format.playbook import Playbook
@@ -35,16 +35,6 @@ ERRORS_SHOWN = 5  # in the text plan; `--json` streams every action with its sta
 AsOfOpt = Annotated[str | None, typer.Option(
     "--as-of", help="Evaluate as if now were this ISO date or time (naive means UTC); only events "
     "up to it are seen.", show_default=False)]
-
-
-def as_of_time(text: str | None) -> datetime:
-    """The `--as-of` value, or now; a malformed one is a usage error (exit 2)."""
-    if text is None:
-        return utcnow()
-    try:
-        return parse_as_of(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--as-of") from None
 
 
 def playbooks_at(paths: list[Path] | None) -> list[Playbook]:

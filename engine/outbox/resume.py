@@ -60,7 +60,7 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
             blocked = reader.suppressed(connection, [p["email"] for p in people.values()
                                                      if p.get("email")])
             booked = reader.bookings(connection, list(people), rules.capped_channels,
-                                     as_of - rules.longest_window)
+                                     as_of - rules.longest_window, as_of=as_of)
             unknown = []
             for row in due:
                 found = lookup(row["playbook_id"], row["version"])

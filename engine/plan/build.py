@@ -245,7 +245,8 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
         run.ledger.forget_from(rank)  # a new pass: only the higher-priority plan stays
         for batch, people in reader.candidate_records(connection, ctx, query, limit):
             found = reader.records(connection, ctx, batch, people)
-            booked = reader.bookings(connection, [c.customer_id for c in batch], channels, since)
+            booked = reader.bookings(connection, [c.customer_id for c in batch], channels,
+                                     since, as_of=moment.as_of)
             yield [planner.enrollment(c.customer_id, c.occurrence, found.customers[c.customer_id],
                                       found.events.get(c.event_ref)
                                       if c.event_ref is not None else None,

@@ -271,7 +271,8 @@ class Planner:
         Quiet hours move the due time first (deferred) and the templates are rendered for
         that time; a template that fails makes the action dead whatever else holds (the
         dry-run fails for it), else no address or a suppressed one keeps it from going
-        (skipped, suppressed, at the original time), else the cap is judged at its time.
+        (skipped, suppressed, at the original time), else the cap is judged when it goes: the
+        deferred time, or for a stage resumed late the run's moment (its due time has passed).
         """
         kind, due = item.action.kind, self.as_of + item.delay
         connector = self.connectors[kind]
@@ -293,7 +294,7 @@ class Planner:
             return made(DEAD, {}, f"{where}: {exc}", when=due, error=True)
         if blocked is not None:
             return made(blocked[0], fields, blocked[1], when=due)
-        capped = self._cap(item, kind, at, key, customer, booked)
+        capped = self._cap(item, kind, moved.at if moved else sends, key, customer, booked)
         if capped is not None:
             return made(CAPPED, fields, capped)
         return made(DEFERRED if moved else PLANNED, fields, moved.reason if moved else None)

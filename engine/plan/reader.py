@@ -176,12 +176,14 @@ def suppressed(connection: sa.Connection, emails: list[str]) -> dict[str, str]:
 
 
 def bookings(connection: sa.Connection, ids: list[str], channels: Collection[str],
-             since: datetime) -> dict[str, dict[str, list[Booking]]]:
+             since: datetime, *, as_of: datetime) -> dict[str, dict[str, list[Booking]]]:
     """customer_id -> channel -> the outbox rows that fill a cap: of those channels, sent or on
     their way (`COUNTS_AGAINST_CAP`), at a time after `since` (as-of less the longest window).
 
-    A row's time is `sent_at` once sent, else `next_attempt_at` (when it is due, deferred or
-    retried): business time, as the cap windows are. Read through the (customer_id, connector)
+    A sent row's time is `sent_at`; a row not sent yet goes at its `next_attempt_at` (when it
+    is due, deferred or retried), or, when that has passed (no dispatch ran since), at the next
+    dispatch with whatever this plan adds: it counts at `as_of` then, however long ago it was
+    due. Business time, as the cap windows are. Read through the (customer_id, connector)
     index, a batch of ids at a time; rows due later are kept too (delivery.py says why).
     """
     found: dict[str, dict[str, list[Booking]]] = {}
@@ -194,9 +196,13 @@ def bookings(connection: sa.Connection, ids: list[str], channels: Collection[str
             actions.c.customer_id.in_(ids[start:start + BATCH]),
             actions.c.connector.in_(sorted(channels)),
             actions.c.status.in_(COUNTS_AGAINST_CAP),
-            sa.or_(actions.c.sent_at > since, actions.c.next_attempt_at > since))
+            sa.or_(actions.c.status != SENT, actions.c.sent_at > since,
+                   actions.c.next_attempt_at > since))
         for row in connection.execute(query):
-            at = row.sent_at if row.status == SENT and row.sent_at else row.next_attempt_at
+            if row.status == SENT:
+                at = row.sent_at or row.next_attempt_at
+            else:
+                at = max(row.next_attempt_at or as_of, as_of)
             if at is None or at <= since:
                 continue
             found.setdefault(row.customer_id, {}).setdefault(row.connector, []).append(

@@ -129,3 +129,30 @@ def test_over_the_limit_enrolls_no_one(db: sa.Engine, tmp_path: Path) -> None:
     report = cycle(db, [pb])
     assert "over limits.max_enrollments 1" in (report.playbooks["pb"].over_limit or "")
     assert rows(db, enrollments, enrollments.c.id) == []
+
+
+def test_exit_when_cancels_what_a_completed_enrollment_still_has_pending(
+        db: sa.Engine, tmp_path: Path) -> None:
+    """A one-step playbook's enrollment completes when its actions are committed; an exit event
+    before they go (deferred, retrying, or not dispatched yet) still cancels them and ends it."""
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }",
+                  actions='  - task: { title: "Call {{ customer.customer_id }}" }\n',
+                  more="exit_when: { event: refund }\n")
+    cycle(db, [pb])
+    assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.COMPLETED}
+    add_events(db, ("r1", "a", "refund", AS_OF + timedelta(hours=5), {}))
+    report = cycle(db, [pb], AS_OF + timedelta(hours=6))
+    assert report.playbooks["pb"].exited == 1
+    by_customer = {e["customer_id"]: e for e in rows(db, enrollments, enrollments.c.id)}
+    assert (by_customer["a"]["status"], by_customer["b"]["status"]) == (st.EXITED, st.COMPLETED)
+    assert "exit_when: refund" in by_customer["a"]["end_reason"]
+    status = {a["customer_id"]: (a["status"], a["reason"]) for a in rows(db, actions, actions.c.id)}
+    assert status["a"][0] == st.CANCELLED and "exit_when: refund" in status["a"][1]
+    assert status["b"] == (st.PLANNED, None)
+    # done and sent long ago: a later exit event changes nothing
+    add_events(db, ("r2", "b", "refund", AS_OF + timedelta(days=1), {}))
+    with db.begin() as connection:
+        connection.execute(actions.update().where(actions.c.customer_id == "b")
+                           .values(status=st.SENT, sent_at=AS_OF))
+    assert cycle(db, [pb], AS_OF + timedelta(days=2)).playbooks["pb"].exited == 0

@@ -8,7 +8,8 @@ sent, and a customer who left a segment can enter it again in the same run.
   after entry decides: if it is past the window, no later one is inside it.
 - **exit_when**: an enrollment still in progress whose customer had the exit event since
   entering is `exited` (end_reason says which event and when) and its pending actions are
-  `cancelled` with that reason.
+  `cancelled` with that reason. In progress (`in_flight`) includes an enrollment marked
+  completed whose last actions have not gone yet (deferred, retrying, not dispatched).
 - **segment membership**: an open membership (`left_at` NULL) of a customer who no longer
   matches the playbook closes at as-of.
 """
@@ -30,6 +31,16 @@ from engine.store.tables import actions, enrollments, events
 
 BATCH = 500
 OPEN = (st.ACTIVE, st.WAITING_STEP)
+
+
+def in_flight() -> sa.ColumnElement[bool]:
+    """An enrollment still under way: open (active, waiting), or completed while actions of it
+    are pending. A last step completes its enrollment when its actions are committed, but a
+    deferred or retrying email of it has not gone yet: an exit must still cancel it."""
+    e, pending = enrollments.c, actions.alias("pending")
+    waiting = sa.exists().where(pending.c.enrollment_id == e.id,
+                                pending.c.status.in_(st.WAITING))
+    return sa.or_(e.status.in_(OPEN), sa.and_(e.status == st.COMPLETED, waiting))
 
 
 def record_goals(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:
@@ -81,7 +92,7 @@ def apply_exits(connection: sa.Connection, playbook: Playbook, as_of: datetime) 
                                                     ev.type == exit_when.event,
                                                     ev.occurred_at > e.entered_at,
                                                     ev.occurred_at <= as_of))
-             .where(e.playbook_id == playbook.id, e.status.in_(OPEN))
+             .where(e.playbook_id == playbook.id, in_flight())
              .group_by(e.id))
     ended = [(ident, _aware(at)) for ident, at in connection.execute(found)]
     for chunk in _chunks(ended):
@@ -96,7 +107,7 @@ def end(connection: sa.Connection, reasons: list[dict[str, Any]], as_of: datetim
     """End enrollments (`ident`, `why` each) and cancel their pending actions with that why."""
     e, a = enrollments.c, actions.c
     connection.execute(
-        enrollments.update().where(e.id == sa.bindparam("ident"), e.status.in_(OPEN))
+        enrollments.update().where(e.id == sa.bindparam("ident"), in_flight())
         .values(status=status, ended_at=as_of, end_reason=sa.bindparam("why"), wake_at=None),
         reasons)
     connection.execute(

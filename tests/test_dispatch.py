@@ -405,3 +405,22 @@ def test_a_write_that_fails_dead_letters_that_action_only(db: sa.Engine) -> None
     assert row.status == DEAD and "writing its result failed" in row.last_error
     assert action(db, good).status == SENT
     assert (count(db, tasks), count(db, points)) == (0, 1)
+
+
+def test_a_write_refused_with_a_permanent_error_dead_letters_that_action_only(
+        db: sa.Engine, sink: Sink) -> None:
+    """The tag write refuses a customer it cannot find (PermanentError, not a database error):
+    that action is dead; the email sent in the same batch is recorded, not re-sent later."""
+    from connectors.tags import TagConnector
+
+    add_customer(db, "c1")
+    lost = add_action(db, "k-tag", connector="tag", customer="gone",
+                      payload={"add": ["vip"], "remove": []})
+    mail = add_action(db, "k-sock", payload={"port": sink.port})
+    report = run(db, connectors={**CONNECTORS, "tag": TagConnector})
+    assert (report.total(DEAD), report.total(SENT)) == (1, 1)
+    row = action(db, lost)
+    assert row.status == DEAD and "customer gone not found" in row.last_error
+    assert action(db, mail).status == SENT
+    assert run(db, AS_OF + timedelta(hours=1)).total(SENT) == 0
+    assert sink.counts() == {"k-sock": 1}

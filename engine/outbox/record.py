@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine.errors import RetainError
 from engine.outbox import writes
 from engine.outbox.claim import Claimed, put_back_status
 from engine.outbox.txn import writing
@@ -97,7 +98,9 @@ def _apply_writes(connection: sa.Connection, outcome: Outcome, as_of: datetime) 
     try:
         for write in outcome.writes:
             writes.apply(connection, write.kind, write.values, outcome.row, as_of)
-    except (SQLAlchemyError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (SQLAlchemyError, RetainError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # RetainError: a writer that refuses on purpose (a tag write for a customer not found
+        # raises PermanentError); escaping here would roll back the batch's sent outcomes.
         savepoint.rollback()
         outcome.status, outcome.error = DEAD, f"writing its result failed: {exc!r}"
         outcome.reason = f"dead: {outcome.error}"

@@ -27,7 +27,8 @@ AsOfOpt = Annotated[str | None, typer.Option(
     "due by then is sent, and sends, retries and facts are recorded at it. Default: now.",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")]
-OUTCOMES = ("sent", "retrying", "dead", "suppressed", "skipped")
+OUTCOMES = ("sent", "deferred", "retrying", "dead", "suppressed", "skipped")
+"""Every outcome a pass records (record.py), deferred included: quiet hours at send time."""
 
 
 def dispatch_command(ctx: typer.Context, as_of: AsOfOpt = None, as_json: JsonOpt = False

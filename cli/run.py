@@ -54,7 +54,8 @@ def counts(line: PlaybookRun) -> dict[str, int]:
     decided that will not be (capped, suppressed, dead) or not yet (deferred)."""
     committed, delivered = line.committed, line.delivered
     return {"entered": line.entered, "holdout": line.holdout, "sent": delivered["sent"],
-            "deferred": committed["deferred"], "capped": committed["capped"],
+            "deferred": committed["deferred"] + delivered["deferred"],
+            "capped": committed["capped"],
             "suppr": committed["suppressed"] + delivered["suppressed"],
             "failed": delivered["retrying"], "dead": committed["dead"] + delivered["dead"]}
 

@@ -230,3 +230,16 @@ def test_kill_9_after_the_smtp_server_has_the_message(
     with db.connect() as connection:
         assert connection.execute(sa.select(events.c.event_id).where(
             events.c.type == "email_sent")).scalars().all() == ["winback:ann:o1:0:0"]
+
+
+def test_rows_deferred_at_send_time_are_counted(db_url: str, db: sa.Engine, sink: Sink, cli: Cli,
+                                                test_connectors: None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row due inside its channel's quiet hours is deferred by the dispatcher: the text says
+    so, instead of a table of zero sends."""
+    monkeypatch.setenv("RETAIN_QUIET_HOURS_SOCK", "11:00-13:00")
+    add_customer(db, "c1")
+    add_action(db, "k1", payload={"port": sink.port})
+    code, out, _ = cli(["--db", db_url, "dispatch", "--as-of", iso(AS_OF)])
+    assert code == 0 and sink.counts() == {}
+    assert out.splitlines()[1:] == ["playbook  deferred", "winback          1"]

@@ -55,3 +55,16 @@ def test_an_overdue_unsent_row_fills_the_cap_now(db: sa.Engine, tmp_path: Path) 
         got = {e.customer_id: e.actions[0] for e in plan.playbooks[0].enrollments()}
     assert (got["late"].status, got["old"].status) == (CAPPED, PLANNED)
     assert got["late"].reason == "cap email 1/7d reached: sent or planned by promo"
+
+
+def test_the_run_table_counts_rows_the_dispatch_deferred() -> None:
+    """A retry or an overdue row that the run's dispatch defers (quiet hours at send time) is
+    shown as deferred, not lost between the columns."""
+    from collections import Counter
+
+    from cli.run import counts
+    from engine.outbox.run import PlaybookRun
+
+    line = PlaybookRun("winback", committed=Counter({"deferred": 1}),
+                       delivered=Counter({"deferred": 2, "sent": 1}))
+    assert (counts(line)["deferred"], counts(line)["sent"]) == (3, 1)

@@ -140,15 +140,6 @@ class _Rows:
         return [row[7] for row in packed]
 
 
-def insert_enrollments(connection: sa.Connection, playbook: Playbook, stages: StagePlan,
-                       batch: list[PlannedEnrollment],
-                       as_of: datetime) -> dict[tuple[str, str], int]:
-    """Insert the batch's enrollments; (customer, occurrence) -> id of those this one wrote."""
-    if not batch:
-        return {}
-    return _Rows(connection.dialect, playbook, stages, as_of).enrollments(connection, batch)
-
-
 def action_row(playbook_id: str, enrollment_id: int | None, enrollment: PlannedEnrollment,
                action: PlannedAction, as_of: datetime) -> dict[str, Any]:
     """The outbox row of one planned action, as the plan decided it."""

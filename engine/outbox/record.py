@@ -15,7 +15,6 @@ that action only.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,8 +155,3 @@ def _attempt(outcome: Outcome, worker: str) -> dict[str, Any]:
             "started_at": started, "finished_at": outcome.finished_at,
             "outcome": outcome.status,
             "error": outcome.error or (outcome.reason if outcome.status != SENT else None)}
-
-
-def tally(outcomes: Sequence[Outcome]) -> Counter[tuple[str, str]]:
-    """(playbook, outcome) counts, for the report."""
-    return Counter((o.row.playbook_id, o.status) for o in outcomes)

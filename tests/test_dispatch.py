@@ -424,3 +424,35 @@ def test_a_write_refused_with_a_permanent_error_dead_letters_that_action_only(
     assert action(db, mail).status == SENT
     assert run(db, AS_OF + timedelta(hours=1)).total(SENT) == 0
     assert sink.counts() == {"k-sock": 1}
+
+
+def test_a_failed_heartbeat_is_tried_again_at_the_next_beat(db: sa.Engine,
+                                                            monkeypatch: Any) -> None:
+    """One heartbeat that fails (the database busy for a moment) must not end the heartbeats:
+    the leases of a long send are still extended afterwards, or another worker takes it over."""
+    import engine.outbox.dispatch as module
+    monkeypatch.setattr(module, "HEARTBEAT", timedelta(seconds=0.2))
+    real, calls = module.extend_leases, []
+
+    def flaky(*args: Any, **kwargs: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.OperationalError("UPDATE actions", {}, Exception("database is locked"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "extend_leases", flaky)
+    leases: list[Any] = []
+
+    class Slow(SockConnector):
+        async def send(self, delivery: Delivery) -> Sent:
+            import asyncio
+            for _ in range(4):
+                leases.append(action(db, slow).lease_until)
+                await asyncio.sleep(0.3)
+            return Sent()
+
+    add_customer(db, "c1")
+    slow = add_action(db, "k-slow")
+    assert run(db, connectors={"sock": Slow}).total(SENT) == 1
+    assert len(calls) >= 3
+    assert leases[-1] > leases[0]  # extended after the failed beat

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from connectors.base import Delivery, Sent
 from engine.clock import iso, utcnow
@@ -247,11 +248,18 @@ class _Pass:
 
     async def heartbeat(self) -> None:
         """While sends of the batch run, keep the leases of all its rows (real clock) every
-        10 s: those sent early wait for the batch's record, and must not be taken over."""
+        10 s: those sent early wait for the batch's record, and must not be taken over. A beat
+        that fails (the database busy or away for a moment) is logged and the next one tries
+        again: the lease has five more beats' worth of room."""
         while True:
             await asyncio.sleep(HEARTBEAT.total_seconds())
-            held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
-                                           self.held)
+            try:
+                held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
+                                               self.held)
+            except SQLAlchemyError as exc:
+                log.warning("heartbeat of worker %s failed, trying again in %s s: %s",
+                            self.worker, HEARTBEAT.total_seconds(), exc)
+                continue
             log.debug("heartbeat: %d lease(s) extended", held)
 
     async def drain(self, kind: str, queue: deque[Claimed]) -> list[Outcome]:

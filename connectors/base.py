@@ -131,6 +131,12 @@ class Connector(ABC):
         to their reason. Only a connector that sends to the address blocks anything."""
         return None
 
+    def recipient_problem(self, customer: Mapping[str, Any]) -> str | None:
+        """Why this customer's address or name cannot be written into what this action sends
+        (a header it cannot carry), or None. Pure: the planner asks in dry-run and live alike,
+        so both mark that action dead with the same reason."""
+        return None
+
     def preview(self, params: BaseModel, render: Render, render_file: RenderFile,
                 due_at: datetime, *, key: str | None, customer: Mapping[str, Any],
                 unsubscribe_url: str) -> dict[str, Any] | EmailMessage:

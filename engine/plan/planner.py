@@ -286,7 +286,9 @@ class Planner:
             return PlannedAction(item.step, item.stage, kind, when, status, fields, key, reason,
                                  error)
 
-        try:
+        try:  # an address or name the message cannot carry: dead in dry-run and live alike
+            if blocked is None and (problem := connector.recipient_problem(customer)):
+                raise TemplateError(problem)
             fields = self._fields(connector, item, renderer, at, key, customer,
                                   live=blocked is None and self.unsubscribe is not None)
         except (TemplateError, ValueError) as exc:  # ValueError: a header the email refuses

@@ -156,3 +156,48 @@ def test_exit_when_cancels_what_a_completed_enrollment_still_has_pending(
         connection.execute(actions.update().where(actions.c.customer_id == "b")
                            .values(status=st.SENT, sent_at=AS_OF))
     assert cycle(db, [pb], AS_OF + timedelta(days=2)).playbooks["pb"].exited == 0
+
+
+def test_an_enrollment_ended_by_another_run_while_resuming_stays_ended(
+        db: sa.Engine, tmp_path: Path) -> None:
+    """Another process exits the enrollment between this resume's read and its write (a
+    concurrent `retain run` applying exit_when): its next stage is not written, it stays exited,
+    and nothing is counted."""
+    from engine.format.registry import make_connectors
+    from engine.outbox.lifecycle import end
+    from engine.outbox.resume import resume_due
+    from engine.outbox.versions import version_lookup
+
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS)
+    cycle(db, [pb])
+    found = version_lookup(db, [pb])
+    ended: list[int] = []
+
+    def racing(playbook_id: str, version: str) -> Any:
+        if not ended:  # the other run commits its exit now
+            ended.extend(e["id"] for e in rows(db, enrollments, enrollments.c.id))
+            with db.begin() as connection:
+                end(connection, [{"ident": ident, "why": "exit_when: refund"}
+                                 for ident in ended], AS_OF, st.EXITED)
+        return found(playbook_id, version)
+
+    later = AS_OF + timedelta(days=4)
+    counts = resume_due(db, later, racing, make_connectors(SETTINGS), settings=SETTINGS)
+    assert sum(counts.values()) == 0
+    assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.EXITED}
+    assert [a for a in rows(db, actions, actions.c.id) if a["stage"] == 1] == []
+
+
+def test_exit_when_ends_many_enrollments_at_once(db: sa.Engine, tmp_path: Path) -> None:
+    """Every enrollment that met its exit event ends, however many there are (one statement
+    executed for many rows)."""
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS,
+                  more="exit_when: { event: refund }\n")
+    cycle(db, [pb])
+    add_events(db, ("r1", "a", "refund", AS_OF + timedelta(hours=5), {}),
+               ("r2", "b", "refund", AS_OF + timedelta(hours=6), {}))
+    assert cycle(db, [pb], AS_OF + timedelta(days=1)).playbooks["pb"].exited == 2
+    assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.EXITED}
+    assert {a["status"] for a in rows(db, actions, actions.c.id)} == {st.CANCELLED}

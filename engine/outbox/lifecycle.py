@@ -33,14 +33,20 @@ BATCH = 500
 OPEN = (st.ACTIVE, st.WAITING_STEP)
 
 
+def one_of(column: sa.ColumnElement[str], values: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    """`column IN (...)` with one bound value each: a statement run for many rows at once
+    (executemany) refuses SQLAlchemy's default, expanding IN."""
+    return column.in_([sa.literal(value) for value in values])
+
+
 def in_flight() -> sa.ColumnElement[bool]:
     """An enrollment still under way: open (active, waiting), or completed while actions of it
     are pending. A last step completes its enrollment when its actions are committed, but a
     deferred or retrying email of it has not gone yet: an exit must still cancel it."""
     e, pending = enrollments.c, actions.alias("pending")
     waiting = sa.exists().where(pending.c.enrollment_id == e.id,
-                                pending.c.status.in_(st.WAITING))
-    return sa.or_(e.status.in_(OPEN), sa.and_(e.status == st.COMPLETED, waiting))
+                                one_of(pending.c.status, st.WAITING))
+    return sa.or_(one_of(e.status, OPEN), sa.and_(e.status == st.COMPLETED, waiting))
 
 
 def record_goals(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:
@@ -104,7 +110,8 @@ def apply_exits(connection: sa.Connection, playbook: Playbook, as_of: datetime) 
 
 def end(connection: sa.Connection, reasons: list[dict[str, Any]], as_of: datetime,
         status: str) -> None:
-    """End enrollments (`ident`, `why` each) and cancel their pending actions with that why."""
+    """End enrollments (`ident`, `why` each) and cancel their pending actions with that why;
+    one statement each for all of them."""
     e, a = enrollments.c, actions.c
     connection.execute(
         enrollments.update().where(e.id == sa.bindparam("ident"), in_flight())
@@ -112,7 +119,7 @@ def end(connection: sa.Connection, reasons: list[dict[str, Any]], as_of: datetim
         reasons)
     connection.execute(
         actions.update().where(a.enrollment_id == sa.bindparam("ident"),
-                               a.status.in_(st.WAITING))
+                               one_of(a.status, st.WAITING))
         .values(status=st.CANCELLED, reason=sa.bindparam("why"), updated_at=as_of),
         reasons)
 

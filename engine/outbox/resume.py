@@ -73,6 +73,8 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
                 playbook, environment = found
                 stages = StagePlan(playbook)
                 stage = stages.after(row["step"])
+                if not _advance(connection, row, stages, stage, as_of):
+                    continue  # another run resumed or ended it since it was read
                 planned = []
                 if stage is not None:
                     planner = Planner(playbook, row["entered_at"], connectors, environment,
@@ -87,7 +89,6 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
                         for a in planned]
                 insert_actions(connection, rows)
                 counts.update((playbook.id, r["status"]) for r in rows)
-                _advance(connection, row["id"], stages, row["entered_at"], stage, as_of)
             if unknown:
                 end(connection, unknown, as_of, st.EXITED)
 
@@ -111,14 +112,20 @@ def _events(connection: sa.Connection, event_ids: list[str]) -> dict[str, dict[s
             for record in reader.event_records(connection, refs).values()}
 
 
-def _advance(connection: sa.Connection, ident: int, stages: StagePlan, entered_at: datetime,
-             stage: int | None, as_of: datetime) -> None:
-    """Move the enrollment to `stage`: waiting for the one after it, or completed."""
-    wake = None if stage is None else stages.wake_at(entered_at, stage)
+def _advance(connection: sa.Connection, row: Mapping[str, Any], stages: StagePlan,
+             stage: int | None, as_of: datetime) -> bool:
+    """Move the enrollment to `stage`: waiting for the one after it, or completed. Only if it is
+    still waiting at the step it was read at: False when another run (a replica, a second
+    `retain run`) resumed or ended it in between, whose write then stands (the row lock on
+    PostgreSQL, the write lock on SQLite make the check and the write one)."""
+    e = enrollments.c
+    wake = None if stage is None else stages.wake_at(row["entered_at"], stage)
     values: dict[str, Any] = {"wake_at": wake}
     if stage is not None:
         values["step"] = stage
     if wake is None:
         values.update(status=st.COMPLETED, ended_at=as_of,
                       end_reason=f"every step done by {iso(as_of)}")
-    connection.execute(enrollments.update().where(enrollments.c.id == ident).values(**values))
+    moved = connection.execute(enrollments.update().where(
+        e.id == row["id"], e.status == st.WAITING_STEP, e.step == row["step"]).values(**values))
+    return bool(moved.rowcount)

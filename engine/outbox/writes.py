@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.clock import aware_utc
 from engine.outbox.claim import Claimed
 from engine.store.facts import EMAIL_SENT
+from engine.store.status import TASK_OPEN
 from engine.store.tables import customers, events, points, suppressions, tasks
 
 POINTS_AWARDED = "points_awarded"
@@ -56,7 +57,7 @@ def write_task(connection: sa.Connection, values: Mapping[str, Any], row: Claime
     connection.execute(insert_new(connection, tasks, "idempotency_key").values(
         idempotency_key=row.key, customer_id=values.get("customer_id", row.customer_id),
         playbook_id=row.playbook_id, title=values["title"], assignee=values.get("assignee"),
-        note=values.get("note"), due_at=_time(values.get("due_at")), status="open",
+        note=values.get("note"), due_at=_time(values.get("due_at")), status=TASK_OPEN,
         created_at=as_of))
 
 

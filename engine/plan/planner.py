@@ -16,7 +16,7 @@ without a database (tests/test_planner.py) and a live run commits exactly what a
 - Email: a customer without an address is `skipped`; whether an address may be mailed is the
   connector's pure `blocked` check (suppressed), called here and again at send time.
 - Templates: every template an action would send (an email's subject and body, inline or
-  in files) is rendered here in the one context of `template_context`, so a template that fails
+  in files) is rendered here in one context (`Planner.renderer`), so a template that fails
   for one customer marks that action `dead` (flagged `error`), naming customer and action,
   before anything is sent: a live run dead-letters that action only. `retain preview` renders
   through the same `Renderer` and takes its status from `action`.
@@ -47,7 +47,6 @@ from engine.clock import iso
 from engine.errors import TemplateError
 from engine.format.playbook import ActionStep, Playbook, Wait
 from engine.format.templates import (
-    as_context,
     as_value,
     has_template,
     inline_names,
@@ -235,7 +234,8 @@ class Planner:
 
     def renderer(self, customer: Mapping[str, Any],
                  event: Mapping[str, Any] | None) -> Renderer:
-        """The templates of one enrollment, rendered in its `template_context` (made lazily: a
+        """The templates of one enrollment, rendered in one context (DESIGN 2.4: `customer`, the triggering `event`,
+        `playbook`, `unsubscribe_url`; made lazily: a
         live plan signs the customer's unsubscribe link when something reads it)."""
         values: dict[str, Any] = {"customer": customer, "playbook": self._playbook}
         if event is not None:
@@ -344,19 +344,6 @@ class Planner:
         if name not in self._files:  # in the folder, or in a stored version's templates
             self._files[name] = has_template(self.environment, name)
         return self._files[name]
-
-
-def template_context(playbook: Playbook, customer: Mapping[str, Any],
-                     event: Mapping[str, Any] | None,
-                     unsubscribe_url: str = UNSUBSCRIBE_URL) -> dict[str, Any]:
-    """What every template of an action sees (DESIGN 2.4): `customer`, the triggering `event`
-    (when there is one), `playbook` and `unsubscribe_url`; wrapped once for all of them."""
-    values: dict[str, Any] = {
-        "customer": customer, "unsubscribe_url": unsubscribe_url,
-        "playbook": {"id": playbook.id, "name": playbook.document.name}}
-    if event is not None:
-        values["event"] = event
-    return as_context(values)
 
 
 class Renderer:

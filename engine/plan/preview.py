@@ -3,7 +3,7 @@
 The planner decides, the connector renders: the action's status (planned, skipped without an
 address, suppressed, dead on a template error), its due time, its idempotency key and holdout
 all come from engine/plan/planner.py as a dry-run gets them, and its templates are rendered
-through the planner's `Renderer` in the one `template_context` (the same placeholder
+through the planner's `Renderer` in its one template context (the same placeholder
 `unsubscribe_url`).
 The email connector then builds the real `EmailMessage` (connectors/email.py `build_message`,
 which the dispatcher will send); other kinds show their payload. A customer who would not

@@ -92,6 +92,20 @@ def test_wait_resumes_the_next_stage_at_its_time(db: sa.Engine, tmp_path: Path) 
     assert sum(cycle(db, [pb], AS_OF + timedelta(days=9)).playbooks["pb"].committed.values()) == 0
 
 
+def test_a_disabled_playbook_resumes_nothing_until_enabled_again(db: sa.Engine,
+                                                                  tmp_path: Path) -> None:
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS)
+    cycle(db, [pb])
+    off = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS,
+                   more="enabled: false\n")
+    cycle(db, [off], AS_OF + timedelta(days=4))
+    assert [a for a in rows(db, actions, actions.c.id) if a["stage"] == 1] == []
+    assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.WAITING_STEP}
+    cycle(db, [pb], AS_OF + timedelta(days=4))  # enabled again: the wait is over, it resumes
+    assert len([a for a in rows(db, actions, actions.c.id) if a["stage"] == 1]) == 2
+
+
 def test_exit_when_ends_and_cancels_pending(db: sa.Engine, tmp_path: Path) -> None:
     shop(db)
     pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS,
@@ -183,7 +197,8 @@ def test_an_enrollment_ended_by_another_run_while_resuming_stays_ended(
         return found(playbook_id, version)
 
     later = AS_OF + timedelta(days=4)
-    counts = resume_due(db, later, racing, make_connectors(SETTINGS), settings=SETTINGS)
+    counts = resume_due(db, later, racing, make_connectors(SETTINGS), playbook_ids={"pb"},
+                        settings=SETTINGS)
     assert sum(counts.values()) == 0
     assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.EXITED}
     assert [a for a in rows(db, actions, actions.c.id) if a["stage"] == 1] == []

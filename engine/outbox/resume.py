@@ -12,7 +12,7 @@ enrollment that met its exit event is no longer waiting here.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,8 @@ Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
 
 
 def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
-               connectors: Mapping[str, Any], *, settings: Any = None,
+               connectors: Mapping[str, Any], *, playbook_ids: Collection[str],
+               settings: Any = None,
                unsubscribe: Unsubscribe | None = None) -> Counter[tuple[str, str]]:
     """Commit the next stage of every enrollment whose wake-up time has come; returns the
     committed actions counted by (playbook id, status).
@@ -50,7 +51,7 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
     last = 0
     while True:
         with writer.begin() as connection:
-            due = _due(connection, as_of, last)
+            due = _due(connection, as_of, last, playbook_ids)
             if not due:
                 return counts
             last = due[-1]["id"]
@@ -93,11 +94,15 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
                 end(connection, unknown, as_of, st.EXITED)
 
 
-def _due(connection: sa.Connection, as_of: datetime, after: int) -> list[dict[str, Any]]:
+def _due(connection: sa.Connection, as_of: datetime, after: int,
+         playbook_ids: Collection[str]) -> list[dict[str, Any]]:
+    """Waiting enrollments of this run's playbooks whose time has come: a disabled playbook's,
+    or one not named on the command line, wait until a run that includes it."""
     e = enrollments.c
     query = (sa.select(e.id, e.playbook_id, e.version, e.customer_id, e.occurrence_key,
                        e.event_id, e.step, e.entered_at)
-             .where(e.status == st.WAITING_STEP, e.wake_at <= as_of, e.id > after)
+             .where(e.status == st.WAITING_STEP, e.wake_at <= as_of, e.id > after,
+                    e.playbook_id.in_(sorted(playbook_ids)))
              .order_by(e.id).limit(BATCH))
     return [dict(row) for row in connection.execute(query).mappings()]
 

@@ -166,4 +166,5 @@ def _resume(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime,
     from engine.outbox.versions import version_lookup
 
     connectors = make_connectors(options.get("settings"))
-    return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors, **options)
+    return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors,
+                      playbook_ids={p.id for p in playbooks}, **options)

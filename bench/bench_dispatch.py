@@ -33,6 +33,7 @@ from connectors.email import EmailConnector
 from engine.outbox.dispatch import dispatch
 from engine.store.open import open_store
 from engine.store.tables import actions
+from engine.store.tables import payloads as action_payloads
 
 AS_OF = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 CUSTOMER = ("INSERT INTO customers (customer_id, email, tags, file_tags, tags_added, "
@@ -55,15 +56,20 @@ class NoSend(EmailConnector):
 def fill(engine: sa.Engine, payloads: list[dict[str, Any]]) -> None:
     """An empty outbox, then one due email row per payload (and its customer)."""
     with engine.begin() as connection:
-        for table in ("action_attempts", "events", "actions", "suppressions", "customers"):
+        for table in ("action_attempts", "action_payloads", "events", "actions",
+                      "suppressions", "customers"):
             connection.execute(sa.text(f"DELETE FROM {table}"))
         connection.execute(sa.text(CUSTOMER), [
             {"id": f"c{n}", "email": f"c{n}@example.com"} for n in range(len(payloads))])
-        connection.execute(sa.insert(actions), [
-            {"playbook_id": "bench", "customer_id": f"c{n}", "connector": "email",
-             "payload": payload, "idempotency_key": f"bench:c{n}", "status": "planned",
-             "attempts": 0, "next_attempt_at": AS_OF, "created_at": AS_OF, "stage": 0,
-             "step": 0} for n, payload in enumerate(payloads)])
+        ids = connection.execute(
+            sa.insert(actions).returning(actions.c.id, sort_by_parameter_order=True), [
+                {"playbook_id": "bench", "customer_id": f"c{n}", "connector": "email",
+                 "idempotency_key": f"bench:c{n}", "status": "planned", "attempts": 0,
+                 "next_attempt_at": AS_OF, "created_at": AS_OF, "stage": 0, "step": 0}
+                for n in range(len(payloads))]).scalars().all()
+        connection.execute(sa.insert(action_payloads), [
+            {"action_id": ident, "payload": payload}
+            for ident, payload in zip(ids, payloads, strict=True)])
 
 
 def timed(engine: sa.Engine, settings: Any, connector: type[EmailConnector], count: int

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from outbox_support import insert_action, select_actions
 from pydantic import BaseModel
 
 from connectors.base import Connector, ConnectorParams, Delivery, Sent
@@ -173,16 +174,15 @@ def add_action(engine: sa.Engine, key: str, *, connector: str = "sock",
                next_at: datetime = AS_OF, **extra: Any) -> int:
     """One outbox row, as a live run's commit would write it (no enrollment)."""
     with engine.begin() as connection:
-        return int(connection.execute(sa.insert(actions).values(
-            enrollment_id=None, playbook_id=playbook, customer_id=customer, stage=0, step=0,
-            connector=connector, payload=payload or {}, idempotency_key=key, status=status,
-            attempts=attempts, next_attempt_at=next_at, created_at=AS_OF, **extra
-        ).returning(actions.c.id)).scalar_one())
+        return insert_action(
+            connection, enrollment_id=None, playbook_id=playbook, customer_id=customer, stage=0,
+            step=0, connector=connector, payload=payload or {}, idempotency_key=key,
+            status=status, attempts=attempts, next_attempt_at=next_at, created_at=AS_OF, **extra)
 
 
 def action(engine: sa.Engine, action_id: int) -> Any:
     with engine.connect() as connection:
-        return connection.execute(sa.select(actions).where(actions.c.id == action_id)).one()
+        return connection.execute(select_actions(actions.c.id == action_id)).one()
 
 
 def use_only(*classes: type[Any]) -> None:

@@ -25,8 +25,10 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 from conftest import Cli
+from outbox_support import select_actions
 
 from engine.store.open import open_store
+from engine.store.tables import actions
 
 FROM = "Shop <news@shop.example>"
 
@@ -171,7 +173,7 @@ class Project:
 
     def rows(self, table: sa.Table, *where: Any) -> list[dict[str, Any]]:
         """The table's rows (by id when it has one), read from another connection."""
-        query = sa.select(table).where(*where)
+        query = (select_actions() if table is actions else sa.select(table)).where(*where)
         if "id" in table.c:
             query = query.order_by(table.c.id)
         with self.db().connect() as connection:

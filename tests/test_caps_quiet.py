@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from outbox_support import insert_action
 from pydantic import BaseModel
 from test_evaluate_triggers import add_customers, customer
 from test_evaluate_triggers import playbook as db_playbook
@@ -36,7 +37,6 @@ from engine.plan.build import make_plan
 from engine.plan.delivery import Booking, CapLedger, DeliveryRules, cap_conflict, quiet_until
 from engine.plan.planner import UNSUBSCRIBE_URL, PlannedAction, Planner
 from engine.store.status import CAPPED, DEAD, DEFERRED, PLANNED, STATUSES
-from engine.store.tables import actions
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NIGHT = QuietHours.parse("22:00-06:00")
@@ -326,10 +326,10 @@ def add_rows(db: sa.Engine, *rows: tuple[str, str, str, str, datetime, datetime 
     """Outbox rows (playbook, customer, connector, status, next_attempt_at, sent_at)."""
     with db.begin() as connection:
         for n, (pid, cid, connector, status, due, sent) in enumerate(rows):
-            connection.execute(sa.insert(actions).values(
-                playbook_id=pid, customer_id=cid, connector=connector, payload={},
+            insert_action(
+                connection, playbook_id=pid, customer_id=cid, connector=connector, payload={},
                 idempotency_key=f"{pid}/{cid}/{n}", status=status, next_attempt_at=due,
-                sent_at=sent, created_at=due))
+                sent_at=sent, created_at=due)
 
 
 def test_outbox_rows_fill_the_cap_on_both_databases(db: sa.Engine, tmp_path: Path) -> None:

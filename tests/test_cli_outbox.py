@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from outbox_support import insert_actions
 
 from engine.config import load_settings
 from engine.consent import unsubscribe_token
@@ -46,7 +47,7 @@ def filled(db: sa.Engine, db_url: str) -> str:
         connection.execute(sa.insert(customers), [
             customer("c1", "Ann@Example.com"), customer("c2", "bob@example.com"),
             customer("c3", None)])
-        connection.execute(sa.insert(actions), [
+        insert_actions(connection, [
             action(1, "winback", "c1", "sent", tries=1, created=1, sent_at=at(1)),
             action(2, "winback", "c2", "dead", tries=8, created=2, last_error=LONG_ERROR),
             action(3, "welcome", "c1", "planned", created=3),
@@ -158,7 +159,7 @@ def test_show_of_long_ids_stays_within_80_columns(db: sa.Engine, db_url: str, cl
     """A UUID customer id and a long playbook id wrap the heading instead of overflowing it."""
     uuid, playbook = "0b6f3c1e-5d2a-4e8b-9a77-1f2e3d4c5b6a", "winback-high-value-customers-90d"
     with db.begin() as connection:
-        connection.execute(sa.insert(actions), [action(1, playbook, uuid, "planned")])
+        insert_actions(connection, [action(1, playbook, uuid, "planned")])
     code, out, err = cli(["--db", db_url, "outbox", "show", "1"])
     assert code == 0, err
     assert out.startswith(f"Action 1: email for customer {uuid},")

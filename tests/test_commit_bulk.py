@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from outbox_support import select_actions
 from test_evaluate_triggers import AS_OF, add_customers, customer, playbook
 
 from engine.config import load_settings
@@ -28,7 +29,7 @@ from engine.plan import reader
 from engine.plan.build import PlaybookPlan, make_plan
 from engine.store import status as st
 from engine.store.dialect import insert_ignoring
-from engine.store.tables import actions, enrollments, suppressions
+from engine.store.tables import actions, enrollments, payloads, suppressions
 
 NO_PROJECT = Path(__file__).parent / "fixtures" / "playbooks"  # a folder without retain.toml
 ACTIONS = ('  - email: { subject: "Wir vermissen Sie, {{ customer.name }}", body: "Komm zurück:'
@@ -82,8 +83,12 @@ def reference_commit(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> 
                        "updated_at": as_of}
                       for e in batch for a in e.actions if a.stage == 0]
             if outbox:
-                connection.execute(insert_ignoring(actions, connection.dialect,
-                                                   ["idempotency_key"]), outbox)
+                frozen = {row["idempotency_key"]: row.pop("payload") for row in outbox}
+                written = connection.execute(insert_ignoring(
+                    actions, connection.dialect, ["idempotency_key"]).returning(
+                        actions.c.id, actions.c.idempotency_key), outbox).all()
+                connection.execute(sa.insert(payloads), [
+                    {"action_id": ident, "payload": frozen[key]} for ident, key in written])
 
 
 def stored(db: sa.Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -93,7 +98,8 @@ def stored(db: sa.Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         people = connection.exec_driver_sql(
             "SELECT * FROM enrollments ORDER BY customer_id, occurrence_key").mappings().all()
         outbox = connection.exec_driver_sql(
-            "SELECT * FROM actions ORDER BY idempotency_key").mappings().all()
+            "SELECT a.*, p.payload FROM actions a LEFT JOIN action_payloads p"
+            " ON p.action_id = a.id ORDER BY idempotency_key").mappings().all()
     key = {row["id"]: (row["customer_id"], row["occurrence_key"]) for row in people}
     return ([{k: v for k, v in row.items() if k != "id"} for row in people],
             [{k: key[v] if k == "enrollment_id" else v for k, v in row.items() if k != "id"}
@@ -124,6 +130,7 @@ def test_bulk_commit_writes_what_the_row_by_row_insert_wrote(db: sa.Engine, tmp_
     assert any("J\\u00fcrgen" in str(row["payload"]) or "Jürgen" in str(row["payload"])
                for row in ours[1])
     with db.begin() as connection:
+        connection.execute(sa.delete(payloads))
         connection.execute(sa.delete(actions))
         connection.execute(sa.delete(enrollments))
     with db.connect() as connection:
@@ -142,7 +149,7 @@ def test_insert_actions_of_dicts_skips_a_key_already_there(db: sa.Engine, tmp_pa
         plan = make_plan(connection, [pb], AS_OF, show=0, complete=False).playbooks[0]
         commit_playbook(db, plan, AS_OF)
     with db.connect() as connection:
-        row = dict(connection.execute(sa.select(actions).where(
+        row = dict(connection.execute(select_actions(
             actions.c.connector == "task")).mappings().first() or {})
     before = stored(db)[1]
     copy = {k: v for k, v in row.items() if k not in ("id", "lease_until", "leased_by",
@@ -152,7 +159,7 @@ def test_insert_actions_of_dicts_skips_a_key_already_there(db: sa.Engine, tmp_pa
     with db.begin() as connection:
         insert_actions(connection, [copy, fresh])
     with db.connect() as connection:
-        found = connection.execute(sa.select(actions).where(
+        found = connection.execute(select_actions(
             actions.c.idempotency_key == fresh["idempotency_key"])).mappings().one()
     assert len(stored(db)[1]) == len(before) + 1
     assert (found["payload"], found["next_attempt_at"], found["created_at"]) == (

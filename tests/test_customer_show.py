@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from outbox_support import insert_actions
 from test_sync import FIXTURES, NOW
 
 from engine.clock import iso
@@ -46,7 +47,10 @@ def timeline_ids(out: str) -> list[str]:
 
 def insert(engine: sa.Engine, model: Any, *rows: dict[str, Any]) -> None:
     with engine.begin() as connection:
-        connection.execute(sa.insert(model.__table__), list(rows))
+        if model is Action:  # the payload goes to its own table
+            insert_actions(connection, rows)
+        else:
+            connection.execute(sa.insert(model.__table__), list(rows))
 
 
 def test_json_has_the_profile_facts_and_newest_events_first(cli: Cli, synced: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from dispatch_support import AS_OF, Sink, SockConnector, add_customer, settings
+from outbox_support import insert_actions
 
 from engine.outbox.dispatch import DispatchReport, dispatch
 from engine.store.open import make_engine, open_store
@@ -33,7 +34,7 @@ def fill(url: str, rows: int, port: int) -> None:
     engine = open_store(url)
     add_customer(engine, "c1")
     with engine.begin() as connection:
-        connection.execute(sa.insert(actions), [
+        insert_actions(connection, [
             {"playbook_id": "p", "customer_id": "c1", "connector": "sock",
              "payload": {"port": port}, "idempotency_key": f"k{n}", "status": "planned",
              "attempts": 0, "next_attempt_at": AS_OF, "created_at": AS_OF, "stage": 0,

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import Cli
 from live_support import Mailbox, smtp_env
+from outbox_support import PAYLOAD, WITH_PAYLOAD
 
 from engine.store.open import open_store
 from engine.store.tables import actions, enrollments
@@ -53,7 +54,7 @@ def test_demo_writes_eml_files_where_it_says_and_a_second_demo_sends_nothing(
     with engine.connect() as connection:
         emails = connection.execute(sa.select(sa.func.count()).select_from(actions).where(
             actions.c.connector == "email", actions.c.status == "sent")).scalar_one()
-        ids = {p["message_id"] for p in connection.execute(sa.select(actions.c.payload).where(
+        ids = {p["message_id"] for p in connection.execute(sa.select(PAYLOAD).select_from(WITH_PAYLOAD).where(
             actions.c.connector == "email", actions.c.status == "sent")).scalars()}
     engine.dispose()
     assert emails == len(files)
@@ -164,8 +165,8 @@ def test_a_week_of_daily_runs_on_the_demo_sends_each_message_once(
     assert len(counts) > 50 and set(counts.values()) == {1}
     engine = open_store(demo_db)
     with engine.connect() as connection:
-        sent = connection.execute(sa.select(actions.c.payload, actions.c.customer_id,
-                                            actions.c.sent_at).where(
+        sent = connection.execute(sa.select(PAYLOAD, actions.c.customer_id,
+                                            actions.c.sent_at).select_from(WITH_PAYLOAD).where(
             actions.c.connector == "email", actions.c.status == "sent",
             actions.c.sent_at > datetime(2011, 12, 10, tzinfo=UTC))).all()
         claimed = connection.execute(sa.select(sa.func.count()).select_from(actions).where(

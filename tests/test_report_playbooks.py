@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from outbox_support import insert_actions
 
 from engine.format.playbook import Playbook
 from engine.format.validation import load_valid_playbooks
@@ -127,7 +128,9 @@ class Data:
         with db.begin() as connection:
             for model, rows in ((Customer, self.customers), (Enrollment, self.enrollments),
                                 (Event, self.events), (Action, self.actions)):
-                if rows:
+                if rows and model is Action:
+                    insert_actions(connection, rows)
+                elif rows:
                     connection.execute(sa.insert(model.__table__), rows)
 
 
@@ -324,7 +327,7 @@ def test_actions_by_connector_and_status(db: sa.Engine, loaded: list[Playbook]) 
     data.act(4, "webhook", "pending")
     data.write(db)
     with db.begin() as connection:  # an action without an enrollment belongs to no playbook
-        connection.execute(sa.insert(Action.__table__), [{
+        insert_actions(connection, [{
             "enrollment_id": None, "customer_id": "x", "connector": "email", "status": "sent",
             "idempotency_key": "orphan", "created_at": T0, "payload": {}}])
     found = build(db, loaded)

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import REPO, Cli
+from outbox_support import insert_actions
 
 from cli import render
 from engine.store.open import open_store
-from engine.store.tables import Action, Enrollment
+from engine.store.tables import Enrollment
 
 PLAYBOOKS = REPO / "playbooks"
 STATUSES = ["planned", "sent", "retrying", "suppressed", "deferred", "dead"]
@@ -44,7 +45,7 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
             {"id": 100_000 + i, "playbook_id": "winback-30d", "version": "v1", "customer_id": c,
              "occurrence_key": "k", "holdout": i % 10 == 0, "status": "completed",
              "entered_at": entered + timedelta(hours=i)} for i, c in enumerate(ids)])
-        connection.execute(sa.insert(Action.__table__), [  # type: ignore[arg-type]
+        insert_actions(connection, [
             {"enrollment_id": 100_000 + i, "playbook_id": "winback-30d", "customer_id": c,
              "connector": "email",
              "status": STATUSES[i % len(STATUSES)], "idempotency_key": f"a{i}",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from outbox_support import select_actions
 from test_evaluate_triggers import (
     AS_OF,
     add_customers,
@@ -44,7 +45,8 @@ def shop(db: sa.Engine) -> None:
 def rows(db: sa.Engine, table: sa.Table, *order: Any) -> list[dict[str, Any]]:
     with db.connect() as connection:
         return [dict(r) for r in connection.execute(
-            sa.select(table).order_by(*order)).mappings()]
+            (select_actions() if table is actions else sa.select(table)).order_by(*order)
+        ).mappings()]
 
 
 def cycle(db: sa.Engine, pbs: list[Any], as_of: Any = AS_OF) -> Any:

@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 from conftest import Cli
+from outbox_support import insert_action, select_actions
 
 from connectors.base import Delivery, Sent, Write
 from connectors.tags import TAG_SCHEMA, TagConnector, TagParams, tag_problem
@@ -26,7 +27,7 @@ from engine.format.registry import load_connectors
 from engine.format.schema import playbook_schema
 from engine.format.validation import load_playbooks
 from engine.outbox.tags import apply_tags, merged_tags
-from engine.store.tables import actions, customers
+from engine.store.tables import customers
 from engine.sync.ingest import ingest_customers, sync_customers
 
 SYNCED = datetime(2025, 1, 1, tzinfo=UTC)
@@ -218,7 +219,7 @@ def test_a_committed_tag_action_sends_the_write_that_wakes_another_playbook(
                           "--no-dispatch"])
     assert (code, err) == (0, ""), err
     with tagged_db.connect() as connection:
-        (row,) = connection.execute(sa.select(actions)).mappings().all()
+        (row,) = connection.execute(select_actions()).mappings().all()
     assert (row["customer_id"], row["connector"], dict(row["payload"])) == (
         "c1", "tag", {"add": ["low-activity"], "remove": ["active"]})
     sent = asyncio.run(TagConnector().send(Delivery(
@@ -261,10 +262,10 @@ def test_customer_show_lists_file_and_playbook_tags_apart(tagged_db: sa.Engine, 
 def test_customer_show_summarises_a_tag_action(tagged_db: sa.Engine, db_url: str,
                                                cli: Cli) -> None:
     with tagged_db.begin() as connection:
-        connection.execute(sa.insert(actions).values(
-            playbook_id="mark", customer_id="c1", connector="tag", status="sent",
+        insert_action(
+            connection, playbook_id="mark", customer_id="c1", connector="tag", status="sent",
             payload={"add": ["low-activity"], "remove": ["active"]}, idempotency_key="k1",
-            created_at=SYNCED))
+            created_at=SYNCED)
     code, out, _ = cli(["--db", db_url, "customer", "show", "c1", "--json"])
     (action,) = json.loads(out)["actions"]
     assert (action["connector"], action["summary"]) == ("tag", "+low-activity -active")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from outbox_support import insert_actions, select_actions
 
 from engine.config import Settings
 from engine.errors import PlaybookError
@@ -24,7 +25,7 @@ from engine.query.checks import load_valid_playbooks
 from engine.query.versions import Versions, load_version, version_environment
 from engine.reports import playbooks as report
 from engine.store import status as st
-from engine.store.tables import Action, Customer, Enrollment, Event, actions, enrollments, versions
+from engine.store.tables import Customer, Enrollment, Event, actions, enrollments, versions
 
 T1 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 T2 = T1 + timedelta(days=7)
@@ -255,7 +256,7 @@ def enrollment_rows(db: sa.Engine, old: str, new: str) -> None:
             {"id": n, "playbook_id": "winback", "version": version, "customer_id": cid,
              "occurrence_key": "o", "status": status, "entered_at": T1}
             for n, (cid, version, status) in enumerate(people, 1)])
-        connection.execute(sa.insert(Action.__table__), [
+        insert_actions(connection, [
             {"enrollment_id": n, "playbook_id": "winback", "customer_id": cid, "connector": "task",
              "status": status, "idempotency_key": f"{cid}-{status}", "created_at": T1,
              "payload": {}}
@@ -417,7 +418,7 @@ def test_a_run_resumes_in_flight_enrollments_on_their_version(
     run.run_cycle(db, [second], T1 + timedelta(days=4), RUN_SETTINGS, dispatch=False)
     with db.connect() as connection:
         titles = sorted((r.customer_id, r.payload["title"], r.status)
-                        for r in connection.execute(sa.select(actions)))
+                        for r in connection.execute(select_actions()))
         ended = {r.customer_id: r.status for r in connection.execute(sa.select(enrollments))}
     if on_change == "keep":
         assert ("a", "Second call a", st.PLANNED) in titles

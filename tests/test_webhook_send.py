@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 import pytest
 import sqlalchemy as sa
+from outbox_support import PAYLOAD, insert_action
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -35,7 +36,6 @@ from connectors.webhook_send import retry_after, signing_key
 from engine.errors import PermanentError, TemplateError, TransientError
 from engine.format.templates import make_environment
 from engine.plan.planner import Renderer
-from engine.store.tables import actions
 
 SECRET = "whsec_" + base64.b64encode(b"a shared secret of 32 bytes!!!!!").decode()
 TOKEN = "s3cr3t-token-value"
@@ -511,12 +511,12 @@ def test_a_payload_read_back_from_the_outbox_sends_the_same_bytes(
     body = {"zeta": "{{ customer.name }}", "a": {"z": 1, "b": [True, 1.5]}, "mid": "x"}
     frozen = freeze({**PARAMS, "body": body})
     with db.begin() as connection:
-        connection.execute(sa.insert(actions).values(
-            playbook_id="winback", customer_id="C1", connector="webhook", payload=frozen,
-            idempotency_key=KEY, status="planned", created_at=AS_OF))
+        insert_action(
+            connection, playbook_id="winback", customer_id="C1", connector="webhook",
+            payload=frozen, idempotency_key=KEY, status="planned", created_at=AS_OF)
     with db.connect() as connection:
         stored, raw = connection.execute(
-            sa.select(actions.c.payload, sa.cast(actions.c.payload, sa.Text))).one()
+            sa.select(PAYLOAD, sa.cast(PAYLOAD, sa.Text))).one()
     assert TOKEN not in raw and receiver.url not in raw
     assert [sent(x) for x in send_all([stored, frozen])] == ["HTTP 200"] * 2
     one, two = receiver.requests

@@ -11,7 +11,8 @@ PostgreSQL picks the rows with `SELECT ... FOR UPDATE SKIP LOCKED` and claims th
 disjoint rows without waiting on each other (pgqueuer, River). SQLite has no `SKIP LOCKED`: the
 same select and update run in a `BEGIN IMMEDIATE` transaction, whose write lock serializes
 claimers. Either way the status each row had before is kept, so a row can be put back exactly
-as it was when its connector goes down or the worker is told to stop.
+as it was when its connector goes down or the worker is told to stop. The claimed rows'
+payloads are read from `action_payloads` by id in the same transaction (they never change).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from engine.clock import utcnow
 from engine.outbox.txn import writing
 from engine.store.status import CLAIMED, RETRYING, WAITING
-from engine.store.tables import actions
+from engine.store.tables import actions, payloads
 
 LEASE = timedelta(seconds=60)
 HEARTBEAT = timedelta(seconds=10)
@@ -50,7 +51,7 @@ class Claimed:
 
 
 _COLUMNS = (actions.c.id, actions.c.idempotency_key, actions.c.playbook_id,
-            actions.c.customer_id, actions.c.connector, actions.c.payload, actions.c.attempts,
+            actions.c.customer_id, actions.c.connector, actions.c.attempts,
             actions.c.next_attempt_at, actions.c.reason, actions.c.last_error)
 
 
@@ -90,13 +91,15 @@ def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
             .values(status=CLAIMED, leased_by=worker, lease_until=now + lease,
                     attempts=actions.c.attempts + 1, updated_at=as_of)
             .returning(*_COLUMNS)).all()
-    return sorted((_claimed(row, was[row.id]) for row in rows),
+        frozen = dict(connection.execute(
+            sa.select(payloads.c.action_id, payloads.c.payload)
+            .where(payloads.c.action_id.in_(list(was)))).all())
+    return sorted((_claimed(row, was[row.id], frozen.get(row.id)) for row in rows),
                   key=lambda c: (c.next_attempt_at is None, c.next_attempt_at, c.id))
 
 
-def _claimed(row: Any, was: str) -> Claimed:
-    (id_, key, playbook_id, customer_id, connector, payload, attempts, next_at, reason,
-     last_error) = row
+def _claimed(row: Any, was: str, payload: dict[str, Any] | None) -> Claimed:
+    id_, key, playbook_id, customer_id, connector, attempts, next_at, reason, last_error = row
     return Claimed(id=id_, key=key, playbook_id=playbook_id, customer_id=customer_id,
                    connector=connector, payload=dict(payload or {}), attempts=attempts, was=was,
                    next_attempt_at=next_at, reason=reason, last_error=last_error)

@@ -7,7 +7,9 @@ connector at planning (`Connector.payload`). Rows are written a batch of the pla
 second enrollment impossible, so a run repeated at once, or another replica racing this one,
 writes nothing twice; an enrollment that was already there gets no actions from this run.
 Actions follow only the enrollments this transaction inserted (RETURNING), and the action key is
-unique too. A crash between batches loses nothing: the next run plans the rest again.
+unique too. Each payload goes to `action_payloads`, in the same transaction, for the actions
+the insert returned (a key already there keeps the payload it had). A crash between batches
+loses nothing: the next run plans the rest again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from engine.outbox.bulk import Bulk
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import PlannedAction, PlannedEnrollment, plain_fields, schedule
 from engine.store import status as st
-from engine.store.tables import actions, enrollments
+from engine.store.tables import actions, enrollments, payloads
 
 
 @dataclass
@@ -90,7 +92,7 @@ class _Rows:
 
     ENROLLMENT = ("customer_id", "occurrence_key", "event_id", "holdout", "wake_at", "status",
                   "ended_at", "end_reason")
-    ACTION = ("enrollment_id", "customer_id", "stage", "step", "connector", "payload",
+    ACTION = ("enrollment_id", "customer_id", "stage", "step", "connector",
               "idempotency_key", "status", "reason", "last_error", "next_attempt_at")
 
     def __init__(self, dialect: sa.Dialect, playbook: Playbook, stages: StagePlan,
@@ -102,7 +104,8 @@ class _Rows:
                                     ("id", "customer_id", "occurrence_key"))
         self.action_bulk = Bulk(actions, dialect, self.ACTION,
                                 ("playbook_id", "attempts", "created_at", "updated_at"),
-                                ("idempotency_key",))
+                                ("idempotency_key",), ("id", "idempotency_key"))
+        self.payload_bulk = payload_bulk(dialect)
         self.time = self.action_bulk.time
         wake = stages.wake_at(as_of, 0)
         now = self.time(as_of)
@@ -129,20 +132,34 @@ class _Rows:
         """Insert the stage-0 actions of the enrollments this transaction inserted; their
         statuses."""
         time, dumps = self.time, json.dumps
-        packed = [[ident, e.customer_id, a.stage, a.step, a.kind, dumps(plain_fields(a.fields)),
-                   a.key, a.status, a.reason, a.reason if a.status == st.DEAD else None,
-                   time(a.run_at)]
-                  for e in batch if (ident := inserted.get((e.customer_id, e.occurrence)))
-                  is not None
-                  for a in e.actions if a.stage == 0]
+        packed: list[list[Any]] = []
+        frozen: dict[str, str] = {}  # key -> payload, written for the actions inserted
+        for e in batch:
+            ident = inserted.get((e.customer_id, e.occurrence))
+            if ident is None:
+                continue
+            for a in e.actions:
+                if a.stage == 0:
+                    packed.append([ident, e.customer_id, a.stage, a.step, a.kind, a.key,
+                                   a.status, a.reason, a.reason if a.status == st.DEAD else None,
+                                   time(a.run_at)])
+                    frozen[a.key] = dumps(plain_fields(a.fields))
         if packed:
-            self.action_bulk.execute(connection, packed, self.action_constants)
-        return [row[7] for row in packed]
+            written = self.action_bulk.execute(connection, packed, self.action_constants)
+            self.payload_bulk.execute(connection, [[ident, frozen[key]] for ident, key in written],
+                                      {})
+        return [row[6] for row in packed]
+
+
+def payload_bulk(dialect: sa.Dialect) -> Bulk:
+    """The insert of `action_payloads` rows: [action id, payload as JSON text] each."""
+    return Bulk(payloads, dialect, ("action_id", "payload"), (), ("action_id",))
 
 
 def action_row(playbook_id: str, enrollment_id: int | None, enrollment: PlannedEnrollment,
                action: PlannedAction, as_of: datetime) -> dict[str, Any]:
-    """The outbox row of one planned action, as the plan decided it."""
+    """The outbox row of one planned action, as the plan decided it (`payload` included: it
+    goes to its own table)."""
     return {"playbook_id": playbook_id, "enrollment_id": enrollment_id,
             "customer_id": enrollment.customer_id, "stage": action.stage, "step": action.step,
             "connector": action.kind, "payload": plain_fields(action.fields),
@@ -153,16 +170,22 @@ def action_row(playbook_id: str, enrollment_id: int | None, enrollment: PlannedE
 
 
 def insert_actions(connection: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
-    """Insert outbox rows (`action_row`s); a key already there (a re-plan of the same action)
-    is skipped."""
+    """Insert outbox rows (`action_row`s) and, for those inserted, their payloads; a key
+    already there (a re-plan of the same action) is skipped, its payload too."""
     rows = list(rows)
     if rows:
+        dialect = connection.dialect
+        frozen = {row["idempotency_key"]: Bulk.document(row["payload"]) for row in rows}
+        rows = [{name: value for name, value in row.items() if name != "payload"}
+                for row in rows]
         columns = tuple(rows[0])
-        bulk = _DICT_BULKS.get((connection.dialect.name, columns))
+        bulk = _DICT_BULKS.get((dialect.name, columns))
         if bulk is None:
-            bulk = _DICT_BULKS[(connection.dialect.name, columns)] = Bulk(
-                actions, connection.dialect, columns, (), ("idempotency_key",))
-        bulk.execute_dicts(connection, rows)
+            bulk = _DICT_BULKS[(dialect.name, columns)] = Bulk(
+                actions, dialect, columns, (), ("idempotency_key",), ("id", "idempotency_key"))
+        written = bulk.execute_dicts(connection, rows)
+        payload_bulk(dialect).execute(
+            connection, [[ident, frozen[key]] for ident, key in written], {})
 
 
 _DICT_BULKS: dict[tuple[str, tuple[str, ...]], Bulk] = {}

@@ -26,6 +26,7 @@ from engine.store.facts import customers, events, points
 from engine.store.tables import (
     actions,
     enrollments,
+    payloads,
     suppressions,
     tasks,
 )
@@ -125,13 +126,14 @@ def _actions(connection: sa.Connection, customer_id: str) -> list[Row]:
     Only the summary is read out of the payload: a rendered email body can be large, and the
     view is about what happened, not the full message.
     """
-    a = actions.c
-    summary = sa.func.coalesce(*(json_reading(a.payload, key, "text") for key in SUMMARY_KEYS))
+    a, p = actions.c, payloads.c
+    summary = sa.func.coalesce(*(json_reading(p.payload, key, "text") for key in SUMMARY_KEYS))
     rows = _rows(connection, sa.select(
         enrollments.c.playbook_id, a.step, a.connector, a.status, a.reason, a.attempts,
         summary.label("summary"), a.created_at, a.next_attempt_at, a.last_error,
-        sa.case((a.connector == TAG_CONNECTOR, a.payload)).label("tag_payload"),
-    ).select_from(actions.outerjoin(enrollments, a.enrollment_id == enrollments.c.id))
+        sa.case((a.connector == TAG_CONNECTOR, p.payload)).label("tag_payload"),
+    ).select_from(actions.outerjoin(enrollments, a.enrollment_id == enrollments.c.id)
+                  .outerjoin(payloads, p.action_id == a.id))
         .where(a.customer_id == customer_id).order_by(a.created_at.desc(), a.id.desc()))
     for row in rows:
         tags = row.pop("tag_payload")

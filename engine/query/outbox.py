@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from engine.query.customer_view import plain
 from engine.store.status import TASK_OPEN
-from engine.store.tables import actions, attempts, tasks
+from engine.store.tables import actions, attempts, payloads, tasks
 
 Row = dict[str, Any]
 
@@ -41,9 +41,11 @@ def list_actions(connection: sa.Connection, *, status: str | None = None,
 
 def show_action(connection: sa.Connection, action_id: int) -> Row | None:
     """One outbox row whole (payload included) and every attempt at it, oldest first; None when
-    there is no such id."""
-    row = connection.execute(sa.select(actions).where(actions.c.id == action_id)
-                             ).mappings().first()
+    there is no such id. The payload is read from its own table (`action_payloads`)."""
+    row = connection.execute(
+        sa.select(actions, payloads.c.payload)
+        .select_from(actions.outerjoin(payloads, payloads.c.action_id == actions.c.id))
+        .where(actions.c.id == action_id)).mappings().first()
     if row is None:
         return None
     tries = connection.execute(

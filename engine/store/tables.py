@@ -150,7 +150,8 @@ class Action(SQLModel, table=True):
     """The outbox: one planned action, delivered by the dispatcher at least once.
 
     `status` is one word of engine/store/status.py; `next_attempt_at` is business time (as-of),
-    `lease_until` real time. `payload` is frozen before the first attempt: a re-send is the same.
+    `lease_until` real time. The payload lives in `action_payloads`: a status update then
+    rewrites a small row, not a rendered email (SQLite writes the whole record on update).
     """
 
     __tablename__ = "actions"
@@ -164,7 +165,6 @@ class Action(SQLModel, table=True):
     stage: int = 0
     step: int = 0
     connector: str
-    payload: dict[str, Any] = _json(dict)
     idempotency_key: str = Field(unique=True)
     status: str = "planned"
     reason: str | None = None
@@ -176,6 +176,20 @@ class Action(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
     updated_at: datetime | None = _time()
     sent_at: datetime | None = _time()  # business time of the delivery
+
+
+class ActionPayload(SQLModel, table=True):
+    """An outbox row's payload, frozen at commit (`Connector.payload`): written once with its
+    action and only read afterwards (the claim), so a re-send is the same message.
+
+    Kept apart from `actions` because SQLite rewrites a whole record on every UPDATE: with a
+    6 KB email inside, each claim and each recorded outcome copied it (docs/BENCHMARKS.md).
+    """
+
+    __tablename__ = "action_payloads"
+
+    action_id: int = Field(primary_key=True, foreign_key="actions.id")
+    payload: dict[str, Any] = _json(dict)
 
 
 class ActionAttempt(SQLModel, table=True):
@@ -266,6 +280,7 @@ events = _core(Event)
 versions = _core(PlaybookVersion)
 enrollments = _core(Enrollment)
 actions = _core(Action)
+payloads = _core(ActionPayload)
 attempts = _core(ActionAttempt)
 secrets = _core(Secret)
 tasks = _core(Task)

@@ -1,4 +1,4 @@
-"""live execution: outbox attempts, versions with templates, playbook tags, secrets
+"""live execution: outbox attempts and payloads apart, versions with templates, tags, secrets
 
 Revision ID: 0003
 Revises: 0002
@@ -40,7 +40,17 @@ def upgrade() -> None:
     with op.batch_alter_table('action_attempts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_action_attempts_action_id'), ['action_id'], unique=False)
 
+    # the payload in its own table: a status update of `actions` no longer rewrites it (SQLite)
+    op.create_table('action_payloads',
+    sa.Column('action_id', sa.Integer(), nullable=False),
+    sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.ForeignKeyConstraint(['action_id'], ['actions.id'], ),
+    sa.PrimaryKeyConstraint('action_id')
+    )
+    op.execute("INSERT INTO action_payloads (action_id, payload) SELECT id, payload FROM actions")
+
     with op.batch_alter_table('actions', schema=None) as batch_op:
+        batch_op.drop_column('payload')
         batch_op.add_column(sa.Column('playbook_id', sa.String(), nullable=False, server_default=''))
         batch_op.add_column(sa.Column('stage', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True))
@@ -98,6 +108,11 @@ def downgrade() -> None:
         batch_op.drop_column('sent_at')
         batch_op.drop_column('stage')
         batch_op.drop_column('playbook_id')
+        batch_op.add_column(sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False, server_default='{}'))
+
+    op.execute("UPDATE actions SET payload = (SELECT p.payload FROM action_payloads p"
+               " WHERE p.action_id = actions.id) WHERE id IN (SELECT action_id FROM action_payloads)")
+    op.drop_table('action_payloads')
 
     with op.batch_alter_table('action_attempts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_action_attempts_action_id'))

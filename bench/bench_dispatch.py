@@ -110,7 +110,8 @@ def email(url: str, count: int, rounds: int) -> list[dict[str, Any]]:
     try:
         for connections in (8, 1):
             settings = SimpleNamespace(
-                email_transport=None, email_dir=None, email_from=FROM,
+                email_transport=None, email_dir=None, email_from=FROM, caps={}, quiet_hours={},
+                timezone="UTC",
                 smtp=SimpleNamespace(host="127.0.0.1", port=port, username=None, password=None,
                                      tls="none", connections=connections, timeout=30.0,
                                      validate_certs=True))

@@ -90,6 +90,30 @@ def test_a_due_row_is_sent_once_and_recorded(db: sa.Engine, sink: Sink) -> None:
     assert sink.counts() == {"k-sent": 1}
 
 
+def test_the_dispatcher_only_reads_the_payloads(db: sa.Engine, sink: Sink) -> None:
+    """Claims, outcomes, retries and put-backs update `actions` alone: the frozen payload in
+    `action_payloads` is read (by the claim) and never written, so a status update does not
+    copy a rendered email (SQLite rewrites a whole record on UPDATE)."""
+    add_customer(db, "c1")
+    sink.replies["k-temp"] = "TEMP"
+    ids = [add_action(db, key, payload={"port": sink.port, "body": "x" * 6000})
+           for key in ("k-ok", "k-temp")]
+    seen: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        if "action_payloads" in sql:
+            seen.append(" ".join(sql.split()[:1]).upper())
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        assert run(db).by_playbook() == {"winback": {SENT: 1, RETRYING: 1}}
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert seen and set(seen) == {"SELECT"}
+    assert [action(db, i).payload["body"] for i in ids] == ["x" * 6000] * 2
+    assert sink.counts() == {"k-ok": 1, "k-temp": 1}
+
+
 def test_transient_failure_retries_with_backoff_then_dead(db: sa.Engine, sink: Sink) -> None:
     add_customer(db, "c1")
     sink.replies["k1"] = "TEMP"

@@ -18,7 +18,7 @@ from engine.store.open import (
     read_only_url,
     schema_revisions,
 )
-from engine.store.tables import Customer, Enrollment, Event
+from engine.store.tables import Customer, Enrollment, Event, payloads
 
 TABLES = {
     "customers", "events", "playbook_versions", "enrollments", "actions", "tasks",
@@ -132,3 +132,23 @@ def test_open_store_recreates_missing_event_indexes(sqlite_url: str) -> None:
     engine = open_store(sqlite_url)
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("events")}
     assert {"ix_events_customer_type_time", "ix_events_type_time"} <= names
+
+
+def test_0003_moves_each_payload_into_action_payloads(db_url: str) -> None:
+    """An outbox row written before 0003 keeps its payload, now in `action_payloads`, and
+    `actions` has no payload column left to rewrite on every status update."""
+    engine = make_engine(db_url)
+    migrate(engine, to="0002")
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "INSERT INTO actions (id, customer_id, step, connector, payload, idempotency_key,"
+            " status, attempts, created_at) VALUES (7, 'c1', 0, 'task', :payload, 'k7',"
+            " 'planned', 0, :at)"),
+            {"payload": '{"title": "Call Ann", "n": 1}', "at": datetime(2024, 5, 1, tzinfo=UTC)})
+    engine.dispose()
+    engine = open_store(db_url)
+    assert "payload" not in {c["name"] for c in sa.inspect(engine).get_columns("actions")}
+    with engine.connect() as connection:
+        moved = connection.execute(sa.select(payloads.c.action_id, payloads.c.payload)).all()
+    engine.dispose()
+    assert [tuple(row) for row in moved] == [(7, {"title": "Call Ann", "n": 1})]

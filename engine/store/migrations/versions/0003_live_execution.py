@@ -40,7 +40,18 @@ def upgrade() -> None:
     with op.batch_alter_table('action_attempts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_action_attempts_action_id'), ['action_id'], unique=False)
 
-    # the payload in its own table: a status update of `actions` no longer rewrites it (SQLite)
+    with op.batch_alter_table('actions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('playbook_id', sa.String(), nullable=False, server_default=''))
+        batch_op.add_column(sa.Column('stage', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.drop_index(batch_op.f('ix_actions_customer_id'))
+        batch_op.create_index('ix_actions_customer_connector', ['customer_id', 'connector'], unique=False)
+        batch_op.create_index(batch_op.f('ix_actions_playbook_id'), ['playbook_id'], unique=False)
+
+    # The payload in its own table: a status update of `actions` no longer rewrites it (SQLite
+    # writes whole records). After the batch above: SQLite's batch mode copies and drops
+    # `actions`, which a filled `action_payloads` referencing it would refuse; the column is
+    # then dropped in place (ALTER TABLE ... DROP COLUMN, SQLite 3.35+).
     op.create_table('action_payloads',
     sa.Column('action_id', sa.Integer(), nullable=False),
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
@@ -48,15 +59,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('action_id')
     )
     op.execute("INSERT INTO action_payloads (action_id, payload) SELECT id, payload FROM actions")
-
-    with op.batch_alter_table('actions', schema=None) as batch_op:
-        batch_op.drop_column('payload')
-        batch_op.add_column(sa.Column('playbook_id', sa.String(), nullable=False, server_default=''))
-        batch_op.add_column(sa.Column('stage', sa.Integer(), nullable=False, server_default='0'))
-        batch_op.add_column(sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True))
-        batch_op.drop_index(batch_op.f('ix_actions_customer_id'))
-        batch_op.create_index('ix_actions_customer_connector', ['customer_id', 'connector'], unique=False)
-        batch_op.create_index(batch_op.f('ix_actions_playbook_id'), ['playbook_id'], unique=False)
+    op.drop_column('actions', 'payload')
 
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.add_column(sa.Column('file_tags', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False, server_default='[]'))
@@ -101,6 +104,12 @@ def downgrade() -> None:
         batch_op.drop_column('tags_added')
         batch_op.drop_column('file_tags')
 
+    # the payloads back into `actions`, before its batch (which SQLite does by copying it)
+    op.add_column('actions', sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False, server_default='{}'))
+    op.execute("UPDATE actions SET payload = (SELECT p.payload FROM action_payloads p"
+               " WHERE p.action_id = actions.id) WHERE id IN (SELECT action_id FROM action_payloads)")
+    op.drop_table('action_payloads')
+
     with op.batch_alter_table('actions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_actions_playbook_id'))
         batch_op.drop_index('ix_actions_customer_connector')
@@ -108,11 +117,6 @@ def downgrade() -> None:
         batch_op.drop_column('sent_at')
         batch_op.drop_column('stage')
         batch_op.drop_column('playbook_id')
-        batch_op.add_column(sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False, server_default='{}'))
-
-    op.execute("UPDATE actions SET payload = (SELECT p.payload FROM action_payloads p"
-               " WHERE p.action_id = actions.id) WHERE id IN (SELECT action_id FROM action_payloads)")
-    op.drop_table('action_payloads')
 
     with op.batch_alter_table('action_attempts', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_action_attempts_action_id'))

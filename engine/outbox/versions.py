@@ -29,12 +29,12 @@ from engine.errors import PlaybookError
 from engine.format.playbook import Playbook
 from engine.format.templates import make_environment
 from engine.format.validation import templates_dir
+from engine.outbox.lifecycle import end, in_flight
 from engine.query.versions import Versions
 from engine.store import status as st
 from engine.store.dialect import insert_ignoring
-from engine.store.tables import actions, enrollments, versions
+from engine.store.tables import enrollments, versions
 
-OPEN = (st.ACTIVE, st.WAITING_STEP)
 Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
 
 
@@ -77,22 +77,20 @@ def _row(playbook: Playbook, as_of: datetime) -> dict[str, Any]:
 
 
 def exit_changed(connection: sa.Connection, playbook: Playbook, as_of: datetime) -> int:
-    """`on_change: exit`: end the open enrollments of other versions and cancel their pending
-    actions; returns how many ended (0 with `on_change: keep`)."""
+    """`on_change: exit`: end the enrollments of other versions still under way (open, or
+    completed with actions not yet gone: the same `in_flight` as `exit_when`) and cancel their
+    pending actions; returns how many ended (0 with `on_change: keep`)."""
     if playbook.document.on_change != "exit":
         return 0
-    e, a = enrollments.c, actions.c
+    e = enrollments.c
     why = f"playbook changed to version {playbook.version}"
-    older = sa.and_(e.playbook_id == playbook.id, e.version != playbook.version,
-                    e.status.in_(OPEN))
-    connection.execute(
-        actions.update().where(a.enrollment_id.in_(sa.select(e.id).where(older)),
-                               a.status.in_(st.WAITING))
-        .values(status=st.CANCELLED, reason=why, updated_at=as_of))
-    ended = connection.execute(
-        enrollments.update().where(older)
-        .values(status=st.EXITED, ended_at=as_of, end_reason=why, wake_at=None))
-    return ended.rowcount or 0
+    older = list(connection.execute(
+        sa.select(e.id).where(e.playbook_id == playbook.id, e.version != playbook.version,
+                              in_flight())).scalars())
+    for start in range(0, len(older), 500):
+        end(connection, [{"ident": ident, "why": why} for ident in older[start:start + 500]],
+            as_of, st.EXITED)
+    return len(older)
 
 
 def version_lookup(writer: sa.Engine, playbooks: list[Playbook],

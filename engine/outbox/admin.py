@@ -19,11 +19,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.clock import utcnow
 from engine.consent import SIGNING_KEY_NAME, new_key, require_address, verify_token
 from engine.errors import InputError
+from engine.store.dialect import insert_ignoring
 from engine.store.status import DEAD, RETRYING, SUPPRESSED, TASK_DONE, WAITING
 from engine.store.tables import actions, customers, secrets, suppressions, tasks
 
@@ -79,8 +79,8 @@ def _insert_ignore(connection: sa.Connection, table: sa.Table, values: dict[str,
     """INSERT a row unless its primary key is taken; 1 if this call inserted it, else 0.
 
     Counted by RETURNING, not `rowcount`: psycopg reports -1 for an INSERT that did nothing."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).values(**values).on_conflict_do_nothing().returning(
+    keys = [column.name for column in table.primary_key.columns]
+    statement = insert_ignoring(table, connection.dialect, keys).values(**values).returning(
         *table.primary_key.columns)
     return len(connection.execute(statement).all())
 

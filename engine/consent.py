@@ -81,21 +81,28 @@ def verify_token(token: str, key: bytes) -> str:
 
 
 def check_public_url(public_url: str) -> str:
-    """`public_url` without a trailing slash, if links may point there: HTTPS, or plain HTTP
-    only to a loopback host (RFC 8058 asks for HTTPS; a local daemon need not have TLS)."""
+    """`public_url` without a trailing slash, if links may point there; else InputError naming
+    RETAIN_PUBLIC_URL."""
+    problem = public_url_problem(public_url)
+    if problem is not None:
+        raise InputError(f"{PUBLIC_URL_ENV} {public_url!r} {problem}")
+    return public_url.strip().rstrip("/")
+
+
+def public_url_problem(public_url: str) -> str | None:
+    """Why links may not point at `public_url` (the words after the quoted URL), or None:
+    HTTPS, or plain HTTP only to a loopback host (RFC 8058 asks for HTTPS; a local daemon need
+    not have TLS). The one rule, for the settings check and for the links."""
     parts = urlsplit(public_url.strip())
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host:
-        raise InputError(f"{PUBLIC_URL_ENV} {public_url!r} is not an http(s) URL, like "
-                         "https://retain.example.com")
+        return "is not an http(s) URL, like https://retain.example.com"
     if parts.query or parts.fragment:
-        raise InputError(f"{PUBLIC_URL_ENV} {public_url!r} may not carry a query or fragment: "
-                         "links append /unsubscribe?token=... to it")
+        return "may not carry a query or fragment: links append /unsubscribe?token=... to it"
     if parts.scheme == "http" and not is_loopback(host):
-        raise InputError(f"{PUBLIC_URL_ENV} {public_url!r} must be https:// (RFC 8058: "
-                         "unsubscribe links use HTTPS; plain http only for 127.0.0.1, ::1 or "
-                         "localhost)")
-    return public_url.strip().rstrip("/")
+        return ("must be https:// (RFC 8058: unsubscribe links use HTTPS; plain http only for "
+                "127.0.0.1, ::1 or localhost)")
+    return None
 
 
 def is_loopback(host: str) -> bool:

@@ -22,7 +22,7 @@ SCANNED = ("engine", "connectors", "cli")
 ALLOWED: dict[str, set[str]] = {
     "engine.errors": set(),
     "engine.clock": set(),
-    "engine.config": {"engine.errors", "engine.format.durations"},
+    "engine.config": {"engine.errors", "engine.format.durations", "engine.consent"},
     "engine.consent": {"engine.errors"},
     "engine.store": {"engine.errors", "engine.clock", "engine.config"},
     "engine.format": {"engine.errors", "engine.clock", "engine.store.tables",

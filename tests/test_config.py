@@ -186,8 +186,8 @@ BAD_VALUES = [
     ("smtp", "port", '"smtp"', "input should be a valid integer"),
     ("smtp", "port", "70000", "input should be less than or equal to 65535 (got 70000)"),
     ("smtp", "connections", "0", "input should be greater than or equal to 1 (got 0)"),
-    ("retain", "public_url", '"http://retain.example"', "'http://retain.example' must use https "
-     "(RFC 8058) unless the host is loopback"),
+    ("retain", "public_url", '"http://retain.example"', "'http://retain.example' must be https:// "
+     "(RFC 8058: unsubscribe links use HTTPS; plain http only for 127.0.0.1"),
     ("retain", "email_from", '"nobody"', "'nobody' is not an address"),
     ("retain", "email_transport", '"sendmail"', "input should be 'smtp' or 'file'"),
 ]

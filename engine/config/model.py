@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass
 from datetime import time, timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -108,18 +107,6 @@ Channel = Annotated[str, AfterValidator(_channel)]
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
 
 
-def _loopback(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1: links that only this machine can follow."""
-    from ipaddress import ip_address
-
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SmtpSettings(BaseModel):
     """`[smtp]`: the mail server the email connector delivers through (`RETAIN_SMTP_*`)."""
 
@@ -191,16 +178,13 @@ class Settings(BaseSettings):
     @field_validator("public_url")
     @classmethod
     def _unsubscribe_base(cls, value: str) -> str:
-        """RFC 8058: one-click unsubscribe links are HTTPS, except on this machine."""
-        parts = urlsplit(value.strip())
-        host = parts.hostname or ""
-        if parts.scheme not in {"http", "https"} or not host:
-            raise ValueError(f"{value!r} is not an http(s) URL like \"https://retain.example.com\"")
-        if parts.query or parts.fragment:
-            raise ValueError(f"{value!r} may not carry a query or fragment: links append "
-                             "/unsubscribe?token=... to it")
-        if parts.scheme == "http" and not _loopback(host):
-            raise ValueError(f"{value!r} must use https (RFC 8058) unless the host is loopback")
+        """RFC 8058: one-click unsubscribe links are HTTPS, except on this machine (the one
+        rule, engine/consent.py's, which the links are made by)."""
+        from engine.consent import public_url_problem
+
+        problem = public_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} {problem}")
         return value.strip().rstrip("/")
 
     @field_validator("webhook_secret")

@@ -101,11 +101,14 @@ def base(engine: sa.Engine, n: int) -> None:
                               "REFERENCES bare_enrollments (id)"))
             c.execute(sa.text("ALTER TABLE bare_action_payloads ADD FOREIGN KEY (action_id) "
                               "REFERENCES bare_actions (id)"))
-        if engine.dialect.name == "sqlite":  # the unique keys (SQLite copies them in the DDL)
-            c.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS bare_e_key ON bare_enrollments"
-                              " (playbook_id, customer_id, occurrence_key)"))
-            c.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS bare_a_key ON bare_actions "
-                              "(idempotency_key)"))
+        if engine.dialect.name == "sqlite":  # the unique keys are in the DDL; the indexes too,
+            # as PostgreSQL's LIKE ... INCLUDING ALL copies them: the same tables, bare inserts
+            for name, table, ddl in c.execute(sa.text(
+                    "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' AND "
+                    "sql IS NOT NULL AND tbl_name IN ('enrollments', 'actions', "
+                    "'action_payloads')")).all():
+                c.execute(sa.text(ddl.replace(f"INDEX {name} ON {table}",
+                                              f"INDEX bare_{name} ON bare_{table}")))
 
 
 def baseline(engine: sa.Engine) -> tuple[float, int]:

@@ -155,6 +155,15 @@ class Connector(ABC):
         everything `send` needs, rendered once (the planned fields by default)."""
         return self.plan(params, render, render_file, due_at)
 
+    def payload_template(self, params: BaseModel, due_at: datetime) -> dict[str, Any] | None:
+        """`payload` for every customer at once, when it is only constants and inline
+        templates: the same keys, with `Inline(source, header=...)` where `payload` has the
+        rendered text. A live run then builds the payloads in SQL (engine/plan/set_plan.py)
+        instead of calling `payload` per customer. Return one only when, for every customer,
+        rendering it gives exactly `payload` and nothing blocks the action (no address to check,
+        no `recipient_problem`); None (the default) keeps the per-customer path."""
+        return None
+
     def configure(self, settings: Any) -> None:
         """Take what planning needs from the settings (the email sender for Message-IDs): called
         on every instance the engine makes when it has settings, before `payload`."""

@@ -62,6 +62,11 @@ class PointsConnector(Connector):
         points = expect(params, PointsParams)
         return {"amount": points.amount, "reason": points.reason}
 
+    def payload_template(self, params: BaseModel, due_at: datetime) -> dict[str, Any] | None:
+        """The amount and reason: the same for every customer."""
+        points = expect(params, PointsParams)
+        return {"amount": points.amount, "reason": points.reason}
+
     async def send(self, delivery: Delivery) -> Sent:
         """The ledger line for the dispatcher to write, exactly once by the action's key."""
         amount = delivery.payload.get("amount")

@@ -128,6 +128,11 @@ class TagConnector(Connector):
         tag = expect(params, TagParams)
         return {"add": list(tag.add), "remove": list(tag.remove)}
 
+    def payload_template(self, params: BaseModel, due_at: datetime) -> dict[str, Any] | None:
+        """The tags added and removed: the same for every customer."""
+        tag = expect(params, TagParams)
+        return {"add": list(tag.add), "remove": list(tag.remove)}
+
     async def send(self, delivery: Delivery) -> Sent:
         """The write that applies the tags, for the dispatcher to make with the outcome."""
         add, remove = delivery.payload.get("add", []), delivery.payload.get("remove", [])

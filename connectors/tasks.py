@@ -23,7 +23,7 @@ from connectors.base import (
     expect,
     inline_problems,
 )
-from engine import Duration, Problem, TemplateChecker, iso
+from engine import Duration, Inline, Problem, TemplateChecker, iso
 
 
 class TaskParams(ConnectorParams):
@@ -71,6 +71,13 @@ class TaskConnector(Connector):
         """The planned fields as JSON: the due time spelled as an ISO instant."""
         fields = self.plan(params, render, render_file, due_at)
         return {**fields, "due_at": iso(fields["due_at"]) if fields["due_at"] else None}
+
+    def payload_template(self, params: BaseModel, due_at: datetime) -> dict[str, Any] | None:
+        """`payload` with the title and note as templates: the same for every customer."""
+        task = expect(params, TaskParams)
+        return {"title": Inline(task.title, header=True), "assignee": task.assignee,
+                "due_at": iso(due_at + task.due_in) if task.due_in else None,
+                "note": Inline(task.note) if task.note is not None else None}
 
     async def send(self, delivery: Delivery) -> Sent:
         """The task row for the dispatcher to write, exactly once by the action's key."""

@@ -9,7 +9,8 @@ no more than module `x` itself.
 - Errors: `RetainError`, `Location`, `Problem`, `TemplateError`, `ConnectorError`,
   `TransientError` (worth retrying), `PermanentError` (dead-letter).
 - Templates: `TemplateChecker` (validate-time checks of a connector's template fields),
-  `render`, `render_file` (sandboxed Jinja2, strict undefined), `header_problem` (line breaks in
+  `render`, `render_file` (sandboxed Jinja2, strict undefined), `Inline` (a payload value
+  rendered per customer, in a `payload_template`), `header_problem` (line breaks in
   header values), `ENV_REFERENCE`, `env_var_problems`, `expand_env` (`${VAR}` from the
   environment, never from YAML).
 - Values: `Duration` (a pydantic-ready `15m 12h 30d 2w` duration).
@@ -33,11 +34,12 @@ _PUBLIC = {
     "render_file": "engine.format.templates", "header_problem": "engine.format.templates",
     "ENV_REFERENCE": "engine.format.templates", "env_var_problems": "engine.format.templates",
     "expand_env": "engine.format.templates", "Duration": "engine.format.durations",
-    "iso": "engine.clock", "utcnow": "engine.clock", "Settings": "engine.config",
+    "Inline": "engine.format.templates", "iso": "engine.clock", "utcnow": "engine.clock",
+    "Settings": "engine.config",
 }
 __all__ = [
-    "ENV_REFERENCE", "ConnectorError", "Duration", "Location", "PermanentError", "Problem",
-    "RetainError", "Settings", "TemplateChecker", "TemplateError", "TransientError",
+    "ENV_REFERENCE", "ConnectorError", "Duration", "Inline", "Location", "PermanentError",
+    "Problem", "RetainError", "Settings", "TemplateChecker", "TemplateError", "TransientError",
     "env_var_problems", "expand_env", "header_problem", "iso", "render", "render_file", "utcnow",
 ]
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from engine.format.template_checks import TemplateChecker
     from engine.format.templates import (
         ENV_REFERENCE,
+        Inline,
         env_var_problems,
         expand_env,
         header_problem,

@@ -106,7 +106,7 @@ def test_over_limit_playbook_streams_no_enrollment(tmp_path: Path) -> None:
     pb = playbook(tmp_path, "limits: { max_enrollments: 1 }\n")
     one = PlannedEnrollment("c1", "o", False, None, ())
 
-    def source(limit: int | None) -> Iterator[list[PlannedEnrollment]]:
+    def source(limit: int | None, only: object = None) -> Iterator[list[PlannedEnrollment]]:
         yield [one, one]
 
     within = PlaybookPlan(pb, entering=2, source=source)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from email.errors import HeaderParseError
 from email.header import decode_header
@@ -38,6 +39,16 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_MALFORMED = re.compile(r"\$\{(?![A-Za-z_][A-Za-z0-9_]*\})")
 _RENDER_ERRORS = (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError,
                   RecursionError)
+
+
+@dataclass(frozen=True)
+class Inline:
+    """A payload value that is an inline template rendered for each customer (a task title):
+    what a connector's `payload_template` puts where `payload` puts the rendered text
+    (engine/format/template_sql.py translates it for a set-based commit)."""
+
+    source: str
+    header: bool = False
 
 
 class _Record(dict[str, Any]):

@@ -1,5 +1,9 @@
 """A plan written: each enrollment and its current step's actions, in one transaction.
 
+A playbook whose first stage the database can plan by itself (engine/plan/set_plan.py) is
+written by three `INSERT ... SELECT` statements (engine/outbox/set_commit.py); the customers it
+leaves out, and every other playbook, are written from the planner's enrollments as follows.
+
 What `dry-run` printed is what is written (DESIGN 3): the same enrollments, and for each the
 plan's stage-0 actions with their keys, statuses, reasons and due times, payloads frozen by the
 connector at planning (`Connector.payload`). Rows are written a batch of the plan at a time with
@@ -25,6 +29,7 @@ import sqlalchemy as sa
 
 from engine.format.playbook import Playbook
 from engine.outbox.bulk import Bulk
+from engine.outbox.set_commit import commit_set
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import PlannedAction, PlannedEnrollment, plain_fields, schedule
 from engine.store import status as st
@@ -46,8 +51,16 @@ def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> C
     if plan.over_limit is not None:
         return done
     stages = StagePlan(plan.playbook)
+    rest = None
+    if plan.set_plan is not None:  # the customers SQL renders exactly, in three statements
+        done.entered, done.holdout, written = commit_set(
+            writer, plan.set_plan, stages.wake_at(as_of, 0), as_of)
+        done.statuses.update(written)
+        if done.entered >= plan.entering:  # everyone counted was written in SQL
+            return done
+        rest = plan.set_plan.rest  # those SQL could not render exactly (or another run took)
     rows: _Rows | None = None
-    for batch in plan.batches():
+    for batch in plan.batches(rest):
         if not batch:
             continue
         with writer.begin() as connection:

@@ -40,20 +40,14 @@ from engine.format.templates import make_environment
 from engine.format.validation import templates_dir
 from engine.plan import reader
 from engine.plan.delivery import CapLedger, DeliveryRules
-from engine.plan.planner import (
-    PlannedEnrollment,
-    Planner,
-    Unsubscribe,
-    in_holdout,
-    over_limit,
-    schedule,
-)
+from engine.plan.planner import PlannedEnrollment, Planner, Unsubscribe, over_limit, schedule
+from engine.plan.set_plan import SetPlan, holdout_sql, set_plan
 from engine.query.evaluate import Moment, compose, count, prepare
 
 if TYPE_CHECKING:
     from engine.config import Settings
 
-Batches = Callable[[int | None], Iterator[list[PlannedEnrollment]]]
+Batches = Callable[[int | None, "sa.Select[Any] | None"], Iterator[list[PlannedEnrollment]]]
 SAMPLES = 3  # reasons kept per status and playbook, for the text plan
 
 
@@ -71,13 +65,15 @@ class PlaybookPlan:
     over_limit: str | None = None
     note: str | None = None
     source: Batches | None = field(default=None, repr=False)
+    set_plan: SetPlan | None = field(default=None, repr=False)  # a live plan committed in SQL
     problems: dict[str, None] = field(default_factory=dict, repr=False)  # ordered, no repeats
     statuses: Counter[str] = field(default_factory=Counter)  # actions by status
     samples: dict[str, list[str]] = field(default_factory=dict)  # status -> first reasons
     complete: bool = False  # every enrollment planned: problems and statuses cover them all
 
-    def batches(self) -> Iterator[list[PlannedEnrollment]]:
+    def batches(self, only: sa.Select[Any] | None = None) -> Iterator[list[PlannedEnrollment]]:
         """Every enrollment a live run commits, a batch at a time; none when over the limit.
+        `only`: those of this statement (the plan's own, narrowed: `SetPlan.rest`).
 
         Collects each enrollment's errors, action statuses and the first reasons of each
         status on the way, anew on each pass; `complete` once the last batch is handed out.
@@ -87,7 +83,7 @@ class PlaybookPlan:
         self.samples.clear()
         self.complete = False
         if self.over_limit is None and self.source is not None:
-            for batch in self.source(None):
+            for batch in self.source(None, only):
                 for enrollment in batch:
                     self.problems.update(dict.fromkeys(enrollment.errors(self.playbook.id)))
                     self.statuses.update(action.status for action in enrollment.actions)
@@ -230,10 +226,16 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
     if result.over_limit is not None or result.entering == 0:
         result.complete = True
         return result
-    if playbook.document.holdout:
-        result.holdout = sum(in_holdout(playbook, customer, occurrence)
-                             for customer, occurrence in reader.keys(connection, query))
     environment = make_environment(templates_dir(Path(playbook.file)))
+    if run.unsubscribe is not None and customer_id is None:  # live: in SQL where it can be
+        result.set_plan = set_plan(playbook, query, run.connectors, run.rules, environment,
+                                   moment.as_of)
+    if playbook.document.holdout:
+        entering = query.subquery()
+        result.holdout = connection.execute(
+            sa.select(sa.func.count()).select_from(entering)
+            .where(holdout_sql(playbook, entering.c.customer_id, entering.c.occurrence))
+        ).scalar_one()
     planner = Planner(playbook, moment.as_of, run.connectors, environment, rules=run.rules,
                       ledger=run.ledger, rank=rank, unsubscribe=run.unsubscribe)
     ctx = CompileContext(moment.as_of, moment.historical)
@@ -241,9 +243,11 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
                                             if s.stage == 0}
     since = moment.as_of - run.rules.longest_window
 
-    def source(limit: int | None) -> Iterator[list[PlannedEnrollment]]:
+    def source(limit: int | None, only: sa.Select[Any] | None = None
+               ) -> Iterator[list[PlannedEnrollment]]:
         run.ledger.forget_from(rank)  # a new pass: only the higher-priority plan stays
-        for batch, people in reader.candidate_records(connection, ctx, query, limit):
+        chosen = query if only is None else only
+        for batch, people in reader.candidate_records(connection, ctx, chosen, limit):
             found = reader.records(connection, ctx, batch, people)
             booked = reader.bookings(connection, [c.customer_id for c in batch], channels,
                                      since, as_of=moment.as_of)

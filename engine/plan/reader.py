@@ -26,7 +26,6 @@ from engine.store.status import COUNTS_AGAINST_CAP, SENT
 from engine.store.tables import actions, suppressions
 
 BATCH = 500
-STREAM = 5000  # rows a streamed result holds at a time
 
 
 @dataclass(frozen=True)
@@ -41,15 +40,6 @@ class Records:
 def total_customers(connection: sa.Connection, as_of: datetime) -> int:
     """Customers that existed at as-of (what `limits.max_percent` is a share of)."""
     return connection.execute(sa.select(sa.func.count()).where(existed_at(as_of))).scalar_one()
-
-
-def keys(connection: sa.Connection, query: sa.Select[Any]) -> Iterator[tuple[str, str]]:
-    """(customer_id, occurrence) of every row, streamed: what holdout is decided from."""
-    inner = query.subquery()
-    result = connection.execution_options(stream_results=True, yield_per=STREAM).execute(
-        sa.select(inner.c.customer_id, inner.c.occurrence))
-    for batch in result.partitions():
-        yield from batch  # type: ignore[misc]
 
 
 def candidate_batches(connection: sa.Connection, query: sa.Select[Any],

@@ -8,6 +8,7 @@ reads as NULL.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import sqlalchemy as sa
@@ -226,3 +227,39 @@ def insert_ignoring(table: sa.Table, dialect: sa.Dialect, keys: list[str]) -> An
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+SHA256 = "retain_sha256"
+"""The SQLite function `sha256_hex` calls there (open.py registers it on every connection)."""
+
+
+def sqlite_sha256(*parts: object) -> str:
+    """SHA-256 in hex of the parts as UTF-8 text joined by NUL: what `sha256_hex` computes."""
+    try:
+        text = "\0".join(parts)  # type: ignore[arg-type]
+    except TypeError:  # a number where text was meant: as Python would print it
+        text = "\0".join(map(str, parts))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_hex(*parts: Column | str) -> Column:
+    """The hex SHA-256 of text parts joined by NUL bytes, as Python's
+    `hashlib.sha256("\\0".join(parts).encode()).hexdigest()`: holdout groups and idempotency
+    keys computed for many rows at once (engine/plan/set_plan.py). A `str` part is a constant.
+    PostgreSQL hashes in SQL (text cannot hold NUL, bytea can); SQLite calls `sqlite_sha256`,
+    registered by open.py, with neighbouring constants joined into one argument (each argument
+    costs the call a conversion, and the call is most of a key's cost)."""
+    separator = sa.func.decode("00", "hex")
+    joined: Column | None = None
+    merged: list[Column | str] = []
+    for part in parts:
+        text = sa.literal(part, sa.Text()) if isinstance(part, str) else sa.cast(part, sa.Text())
+        data = sa.func.convert_to(text, "UTF8")
+        joined = data if joined is None else joined.op("||")(separator).op("||")(data)
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] = f"{merged[-1]}\0{part}"
+        else:
+            merged.append(part)
+    arguments = [sa.literal(p, sa.Text()) if isinstance(p, str) else p for p in merged]
+    postgresql = sa.func.encode(sa.func.sha256(joined), "hex")
+    return PerDialect(getattr(sa.func, SHA256)(*arguments), postgresql, sa.String())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from engine.config import DEFAULT_URL
 from engine.errors import StoreError
+from engine.store.dialect import SHA256, sqlite_sha256
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -69,7 +71,14 @@ def _on_sqlite_connect(dbapi_connection: object, _record: object) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
+    _sqlite_functions(dbapi_connection)
+
+
+def _sqlite_functions(dbapi_connection: Any) -> None:
+    """SQL functions PostgreSQL has built in and SQLite lacks (engine/store/dialect.py)."""
+    dbapi_connection.create_function(SHA256, -1, sqlite_sha256, deterministic=True)
 
 
 def make_engine(url: str = DEFAULT_URL) -> sa.Engine:
@@ -157,6 +166,7 @@ def _on_sqlite_reader_connect(dbapi_connection: object, _record: object) -> None
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA query_only=ON")
     cursor.close()
+    _sqlite_functions(dbapi_connection)
 
 
 def _on_pg_reader_connect(dbapi_connection: object, _record: object) -> None:

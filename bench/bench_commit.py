@@ -15,9 +15,11 @@ Per database (SQLite file, PostgreSQL schema) and size, in ONE process:
   last_active_at <= as_of - 30d`) and their two actions each (`INSERT INTO actions SELECT ...
   FROM enrollments`, the idempotency key built in SQL) and their payloads (`INSERT INTO
   action_payloads SELECT ... FROM actions`), into copies of the tables with the same unique keys
-  (`bare_enrollments`, `bare_actions`, `bare_action_payloads`), in one transaction;
-- **run**: `engine.outbox.run.run_cycle(..., dispatch=False)` (evaluate, plan every enrollment,
-  render the task title, commit in batches), the same count of rows checked;
+  and indexes (`bare_enrollments`, `bare_actions`, `bare_action_payloads`), in one transaction;
+- **run**: `engine.outbox.run.run_cycle(..., dispatch=False)` (evaluate, plan, commit; `--path
+  sql`: the database plans and writes every row in one transaction of INSERT ... SELECT,
+  `--path jinja`: a title with a filter, so every enrollment is planned in Python, its title
+  rendered by Jinja, and committed in batches), the same count of rows checked;
 - **again**: the same run at once, which must commit nothing;
 - `--repeat N`: all three again on emptied tables, N times, each time the best of N (the
   machine is shared: single runs vary by +-25%); `run CPU s` is this process's CPU time during
@@ -27,6 +29,7 @@ Per database (SQLite file, PostgreSQL schema) and size, in ONE process:
   never during a timed run).
 
     python bench/bench_commit.py [--customers 1000000] [--db sqlite|postgresql|both] [--repeat 3]
+                                 [--path sql jinja]
 """
 
 from __future__ import annotations
@@ -54,9 +57,13 @@ name: Bench winback
 trigger:
   inactive: { days: 30 }
 actions:
-  - task: { title: "Call {{ customer.name }}", assignee: retention, due_in: 2d }
+  - task: { title: "Call {{ customer.name TITLE}}", assignee: retention, due_in: 2d }
   - points: { amount: 200, reason: winback bonus }
 """
+TITLES = {"sql": "", "jinja": "| title "}
+"""The title `Call {{ customer.name }}` lets the database plan the playbook (the commit is
+INSERT ... SELECT, engine/outbox/set_commit.py); with a filter it is rendered by Jinja for each
+customer (the per-customer commit, what an email or a webhook always takes)."""
 SETTINGS = Settings()
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -138,13 +145,14 @@ def baseline(engine: sa.Engine) -> tuple[float, int]:
     return time.perf_counter() - started, inserted
 
 
-def measure(url: str, n: int, folder: Path, repeat: int = 1) -> dict[str, Any]:
+def measure(url: str, n: int, folder: Path, repeat: int = 1,
+            path: str = "sql") -> dict[str, Any]:
     engine = open_store(url)
     started = time.perf_counter()
     base(engine, n)
     built = time.perf_counter() - started
     file = folder / "bench-winback.yaml"
-    file.write_text(PLAYBOOK)
+    file.write_text(PLAYBOOK.replace("TITLE", TITLES[path]))
     playbooks = load_valid_playbooks([file])
     with engine.connect() as connection:  # imports and first compilations, untimed
         make_plan(connection, playbooks, AS_OF, show=1, complete=False)
@@ -190,11 +198,13 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure N times on emptied tables and keep each best time")
+    parser.add_argument("--path", nargs="+", choices=sorted(TITLES), default=["sql"],
+                        help="the task title the database renders (sql), or Jinja (jinja)")
     args = parser.parse_args()
-    print("| db | customers | entered | actions | bare INSERT...SELECT s | run s | run CPU s "
-          "| ratio | again s | again/bare | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n in args.customers:
+    print("| path | db | customers | entered | actions | bare INSERT...SELECT s | run s "
+          "| run CPU s | ratio | again s | again/bare | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, path in ((n, path) for n in args.customers for path in args.path):
         for db in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
@@ -208,13 +218,13 @@ def main() -> None:
                         c.execute(sa.text(f"CREATE SCHEMA {schema}"))
                     url = f"{PG}?options=-csearch_path%3D{schema}"
                 try:
-                    r = measure(url, n, folder, args.repeat)
+                    r = measure(url, n, folder, args.repeat, path)
                 finally:
                     if schema is not None:
                         with admin.begin() as c:
                             c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
                         admin.dispose()
-            print(f"| {r['db']} | {n:,} | {r['entered']:,} | {r['actions']:,} | "
+            print(f"| {path} | {r['db']} | {n:,} | {r['entered']:,} | {r['actions']:,} | "
                   f"{r['bare_s']:.2f} | {r['run_s']:.2f} | {r['run_cpu']:.2f} | "
                   f"{r['run_s'] / r['bare_s']:.1f}x | "
                   f"{r['again_s']:.2f} | {r['again_s'] / r['bare_s']:.2f} | "

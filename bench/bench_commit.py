@@ -103,11 +103,16 @@ def base(engine: sa.Engine, n: int) -> None:
                 c.execute(sa.text(ddl))
             else:
                 c.execute(sa.text(f"CREATE TABLE {bare} (LIKE {name} INCLUDING ALL)"))
-        if engine.dialect.name == "postgresql":  # LIKE copies no foreign key: the same checks
-            c.execute(sa.text("ALTER TABLE bare_actions ADD FOREIGN KEY (enrollment_id) "
-                              "REFERENCES bare_enrollments (id)"))
-            c.execute(sa.text("ALTER TABLE bare_action_payloads ADD FOREIGN KEY (action_id) "
-                              "REFERENCES bare_actions (id)"))
+        if engine.dialect.name == "postgresql":  # LIKE copies no foreign key: the same ones
+            # (SQLite's copied DDL keeps them), a parent among the three its bare copy
+            for table, definition in c.execute(sa.text(
+                    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint"
+                    " WHERE contype = 'f' AND conrelid::regclass::text IN ('enrollments', "
+                    "'actions', 'action_payloads')")).all():
+                for parent in ("enrollments", "actions"):
+                    definition = definition.replace(f"REFERENCES {parent}(",
+                                                    f"REFERENCES bare_{parent}(")
+                c.execute(sa.text(f"ALTER TABLE bare_{table} ADD {definition}"))
         if engine.dialect.name == "sqlite":  # the unique keys are in the DDL; the indexes too,
             # as PostgreSQL's LIKE ... INCLUDING ALL copies them: the same tables, bare inserts
             for name, table, ddl in c.execute(sa.text(

@@ -25,6 +25,7 @@ from engine.config import Settings
 from engine.errors import TemplateError
 from engine.format.template_sql import SAFE_CHARS, template_sql
 from engine.format.templates import Inline, make_environment, render
+from engine.outbox import set_commit
 from engine.outbox.dispatch import dispatch
 from engine.outbox.run import run_cycle
 from engine.plan.build import make_plan
@@ -32,6 +33,8 @@ from engine.plan.planner import action_key, in_holdout
 from engine.plan.set_plan import holdout_sql, holdout_threshold, key_sql
 from engine.store import status as st
 from engine.store.tables import customers, enrollments, tasks
+
+SLICE = set_commit.SLICE
 
 NAMES = [None, "", "Ana", "O'Brien", 'say "hi"', "back\\slash", "100%_x", "Zoë 🎉", "tab\there",
          "line\nbreak", "cr\rhere", "ls\u2028sep", "nel\x85x", "=?utf-8?q?a=0Ab?=", "a=?b", "?x",
@@ -162,9 +165,12 @@ def _planned(db: sa.Engine, pb: Any) -> tuple[list[tuple[Any, ...]], set[tuple[A
     return enrolled, outbox
 
 
-@pytest.mark.parametrize("holdout", ["", "holdout: 0.3\n"])
+@pytest.mark.parametrize(("holdout", "customers_per_slice"),
+                         [("", SLICE), ("holdout: 0.3\n", SLICE), ("holdout: 0.3\n", 4)])
 def test_a_live_run_in_sql_commits_the_dry_run_plan(db: sa.Engine, tmp_path: Path,
-                                                    holdout: str) -> None:
+                                                    holdout: str, customers_per_slice: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(set_commit, "SLICE", customers_per_slice)  # SQLite: several slices
     _people(db)
     with db.begin() as connection:
         connection.execute(customers.update().values(last_active_at=ago(days=45)))

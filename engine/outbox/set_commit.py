@@ -1,19 +1,22 @@
 """A playbook's first stage committed by `INSERT ... SELECT` (engine/plan/set_plan.py says when).
 
-Statements in one transaction, each reading what the one before wrote:
+Three kinds of insert, each reading the rows the one before it inserted:
 
 1. the enrollments, straight from the plan's statement (`SetPlan.candidates`), the holdout
    group decided in SQL, in (customer, occurrence) order, `ON CONFLICT DO NOTHING` on their
    unique key, as the per-customer commit writes them;
-2. per first-stage action, one row for each enrollment this transaction inserted that is not
-   in the holdout, keyed in SQL, `ON CONFLICT DO NOTHING` on the key;
-3. and the payloads of the rows statement 2 inserted, built by the database.
+2. per first-stage action, one row for each of those enrollments that is not in the holdout,
+   keyed in SQL, `ON CONFLICT DO NOTHING` on the key;
+3. and the payloads of the rows 2 inserted, built by the database.
 
-"Inserted by this transaction" is "id above the largest before it", which holds because the
-transaction takes SQLite's write lock first (engine/outbox/txn.py) and PostgreSQL's ids come
-from a sequence. On PostgreSQL another replica may commit rows of the same playbook in between;
-they have the same keys, so the inserts skip them. Nothing is held in Python: memory is flat in
-the number of enrollments, and a crash rolls the whole playbook back for the next run.
+On PostgreSQL they are one statement, chained by `WITH ... INSERT ... RETURNING`
+(`_commit_chained`). SQLite has no data-modifying `WITH`: its statements run one after the
+other in a transaction holding the write lock (engine/outbox/txn.py), where "inserted by this
+transaction" is "id above the largest before it"; one transaction per slice of customers keeps
+that lock short (`_slices`). Another run racing this one writes the same keys, so the inserts
+skip what it wrote. Nothing is held in Python: memory is flat in the number of enrollments, and
+a crash rolls a transaction back whole (every enrollment written has all its actions); the next
+run writes the rest.
 """
 
 from __future__ import annotations
@@ -28,33 +31,94 @@ from engine.format.template_sql import TemplateSql
 from engine.outbox.txn import writing
 from engine.plan.set_plan import SetAction, SetPlan, holdout_sql, key_sql, payload_sql
 from engine.store import status as st
-from engine.store.dialect import insert_ignoring
+from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
+
+SLICE = 250_000  # customers per SQLite transaction (`_slices`)
 
 
 def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
                as_of: datetime) -> tuple[int, int, Counter[str]]:
     """Write `plan` (`wake`: when the enrollments' next stage is due, None: they complete
     now); (enrollments inserted, of them in holdout, actions inserted by status)."""
+    if writer.dialect.name == "postgresql":
+        with writing(writer) as connection:
+            return _commit_chained(connection, plan, wake, as_of)
+    entered = holdout = 0
+    written: Counter[str] = Counter()
+    for part in _slices(writer):  # SQLite
+        with writing(writer) as connection:
+            n, held, statuses = _commit_slice(connection, plan, part, wake, as_of)
+        entered, holdout = entered + n, holdout + held
+        written.update(statuses)
+    return entered, holdout, written
+
+
+def _commit_chained(connection: sa.Connection, plan: SetPlan, wake: datetime | None,
+                    as_of: datetime) -> tuple[int, int, Counter[str]]:
+    """PostgreSQL: every statement in one, chained by `WITH ... INSERT ... RETURNING`: each
+    insert reads exactly the rows the one before it inserted (no rescan, whatever the tables
+    already hold), and the counts come from the same statement."""
+    dialect = connection.dialect
+    e, a = enrollments.c, actions.c
+    entered = _enroll(plan, None, wake, as_of, dialect).returning(
+        e.id, e.customer_id, e.occurrence_key, e.holdout).cte("entered")
+    counts: list[Any] = [
+        sa.select(sa.func.count()).select_from(entered).scalar_subquery(),
+        sa.select(sa.func.count()).where(entered.c.holdout).scalar_subquery()]
+    frozen = []
+    for n, action in enumerate(plan.actions):
+        written = _actions(plan, action, entered, [sa.not_(entered.c.holdout)], as_of,
+                           dialect).returning(a.id, a.customer_id, a.step).cte(f"written_{n}")
+        frozen.append(_payloads(plan, action, written, [], dialect).cte(f"frozen_{n}"))
+        counts.append(sa.select(sa.func.count()).select_from(written).scalar_subquery())
+    statement = sa.select(*counts)
+    for part in frozen:  # run, though nothing reads them
+        statement = statement.add_cte(part)
+    row = connection.execute(statement).one()
+    return row[0], row[1], Counter({st.PLANNED: sum(row[2:])})
+
+
+def _slices(writer: sa.Engine) -> list[sa.ColumnElement[bool]]:
+    """SQLite has one writer: a transaction over a slice of SLICE customers (by rowid, read in
+    order) keeps the write lock for about a second whatever the base, so a dispatcher or a sync
+    waits that long, not the whole commit."""
+    with writer.connect() as connection:
+        last = connection.execute(sa.text("SELECT coalesce(max(rowid), 0) FROM customers")
+                                  ).scalar_one()
+    rowid = sa.literal_column("customers.rowid")
+    return [sa.and_(rowid > start, rowid <= start + SLICE)
+            for start in range(0, max(last, 1), SLICE)]
+
+
+def _commit_slice(connection: sa.Connection, plan: SetPlan, part: sa.ColumnElement[bool],
+                  wake: datetime | None, as_of: datetime) -> tuple[int, int, Counter[str]]:
+    """SQLite: the statements for the customers of `part`, in the caller's transaction. The
+    rows a statement inserted are those with ids above the largest before it (the transaction
+    holds the write lock)."""
     playbook = plan.playbook
     e = enrollments.c
-    mine = (e.playbook_id == playbook.id, e.version == playbook.version)
-    with writing(writer) as connection:
-        dialect = connection.dialect
-        before = _largest(connection, enrollments)
-        connection.execute(_enroll(plan, wake, as_of, dialect))
-        entered, holdout = connection.execute(  # counted: a driver's rowcount may be -1
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(
-                sa.case((e.holdout, 1), else_=0)), 0)).where(*mine, e.id > before)).one()
-        written: Counter[str] = Counter()
-        for action in plan.actions if entered > holdout else ():
-            first = _largest(connection, actions)
-            connection.execute(_actions(plan, action, before, as_of, dialect))
-            connection.execute(_payloads(plan, action, first, dialect))
-            written[st.PLANNED] += connection.execute(
-                sa.select(sa.func.count()).where(actions.c.id > first,
-                                                 actions.c.playbook_id == playbook.id)
-            ).scalar_one()
+    mine = (scanned(e.playbook_id) == playbook.id, e.version == playbook.version)  # by id
+    dialect = connection.dialect
+    before = _largest(connection, enrollments)
+    connection.execute(_enroll(plan, part, wake, as_of, dialect))
+    entered, holdout = connection.execute(  # counted: a driver's rowcount may be -1
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(
+            sa.case((e.holdout, 1), else_=0)), 0)).where(*mine, e.id > before)).one()
+    written: Counter[str] = Counter()
+    for action in plan.actions if entered > holdout else ():
+        first = _largest(connection, actions)
+        connection.execute(_actions(plan, action, enrollments, [
+            scanned(e.playbook_id) == playbook.id, e.version == playbook.version,
+            e.id > before, sa.not_(e.holdout)], as_of, dialect))  # by the id range: the
+        # playbook's index would read every enrollment the playbook ever had
+        connection.execute(_payloads(plan, action, actions, [
+            actions.c.id > first, actions.c.playbook_id == playbook.id,
+            actions.c.step == action.step], dialect))
+        written[st.PLANNED] += connection.execute(
+            sa.select(sa.func.count()).where(actions.c.id > first,
+                                             actions.c.playbook_id == playbook.id)
+        ).scalar_one()
     return entered, holdout, written
 
 
@@ -63,15 +127,17 @@ def _largest(connection: sa.Connection, table: sa.Table) -> int:
                               ).scalar_one()
 
 
-def _enroll(plan: SetPlan, wake: datetime | None, as_of: datetime, dialect: sa.Dialect) -> Any:
+def _enroll(plan: SetPlan, part: sa.ColumnElement[bool] | None, wake: datetime | None,
+            as_of: datetime, dialect: sa.Dialect) -> Any:
     """Statement 1: the enrollments, as `commit._Rows` writes them."""
     playbook = plan.playbook
     times = enrollments.c.entered_at.type
-    entering = plan.candidates.subquery("entering")
+    chosen_rows = plan.candidates if part is None else plan.candidates.where(part)
+    entering = chosen_rows.subquery("entering")
     held = holdout_sql(playbook, entering.c.customer_id, entering.c.occurrence)
     source: sa.FromClause = entering
     event_id: Any = sa.null()
-    if not isinstance(plan.candidates.selected_columns.event_ref.element, sa.Null):
+    if not isinstance(chosen_rows.selected_columns.event_ref.element, sa.Null):
         triggering = events.alias("triggering")  # an event trigger: keep the event's id
         source = entering.outerjoin(triggering, triggering.c.id == entering.c.event_ref)
         event_id = triggering.c.event_id
@@ -94,12 +160,12 @@ def _enroll(plan: SetPlan, wake: datetime | None, as_of: datetime, dialect: sa.D
                                                   "occurrence_key"]).from_select(columns, rows)
 
 
-def _actions(plan: SetPlan, action: SetAction, before: int, as_of: datetime,
-             dialect: sa.Dialect) -> Any:
-    """Statement 2: one first-stage action for each new enrollment not in holdout, in
-    enrollment order (the ids' order: no sort)."""
+def _actions(plan: SetPlan, action: SetAction, new: sa.FromClause,
+             where: list[sa.ColumnElement[bool]], as_of: datetime, dialect: sa.Dialect) -> Any:
+    """Statement 2: one first-stage action for each new enrollment (`new` where `where`: id,
+    customer_id, occurrence_key) not in holdout, in enrollment order."""
     playbook = plan.playbook
-    e = enrollments.c
+    e = new.c
     times = actions.c.created_at.type
     rows = sa.select(
         sa.literal(playbook.id), e.id, e.customer_id, sa.literal(0), sa.literal(action.step),
@@ -107,23 +173,22 @@ def _actions(plan: SetPlan, action: SetAction, before: int, as_of: datetime,
         key_sql(playbook, e.customer_id, e.occurrence_key, 0, action.step),
         sa.literal(st.PLANNED), sa.literal(0), sa.literal(plan.run_at, times),
         sa.literal(as_of, times), sa.literal(as_of, times),
-    ).where(e.playbook_id == playbook.id, e.version == playbook.version, e.id > before,
-            sa.not_(e.holdout)).order_by(e.id)
+    ).select_from(new).where(*where).order_by(e.id)
     columns = ["playbook_id", "enrollment_id", "customer_id", "stage", "step", "connector",
                "idempotency_key", "status", "attempts", "next_attempt_at", "created_at",
                "updated_at"]
     return insert_ignoring(actions, dialect, ["idempotency_key"]).from_select(columns, rows)
 
 
-def _payloads(plan: SetPlan, action: SetAction, first: int, dialect: sa.Dialect) -> Any:
-    """Statement 3: the payload of each action statement 2 inserted, built by the database
-    (an action another replica wrote in between already has its payload: skipped)."""
-    a = actions.c
-    source: sa.FromClause = actions
+def _payloads(plan: SetPlan, action: SetAction, new: sa.FromClause,
+              where: list[sa.ColumnElement[bool]], dialect: sa.Dialect) -> Any:
+    """Statement 3: the payload of each action statement 2 inserted (`new` where `where`: id,
+    customer_id), built by the database (an action another replica wrote in between already
+    has its payload: skipped)."""
+    source: sa.FromClause = new
     if any(isinstance(value, TemplateSql) for value in action.payload.values()):
-        source = actions.join(customers, customers.c.customer_id == a.customer_id)
-    rows = (sa.select(a.id, payload_sql(action.payload)).select_from(source)
-            .where(a.id > first, a.playbook_id == plan.playbook.id, a.step == action.step)
-            .order_by(a.id))
+        source = new.join(customers, customers.c.customer_id == new.c.customer_id)
+    rows = (sa.select(new.c.id, payload_sql(action.payload)).select_from(source).where(*where)
+            .order_by(new.c.id))
     return insert_ignoring(payloads, dialect, ["action_id"]).from_select(
         ["action_id", "payload"], rows)

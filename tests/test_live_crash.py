@@ -86,7 +86,7 @@ def inserting(engine: sa.Engine) -> bool:
         with engine.connect() as connection:
             return bool(connection.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE "
-                "'INSERT INTO actions%' AND pid <> pg_backend_pid()")).scalar_one())
+                "'%INSERT INTO actions%' AND pid <> pg_backend_pid()")).scalar_one())
     with engine.connect() as connection:
         raw = connection.connection.dbapi_connection
         assert raw is not None

@@ -34,7 +34,7 @@ from engine.store import status as st
 from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
 
-SLICE = 250_000  # customers per SQLite transaction (`_slices`)
+SLICE = 1_000_000  # customers per SQLite transaction (`_slices`)
 
 
 def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
@@ -81,8 +81,10 @@ def _commit_chained(connection: sa.Connection, plan: SetPlan, wake: datetime | N
 
 def _slices(writer: sa.Engine) -> list[sa.ColumnElement[bool]]:
     """SQLite has one writer: a transaction over a slice of SLICE customers (by rowid, read in
-    order) keeps the write lock for about a second whatever the base, so a dispatcher or a sync
-    waits that long, not the whole commit."""
+    order) holds the write lock a few seconds at most whatever the base (about 4 s when 15% of
+    a million enter), within the 10 s other writers wait. Smaller slices cost more than they
+    save: each commit checkpoints the WAL (measured: 250,000 a slice made a 1M-customer commit
+    1.3 s slower)."""
     with writer.connect() as connection:
         last = connection.execute(sa.text("SELECT coalesce(max(rowid), 0) FROM customers")
                                   ).scalar_one()

@@ -22,11 +22,18 @@ def writing(engine: sa.Engine) -> Iterator[sa.Connection]:
         with engine.begin() as connection:
             yield connection
         return
-    with engine.connect() as connection:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.rollback()
-            raise
-        connection.commit()
+    with engine.connect() as connection, immediate(connection):
+        yield connection
+
+
+@contextmanager
+def immediate(connection: sa.Connection) -> Iterator[sa.Connection]:
+    """SQLite: a transaction on this connection that takes the write lock first and commits
+    on success (several in a row on one connection: engine/outbox/set_commit.py)."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from engine.format.playbook import Playbook
-from engine.format.template_sql import Inline, TemplateSql, template_sql
+from engine.format.template_sql import Inline, TemplateSql, no_nul, template_sql
 from engine.plan.delivery import DeliveryRules
 from engine.plan.planner import KEY_PREFIX_CHARS, plain_fields, schedule
 from engine.store.dialect import PerDialect, sha256_hex
@@ -99,7 +99,8 @@ def set_plan(playbook: Playbook, query: sa.Select[Any], connectors: Mapping[str,
                 safe.append(value.safe)
             payload[name] = value
         found.append(SetAction(item.step, kind, payload))
-    return SetPlan(playbook, query, sa.and_(sa.true(), *safe), tuple(found), as_of)
+    safe.append(no_nul(query.selected_columns.customer_id))  # key_sql's substr() (SQLite)
+    return SetPlan(playbook, query, sa.and_(*safe), tuple(found), as_of)
 
 
 def holdout_sql(playbook: Playbook, customer_id: Column, occurrence: Column

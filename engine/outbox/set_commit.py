@@ -34,7 +34,12 @@ from engine.store import status as st
 from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
 
-SLICE = 250_000  # customers per SQLite transaction (`_slices`)
+SLICE = 50_000
+"""Customers per SQLite transaction for a first stage of one action, divided by the number of
+actions (`_slices`): each customer writes an enrollment and, per action, an action and its
+payload, so the write lock lasts about as long per action as per customer. 250,000 customers
+whatever the actions held it 4.6 s with one action and 11.3 s with three (task, points, tag) on
+the review machine, past a dispatcher's busy_timeout (10 s, engine/store/open.py)."""
 
 
 def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
@@ -46,7 +51,7 @@ def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
             return _commit_chained(connection, plan, wake, as_of)
     entered = holdout = 0
     written: Counter[str] = Counter()
-    for part in _slices(writer):  # SQLite
+    for part in _slices(writer, len(plan.actions)):  # SQLite
         with writing(writer) as connection:
             n, held, statuses = _commit_slice(connection, plan, part, wake, as_of)
         entered, holdout = entered + n, holdout + held
@@ -79,16 +84,18 @@ def _commit_chained(connection: sa.Connection, plan: SetPlan, wake: datetime | N
     return row[0], row[1], Counter({st.PLANNED: sum(row[2:])})
 
 
-def _slices(writer: sa.Engine) -> list[sa.ColumnElement[bool]]:
-    """SQLite has one writer: a transaction over a slice of SLICE customers (by rowid, read in
-    order) keeps the write lock for about a second whatever the base, so a dispatcher or a sync
-    waits that long, not the whole commit."""
+def _slices(writer: sa.Engine, actions: int) -> list[sa.ColumnElement[bool]]:
+    """SQLite has one writer: a transaction over a slice of customers (by rowid, read in order;
+    SLICE over the first stage's `actions`) keeps the write lock for about a second whatever
+    the base and the playbook, so a dispatcher or a sync waits that long, not the whole
+    commit."""
+    size = max(1, SLICE // max(1, actions))
     with writer.connect() as connection:
         last = connection.execute(sa.text("SELECT coalesce(max(rowid), 0) FROM customers")
                                   ).scalar_one()
     rowid = sa.literal_column("customers.rowid")
-    return [sa.and_(rowid > start, rowid <= start + SLICE)
-            for start in range(0, max(last, 1), SLICE)]
+    return [sa.and_(rowid > start, rowid <= start + size)
+            for start in range(0, max(last, 1), size)]
 
 
 def _commit_slice(connection: sa.Connection, plan: SetPlan, part: sa.ColumnElement[bool],

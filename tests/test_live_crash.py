@@ -5,8 +5,8 @@ without one), and a second run completes the rest: the totals equal what a dry-r
 
 Both commit paths: a playbook planned per customer commits batch by batch (killed once another
 connection sees some of its enrollments: some are in, all complete); one the database plans by
-itself commits in one transaction of `INSERT ... SELECT`s (killed while its inserts run: none
-are in).
+itself commits by `INSERT ... SELECT`s, in one statement on PostgreSQL and one transaction per
+slice of customers on SQLite (killed while its inserts run: none are in, or whole slices).
 
 The base is written by SQL the way bench/bench_commit.py builds it, every customer inactive.
 """
@@ -86,7 +86,9 @@ def inserting(engine: sa.Engine) -> bool:
         with engine.connect() as connection:
             return bool(connection.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE "
-                "'%INSERT INTO actions%' AND pid <> pg_backend_pid()")).scalar_one())
+                "'%INSERT INTO enrollments%' AND pid <> pg_backend_pid()")).scalar_one())
+            # enrollments: the chained statement names them first; `INSERT INTO actions` comes
+            # after the candidates' query, past the 1 kB of text pg_stat_activity keeps
     with engine.connect() as connection:
         raw = connection.connection.dbapi_connection
         assert raw is not None
@@ -133,7 +135,7 @@ def test_kill_9_during_planning_leaves_no_orphans_and_the_next_run_completes(
     if title:
         assert 0 < entered < total, entered  # killed in the middle of committing
     else:
-        assert entered == 0, entered  # killed inside the one transaction: nothing is in
+        assert entered < total, entered  # killed inside a transaction: whole slices only
     with engine.connect() as connection:
         per_enrollment = connection.execute(
             sa.select(enrollments.c.id, sa.func.count(actions.c.id))

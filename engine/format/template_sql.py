@@ -93,10 +93,18 @@ def _concat(parts: list[Column]) -> Column:
     return text
 
 
+def no_nul(text: Column) -> sa.ColumnElement[bool]:
+    """True when `text` has no NUL character. SQLite's length(), substr() and GLOB stop at the
+    first NUL (JSON lines may carry `\\u0000`), so what follows one would go unchecked; such a
+    value is left to the planner. PostgreSQL text cannot hold NUL: always true there."""
+    return PerDialect(sa.func.instr(text, sa.func.char(0)) == 0, sa.true())
+
+
 def _safe(text: Column, header: bool) -> sa.ColumnElement[bool]:
     """True when `text` certainly renders as it is: within the output cap and, for a header,
-    with no line break and no encoded word (one GLOB or one regular expression)."""
-    short = sa.func.length(text) <= SAFE_CHARS
+    with no line break and no encoded word (one GLOB or one regular expression); on SQLite
+    also without a NUL character (`no_nul`)."""
+    short = sa.and_(sa.func.length(text) <= SAFE_CHARS, no_nul(text))
     if not header:
         return short
     sqlite = sa.and_(short, sa.not_(text.op("GLOB", is_comparison=True)(f"*[{LINE_BREAKS}]*")),

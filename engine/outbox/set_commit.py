@@ -21,6 +21,7 @@ run writes the rest.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +37,9 @@ from engine.store import status as st
 from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
 
-SLICE_ROWS = 300_000  # rows an SQLite transaction may write at most (`_slices`): ~2 s
+SLICE_ROWS = 300_000  # rows the first SQLite transaction may write at most (`_slices`)
+SLICE_SECONDS = 1.0  # how long an SQLite transaction should hold the write lock
+PAUSE = 0.11  # seconds the lock is left free between two (SQLite's busy handler: 100 ms)
 
 
 def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
@@ -55,6 +58,33 @@ def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
             entered, holdout = entered + n, holdout + held
             written.update(statuses)
     return entered, holdout, written
+
+
+def _slices(connection: sa.Connection, actions: int) -> Iterator[sa.ColumnElement[bool]]:
+    """SQLite has one writer: each transaction takes a slice of customers (by rowid, read in
+    order), so a dispatcher or a sync waiting for the lock gets it between slices, within a
+    second or two, never after the whole commit.
+
+    The first slice is small enough that even if every customer in it enters it writes at
+    most SLICE_ROWS rows (an enrollment, and an action and a payload per action); each next
+    one is sized from how long the last took, towards SLICE_SECONDS. Between slices the lock
+    is left free for PAUSE seconds: SQLite's busy handler retries every 100 ms at most, so a
+    waiter retries inside the pause (without it this loop took the lock back at once, slice
+    after slice, and a dispatcher waiting past its 10 s gave up)."""
+    size = max(1, SLICE_ROWS // (1 + 2 * actions))
+    last = connection.execute(sa.text("SELECT coalesce(max(rowid), 0) FROM customers")
+                              ).scalar_one()
+    connection.rollback()  # that read began a transaction; each slice begins its own
+    rowid = sa.literal_column("customers.rowid")
+    start = 0
+    while start < max(last, 1):
+        began = time.perf_counter()
+        yield sa.and_(rowid > start, rowid <= start + size)
+        took = time.perf_counter() - began
+        start += size
+        if start < last:
+            time.sleep(PAUSE)
+            size = max(1, int(size * min(4.0, max(0.25, SLICE_SECONDS / max(took, 1e-3)))))
 
 
 @contextmanager
@@ -94,20 +124,6 @@ def _commit_chained(connection: sa.Connection, plan: SetPlan, wake: datetime | N
         statement = statement.add_cte(part)
     row = connection.execute(statement).one()
     return row[0], row[1], Counter({st.PLANNED: sum(row[2:])})
-
-
-def _slices(connection: sa.Connection, actions: int) -> list[sa.ColumnElement[bool]]:
-    """SQLite has one writer: each transaction takes a slice of customers (by rowid, read in
-    order) small enough that even if every one of them enters it writes at most SLICE_ROWS
-    rows (an enrollment, and an action and a payload per action), so a dispatcher or a sync
-    waits a second or two, never the whole commit."""
-    size = max(1, SLICE_ROWS // (1 + 2 * actions))
-    last = connection.execute(sa.text("SELECT coalesce(max(rowid), 0) FROM customers")
-                              ).scalar_one()
-    connection.rollback()  # that read began a transaction; each slice begins its own
-    rowid = sa.literal_column("customers.rowid")
-    return [sa.and_(rowid > start, rowid <= start + size)
-            for start in range(0, max(last, 1), size)]
 
 
 def _commit_slice(connection: sa.Connection, plan: SetPlan, part: sa.ColumnElement[bool],

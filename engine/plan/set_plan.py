@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from engine.format.playbook import Playbook
-from engine.format.template_sql import Inline, TemplateSql, template_sql
+from engine.format.template_sql import Inline, TemplateSql, no_nul, template_sql
 from engine.plan.delivery import DeliveryRules
 from engine.plan.planner import KEY_PREFIX_CHARS, plain_fields, schedule
 from engine.store.dialect import PerDialect, sha256_hex
@@ -86,7 +86,7 @@ def set_plan(playbook: Playbook, query: sa.Select[Any], connectors: Mapping[str,
         kind = item.action.kind
         if kind in rules.caps or kind in rules.quiet_hours:
             return None
-        template = getattr(connectors[kind], "payload_template", None)
+        template = payload_template(connectors[kind])
         fields = template(item.action.params, as_of + item.delay) if template else None
         if fields is None:
             return None
@@ -99,7 +99,32 @@ def set_plan(playbook: Playbook, query: sa.Select[Any], connectors: Mapping[str,
                 safe.append(value.safe)
             payload[name] = value
         found.append(SetAction(item.step, kind, payload))
-    return SetPlan(playbook, query, sa.and_(sa.true(), *safe), tuple(found), as_of)
+    safe.append(no_nul(query.selected_columns.customer_id))  # key_sql's substr() (SQLite)
+    return SetPlan(playbook, query, sa.and_(*safe), tuple(found), as_of)
+
+
+PAYLOAD_METHODS = ("plan", "payload", "recipient_problem", "blocked")
+"""What decides a connector's payload and status for one customer: `payload_template` stands for
+them only where the class that defines it also defines (or inherits) every one of these."""
+
+
+def payload_template(connector: Any) -> Any:
+    """The connector's `payload_template`, or None when it may not give exactly `payload`: a
+    connector that needs an address, or a subclass (a third party's) that changes one of
+    PAYLOAD_METHODS and inherits the template of its parent."""
+    if getattr(connector, "needs_email", False):
+        return None
+    kind = type(connector)
+    owner = _owner(kind, "payload_template")
+    if owner is None or not all(issubclass(owner, _owner(kind, name) or object)
+                                for name in PAYLOAD_METHODS):
+        return None
+    return connector.payload_template
+
+
+def _owner(kind: type, name: str) -> type | None:
+    """The class of `kind`'s MRO that defines `name`."""
+    return next((base for base in kind.__mro__ if name in vars(base)), None)
 
 
 def holdout_sql(playbook: Playbook, customer_id: Column, occurrence: Column

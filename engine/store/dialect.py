@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.elements import BooleanClauseList, UnaryExpression
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from engine.store.tables import UTCDateTime
@@ -57,6 +57,8 @@ class PerDialect(sa.ColumnElement[Any]):
 @compiles(PerDialect)
 def _compile_per_dialect(element: PerDialect, compiler: SQLCompiler, **kw: Any) -> str:
     chosen = element.postgresql if compiler.dialect.name == "postgresql" else element.sqlite
+    if isinstance(chosen, BooleanClauseList):  # SQLAlchemy takes the element for one column:
+        chosen = chosen.self_group()  # `NOT (a AND b)`, `(a AND b) = 0`, not `NOT a AND b`
     return compiler.process(chosen, **kw)
 
 

@@ -34,7 +34,7 @@ from engine.plan.set_plan import holdout_sql, holdout_threshold, key_sql
 from engine.store import status as st
 from engine.store.tables import customers, enrollments, tasks
 
-SLICE_ROWS = set_commit.SLICE_ROWS
+MAX_ROWS = set_commit.MAX_ROWS
 
 NAMES = [None, "", "Ana", "O'Brien", 'say "hi"', "back\\slash", "100%_x", "Zoë 🎉", "tab\there",
          "line\nbreak", "cr\rhere", "ls\u2028sep", "nel\x85x", "=?utf-8?q?a=0Ab?=", "a=?b", "?x",
@@ -166,11 +166,11 @@ def _planned(db: sa.Engine, pb: Any) -> tuple[list[tuple[Any, ...]], set[tuple[A
 
 
 @pytest.mark.parametrize(("holdout", "rows_per_slice"),
-                         [("", SLICE_ROWS), ("holdout: 0.3\n", SLICE_ROWS), ("", 21)])
+                         [("", MAX_ROWS), ("holdout: 0.3\n", MAX_ROWS), ("", 21)])
 def test_a_live_run_in_sql_commits_the_dry_run_plan(db: sa.Engine, tmp_path: Path,
                                                     holdout: str, rows_per_slice: int,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(set_commit, "SLICE_ROWS", rows_per_slice)  # 21: slices of 3 (SQLite)
+    monkeypatch.setattr(set_commit, "MAX_ROWS", rows_per_slice)  # 21: slices of 3 (SQLite)
     _people(db)
     with db.begin() as connection:
         connection.execute(customers.update().values(last_active_at=ago(days=45)))

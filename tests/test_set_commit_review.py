@@ -228,10 +228,10 @@ def test_postgresql_a_name_changed_by_a_sync_during_the_commit_is_not_written_un
 
 def test_a_set_commit_in_slices_commits_the_dry_run_plan(db: sa.Engine, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The set commit by slices of customers (SLICE_ROWS a transaction on SQLite): several rows per
+    """The set commit by slices of customers (at most MAX_ROWS a transaction on SQLite): several rows per
     customer (an event trigger) stay in one slice, holdout included, and it writes what the
     planner plans."""
-    monkeypatch.setattr(set_commit, "SLICE_ROWS", 10)  # 2 customers: 1 + 2 actions x 2 rows
+    monkeypatch.setattr(set_commit, "MAX_ROWS", 10)  # 2 customers: 1 + 2 actions x 2 rows
     _sync(db, *(customer(f"c{i}", name=f"N{i}") for i in range(7)))
     add_events(db, *((f"e{i}-{j}", f"c{i}", "purchase", ago(days=1 + j), {"amount": 10})
                      for i in range(7) for j in range(i % 3 + 1)))
@@ -343,7 +343,7 @@ def test_every_trigger_in_sql_commits_the_dry_run_plan(
     """Each trigger kind, now and as of an earlier time (facts derived from events), through
     the set commit (slices of 2 customers on SQLite, one chained statement on PostgreSQL): what
     the planner plans."""
-    monkeypatch.setattr(set_commit, "SLICE_ROWS", 6)  # 2 customers: 1 + 1 action x 2 rows
+    monkeypatch.setattr(set_commit, "MAX_ROWS", 6)  # 2 customers: 1 + 1 action x 2 rows
     _sync(db, *(customer(f"c{i}", name=f"N{i}", country="SE", segment="gold",
                          birthday=(as_of - timedelta(days=1)).date().isoformat())
                 for i in range(7)))  # c5, c6: no events, inactive

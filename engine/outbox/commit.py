@@ -54,7 +54,7 @@ def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> C
     rest = None
     if plan.set_plan is not None:  # the customers SQL renders exactly, in three statements
         done.entered, done.holdout, written = commit_set(
-            writer, plan.set_plan, stages.wake_at(as_of, 0), as_of)
+            writer, plan.set_plan, stages.wake_at(as_of, 0), as_of, plan.entering)
         done.statuses.update(written)
         if done.entered >= plan.entering:  # everyone counted was written in SQL
             return done

@@ -37,22 +37,24 @@ from engine.store import status as st
 from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
 
-SLICE_ROWS = 300_000  # rows the first SQLite transaction may write at most (`_slices`)
-SLICE_SECONDS = 1.0  # how long an SQLite transaction should hold the write lock
+SLICE_ROWS = 600_000  # rows the first SQLite transaction should write (`_slices`)
+MAX_ROWS = 1_200_000  # rows an SQLite transaction would write at most if everyone entered
+SLICE_SECONDS = 2.0  # how long an SQLite transaction should hold the write lock
 PAUSE = 0.11  # seconds the lock is left free between two (SQLite's busy handler: 100 ms)
 
 
-def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
-               as_of: datetime) -> tuple[int, int, Counter[str]]:
+def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None, as_of: datetime,
+               entering: int) -> tuple[int, int, Counter[str]]:
     """Write `plan` (`wake`: when the enrollments' next stage is due, None: they complete
-    now); (enrollments inserted, of them in holdout, actions inserted by status)."""
+    now; `entering`: how many the plan counted); (enrollments inserted, of them in holdout,
+    actions inserted by status)."""
     if writer.dialect.name == "postgresql":
         with writing(writer) as connection:
             return _commit_chained(connection, plan, wake, as_of)
     entered = holdout = 0
     written: Counter[str] = Counter()
     with writer.connect() as connection, _checkpoint_after(connection):
-        for part in _slices(connection, len(plan.actions)):
+        for part in _slices(connection, 1 + 2 * len(plan.actions), entering):
             with immediate(connection):
                 n, held, statuses = _commit_slice(connection, plan, part, wake, as_of)
             entered, holdout = entered + n, holdout + held
@@ -60,21 +62,24 @@ def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None,
     return entered, holdout, written
 
 
-def _slices(connection: sa.Connection, actions: int) -> Iterator[sa.ColumnElement[bool]]:
+def _slices(connection: sa.Connection, rows: int, entering: int
+            ) -> Iterator[sa.ColumnElement[bool]]:
     """SQLite has one writer: each transaction takes a slice of customers (by rowid, read in
     order), so a dispatcher or a sync waiting for the lock gets it between slices, within a
-    second or two, never after the whole commit.
+    couple of seconds, never after the whole commit. `rows`: what each enrollment writes (an
+    enrollment, and an action and a payload per action).
 
-    The first slice is small enough that even if every customer in it enters it writes at
-    most SLICE_ROWS rows (an enrollment, and an action and a payload per action); each next
-    one is sized from how long the last took, towards SLICE_SECONDS. Between slices the lock
-    is left free for PAUSE seconds: SQLite's busy handler retries every 100 ms at most, so a
-    waiter retries inside the pause (without it this loop took the lock back at once, slice
-    after slice, and a dispatcher waiting past its 10 s gave up)."""
-    size = max(1, SLICE_ROWS // (1 + 2 * actions))
+    The first slice is sized from the share of customers entering for SLICE_ROWS rows, and
+    never so large that it would write more than MAX_ROWS if every customer in it entered;
+    each next one is sized from how long the last took, towards SLICE_SECONDS. Between slices
+    the lock is left free for PAUSE seconds: SQLite's busy handler retries every 100 ms at
+    most, so a waiter retries inside the pause (without it this loop took the lock back at
+    once, slice after slice, and a dispatcher waiting past its 10 s gave up)."""
     last = connection.execute(sa.text("SELECT coalesce(max(rowid), 0) FROM customers")
                               ).scalar_one()
     connection.rollback()  # that read began a transaction; each slice begins its own
+    share = max(entering / max(last, 1), 0.01)
+    size = max(1, min(int(SLICE_ROWS / (rows * share)), MAX_ROWS // rows))
     rowid = sa.literal_column("customers.rowid")
     start = 0
     while start < max(last, 1):
@@ -84,7 +89,8 @@ def _slices(connection: sa.Connection, actions: int) -> Iterator[sa.ColumnElemen
         start += size
         if start < last:
             time.sleep(PAUSE)
-            size = max(1, int(size * min(4.0, max(0.25, SLICE_SECONDS / max(took, 1e-3)))))
+            grow = min(4.0, max(0.25, SLICE_SECONDS / max(took, 1e-3)))
+            size = max(1, min(int(size * grow), MAX_ROWS // rows))
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
 
 SLICE_ROWS = 600_000  # rows the first SQLite transaction should write (`_slices`)
-MAX_ROWS = 1_200_000  # rows an SQLite transaction would write at most if everyone entered
+MAX_ROWS = 1_000_000  # rows an SQLite transaction would write at most if everyone entered
 SLICE_SECONDS = 2.0  # how long an SQLite transaction should hold the write lock
 PAUSE = 0.11  # seconds the lock is left free between two (SQLite's busy handler: 100 ms)
 

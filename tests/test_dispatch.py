@@ -7,6 +7,7 @@ task and points connectors and through test connectors that deliver to a real so
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -92,8 +93,9 @@ def test_a_due_row_is_sent_once_and_recorded(db: sa.Engine, sink: Sink) -> None:
 
 def test_the_dispatcher_only_reads_the_payloads(db: sa.Engine, sink: Sink) -> None:
     """Claims, outcomes, retries and put-backs update `actions` alone: the frozen payload in
-    `action_payloads` is read (by the claim) and never written, so a status update does not
-    copy a rendered email (SQLite rewrites a whole record on UPDATE)."""
+    `action_payloads` is read (by the claim; on PostgreSQL in the claiming statement itself,
+    `WITH ... UPDATE actions ... SELECT ... JOIN action_payloads`) and never written, so a
+    status update does not copy a rendered email (SQLite rewrites a whole record on UPDATE)."""
     add_customer(db, "c1")
     sink.replies["k-temp"] = "TEMP"
     ids = [add_action(db, key, payload={"port": sink.port, "body": "x" * 6000})
@@ -102,14 +104,15 @@ def test_the_dispatcher_only_reads_the_payloads(db: sa.Engine, sink: Sink) -> No
 
     def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
         if "action_payloads" in sql:
-            seen.append(" ".join(sql.split()[:1]).upper())
+            writes = re.findall(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(\w+)", sql, re.I)
+            seen.append("writes it" if "action_payloads" in writes else "reads it")
 
     sa.event.listen(db, "before_cursor_execute", statement)
     try:
         assert run(db).by_playbook() == {"winback": {SENT: 1, RETRYING: 1}}
     finally:
         sa.event.remove(db, "before_cursor_execute", statement)
-    assert seen and set(seen) == {"SELECT"}
+    assert seen and set(seen) == {"reads it"}
     assert [action(db, i).payload["body"] for i in ids] == ["x" * 6000] * 2
     assert sink.counts() == {"k-ok": 1, "k-temp": 1}
 

@@ -103,7 +103,8 @@ def _take_postgresql(connection: sa.Connection, pick: sa.Select[Any], take: sa.U
     taken = take.where(actions.c.id == picked.c.id).cte("taken")
     query = (sa.select(taken, payloads.c.payload)
              .select_from(taken.outerjoin(payloads, payloads.c.action_id == taken.c.id)))
-    return [(row[:-1], row[-1]) for row in connection.execute(query)]
+    rows = connection.execute(query).all()  # at once: iterating fetches row by row
+    return [(row[:-1], row[-1]) for row in rows]
 
 
 def _with_payloads(connection: sa.Connection, rows: list[Any]) -> list[tuple[Any, Any]]:

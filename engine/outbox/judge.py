@@ -29,8 +29,9 @@ def finished_attempts(connection: sa.Connection, ids: Sequence[int]) -> dict[int
     if not ids:
         return {}
     query = (sa.select(attempts.c.action_id, sa.func.count())
-             .where(among(connection.dialect, attempts.c.action_id, ids)).group_by(attempts.c.action_id))
-    return {action: count for action, count in connection.execute(query)}
+             .where(among(connection.dialect, attempts.c.action_id, ids))
+             .group_by(attempts.c.action_id))
+    return {action: count for action, count in connection.execute(query).all()}
 
 
 def gave_up_reason(row: Claimed, maximum: int, finished: int) -> str:
@@ -73,8 +74,8 @@ def suppressed(connection: sa.Connection, wanted: Sequence[str]) -> dict[str, st
     if not lowered:
         return {}
     query = sa.select(suppressions.c.email, suppressions.c.reason).where(
-        among(connection.dialect, suppressions.c.email, lowered))  # stored lower-cased by every writer
-    return {email.lower(): reason for email, reason in connection.execute(query)}
+        among(connection.dialect, suppressions.c.email, lowered))  # stored lower-cased
+    return {email.lower(): reason for email, reason in connection.execute(query).all()}
 
 
 def time_zones(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str | None]:

@@ -100,7 +100,7 @@ def _held(connection: sa.Connection, worker: str, ids: list[int]) -> set[int]:
                     actions.c.status == CLAIMED))
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
-    return set(connection.execute(query).scalars())
+    return set(connection.execute(query).scalars().all())
 
 
 def _mark_sent(connection: sa.Connection, worker: str, ids: list[int], as_of: datetime
@@ -115,7 +115,7 @@ def _mark_sent(connection: sa.Connection, worker: str, ids: list[int], as_of: da
                actions.c.status == CLAIMED)
         .values(status=SENT, reason=None, sent_at=as_of, updated_at=as_of, lease_until=None,
                 leased_by=None)
-        .returning(actions.c.id)).scalars())
+        .returning(actions.c.id)).scalars().all())
 
 
 def _apply_writes(connection: sa.Connection, outcome: Outcome, as_of: datetime) -> None:

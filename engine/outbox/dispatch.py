@@ -134,6 +134,7 @@ class _Pass:
         self.report = DispatchReport(worker=worker, as_of=as_of)
         self.held: list[int] = []  # the batch being sent: its leases are kept alive
         self.ahead: list[int] = []  # the next batch, claimed while this one sends: kept too
+        self.released: set[int] = set()
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -196,7 +197,10 @@ class _Pass:
         kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes, self.as_of)
         self.report.counts.update((o.row.playbook_id, o.status) for o in kept
                                   if o.status != RELEASED)
-        self.report.released += sum(o.status == RELEASED for o in kept)
+        # distinct rows: one put back while the next batch was being claimed can come back in
+        # it, and go back again (its channel is down, or the pass is stopping)
+        self.released.update(o.row.id for o in kept if o.status == RELEASED)
+        self.report.released = len(self.released)
         self.report.lost += len(outcomes) - len(kept)
 
     async def batch(self, rows: list[Claimed]) -> list[Outcome]:

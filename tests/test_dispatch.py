@@ -398,6 +398,28 @@ def test_stop_finishes_in_flight_sends_and_puts_the_rest_back(db: sa.Engine, sin
     assert count(db, attempts) == 1
 
 
+def test_stop_puts_back_the_batch_claimed_ahead(db: sa.Engine, sink: Sink) -> None:
+    """The next batch is claimed while one sends; a stop puts it back as it was."""
+    stop = threading.Event()
+
+    class Stopper(SockConnector):
+        concurrency = 1
+
+        async def send(self, delivery: Delivery) -> Sent:
+            stop.set()
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(4)]
+    report = run(db, connectors={"sock": Stopper}, stop=stop, batch=2)
+    assert report.stopped and report.by_playbook() == {"winback": {SENT: 1}}
+    assert report.released == 3  # k1 of the first batch; k2, k3 claimed ahead
+    rows = [action(db, i) for i in ids]
+    assert [(r.status, r.attempts, r.leased_by, r.lease_until) for r in rows] == \
+        [(SENT, 1, None, None)] + [(PLANNED, 0, None, None)] * 3
+    assert count(db, attempts) == 1
+
+
 def test_limit_caps_the_rows_taken(db: sa.Engine, sink: Sink) -> None:
     add_customer(db, "c1")
     for n in range(5):

@@ -148,7 +148,8 @@ class _Pass:
         claiming = self.claim(limit, batch)
         try:
             while claiming is not None:
-                rows, claiming = await claiming, None
+                taking, claiming = claiming, None
+                rows = await taking
                 self.ahead = []  # now the batch in hand: self.held once it is judged
                 if not rows:
                     break
@@ -186,6 +187,7 @@ class _Pass:
         return asyncio.create_task(asyncio.to_thread(take))
 
     async def put_back(self, claiming: asyncio.Task[list[Claimed]]) -> None:
+        """The pass is ending on an error: the batch claimed ahead goes back unchanged."""
         try:
             rows = await claiming
         except Exception:  # noqa: BLE001  (the error being raised is the one to report)

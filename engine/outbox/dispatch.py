@@ -42,6 +42,7 @@ from engine.errors import PermanentError, TransientError
 from engine.outbox import backoff, judge
 from engine.outbox.channel import Channel
 from engine.outbox.claim import HEARTBEAT, Claimed, claim_due, extend_leases
+from engine.outbox.handoff import quick_handoff
 from engine.outbox.record import RELEASED, Outcome, record
 from engine.plan.delivery import DeliveryRules
 from engine.store.status import DEAD, DEFERRED, RETRYING, SENT, SKIPPED, SUPPRESSED
@@ -106,7 +107,8 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
     """`dispatch` for a caller already in an event loop (the daemon)."""
     pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
                   stop, rng or random.Random())
-    return await pass_.run(limit, batch)
+    with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
+        return await pass_.run(limit, batch)
 
 
 def _maximum(connector: Any) -> int:

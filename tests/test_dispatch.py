@@ -7,6 +7,8 @@ task and points connectors and through test connectors that deliver to a real so
 
 from __future__ import annotations
 
+import re
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,6 +33,7 @@ from connectors.tasks import TaskConnector
 from engine.clock import utcnow
 from engine.outbox.claim import claim_due
 from engine.outbox.dispatch import dispatch
+from engine.outbox.handoff import SWITCH_INTERVAL
 from engine.outbox.record import Outcome, record
 from engine.store.status import (
     CLAIMED,
@@ -92,8 +95,9 @@ def test_a_due_row_is_sent_once_and_recorded(db: sa.Engine, sink: Sink) -> None:
 
 def test_the_dispatcher_only_reads_the_payloads(db: sa.Engine, sink: Sink) -> None:
     """Claims, outcomes, retries and put-backs update `actions` alone: the frozen payload in
-    `action_payloads` is read (by the claim) and never written, so a status update does not
-    copy a rendered email (SQLite rewrites a whole record on UPDATE)."""
+    `action_payloads` is read (by the claim; on PostgreSQL in the claiming statement itself,
+    `WITH ... UPDATE actions ... SELECT ... JOIN action_payloads`) and never written, so a
+    status update does not copy a rendered email (SQLite rewrites a whole record on UPDATE)."""
     add_customer(db, "c1")
     sink.replies["k-temp"] = "TEMP"
     ids = [add_action(db, key, payload={"port": sink.port, "body": "x" * 6000})
@@ -102,14 +106,15 @@ def test_the_dispatcher_only_reads_the_payloads(db: sa.Engine, sink: Sink) -> No
 
     def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
         if "action_payloads" in sql:
-            seen.append(" ".join(sql.split()[:1]).upper())
+            writes = re.findall(r"\b(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+(\w+)", sql, re.I)
+            seen.append("writes it" if "action_payloads" in writes else "reads it")
 
     sa.event.listen(db, "before_cursor_execute", statement)
     try:
         assert run(db).by_playbook() == {"winback": {SENT: 1, RETRYING: 1}}
     finally:
         sa.event.remove(db, "before_cursor_execute", statement)
-    assert seen and set(seen) == {"SELECT"}
+    assert seen and set(seen) == {"reads it"}
     assert [action(db, i).payload["body"] for i in ids] == ["x" * 6000] * 2
     assert sink.counts() == {"k-ok": 1, "k-temp": 1}
 
@@ -167,7 +172,7 @@ def test_a_connection_failure_takes_the_connector_down_for_the_pass(
     task = add_action(db, "k-task", connector="task", payload={"title": "Call Ann"})
     report = run(db, connectors={**CONNECTORS, "sock": OneAtATime}, batch=3)
     assert report.by_playbook() == {"winback": {RETRYING: 1, SENT: 1}}
-    assert report.released == 2
+    assert report.released == 4  # k1, k2; and k3, k4 of the batch claimed while k0 was sent
     first = action(db, ids[0])
     assert (first.status, first.attempts, first.last_error) == \
         (RETRYING, 1, "421 service not available")
@@ -393,6 +398,44 @@ def test_stop_finishes_in_flight_sends_and_puts_the_rest_back(db: sa.Engine, sin
     assert [action(db, i).status for i in ids] == [SENT, PLANNED, PLANNED, PLANNED]
     assert [action(db, i).attempts for i in ids] == [1, 0, 0, 0]
     assert count(db, attempts) == 1
+
+
+def test_stop_puts_back_the_batch_claimed_ahead(db: sa.Engine, sink: Sink) -> None:
+    """The next batch is claimed while one sends; a stop puts it back as it was."""
+    stop = threading.Event()
+
+    class Stopper(SockConnector):
+        concurrency = 1
+
+        async def send(self, delivery: Delivery) -> Sent:
+            stop.set()
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(4)]
+    report = run(db, connectors={"sock": Stopper}, stop=stop, batch=2)
+    assert report.stopped and report.by_playbook() == {"winback": {SENT: 1}}
+    assert report.released == 3  # k1 of the first batch; k2, k3 claimed ahead
+    rows = [action(db, i) for i in ids]
+    assert [(r.status, r.attempts, r.leased_by, r.lease_until) for r in rows] == \
+        [(SENT, 1, None, None)] + [(PLANNED, 0, None, None)] * 3
+    assert count(db, attempts) == 1
+
+
+def test_a_pass_lowers_the_switch_interval_and_puts_it_back(db: sa.Engine, sink: Sink) -> None:
+    """The database threads hand the sends' loop the GIL back within 0.5 ms during a pass."""
+    before, seen = sys.getswitchinterval(), []
+
+    class Watched(SockConnector):
+        async def send(self, delivery: Delivery) -> Sent:
+            seen.append(sys.getswitchinterval())
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    add_action(db, "k1", payload={"port": sink.port})
+    assert run(db, connectors={"sock": Watched}).total(SENT) == 1
+    assert seen == [min(before, SWITCH_INTERVAL)]
+    assert sys.getswitchinterval() == before
 
 
 def test_limit_caps_the_rows_taken(db: sa.Engine, sink: Sink) -> None:

@@ -1,4 +1,5 @@
-"""Set-based inserts for a live commit: a batch of rows in one statement, values pre-converted.
+"""Set-based inserts for a live commit and the dispatcher's outcomes: a batch of rows in one
+statement, values pre-converted.
 
 Writing 150,000 enrollments and their actions through SQLAlchemy's executemany spent more time in
 Python (a bind processor per value, a parameter dict per row, a compiled parameter set per row)
@@ -48,13 +49,16 @@ class Bulk:
         self._stored: dict[datetime, str] = {}
         self._sqlite: dict[int, str] = {}
         self._time_processor = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        sample = datetime(2001, 2, 3, 4, 5, 6, 7)  # noqa: DTZ001  (naive: SQLite's stored form)
+        self._isoformat = (not self.pg and self._time_processor is not None
+                           and self._time_processor(sample) == _sqlite_text(sample))
         if self.pg:
             self.statement = sa.text(self._pg_sql()).bindparams(
                 sa.bindparam("rows", type_=sa.String()),
                 *(sa.bindparam(f"k_{name}", type_=table.c[name].type) for name in constant))
 
     def _tail(self) -> str:
-        done = f" ON CONFLICT ({', '.join(self.conflict)}) DO NOTHING"
+        done = f" ON CONFLICT ({', '.join(self.conflict)}) DO NOTHING" if self.conflict else ""
         return done + (f" RETURNING {', '.join(self.returning)}" if self.returning else "")
 
     def _pg_sql(self) -> str:
@@ -96,6 +100,8 @@ class Bulk:
         if stored is None:
             if self.pg:
                 stored = aware_utc(value).isoformat()
+            elif self._isoformat:  # the same text, without a dict and a % format per value
+                stored = _sqlite_text(aware_utc(value).replace(tzinfo=None))
             else:
                 naive = aware_utc(value).replace(tzinfo=None)
                 process = self._time_processor
@@ -138,3 +144,8 @@ class Bulk:
                    else self.document(row[name]) if name in self.jsons else row[name]
                    for name in self.varying] for row in rows]
         return self.execute(connection, packed, rows[0]) if rows else []
+
+
+def _sqlite_text(naive: datetime) -> str:
+    """SQLAlchemy's default SQLite DATETIME text (`2001-02-03 04:05:06.000007`), in C."""
+    return naive.isoformat(sep=" ", timespec="microseconds")

@@ -24,7 +24,7 @@ class Channel:
         self.kind, self.connector = kind, connector
         self.opened = False
         self.down: str | None = None  # why it stopped taking sends in this pass
-        self.blamed: int | None = None  # the action that carries an `open` failure
+        self.blamed: int | None = None  # the action that carries the outage (open or send)
         self._lock = asyncio.Lock()
 
     @property

@@ -6,13 +6,15 @@ real clock (that worker died: its claim comes back, RELIABILITY principle 4). Cl
 `claimed`, the worker, a lease of 60 s and counts the attempt at once, so a message that kills
 its worker every time ends dead instead of looping (the dispatcher checks the count).
 
-PostgreSQL picks the rows with `SELECT ... FOR UPDATE SKIP LOCKED` and claims them with
-`UPDATE ... WHERE id IN (...) RETURNING` in the same transaction, so concurrent dispatchers take
-disjoint rows without waiting on each other (pgqueuer, River). SQLite has no `SKIP LOCKED`: the
-same select and update run in a `BEGIN IMMEDIATE` transaction, whose write lock serializes
-claimers. Either way the status each row had before is kept, so a row can be put back exactly
-as it was when its connector goes down or the worker is told to stop. The claimed rows'
-payloads are read from `action_payloads` by id in the same transaction (they never change).
+Each kind of due row is claimed by one statement, `UPDATE ... WHERE id IN (the pick) RETURNING`.
+On PostgreSQL the pick is `SELECT ... FOR UPDATE SKIP LOCKED` (a materialized CTE), so
+concurrent dispatchers take disjoint rows without waiting on each other (pgqueuer, River), and
+the same statement returns each claimed row with its payload (`action_payloads`, joined after
+the update). SQLite has no `SKIP LOCKED`: the update runs in a `BEGIN IMMEDIATE` transaction,
+whose write lock serializes claimers, and the payloads are read by id in the same transaction.
+Either way the status each row had before is kept (a kind is one status), so a row can be put
+back exactly as it was when its connector goes down or the worker is told to stop. Payloads
+never change after the commit.
 """
 
 from __future__ import annotations
@@ -55,13 +57,14 @@ _COLUMNS = (actions.c.id, actions.c.idempotency_key, actions.c.playbook_id,
             actions.c.next_attempt_at, actions.c.reason, actions.c.last_error)
 
 
-def _candidates(as_of: datetime, now: datetime) -> list[tuple[sa.ColumnElement[bool], Any]]:
-    """Each kind of due row with the order it is taken in: one index range each, so a claim
-    reads about `limit` index entries however long the backlog is (one OR over all of them made
-    PostgreSQL sort every due row at every claim)."""
+def _candidates(as_of: datetime, now: datetime
+                ) -> list[tuple[str, sa.ColumnElement[bool], Any]]:
+    """Each kind of due row (the status it has) with the order it is taken in: one index range
+    each, so a claim reads about `limit` index entries however long the backlog is (one OR over
+    all of them made PostgreSQL sort every due row at every claim)."""
     stale = (actions.c.status == CLAIMED, actions.c.lease_until < now)
-    return [(sa.and_(*stale), actions.c.lease_until)] + [
-        (sa.and_(actions.c.status == status, actions.c.next_attempt_at <= as_of),
+    return [(CLAIMED, sa.and_(*stale), actions.c.lease_until)] + [
+        (status, sa.and_(actions.c.status == status, actions.c.next_attempt_at <= as_of),
          actions.c.next_attempt_at) for status in WAITING]
 
 
@@ -71,33 +74,47 @@ def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
     first within each status); `skip` names connectors not to claim for (one that went down in
     this pass)."""
     now = utcnow()
-    skip_locked = engine.dialect.name == "postgresql"
+    claimed: list[Claimed] = []
     with writing(engine) as connection:
-        was: dict[int, str] = {}
-        for due, order in _candidates(as_of, now):
-            if len(was) >= limit:
+        for was, due, order in _candidates(as_of, now):
+            if len(claimed) >= limit:
                 break
-            pick = (sa.select(actions.c.id, actions.c.status).where(due)
-                    .order_by(order, actions.c.id).limit(limit - len(was)))
+            pick = (sa.select(actions.c.id).where(due).order_by(order, actions.c.id)
+                    .limit(limit - len(claimed)))
             if skip:
                 pick = pick.where(actions.c.connector.not_in(sorted(skip)))
-            if skip_locked:  # SQLite: the write lock of BEGIN IMMEDIATE is held instead
-                pick = pick.with_for_update(skip_locked=True)
-            was.update(connection.execute(pick).all())
-        if not was:
-            return []
-        rows = connection.execute(
-            sa.update(actions).where(actions.c.id.in_(list(was)))
-            .values(status=CLAIMED, leased_by=worker, lease_until=now + lease,
-                    attempts=actions.c.attempts + 1, updated_at=as_of)
-            .returning(*_COLUMNS)).all()
-        # by id, after the update: the pick stays one index range of `actions` (a join there
-        # measured no cheaper on SQLite and ~5% dearer on PostgreSQL, docs/BENCHMARKS.md)
-        frozen = dict(connection.execute(
-            sa.select(payloads.c.action_id, payloads.c.payload)
-            .where(payloads.c.action_id.in_(list(was)))).all())
-    return sorted((_claimed(row, was[row.id], frozen.get(row.id)) for row in rows),
-                  key=lambda c: (c.next_attempt_at is None, c.next_attempt_at, c.id))
+            take = (sa.update(actions)
+                    .values(status=CLAIMED, leased_by=worker, lease_until=now + lease,
+                            attempts=actions.c.attempts + 1, updated_at=as_of)
+                    .returning(*_COLUMNS))
+            if connection.dialect.name == "postgresql":
+                rows = _take_postgresql(connection, pick, take)
+            else:  # the write lock of BEGIN IMMEDIATE is held: no other claimer runs
+                rows = _with_payloads(connection, connection.execute(
+                    take.where(actions.c.id.in_(pick.scalar_subquery()))).all())
+            claimed.extend(_claimed(row, was, payload) for row, payload in rows)
+    return sorted(claimed, key=lambda c: (c.next_attempt_at is None, c.next_attempt_at, c.id))
+
+
+def _take_postgresql(connection: sa.Connection, pick: sa.Select[Any], take: sa.Update
+                     ) -> list[tuple[Any, Any]]:
+    """One statement: pick (SKIP LOCKED), claim, and return each row with its payload."""
+    picked = pick.with_for_update(skip_locked=True).cte("pick").prefix_with("MATERIALIZED")
+    taken = take.where(actions.c.id == picked.c.id).cte("taken")
+    query = (sa.select(taken, payloads.c.payload)
+             .select_from(taken.outerjoin(payloads, payloads.c.action_id == taken.c.id)))
+    rows = connection.execute(query).all()  # at once: iterating fetches row by row
+    return [(row[:-1], row[-1]) for row in rows]
+
+
+def _with_payloads(connection: sa.Connection, rows: list[Any]) -> list[tuple[Any, Any]]:
+    """SQLite: the claimed rows' payloads, by id, in the claim's transaction."""
+    if not rows:
+        return []
+    frozen = dict(connection.execute(
+        sa.select(payloads.c.action_id, payloads.c.payload)
+        .where(payloads.c.action_id.in_([row.id for row in rows]))).all())
+    return [(row, frozen.get(row.id)) for row in rows]
 
 
 def _claimed(row: Any, was: str, payload: dict[str, Any] | None) -> Claimed:

@@ -42,6 +42,7 @@ from engine.errors import PermanentError, TransientError
 from engine.outbox import backoff, judge
 from engine.outbox.channel import Channel
 from engine.outbox.claim import HEARTBEAT, Claimed, claim_due, extend_leases
+from engine.outbox.handoff import quick_handoff
 from engine.outbox.record import RELEASED, Outcome, record
 from engine.plan.delivery import DeliveryRules
 from engine.store.status import DEAD, DEFERRED, RETRYING, SENT, SKIPPED, SUPPRESSED
@@ -106,7 +107,8 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
     """`dispatch` for a caller already in an event loop (the daemon)."""
     pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
                   stop, rng or random.Random())
-    return await pass_.run(limit, batch)
+    with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
+        return await pass_.run(limit, batch)
 
 
 def _maximum(connector: Any) -> int:
@@ -133,28 +135,38 @@ class _Pass:
         self.channels: dict[str, Channel] = {}
         self.report = DispatchReport(worker=worker, as_of=as_of)
         self.held: list[int] = []  # the batch being sent: its leases are kept alive
+        self.ahead: list[int] = []  # the next batch, claimed while this one sends: kept too
+        self.released: set[int] = set()
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
     async def run(self, limit: int | None, batch: int) -> DispatchReport:
-        """Claim, send, record, batch after batch. A batch's outcomes are recorded (in a thread)
-        while the next batch is claimed and sent, so sending never waits for the database."""
+        """Claim, send, record, batch after batch. The next batch is claimed (in a thread)
+        while this one sends, and a batch's outcomes are recorded (in a thread) while the next
+        one sends, so sending never waits for the database; each batch is judged just before
+        its sends start, so the send-time checks read the database as late as before."""
         recording: asyncio.Task[None] | None = None
+        claiming = self.claim(limit, batch)
         try:
-            while not self.stopping() and (limit is None or limit > 0):
-                size = batch if limit is None else min(batch, limit)
-                skip = sorted(kind for kind, c in self.channels.items() if c.down)
-                rows = await asyncio.to_thread(claim_due, self.engine, self.worker, self.as_of,
-                                               size, skip=skip)
+            while claiming is not None:
+                taking, claiming = claiming, None
+                rows = await taking
+                self.ahead = []  # now the batch in hand: self.held once it is judged
                 if not rows:
                     break
                 limit = None if limit is None else limit - len(rows)
-                outcomes = await self.batch(rows)
+                if self.stopping():  # claimed ahead, never started: put back unchanged
+                    outcomes = [Outcome(row, RELEASED) for row in rows]
+                else:
+                    claiming = self.claim(limit, batch)
+                    outcomes = await self.batch(rows)
                 if recording is not None:
                     await recording
                 recording = asyncio.create_task(self.record(outcomes))
         finally:
+            if claiming is not None:  # an error while sending: the rows claimed ahead go back
+                await self.put_back(claiming)
             if recording is not None:
                 await recording
             for channel in self.channels.values():
@@ -162,11 +174,37 @@ class _Pass:
         self.report.stopped = self.stopping()
         return self.report
 
+    def claim(self, limit: int | None, batch: int) -> asyncio.Task[list[Claimed]] | None:
+        """Start claiming the next batch in a thread (None: the pass is done or stopping)."""
+        if self.stopping() or (limit is not None and limit <= 0):
+            return None
+        size = batch if limit is None else min(batch, limit)
+        skip = sorted(kind for kind, c in self.channels.items() if c.down)
+
+        def take() -> list[Claimed]:
+            rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip)
+            self.ahead = [row.id for row in rows]  # the heartbeat keeps these too
+            return rows
+
+        return asyncio.create_task(asyncio.to_thread(take))
+
+    async def put_back(self, claiming: asyncio.Task[list[Claimed]]) -> None:
+        """The pass is ending on an error: the batch claimed ahead goes back unchanged."""
+        try:
+            rows = await claiming
+        except Exception:  # noqa: BLE001  (the error being raised is the one to report)
+            log.exception("claiming ahead failed while the pass was ending")
+            return
+        await self.record([Outcome(row, RELEASED) for row in rows])
+
     async def record(self, outcomes: list[Outcome]) -> None:
         kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes, self.as_of)
         self.report.counts.update((o.row.playbook_id, o.status) for o in kept
                                   if o.status != RELEASED)
-        self.report.released += sum(o.status == RELEASED for o in kept)
+        # distinct rows: one put back while the next batch was being claimed can come back in
+        # it, and go back again (its channel is down, or the pass is stopping)
+        self.released.update(o.row.id for o in kept if o.status == RELEASED)
+        self.report.released = len(self.released)
         self.report.lost += len(outcomes) - len(kept)
 
     async def batch(self, rows: list[Claimed]) -> list[Outcome]:
@@ -255,7 +293,7 @@ class _Pass:
             await asyncio.sleep(HEARTBEAT.total_seconds())
             try:
                 held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
-                                               self.held)
+                                               [*self.held, *self.ahead])
             except SQLAlchemyError as exc:
                 log.warning("heartbeat of worker %s failed, trying again in %s s: %s",
                             self.worker, HEARTBEAT.total_seconds(), exc)
@@ -300,6 +338,7 @@ class _Pass:
                 if channel.down:  # the outage is charged to the row that found it out
                     return Outcome(row, RELEASED)
                 channel.go_down(str(exc))
+                channel.blamed = row.id  # a batch claimed ahead puts its rows back, uncharged
             return self.failed(row, channel, str(exc), exc.retry_after, started, utcnow())
         except PermanentError as exc:
             address = judge.recipient(row.payload) if exc.suppress else None

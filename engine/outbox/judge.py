@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.outbox.claim import Claimed
+from engine.outbox.idset import among
 from engine.store.tables import attempts, customers, suppressions
 
 
@@ -28,8 +29,9 @@ def finished_attempts(connection: sa.Connection, ids: Sequence[int]) -> dict[int
     if not ids:
         return {}
     query = (sa.select(attempts.c.action_id, sa.func.count())
-             .where(attempts.c.action_id.in_(list(ids))).group_by(attempts.c.action_id))
-    return {action: count for action, count in connection.execute(query)}
+             .where(among(connection.dialect, attempts.c.action_id, ids))
+             .group_by(attempts.c.action_id))
+    return {action: count for action, count in connection.execute(query).all()}
 
 
 def gave_up_reason(row: Claimed, maximum: int, finished: int) -> str:
@@ -59,7 +61,7 @@ def addresses(connection: sa.Connection, rows: Sequence[Claimed]) -> dict[int, s
     if missing:
         current = dict(connection.execute(
             sa.select(customers.c.customer_id, customers.c.email)
-            .where(customers.c.customer_id.in_(missing))).all())
+            .where(among(connection.dialect, customers.c.customer_id, missing))).all())
         for row in rows:
             if found[row.id] is None:
                 found[row.id] = current.get(row.customer_id)
@@ -72,8 +74,8 @@ def suppressed(connection: sa.Connection, wanted: Sequence[str]) -> dict[str, st
     if not lowered:
         return {}
     query = sa.select(suppressions.c.email, suppressions.c.reason).where(
-        suppressions.c.email.in_(lowered))  # stored lower-cased by every writer
-    return {email.lower(): reason for email, reason in connection.execute(query)}
+        among(connection.dialect, suppressions.c.email, lowered))  # stored lower-cased
+    return {email.lower(): reason for email, reason in connection.execute(query).all()}
 
 
 def time_zones(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str | None]:
@@ -82,4 +84,5 @@ def time_zones(connection: sa.Connection, ids: Sequence[str]) -> dict[str, str |
     if not wanted:
         return {}
     return dict(connection.execute(sa.select(customers.c.customer_id, customers.c.timezone)
-                                   .where(customers.c.customer_id.in_(wanted))).all())
+                                   .where(among(connection.dialect, customers.c.customer_id,
+                                                wanted))).all())

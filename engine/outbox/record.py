@@ -3,9 +3,12 @@
 Each outcome updates its `actions` row, adds an `action_attempts` row (attempt number, worker,
 real start and end, outcome, error) and applies its writes (engine/outbox/writes.py) in the
 same transaction, so a `sent` action and its task, ledger line or `email_sent` event commit
-together or not at all. Rows are first locked and checked to be still `claimed` by this worker:
-one whose lease ran out and was taken over by another worker records nothing (that worker will
-send it again with the same key, so its writes happen once, there).
+together or not at all. Only rows still `claimed` by this worker are written: one whose lease
+ran out and was taken over by another worker records nothing (that worker will send it again
+with the same key, so its writes happen once, there). Sent rows without writes (every email)
+are checked and marked by one `UPDATE ... WHERE leased_by = worker AND status = 'claimed'
+RETURNING id`, which locks each row as it checks it; the others are locked and checked first
+(`SELECT ... FOR UPDATE`), since their writes decide their status.
 
 A whole batch commits at once (a transaction per message would cap the send rate). One write
 that fails (a third-party connector's bad row) is rolled back to its savepoint and dead-letters
@@ -18,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +29,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import RetainError
 from engine.outbox import writes
+from engine.outbox.bulk import Bulk
 from engine.outbox.claim import Claimed, put_back_status
+from engine.outbox.idset import among
 from engine.outbox.txn import writing
 from engine.store.status import CLAIMED, DEAD, DEFERRED, SENT
 from engine.store.tables import actions, attempts
@@ -59,17 +65,22 @@ def record(engine: sa.Engine, worker: str, outcomes: Sequence[Outcome], as_of: d
     if not outcomes:
         return []
     with writing(engine) as connection:
-        held = _held(connection, worker, [o.row.id for o in outcomes])
+        plain = [o for o in outcomes if o.status == SENT and not o.writes]
+        rest = [o for o in outcomes if o.status != SENT or o.writes]
+        held = _mark_sent(connection, worker, [o.row.id for o in plain], as_of)
+        if rest:
+            held |= _held(connection, worker, [o.row.id for o in rest])
         kept = [o for o in outcomes if o.row.id in held]
         if not kept:
             return _lost(worker, len(outcomes), kept)
-        for outcome in kept:
+        rest = [o for o in rest if o.row.id in held]
+        for outcome in rest:
             if outcome.status == SENT and outcome.writes:
                 _apply_writes(connection, outcome, as_of)
-        _update(connection, worker, kept, as_of)
-        tried = [o for o in kept if o.status not in (RELEASED, DEFERRED)]
-        if tried:
-            connection.execute(sa.insert(attempts), [_attempt(o, worker) for o in tried])
+        if rest:
+            connection.execute(_UPDATE, [_values(o, worker, as_of) for o in rest])
+        tried = [_attempt(o) for o in kept if o.status not in (RELEASED, DEFERRED)]
+        _insert_attempts(connection, tried, worker)
         writes.record_emails(connection, [o.row for o in kept
                                           if o.status == SENT and o.email], as_of)
         writes.suppress(connection, {a: r for o in kept for a, r in o.suppress.items()}, as_of)
@@ -85,11 +96,26 @@ def _lost(worker: str, total: int, kept: list[Outcome]) -> list[Outcome]:
 
 def _held(connection: sa.Connection, worker: str, ids: list[int]) -> set[int]:
     query = (sa.select(actions.c.id)
-             .where(actions.c.id.in_(ids), actions.c.leased_by == worker,
+             .where(among(connection.dialect, actions.c.id, ids), actions.c.leased_by == worker,
                     actions.c.status == CLAIMED))
     if connection.dialect.name == "postgresql":
         query = query.with_for_update()
-    return set(connection.execute(query).scalars())
+    return set(connection.execute(query).scalars().all())
+
+
+def _mark_sent(connection: sa.Connection, worker: str, ids: list[int], as_of: datetime
+               ) -> set[int]:
+    """Sent rows (without writes) still held by this worker, marked sent in one statement;
+    their ids."""
+    if not ids:
+        return set()
+    return set(connection.execute(
+        sa.update(actions)
+        .where(among(connection.dialect, actions.c.id, ids), actions.c.leased_by == worker,
+               actions.c.status == CLAIMED)
+        .values(status=SENT, reason=None, sent_at=as_of, updated_at=as_of, lease_until=None,
+                leased_by=None)
+        .returning(actions.c.id)).scalars().all())
 
 
 def _apply_writes(connection: sa.Connection, outcome: Outcome, as_of: datetime) -> None:
@@ -105,21 +131,6 @@ def _apply_writes(connection: sa.Connection, outcome: Outcome, as_of: datetime) 
         outcome.reason = f"dead: {outcome.error}"
         return
     savepoint.commit()
-
-
-def _update(connection: sa.Connection, worker: str, kept: list[Outcome], as_of: datetime
-            ) -> None:
-    """Sent rows in one statement (the common case, and the one a send rate depends on); the
-    others row by row (executemany)."""
-    sent = [o.row.id for o in kept if o.status == SENT]
-    if sent:
-        connection.execute(
-            sa.update(actions).where(actions.c.id.in_(sent), actions.c.leased_by == worker)
-            .values(status=SENT, reason=None, sent_at=as_of, updated_at=as_of, lease_until=None,
-                    leased_by=None))
-    others = [_values(o, worker, as_of) for o in kept if o.status != SENT]
-    if others:
-        connection.execute(_UPDATE, others)
 
 
 _UPDATE = (sa.update(actions)
@@ -149,9 +160,24 @@ def _values(outcome: Outcome, worker: str, as_of: datetime) -> dict[str, Any]:
             "_sent": as_of if outcome.status == SENT else None, "_updated": as_of}
 
 
-def _attempt(outcome: Outcome, worker: str) -> dict[str, Any]:
+def _attempt(outcome: Outcome) -> list[Any]:
+    """An `action_attempts` row: the values `_ATTEMPTS` varies per row, in its order."""
     started = outcome.started_at or outcome.finished_at
-    return {"action_id": outcome.row.id, "attempt": outcome.row.attempts, "worker": worker,
-            "started_at": started, "finished_at": outcome.finished_at,
-            "outcome": outcome.status,
-            "error": outcome.error or (outcome.reason if outcome.status != SENT else None)}
+    return [outcome.row.id, outcome.row.attempts, started, outcome.finished_at, outcome.status,
+            outcome.error or (outcome.reason if outcome.status != SENT else None)]
+
+
+def _insert_attempts(connection: sa.Connection, rows: list[list[Any]], worker: str) -> None:
+    """The batch's `action_attempts` rows in one statement (engine/outbox/bulk.py)."""
+    if rows:
+        bulk = _attempts_bulk(connection.dialect)
+        for row in rows:
+            row[2], row[3] = bulk.time(row[2]), bulk.time(row[3])
+        bulk.execute(connection, rows, {"worker": worker})
+
+
+@lru_cache(maxsize=8)
+def _attempts_bulk(dialect: sa.Dialect) -> Bulk:
+    return Bulk(attempts, dialect, varying=("action_id", "attempt", "started_at", "finished_at",
+                                            "outcome", "error"),
+                constant=("worker",), conflict=())

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.clock import aware_utc
+from engine.outbox.bulk import Bulk
 from engine.outbox.claim import Claimed
+from engine.outbox.idset import among
 from engine.store.facts import EMAIL_SENT
 from engine.store.status import TASK_OPEN
 from engine.store.tables import customers, events, points, suppressions, tasks
@@ -106,19 +109,25 @@ WRITERS = {"task": write_task, "points": write_points, "tags": write_tags, "even
 
 def record_emails(connection: sa.Connection, sent: Sequence[Claimed], as_of: datetime) -> None:
     """One `email_sent` per action key (a lost-ack re-send records none twice) and
-    `last_emailed_at = max(it, as_of)`, for a batch of sent emails."""
+    `last_emailed_at = max(it, as_of)`, for a batch of sent emails: one statement each."""
     if not sent:
         return
-    connection.execute(insert_new(connection, events, "event_id"), [
-        {"event_id": row.key, "customer_id": row.customer_id, "type": EMAIL_SENT,
-         "occurred_at": as_of, "amount": None, "score": None,
-         "properties": _email_properties(row)} for row in sent])
+    bulk = _events_bulk(connection.dialect)
+    bulk.execute(connection, [[row.key, row.customer_id, bulk.document(_email_properties(row))]
+                              for row in sent], {"type": EMAIL_SENT, "occurred_at": as_of})
     connection.execute(
         sa.update(customers)
-        .where(customers.c.customer_id.in_(sorted({row.customer_id for row in sent})),
+        .where(among(connection.dialect, customers.c.customer_id,
+                     sorted({row.customer_id for row in sent})),
                sa.or_(customers.c.last_emailed_at.is_(None),
                       customers.c.last_emailed_at < as_of))
         .values(last_emailed_at=as_of))
+
+
+@lru_cache(maxsize=8)
+def _events_bulk(dialect: sa.Dialect) -> Bulk:
+    return Bulk(events, dialect, varying=("event_id", "customer_id", "properties"),
+                constant=("type", "occurred_at"), conflict=("event_id",))
 
 
 def _email_properties(row: Claimed) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from engine.store.tables import actions, customers, enrollments, events, payload
 
 SLICE_ROWS = 600_000  # rows the first SQLite transaction should write (`_slices`)
 MAX_ROWS = 1_000_000  # rows an SQLite transaction would write at most if everyone entered
-SLICE_SECONDS = 2.0  # how long an SQLite transaction should hold the write lock
+SLICE_SECONDS = 3.0  # how long an SQLite transaction should hold the write lock
 PAUSE = 0.11  # seconds the lock is left free between two (SQLite's busy handler: 100 ms)
 
 
@@ -66,7 +66,7 @@ def _slices(connection: sa.Connection, rows: int, entering: int
             ) -> Iterator[sa.ColumnElement[bool]]:
     """SQLite has one writer: each transaction takes a slice of customers (by rowid, read in
     order), so a dispatcher or a sync waiting for the lock gets it between slices, within a
-    couple of seconds, never after the whole commit. `rows`: what each enrollment writes (an
+    few seconds, never after the whole commit. `rows`: what each enrollment writes (an
     enrollment, and an action and a payload per action).
 
     The first slice is sized from the share of customers entering for SLICE_ROWS rows, and

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from engine.errors import TemplateError
 from engine.format.template_sql import SAFE_CHARS, template_sql
 from engine.format.templates import Inline, make_environment, render
 from engine.outbox import set_commit
+from engine.outbox.commit import StagePlan
 from engine.outbox.dispatch import dispatch
 from engine.outbox.run import run_cycle
 from engine.plan.build import make_plan
@@ -148,14 +149,21 @@ def _committed(db: sa.Engine) -> tuple[list[tuple[Any, ...]], set[tuple[Any, ...
 
 def _planned(db: sa.Engine, pb: Any) -> tuple[list[tuple[Any, ...]], set[tuple[Any, ...]]]:
     """The dry-run's plan in the committed rows' shape (payloads: the planner's fields)."""
-    wake = AS_OF + timedelta(days=3)
+    return _planned_at(db, pb, AS_OF)
+
+
+def _planned_at(db: sa.Engine, pb: Any, as_of: datetime
+                ) -> tuple[list[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """`_planned` at `as_of`, for a playbook whose first wait ends `StagePlan` later."""
+    wake = StagePlan(pb).wake_at(as_of, 0)
     with db.connect() as connection:
-        planned = list(make_plan(connection, [pb], AS_OF).playbooks[0].enrollments())
+        planned = list(make_plan(connection, [pb], as_of).playbooks[0].enrollments())
     enrolled, outbox = [], set()
-    for e in sorted(planned, key=lambda e: e.customer_id):
+    for e in sorted(planned, key=lambda e: (e.customer_id, e.occurrence)):
+        done = e.holdout or wake is None
         enrolled.append((e.customer_id, e.occurrence, e.event_id, e.holdout,
-                         st.COMPLETED if e.holdout else st.WAITING_STEP,
-                         None if e.holdout else wake, AS_OF if e.holdout else None,
+                         st.COMPLETED if done else st.WAITING_STEP,
+                         None if e.holdout else wake, as_of if done else None,
                          "holdout" if e.holdout else None))
         for a in e.actions:
             if a.commit_now:

@@ -4,7 +4,6 @@ where `retain run` reports other numbers than the rows it wrote."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import datetime, timedelta
@@ -17,7 +16,7 @@ from outbox_support import select_actions
 from test_evaluate_triggers import AS_OF, add_events, ago, customer, playbook
 from test_live_crash import AS_OF as LATER
 from test_live_crash import inactive_base
-from test_set_commit import _committed
+from test_set_commit import _committed, _planned_at
 
 from connectors.tasks import TaskConnector
 from engine.config import Settings
@@ -38,30 +37,8 @@ LIVE = {"unsubscribe": lambda address: "https://x.example/u"}
 
 
 def _planned(db: sa.Engine, pb: Any) -> tuple[list[tuple[Any, ...]], set[tuple[Any, ...]]]:
-    """The dry-run's plan in `_committed`'s shape (test_set_commit's `_planned`, with the wake
-    time of this playbook's stages instead of a fixed 3 days)."""
+    """The dry-run's plan in `_committed`'s shape, the wake time of this playbook's stages."""
     return _planned_at(db, pb, AS_OF)
-
-
-def _planned_at(db: sa.Engine, pb: Any, as_of: datetime
-                ) -> tuple[list[tuple[Any, ...]], set[tuple[Any, ...]]]:
-    """`_planned` at `as_of`."""
-    wake = StagePlan(pb).wake_at(as_of, 0)
-    with db.connect() as connection:
-        planned = list(make_plan(connection, [pb], as_of).playbooks[0].enrollments())
-    enrolled, outbox = [], set()
-    for e in sorted(planned, key=lambda e: (e.customer_id, e.occurrence)):
-        done = e.holdout or wake is None
-        enrolled.append((e.customer_id, e.occurrence, e.event_id, e.holdout,
-                         st.COMPLETED if done else st.WAITING_STEP,
-                         None if e.holdout else wake, as_of if done else None,
-                         "holdout" if e.holdout else None))
-        for a in e.actions:
-            if a.commit_now:
-                fields = {} if a.status == st.DEAD else a.to_json()["fields"]
-                outbox.add((e.customer_id, a.key, a.step, a.kind, a.status, a.run_at, a.reason,
-                            json.dumps(fields, sort_keys=True)))
-    return enrolled, outbox
 
 
 def _sync(db: sa.Engine, *rows: dict[str, object]) -> None:

@@ -31,7 +31,7 @@ from jinja2 import nodes
 
 from engine.format.fields import CUSTOMER_FIELDS, FieldType
 from engine.format.templates import Inline
-from engine.store.dialect import PerDialect
+from engine.store.dialect import PerDialect, concat
 from engine.store.facts import DERIVED_FACTS, customers
 
 Column = sa.ColumnElement[Any]
@@ -67,7 +67,7 @@ def template_sql(environment: jinja2.Environment, template: Inline,
             if part is None:
                 return None
             parts.append(part)
-    text = _concat(parts)
+    text = concat(*parts) if parts else sa.literal("", sa.String())
     return TemplateSql(text, _safe(text, template.header))
 
 
@@ -82,15 +82,6 @@ def _part(node: nodes.Node, playbook: Mapping[str, str]) -> Column | None:
     if owner == "playbook" and isinstance(playbook.get(name), str):
         return sa.literal(playbook[name], sa.String())
     return None
-
-
-def _concat(parts: list[Column]) -> Column:
-    if not parts:
-        return sa.literal("", sa.String())
-    text = sa.type_coerce(parts[0], sa.String())
-    for part in parts[1:]:
-        text = text.op("||", return_type=sa.String())(part)
-    return text
 
 
 def no_nul(text: Column) -> sa.ColumnElement[bool]:

@@ -37,7 +37,7 @@ from engine.format.playbook import Playbook
 from engine.format.template_sql import Inline, TemplateSql, no_nul, template_sql
 from engine.plan.delivery import DeliveryRules
 from engine.plan.planner import KEY_PREFIX_CHARS, plain_fields, schedule
-from engine.store.dialect import PerDialect, sha256_hex
+from engine.store.dialect import PerDialect, concat, sha256_hex
 
 Column = sa.ColumnElement[Any]
 HASH_SPAN = 2**64  # in_holdout reads the first 8 bytes of the digest
@@ -158,15 +158,9 @@ def key_sql(playbook: Playbook, customer_id: Column, occurrence: Column, stage: 
     """`action_key` in SQL: the readable prefix and the first 32 hex digits of the digest."""
     digest = sha256_hex(playbook.id, playbook.version, customer_id, occurrence, str(stage),
                         str(step))
-    parts: list[Column] = [
-        sa.literal(f"{playbook.id[:KEY_PREFIX_CHARS]}/", sa.String()),
-        sa.func.substr(customer_id, 1, KEY_PREFIX_CHARS),
-        sa.literal(f"/{stage}.{step}/", sa.String()),
-        sa.func.substr(digest, 1, 32)]
-    text = sa.type_coerce(parts[0], sa.String())
-    for part in parts[1:]:
-        text = text.op("||", return_type=sa.String())(part)
-    return text
+    return concat(sa.literal(f"{playbook.id[:KEY_PREFIX_CHARS]}/", sa.String()),
+                  sa.func.substr(customer_id, 1, KEY_PREFIX_CHARS),
+                  f"/{stage}.{step}/", sa.func.substr(digest, 1, 32))
 
 
 def payload_sql(payload: Mapping[str, Any]) -> Column:

@@ -66,7 +66,7 @@ def _glob(value: Column, pattern: str) -> Bool:
     return value.op("GLOB", is_comparison=True)(pattern)
 
 
-def _cat(*parts: Column | str) -> Column:
+def concat(*parts: Column | str) -> Column:
     """Text concatenation (`||`), whatever types SQLAlchemy infers for the function results."""
     text = sa.type_coerce(parts[0], sa.String())
     for part in parts[1:]:
@@ -115,10 +115,10 @@ class _SqliteJson:
         offset = sa.or_(zone.in_(["", "Z"]), sa.and_(
             _glob(zone, f"[+-]{d2}:{d2}"), sa.func.substr(zone, 2, 2) <= "14",
             sa.func.substr(zone, 5, 2) <= "59"))
-        utc = _cat(sa.func.strftime("%Y-%m-%d %H:%M:%S", _cat(sa.func.substr(v, 1, 19), zone)),
-                   ".", sa.func.substr(_cat(fraction, "000000"), 1, 6))
+        utc = concat(sa.func.strftime("%Y-%m-%d %H:%M:%S", concat(sa.func.substr(v, 1, 19), zone)),
+                   ".", sa.func.substr(concat(fraction, "000000"), 1, 6))
         text = sa.and_(self.type == "text", real_day)
-        return sa.case((sa.and_(text, _glob(v, day)), _cat(v, " 00:00:00.000000")),
+        return sa.case((sa.and_(text, _glob(v, day)), concat(v, " 00:00:00.000000")),
                        (sa.and_(text, clock, tail, offset), utc))
 
     def missing(self) -> Bool:
@@ -157,8 +157,8 @@ class _PgJson:
             sa.literal_column("'{}'::jsonb"), sa.true())
         ok = sa.and_(self.type == "string", v.regexp_match(ISO_TIME),
                      sa.func.substr(v, 1, 4) != "0000", real_day)
-        full = sa.case((sa.func.length(v) == 10, _cat(v, "T00:00:00")), else_=v)
-        zoned = sa.case((v.regexp_match(ZONE_SUFFIX), v), else_=_cat(full, "+00:00"))
+        full = sa.case((sa.func.length(v) == 10, concat(v, "T00:00:00")), else_=v)
+        zoned = sa.case((v.regexp_match(ZONE_SUFFIX), v), else_=concat(full, "+00:00"))
         return sa.case((ok, sa.cast(zoned, sa.DateTime(timezone=True))))
 
     def missing(self) -> Bool:

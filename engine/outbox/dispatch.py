@@ -1,11 +1,14 @@
 """The dispatcher: claim what is due, send it through its connector, record every outcome.
 
-One pass (`dispatch`) loops until nothing is due at `as_of` (or `limit` rows were taken, or
-`stop` is set): claim a batch with a lease (engine/outbox/claim.py), judge what must not be sent
-(engine/outbox/judge.py), send the rest concurrently, up to each connector's `concurrency`
-(asyncio), heartbeat the lease while sends run, and record the batch's outcomes in one
-transaction (engine/outbox/record.py). The payload was frozen at commit: nothing is rendered
-here, so a re-send after a crash is byte-identical.
+One pass (`dispatch`) runs until nothing is due at `as_of` (or `limit` rows were taken, or
+`stop` is set): claim rows with a lease (engine/outbox/claim.py) and judge what must not be sent
+(engine/outbox/judge.py), in a thread, whenever fewer than a batch wait for a sender; send the
+rest concurrently, up to each connector's `concurrency` (asyncio), each sender taking the next
+row as soon as it is free (no batch barrier: a slow send holds back only its own sender);
+heartbeat the leases of everything claimed and not yet recorded; and record every `batch`
+outcomes in one transaction (engine/outbox/record.py), in a thread, while sends go on. The
+payload was frozen at commit: nothing is rendered here, so a re-send after a crash is
+byte-identical.
 
 Outcomes: `Sent` -> `sent` (with its writes, and for email the `email_sent` facts);
 `TransientError` -> `retrying` after a jittered exponential backoff (engine/outbox/backoff.py)
@@ -14,8 +17,9 @@ or the peer's `retry_after`, `dead` once the connector's attempts are used up;
 (engine/outbox/channel.py); `PermanentError` -> `dead`, the address suppressed when it says so;
 any other exception -> transient, with its repr: a connector's bug never stops the loop.
 
-Stopping (`stop` set, e.g. by SIGTERM): sends in flight finish and are recorded, rows claimed but
-not started are put back unchanged, nothing new is claimed (RELIABILITY 4).
+Stopping (`stop` set, e.g. by SIGTERM), or a record that failed: sends in flight finish and are
+recorded, rows claimed but not started are put back unchanged, nothing new is claimed
+(RELIABILITY 4); a failed record is raised at the end.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from engine.store.status import DEAD, DEFERRED, RETRYING, SENT, SKIPPED, SUPPRES
 
 log = logging.getLogger(__name__)
 BATCH = 256
-"""Rows claimed, sent and recorded together: one claim and one outcome transaction per batch."""
+"""Rows per claim and outcomes per record transaction; a new claim starts when fewer than this
+many claimed rows wait for a sender."""
 
 
 @dataclass
@@ -106,9 +111,9 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
                          rng: random.Random | None = None) -> DispatchReport:
     """`dispatch` for a caller already in an event loop (the daemon)."""
     pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
-                  stop, rng or random.Random())
+                  stop, rng or random.Random(), max(1, batch))
     with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
-        return await pass_.run(limit, batch)
+        return await pass_.run(limit)
 
 
 def _maximum(connector: Any) -> int:
@@ -129,99 +134,138 @@ class _Pass:
 
     def __init__(self, engine: sa.Engine, settings: Any, as_of: datetime, worker: str,
                  connectors: dict[str, Any], stop: threading.Event | None,
-                 rng: random.Random) -> None:
+                 rng: random.Random, batch: int) -> None:
         self.engine, self.settings, self.as_of, self.worker = engine, settings, as_of, worker
-        self.connectors, self.stop, self.rng = connectors, stop, rng
+        self.connectors, self.stop, self.rng, self.batch = connectors, stop, rng, batch
         self.channels: dict[str, Channel] = {}
         self.report = DispatchReport(worker=worker, as_of=as_of)
-        self.held: list[int] = []  # the batch being sent: its leases are kept alive
-        self.ahead: list[int] = []  # the next batch, claimed while this one sends: kept too
+        self.queues: dict[str, deque[Claimed]] = {}  # claimed and judged, waiting for a sender
+        self.arrived: dict[str, asyncio.Event] = {}  # rows queued for that connector, or fed
+        self.senders: list[asyncio.Task[None]] = []
+        self.hungry = asyncio.Event()  # the queues ran low: claim more
+        self.fed = False  # nothing more will be queued
+        self.held: set[int] = set()  # claimed, not recorded yet: the heartbeat keeps their leases
+        self.finished: list[Outcome] = []  # outcomes not yet handed to the recorder
+        self.recording: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None  # a record that failed: the pass ends
         self.released: set[int] = set()
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
-    async def run(self, limit: int | None, batch: int) -> DispatchReport:
-        """Claim, send, record, batch after batch. The next batch is claimed (in a thread)
-        while this one sends, and a batch's outcomes are recorded (in a thread) while the next
-        one sends, so sending never waits for the database; each batch is judged just before
-        its sends start, so the send-time checks read the database as late as before."""
-        recording: asyncio.Task[None] | None = None
-        claiming = self.claim(limit, batch)
+    def halted(self) -> bool:
+        """Take nothing more: the pass is told to stop, or recording failed."""
+        return self.failure is not None or self.stopping()
+
+    async def run(self, limit: int | None) -> DispatchReport:
+        """Claim and judge (in a thread) while earlier rows send; record every `batch` outcomes
+        (in a thread, one transaction at a time). Senders never wait for a whole batch to
+        finish, nor for the database: the next rows are claimed while the queue still holds a
+        batch's worth."""
+        beat = asyncio.create_task(self.heartbeat())
         try:
-            while claiming is not None:
-                taking, claiming = claiming, None
-                rows = await taking
-                self.ahead = []  # now the batch in hand: self.held once it is judged
-                if not rows:
-                    break
-                limit = None if limit is None else limit - len(rows)
-                if self.stopping():  # claimed ahead, never started: put back unchanged
-                    outcomes = [Outcome(row, RELEASED) for row in rows]
-                else:
-                    claiming = self.claim(limit, batch)
-                    outcomes = await self.batch(rows)
-                if recording is not None:
-                    await recording
-                recording = asyncio.create_task(self.record(outcomes))
+            await self.feed(limit)
         finally:
-            if claiming is not None:  # an error while sending: the rows claimed ahead go back
-                await self.put_back(claiming)
-            if recording is not None:
-                await recording
-            for channel in self.channels.values():
-                await channel.close()
+            self.fed = True
+            for event in self.arrived.values():
+                event.set()
+            try:
+                await asyncio.gather(*self.senders)
+            finally:
+                beat.cancel()
+                for queue in self.queues.values():  # an error: what was not sent goes back
+                    while queue:
+                        self.finish(Outcome(queue.popleft(), RELEASED))
+                self.flush()
+                try:
+                    if self.recording is not None:
+                        await self.recording
+                finally:
+                    for channel in self.channels.values():
+                        await channel.close()
+        if self.failure is not None:
+            raise self.failure
         self.report.stopped = self.stopping()
         return self.report
 
-    def claim(self, limit: int | None, batch: int) -> asyncio.Task[list[Claimed]] | None:
-        """Start claiming the next batch in a thread (None: the pass is done or stopping)."""
-        if self.stopping() or (limit is not None and limit <= 0):
-            return None
-        size = batch if limit is None else min(batch, limit)
-        skip = sorted(kind for kind, c in self.channels.items() if c.down)
+    def queued(self) -> int:
+        return sum(len(queue) for queue in self.queues.values())
 
-        def take() -> list[Claimed]:
-            rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip)
-            self.ahead = [row.id for row in rows]  # the heartbeat keeps these too
-            return rows
+    async def feed(self, limit: int | None) -> None:
+        """Claim until nothing is due (or `limit` rows were taken, or the pass halts), keeping
+        at most about two batches claimed ahead of the senders."""
+        while not self.halted() and (limit is None or limit > 0):
+            if self.queued() >= self.batch:
+                self.hungry.clear()
+                await self.hungry.wait()
+                continue
+            size = self.batch if limit is None else min(self.batch, limit)
+            skip = sorted(kind for kind, c in self.channels.items() if c.down)
+            rows, judged = await asyncio.to_thread(self.take, size, skip)
+            if not rows:
+                return
+            limit = None if limit is None else limit - len(rows)
+            self.held.update(row.id for row in rows)  # the heartbeat keeps these from now on
+            for row in rows:
+                outcome = judged.get(row.id)
+                if outcome is None and (self.halted() or self.channel(row.connector).down):
+                    outcome = Outcome(row, RELEASED)  # claimed, never started: put back
+                if outcome is not None:
+                    self.finish(outcome)
+                else:
+                    self.queue(row)
 
-        return asyncio.create_task(asyncio.to_thread(take))
+    def take(self, size: int, skip: list[str]) -> tuple[list[Claimed], dict[int, Outcome]]:
+        """Claim the next rows and judge them (a database thread)."""
+        rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip)
+        return rows, self.judge(rows) if rows else {}
 
-    async def put_back(self, claiming: asyncio.Task[list[Claimed]]) -> None:
-        """The pass is ending on an error: the batch claimed ahead goes back unchanged."""
-        try:
-            rows = await claiming
-        except Exception:  # noqa: BLE001  (the error being raised is the one to report)
-            log.exception("claiming ahead failed while the pass was ending")
+    def queue(self, row: Claimed) -> None:
+        """Hand a row to its connector's senders (started with its first row)."""
+        kind = row.connector
+        if kind not in self.queues:
+            self.queues[kind], self.arrived[kind] = deque(), asyncio.Event()
+            self.senders.append(asyncio.create_task(self.drain(kind)))
+        self.queues[kind].append(row)
+        self.arrived[kind].set()
+
+    def finish(self, outcome: Outcome) -> None:
+        """An outcome to record; every `batch` of them goes to the recorder."""
+        self.finished.append(outcome)
+        if len(self.finished) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record the outcomes so far, after the ones handed over before (one transaction at
+        a time, in order)."""
+        if not self.finished:
             return
-        await self.record([Outcome(row, RELEASED) for row in rows])
+        outcomes, self.finished, before = self.finished, [], self.recording
+        # no more heartbeats for these (their lease has 50 s left, the record takes ms): one
+        # put back can be claimed again, and held again, before its record returns
+        self.held.difference_update(o.row.id for o in outcomes)
+
+        async def write() -> None:
+            if before is not None:
+                await before
+            try:
+                await self.record(outcomes)
+            except BaseException as exc:
+                self.failure = self.failure or exc
+                self.hungry.set()
+                raise
+
+        self.recording = asyncio.create_task(write())
 
     async def record(self, outcomes: list[Outcome]) -> None:
         kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes, self.as_of)
         self.report.counts.update((o.row.playbook_id, o.status) for o in kept
                                   if o.status != RELEASED)
-        # distinct rows: one put back while the next batch was being claimed can come back in
-        # it, and go back again (its channel is down, or the pass is stopping)
+        # distinct rows: one put back can be claimed again in this pass, and go back again
+        # (its channel is down, or the pass is stopping)
         self.released.update(o.row.id for o in kept if o.status == RELEASED)
         self.report.released = len(self.released)
         self.report.lost += len(outcomes) - len(kept)
-
-    async def batch(self, rows: list[Claimed]) -> list[Outcome]:
-        """Judge, then send, one claimed batch; every row gets an outcome."""
-        judged = await asyncio.to_thread(self.judge, rows)
-        queues: dict[str, deque[Claimed]] = {}
-        for row in rows:
-            if row.id not in judged:
-                queues.setdefault(row.connector, deque()).append(row)
-        self.held = [row.id for queue in queues.values() for row in queue]
-        beat = asyncio.create_task(self.heartbeat())
-        try:
-            done = await asyncio.gather(*(self.drain(kind, queue) for kind, queue in
-                                          queues.items()))
-        finally:
-            beat.cancel()
-        return [*judged.values(), *(outcome for part in done for outcome in part)]
 
     def judge(self, rows: list[Claimed]) -> dict[int, Outcome]:
         """Outcomes decided before sending (engine/outbox/judge.py); read in one connection."""
@@ -293,38 +337,45 @@ class _Pass:
             await asyncio.sleep(HEARTBEAT.total_seconds())
             try:
                 held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
-                                               [*self.held, *self.ahead])
+                                               list(self.held))
             except SQLAlchemyError as exc:
                 log.warning("heartbeat of worker %s failed, trying again in %s s: %s",
                             self.worker, HEARTBEAT.total_seconds(), exc)
                 continue
             log.debug("heartbeat: %d lease(s) extended", held)
 
-    async def drain(self, kind: str, queue: deque[Claimed]) -> list[Outcome]:
-        """Send one connector's rows of the batch with `concurrency` workers; what is left
-        when the channel goes down or the pass is stopping is put back."""
-        channel, done = self.channel(kind), []
-        if not self.stopping():
-            error = await channel.open(self.settings)
-            if error is not None and channel.blamed is None:  # the open failure shows on one row
-                row = queue.popleft()
-                channel.blamed, now = row.id, utcnow()
-                done.append(self.failed(row, channel, error, None, now, now))
-            elif error is None:
-                workers = min(max(1, int(channel.connector.concurrency)), len(queue))
-                for part in await asyncio.gather(*(self.work(channel, queue)
-                                                   for _ in range(workers))):
-                    done.extend(part)
-        done.extend(Outcome(row, RELEASED) for row in queue)
-        return done
+    async def drain(self, kind: str) -> None:
+        """Send one connector's rows with `concurrency` workers, as they are queued, until the
+        pass is fed; what is left when the channel goes down or the pass halts is put back."""
+        channel, queue = self.channel(kind), self.queues[kind]
+        error = None if self.halted() else await channel.open(self.settings)
+        if error is not None and channel.blamed is None and queue:  # shown on one row
+            row = queue.popleft()
+            channel.blamed, now = row.id, utcnow()
+            self.finish(self.failed(row, channel, error, None, now, now))
+        elif error is None and not self.halted():
+            workers = max(1, int(channel.connector.concurrency))
+            await asyncio.gather(*(self.work(channel, queue, self.arrived[kind])
+                                   for _ in range(workers)))
+        while queue:
+            self.finish(Outcome(queue.popleft(), RELEASED))
+        self.hungry.set()  # the feed may be waiting for these rows to go
 
-    async def work(self, channel: Channel, queue: deque[Claimed]) -> list[Outcome]:
-        """One sender: takes the next row until none is left, the channel is down or the pass
-        is stopping (a send in flight always finishes)."""
-        done = []
-        while queue and not channel.down and not self.stopping():
-            done.append(await self.send(row=queue.popleft(), channel=channel))
-        return done
+    async def work(self, channel: Channel, queue: deque[Claimed], arrived: asyncio.Event
+                   ) -> None:
+        """One sender: takes the next row until the pass is fed and the queue empty, the
+        channel is down or the pass halts (a send in flight always finishes)."""
+        while not channel.down and not self.halted():
+            if not queue:
+                if self.fed:
+                    return
+                arrived.clear()
+                await arrived.wait()
+                continue
+            row = queue.popleft()
+            if len(queue) < self.batch and self.queued() < self.batch:
+                self.hungry.set()
+            self.finish(await self.send(row=row, channel=channel))
 
     async def send(self, row: Claimed, channel: Channel) -> Outcome:
         started = utcnow()

@@ -43,10 +43,13 @@ ALLOWED: dict[str, set[str]] = {
     "engine.outbox": {"engine.errors", "engine.clock", "engine.config", "engine.consent",
                       "engine.store", "engine.format", "engine.query", "engine.plan",
                       "connectors.base"},  # the dispatcher hands connectors a Delivery
+    "engine.daemon": {"engine.errors", "engine.clock", "engine.config", "engine.consent",
+                      "engine.store", "engine.format", "engine.sync", "engine.query",
+                      "engine.plan", "engine.outbox"},
     "connectors": set(),  # only the public names of engine/__init__.py, see _allowed
 }
 TERMINAL = {"typer", "rich", "click"}
-WRITERS = ("engine.store", "engine.sync", "engine.outbox")  # may INSERT/UPDATE/DELETE/DDL
+WRITERS = ("engine.store", "engine.sync", "engine.outbox", "engine.daemon")  # may write
 WRITE_SQL = re.compile(r"^\s*(insert|update|delete|create|drop|alter|analyze|vacuum|truncate)\b",
                        re.IGNORECASE)
 WRITE_CALLS = {"insert", "update", "delete", "create_all", "drop_all"}

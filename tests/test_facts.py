@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from engine.store.facts import ENGINE_EVENT_TYPES
 from engine.store.tables import Customer, PointsEntry
-from engine.sync.facts import refresh_facts
+from engine.sync.facts import refresh_facts, refresh_rfm_in_steps
 from engine.sync.ingest import ingest_customers, ingest_events
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
@@ -115,6 +115,27 @@ def test_a_full_refresh_and_a_large_set_agree_with_incremental_refreshes(db: sa.
         refresh_facts(connection)
         refresh_facts(connection, set())
     assert facts(db) == incremental
+
+
+def test_rfm_in_small_steps_equals_the_one_statement_refresh(db: sa.Engine) -> None:
+    """The daemon's refresh (a snapshot, then `step` customers a transaction) writes what
+    `refresh_rfm` writes: afterwards the one-statement refresh finds nothing to change."""
+    ingest_customers(db, [(n, {"customer_id": f"c{n}"}) for n in range(40)], "c", now=NOW)
+    ingest_events(db, events(*[(f"e{n}", f"c{n % 30}", "purchase", at(n % 50, n % 24),
+                                {"amount": n}) for n in range(120)]), "e")
+    rfm = sa.select(Customer.__table__.c.customer_id, Customer.__table__.c.rfm_score,
+                    Customer.__table__.c.rfm_segment).order_by(Customer.__table__.c.customer_id)
+    with db.connect() as connection:
+        want = connection.execute(rfm).all()
+    assert any(score is not None for _, score, _ in want) and \
+        any(score is None for _, score, _ in want)  # ten customers never bought
+    with db.begin() as connection:
+        connection.execute(sa.update(Customer.__table__).values(rfm_score="111",
+                                                                 rfm_segment="lost"))
+    assert refresh_rfm_in_steps(db, step=7) == 40
+    with db.connect() as connection:
+        assert connection.execute(rfm).all() == want
+    assert refresh_rfm_in_steps(db, step=7) == 0
 
 
 # --- the property: facts equal a straightforward recomputation -------------------------------------

@@ -218,3 +218,14 @@ def test_exit_when_ends_many_enrollments_at_once(db: sa.Engine, tmp_path: Path) 
     assert cycle(db, [pb], AS_OF + timedelta(days=1)).playbooks["pb"].exited == 2
     assert {e["status"] for e in rows(db, enrollments, enrollments.c.id)} == {st.EXITED}
     assert {a["status"] for a in rows(db, actions, actions.c.id)} == {st.CANCELLED}
+
+
+def test_a_cycle_for_some_customers_plans_only_theirs(db: sa.Engine, tmp_path: Path) -> None:
+    """The daemon's reaction to events: the cycle narrowed to the customers they touched."""
+    shop(db)
+    pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS)
+    report = run_cycle(db, [pb], AS_OF, SETTINGS, dispatch=False, customers=["b", "c"])
+    assert report.playbooks[pb.id].entered == 1
+    assert [r["customer_id"] for r in rows(db, enrollments, enrollments.c.id)] == ["b"]
+    assert cycle(db, [pb]).playbooks[pb.id].entered == 1  # the whole cycle finds a, not b again
+    assert sorted(r["customer_id"] for r in rows(db, enrollments, enrollments.c.id)) == ["a", "b"]

@@ -18,7 +18,7 @@ Running it again at once finds nothing new: every write is keyed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -98,9 +98,12 @@ def require_transport(playbooks: list[Playbook], settings: Any) -> None:
 
 
 def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, settings: Any, *,
-              dispatch: bool = True,
+              dispatch: bool = True, customers: Sequence[str] | None = None,
               progress: Callable[[int], object] | None = None) -> RunReport:
-    """One live cycle at `as_of` (module docstring); the writer engine comes from open_store."""
+    """One live cycle at `as_of` (module docstring); the writer engine comes from open_store.
+
+    `customers` narrows the cycle to the plan of those customers (the daemon evaluating the
+    customers that events just touched): steps 3 and 5 are left to the next whole cycle."""
     require_transport(playbooks, settings)
     active = [p for p in playbooks if p.document.enabled]
     report = RunReport(as_of, {p.id: PlaybookRun(p.id) for p in
@@ -112,15 +115,15 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
         options = _plan_options(connection, settings)
         record_versions(connection, active, as_of)
         moment = prepare(connection, as_of, active)
-        for playbook in active:
+        for playbook in active if customers is None else ():
             line = report.playbooks[playbook.id]
             line.exited += _version_exits(connection, playbook, as_of)
             line.converted += lifecycle.record_goals(connection, playbook, as_of)
             line.exited += lifecycle.apply_exits(connection, playbook, as_of)
             lifecycle.close_memberships(connection, playbook, moment)
     with writer.connect() as reading:  # the plan reads here while each batch commits apart
-        plan = make_plan(reading, active, as_of, show=0, complete=False, progress=progress,
-                         **options)
+        plan = make_plan(reading, active, as_of, customer_id=customers, show=0,
+                         complete=False, progress=progress, **options)
         for part in plan.playbooks:
             line = report.playbooks[part.playbook.id]
             line.over_limit = part.over_limit
@@ -128,7 +131,8 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
             line.entered, line.holdout = done.entered, done.holdout
             line.committed.update(done.statuses)
         reading.rollback()
-    for (playbook_id, status), n in _resume(writer, active, as_of, options).items():
+    resumed = _resume(writer, active, as_of, options) if customers is None else Counter()
+    for (playbook_id, status), n in resumed.items():
         if playbook_id in report.playbooks:
             report.playbooks[playbook_id].committed[status] += n
     if dispatch:

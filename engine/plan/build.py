@@ -42,7 +42,7 @@ from engine.plan import reader
 from engine.plan.delivery import CapLedger, DeliveryRules
 from engine.plan.planner import PlannedEnrollment, Planner, Unsubscribe, over_limit, schedule
 from engine.plan.set_plan import SetPlan, holdout_sql, set_plan
-from engine.query.evaluate import Moment, compose, count, prepare
+from engine.query.evaluate import Customers, Moment, compose, count, prepare
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -178,7 +178,7 @@ class _Run:
 
 
 def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datetime, *,
-              customer_id: str | None = None, show: int | None = None, complete: bool = True,
+              customer_id: Customers = None, show: int | None = None, complete: bool = True,
               progress: Callable[[int], object] | None = None,
               settings: Settings | None = None,
               unsubscribe: Unsubscribe | None = None) -> Plan:
@@ -187,7 +187,7 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
 
     `complete=False` plans only the first `show` (a LIMIT), for a caller that streams every
     enrollment afterwards; `errors` answers once it has. `customer_id` plans that customer's
-    part: the limits are still decided from everyone entering, as the full plan decides them.
+    (or those customers') part: the limits are still decided from everyone entering, as the full plan decides them.
     `settings` brings `caps`, `quiet_hours` and `timezone` (None: none of them). `unsubscribe`
     (address -> link) makes a live plan: real links, and the connectors' frozen payloads as the
     sendable actions' fields. Reads only; the caller's transaction sees no writes from here.
@@ -212,7 +212,7 @@ def make_plan(connection: sa.Connection, playbooks: list[Playbook], as_of: datet
 
 
 def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run: _Run,
-                   customer_id: str | None, show: int | None, complete: bool) -> PlaybookPlan:
+                   customer_id: Customers, show: int | None, complete: bool) -> PlaybookPlan:
     moment = run.moment
     tc = moment.trigger_context(playbook.id)
     part = playbook.trigger.sql(tc, playbook.document.backfill)

@@ -16,7 +16,7 @@ Nothing here loops over customers in Python: rows come back streamed, one per en
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,6 +103,10 @@ def at_utc(value: Any) -> datetime | None:
     return aware_utc(value)
 
 
+Customers = str | Sequence[str] | None
+"""One customer, several, or everyone (None)."""
+
+
 def prepare(connection: sa.Connection, as_of: datetime, playbooks: list[Playbook]) -> Moment:
     """Read what the run's queries depend on: the latest event, time zones, first enables."""
     zones: tuple[str | None, ...] = (None,)
@@ -115,16 +119,17 @@ def prepare(connection: sa.Connection, as_of: datetime, playbooks: list[Playbook
                   {pid: at_utc(moment) for pid, moment in enabled.items()})  # type: ignore[misc]
 
 
-def playbook_query(playbook: Playbook, tc: TriggerContext, customer_id: str | None = None
+def playbook_query(playbook: Playbook, tc: TriggerContext, customer_id: Customers = None
                    ) -> sa.Select[Any]:
     """The one statement that finds who enters `playbook` at `tc.as_of`, and for what occurrence."""
     return compose(playbook, tc, playbook.trigger.sql(tc, playbook.document.backfill), customer_id)
 
 
 def compose(playbook: Playbook, tc: TriggerContext, part: TriggerSql,
-            customer_id: str | None = None, *, reentry: bool = True) -> sa.Select[Any]:
+            customer_id: Customers = None, *, reentry: bool = True) -> sa.Select[Any]:
     """The playbook's statement around an already compiled trigger part (`reentry=False`: who
-    trigger and `when` select before enrollments are looked at, for `explain`)."""
+    trigger and `when` select before enrollments are looked at, for `explain`); `customer_id`
+    narrows it to one customer, or to a list (the daemon's reaction to events)."""
     c = customers.c
     source: sa.FromClause = customers
     event_ref: Any = sa.null()
@@ -136,8 +141,10 @@ def compose(playbook: Playbook, tc: TriggerContext, part: TriggerSql,
              compile_condition(tc.compile, playbook.when)]
     if reentry:
         where.append(~_already_enrolled(playbook, tc, part))
-    if customer_id is not None:
+    if isinstance(customer_id, str):
         where.insert(0, c.customer_id == customer_id)
+    elif customer_id is not None:
+        where.insert(0, c.customer_id.in_(list(customer_id)))
     return (sa.select(c.customer_id, part.occurrence.label("occurrence"), event_ref.label("event_ref"))
             .select_from(source).where(*where))
 

@@ -166,3 +166,31 @@ def refresh_rfm(connection: sa.Connection) -> None:
         sa.update(customers)
         .where(~has_purchased(), sa.or_(c.rfm_score.is_not(None), c.rfm_segment.is_not(None)))
         .values(rfm_score=None, rfm_segment=None))
+
+
+def refresh_rfm_in_steps(engine: sa.Engine, step: int = 2_000) -> int:
+    """`refresh_rfm` for a process that must keep writing meanwhile (the daemon): the changed
+    scores are read in one snapshot (a reader blocks no writer, in SQLite's WAL as in
+    PostgreSQL) and written `step` customers per transaction, so no write waits for the whole
+    ranking. A customer whose facts change between the snapshot and its step gets the score of
+    the snapshot until the next refresh, as it would had the refresh run a moment earlier.
+    Returns how many customers changed."""
+    c = customers.c
+    scored = rfm_scores(c.rfm_score.label("old_score"), c.rfm_segment.label("old_segment"))
+    changed = (sa.select(scored.c.customer_id, scored.c.score, scored.c.segment)
+               .where(sa.or_(scored.c.old_score.is_distinct_from(scored.c.score),
+                             scored.c.old_segment.is_distinct_from(scored.c.segment))))
+    cleared = sa.select(c.customer_id, sa.null(), sa.null()).where(
+        ~has_purchased(), sa.or_(c.rfm_score.is_not(None), c.rfm_segment.is_not(None)))
+    write = (sa.update(customers).where(c.customer_id == sa.bindparam("_id"))
+             .values(rfm_score=sa.bindparam("_score"), rfm_segment=sa.bindparam("_segment")))
+    total = 0
+    with engine.connect() as reading:
+        for query in (changed, cleared):
+            result = reading.execution_options(yield_per=step).execute(query)
+            for part in result.partitions():
+                with engine.begin() as connection:
+                    connection.execute(write, [{"_id": i, "_score": s, "_segment": g}
+                                               for i, s, g in part])
+                total += len(part)
+    return total

@@ -6,6 +6,7 @@
     │   ├── DataFileError     a sync file cannot be read at all (rows with errors are reported, not raised)
     │   └── TemplateError     a template does not compile or render
     ├── StoreError            the database is unreachable or not at the expected schema
+    │   └── NotLeader         a daemon replica lost its leader lease: its write is refused
     ├── LimitExceeded         a playbook's safety brake would be exceeded (later issue)
     └── ConnectorError        a connector failed (later issue)
         ├── TransientError    worth retrying
@@ -109,6 +110,11 @@ class TemplateError(InputError):
 
 class StoreError(RetainError):
     """The database cannot be reached or is not in a usable state."""
+
+
+class NotLeader(StoreError):
+    """This replica is no longer the leader at the epoch it holds: what it was writing is
+    rolled back, because another replica may be scheduling the same work (RELIABILITY 5)."""
 
 
 class LimitExceeded(RetainError):

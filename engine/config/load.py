@@ -19,11 +19,11 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsError
 
-from engine.config.model import ENV_PREFIX, Settings, SmtpSettings
+from engine.config.model import ENV_PREFIX, DaemonSettings, Settings, SmtpSettings
 from engine.errors import InputError, did_you_mean
 
 CONFIG_FILE = "retain.toml"
-NESTED = ("smtp", "caps", "quiet_hours")  # tables that are one field each; [retain] is the top
+NESTED = ("smtp", "caps", "quiet_hours", "daemon")  # tables that are one field each; [retain] is the top
 SECRETS = {("smtp", "password"), ("retain", "secret_key"), ("retain", "webhook_secret")}
 OPEN_TABLES = ("caps", "quiet_hours")  # keys are channel names, any connector's
 
@@ -32,7 +32,7 @@ def _table_keys() -> dict[str, list[str]]:
     """Each table's keys, secrets included (refused with their own message)."""
     top = [name for name in Settings.model_fields if name not in NESTED]
     return {"retain": top, "smtp": list(SmtpSettings.model_fields), "caps": [],
-            "quiet_hours": []}
+            "quiet_hours": [], "daemon": list(DaemonSettings.model_fields)}
 
 
 def env_name(table: str, key: str) -> str:

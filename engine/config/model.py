@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from engine.format.durations import parse_duration
+from engine.format.durations import Duration, parse_duration
 
 DEFAULT_URL = "sqlite:///retain.db"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
@@ -130,6 +130,18 @@ class SmtpSettings(BaseModel):
         return data
 
 
+class DaemonSettings(BaseModel):
+    """`[daemon]`: how `retain daemon` schedules and how replicas share the lead
+    (`RETAIN_DAEMON_*`; docs/CONFIG.md, docs/DEPLOYMENT.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # state triggers and the event sweep, per playbook unless it sets `interval`
+    interval: Duration = timedelta(minutes=5)
+    # seconds a leader lease lasts unless renewed: how long a dead leader's replica waits
+    lease_ttl: float = Field(default=15.0, ge=1, le=600)
+
+
 class Settings(BaseSettings):
     """What a Retain project is configured with: every setting, typed, documented in
     docs/CONFIG.md. Build one with `load_settings`; `Settings(...)` reads no file or variable."""
@@ -150,6 +162,7 @@ class Settings(BaseSettings):
     caps: dict[Channel, CapValue] = Field(default_factory=dict)
     quiet_hours: dict[Channel, QuietHoursValue] = Field(default_factory=dict)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     # secrets: environment only
     secret_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None

@@ -76,6 +76,9 @@ class PlaybookDocument(Strict):
     limits: Limits | None = None
     backfill: StrictBool = True
     on_change: Literal["keep", "exit"] = "keep"
+    # how often `retain daemon` evaluates it (state triggers, the event sweep); None: the
+    # `[daemon] interval` setting. A schedule trigger runs at its ticks instead.
+    interval: Duration | None = None
     actions: Annotated[list[Any], Field(min_length=1)]
 
 

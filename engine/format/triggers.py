@@ -100,6 +100,8 @@ class Trigger:
     kind: ClassVar[str]
     Params: ClassVar[type[TriggerParams]]
     state_based: ClassVar[bool] = False  # enrolls on a state, so `backfill` applies
+    # its enrollments are memberships: one open per customer (enrollments.membership)
+    membership: ClassVar[bool] = False
 
     def __init__(self, params: TriggerParams, path: PathKey = ()) -> None:
         """`path` is where the params sit in the document (`("trigger", kind)`), for problems."""
@@ -508,6 +510,7 @@ class SegmentTrigger(Trigger):
 
     Params = SegmentParams
     state_based = True
+    membership = True
 
     def sql(self, tc: TriggerContext, backfill: bool) -> TriggerSql:
         """Membership is kept on enrollments: one stays open (`left_at` NULL) until a live run

@@ -29,6 +29,9 @@ import sqlalchemy as sa
 from engine.clock import aware_utc
 from engine.store.tables import UTCDateTime
 
+ANY_KEY = ("*",)
+"""`conflict=ANY_KEY`: skip a row that conflicts on any unique index (`ON CONFLICT DO NOTHING`
+with no target), for a table with more than one (enrollments)."""
 SQLITE_ROWS = 500  # rows per SQLite statement: 500 x the columns stays under its 32,766 params
 
 
@@ -59,6 +62,8 @@ class Bulk:
 
     def _tail(self) -> str:
         done = f" ON CONFLICT ({', '.join(self.conflict)}) DO NOTHING" if self.conflict else ""
+        if self.conflict == ANY_KEY:
+            done = " ON CONFLICT DO NOTHING"
         return done + (f" RETURNING {', '.join(self.returning)}" if self.returning else "")
 
     def _pg_sql(self) -> str:

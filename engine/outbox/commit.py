@@ -11,16 +11,22 @@ connector at planning (`Connector.payload`). Rows are written a batch of the pla
 second enrollment impossible, so a run repeated at once, or another replica racing this one,
 writes nothing twice; an enrollment that was already there gets no actions from this run.
 Actions follow only the enrollments this transaction inserted (RETURNING), and the action key is
-unique too. Each payload goes to `action_payloads`, in the same transaction, for the actions
+unique too. A `segment` playbook's enrollment is a membership (`membership`), and the database
+holds at most one open per playbook and customer (a partial unique index): a second evaluator
+planning the same edge at another as-of has another occurrence key, and its insert is skipped
+all the same, since the conflict clause names no one index. Each payload goes to `action_payloads`, in the same transaction, for the actions
 the insert returned (a key already there keeps the payload it had). A crash between batches
 loses nothing: the next run plans the rest again.
+
+`fence` (a daemon's leader check, engine/daemon/leader.py) runs first in every transaction
+that writes here: a replica that lost the lead raises inside it and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,12 +34,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.format.playbook import Playbook
-from engine.outbox.bulk import Bulk
+from engine.outbox.bulk import ANY_KEY, Bulk
 from engine.outbox.set_commit import commit_set
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import PlannedAction, PlannedEnrollment, plain_fields, schedule
 from engine.store import status as st
 from engine.store.tables import actions, enrollments, payloads
+
+Fence = Callable[[sa.Connection], None]
+"""Run first inside each committing transaction; raises (engine.errors.NotLeader) to roll it
+back when the caller may no longer write (a deposed daemon leader)."""
 
 
 @dataclass
@@ -45,8 +55,10 @@ class Committed:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
-def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> Committed:
-    """Write every enrollment of `plan` (none when it is over its limits), batch by batch."""
+def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime,
+                    fence: Fence | None = None) -> Committed:
+    """Write every enrollment of `plan` (none when it is over its limits), batch by batch;
+    `fence` runs first in each batch's transaction."""
     done = Committed()
     if plan.over_limit is not None:
         return done
@@ -54,7 +66,7 @@ def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> C
     rest = None
     if plan.set_plan is not None:  # the customers SQL renders exactly, in three statements
         done.entered, done.holdout, written = commit_set(
-            writer, plan.set_plan, stages.wake_at(as_of, 0), as_of, plan.entering)
+            writer, plan.set_plan, stages.wake_at(as_of, 0), as_of, plan.entering, fence)
         done.statuses.update(written)
         if done.entered >= plan.entering:  # everyone counted was written in SQL
             return done
@@ -64,6 +76,8 @@ def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime) -> C
         if not batch:
             continue
         with writer.begin() as connection:
+            if fence is not None:
+                fence(connection)
             if rows is None:
                 rows = _Rows(connection.dialect, plan.playbook, stages, as_of)
             inserted = rows.enrollments(connection, batch)
@@ -112,9 +126,9 @@ class _Rows:
                  as_of: datetime) -> None:
         self.playbook = playbook
         self.enrollment_bulk = Bulk(enrollments, dialect, self.ENROLLMENT,
-                                    ("playbook_id", "version", "step", "entered_at"),
-                                    ("playbook_id", "customer_id", "occurrence_key"),
-                                    ("id", "customer_id", "occurrence_key"))
+                                    ("playbook_id", "version", "step", "entered_at",
+                                     "membership"),
+                                    ANY_KEY, ("id", "customer_id", "occurrence_key"))
         self.action_bulk = Bulk(actions, dialect, self.ACTION,
                                 ("playbook_id", "attempts", "created_at", "updated_at"),
                                 ("idempotency_key",), ("id", "idempotency_key"))
@@ -127,7 +141,8 @@ class _Rows:
                      False: [False, self.time(wake), st.COMPLETED if wake is None
                              else st.WAITING_STEP, now if wake is None else None, None]}
         self.enrollment_constants = {"playbook_id": playbook.id, "version": playbook.version,
-                                     "step": 0, "entered_at": as_of}
+                                     "step": 0, "entered_at": as_of,
+                                     "membership": playbook.trigger.membership}
         self.action_constants = {"playbook_id": playbook.id, "attempts": 0,
                                  "created_at": as_of, "updated_at": as_of}
 

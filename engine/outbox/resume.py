@@ -38,12 +38,16 @@ Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
 def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
                connectors: Mapping[str, Any], *, playbook_ids: Collection[str],
                settings: Any = None,
-               unsubscribe: Unsubscribe | None = None) -> Counter[tuple[str, str]]:
+               unsubscribe: Unsubscribe | None = None,
+               fence: Callable[[sa.Connection], None] | None = None
+               ) -> Counter[tuple[str, str]]:
     """Commit the next stage of every enrollment whose wake-up time has come; returns the
     committed actions counted by (playbook id, status).
 
     Caps and quiet hours apply as they do to a new enrollment's first step: the outbox rows
     already there fill the caps (read per batch), and one ledger keeps what this pass gave.
+    `fence` runs first in each batch's transaction (a daemon leader's check): raising there
+    rolls the batch back.
     """
     counts: Counter[tuple[str, str]] = Counter()
     rules = DeliveryRules.from_settings(settings)
@@ -51,6 +55,8 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
     last = 0
     while True:
         with writer.begin() as connection:
+            if fence is not None:
+                fence(connection)
             due = _due(connection, as_of, last, playbook_ids)
             if not due:
                 return counts

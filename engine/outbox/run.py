@@ -12,7 +12,9 @@ In this order, all at one business time `as_of` (docs/EVALUATION.md, "One clock"
 5. enrollments whose wait is over get their next step (engine/outbox/resume.py);
 6. unless `dispatch=False`, everything due is delivered (engine/outbox/dispatch.py).
 
-Running it again at once finds nothing new: every write is keyed.
+Running it again at once finds nothing new: every write is keyed. A daemon leader passes
+`fence` (engine/daemon/leader.py): it runs inside every transaction of steps 2-5, so a replica
+that lost the lead mid-cycle has its next commit rolled back (engine.errors.NotLeader).
 """
 
 from __future__ import annotations
@@ -99,11 +101,13 @@ def require_transport(playbooks: list[Playbook], settings: Any) -> None:
 
 def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, settings: Any, *,
               dispatch: bool = True, customers: Sequence[str] | None = None,
-              progress: Callable[[int], object] | None = None) -> RunReport:
+              progress: Callable[[int], object] | None = None,
+              fence: Callable[[sa.Connection], None] | None = None) -> RunReport:
     """One live cycle at `as_of` (module docstring); the writer engine comes from open_store.
 
     `customers` narrows the cycle to the plan of those customers (the daemon evaluating the
-    customers that events just touched): steps 3 and 5 are left to the next whole cycle."""
+    customers that events just touched): steps 3 and 5 are left to the next whole cycle.
+    `fence`: a daemon leader's check, run first inside each transaction that commits."""
     require_transport(playbooks, settings)
     active = [p for p in playbooks if p.document.enabled]
     report = RunReport(as_of, {p.id: PlaybookRun(p.id) for p in
@@ -112,6 +116,8 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
     from engine.outbox.versions import record_versions
 
     with writer.begin() as connection:
+        if fence is not None:
+            fence(connection)
         options = _plan_options(connection, settings)
         record_versions(connection, active, as_of)
         moment = prepare(connection, as_of, active)
@@ -127,11 +133,12 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
         for part in plan.playbooks:
             line = report.playbooks[part.playbook.id]
             line.over_limit = part.over_limit
-            done = commit_playbook(writer, part, as_of)
+            done = commit_playbook(writer, part, as_of, fence)
             line.entered, line.holdout = done.entered, done.holdout
             line.committed.update(done.statuses)
         reading.rollback()
-    resumed = _resume(writer, active, as_of, options) if customers is None else Counter()
+    resumed = (_resume(writer, active, as_of, options, fence) if customers is None
+               else Counter())
     for (playbook_id, status), n in resumed.items():
         if playbook_id in report.playbooks:
             report.playbooks[playbook_id].committed[status] += n
@@ -165,10 +172,11 @@ def _version_exits(connection: sa.Connection, playbook: Playbook, as_of: datetim
 
 
 def _resume(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime,
-            options: dict[str, Any]) -> Counter[tuple[str, str]]:
+            options: dict[str, Any], fence: Callable[[sa.Connection], None] | None
+            ) -> Counter[tuple[str, str]]:
     from engine.outbox.resume import resume_due
     from engine.outbox.versions import version_lookup
 
     connectors = make_connectors(options.get("settings"))
     return resume_due(writer, as_of, version_lookup(writer, playbooks), connectors,
-                      playbook_ids={p.id for p in playbooks}, **options)
+                      playbook_ids={p.id for p in playbooks}, fence=fence, **options)

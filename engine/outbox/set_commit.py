@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -44,18 +44,24 @@ PAUSE = 0.11  # seconds the lock is left free between two (SQLite's busy handler
 
 
 def commit_set(writer: sa.Engine, plan: SetPlan, wake: datetime | None, as_of: datetime,
-               entering: int) -> tuple[int, int, Counter[str]]:
+               entering: int, fence: Callable[[sa.Connection], None] | None = None
+               ) -> tuple[int, int, Counter[str]]:
     """Write `plan` (`wake`: when the enrollments' next stage is due, None: they complete
     now; `entering`: how many the plan counted); (enrollments inserted, of them in holdout,
-    actions inserted by status)."""
+    actions inserted by status). `fence` runs first in every transaction (a daemon leader's
+    check, engine/daemon/leader.py): raising there rolls that transaction back."""
     if writer.dialect.name == "postgresql":
         with writing(writer) as connection:
+            if fence is not None:
+                fence(connection)
             return _commit_chained(connection, plan, wake, as_of)
     entered = holdout = 0
     written: Counter[str] = Counter()
     with writer.connect() as connection, _checkpoint_after(connection):
         for part in _slices(connection, 1 + 2 * len(plan.actions), entering):
             with immediate(connection):
+                if fence is not None:
+                    fence(connection)
                 n, held, statuses = _commit_slice(connection, plan, part, wake, as_of)
             entered, holdout = entered + n, holdout + held
             written.update(statuses)
@@ -193,12 +199,13 @@ def _enroll(plan: SetPlan, part: sa.ColumnElement[bool] | None, wake: datetime |
         sa.case((chosen.c.holdout, st.COMPLETED), else_=later),
         sa.case((chosen.c.holdout, now), else_=now if wake is None else sa.null()),
         sa.case((chosen.c.holdout, "holdout"), else_=sa.null()),
-        sa.literal(0), now,
+        sa.literal(0), now, sa.literal(playbook.trigger.membership),
     ).order_by(chosen.c.customer_id, chosen.c.occurrence)
     columns = ["playbook_id", "version", "customer_id", "occurrence_key", "event_id", "holdout",
-               "wake_at", "status", "ended_at", "end_reason", "step", "entered_at"]
-    return insert_ignoring(enrollments, dialect, ["playbook_id", "customer_id",
-                                                  "occurrence_key"]).from_select(columns, rows)
+               "wake_at", "status", "ended_at", "end_reason", "step", "entered_at",
+               "membership"]
+    # no conflict target: the occurrence key and the open-membership index both skip a row
+    return insert_ignoring(enrollments, dialect, None).from_select(columns, rows)
 
 
 def _actions(plan: SetPlan, action: SetAction, new: sa.FromClause,

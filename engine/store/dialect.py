@@ -219,9 +219,11 @@ def scanned(column: Column) -> Column:
     return PerDialect(plus, column, column.type)
 
 
-def insert_ignoring(table: sa.Table, dialect: sa.Dialect, keys: list[str]) -> Any:
+def insert_ignoring(table: sa.Table, dialect: sa.Dialect, keys: list[str] | None) -> Any:
     """`INSERT ... ON CONFLICT (keys) DO NOTHING` for this database: the write of a row whose
-    unique key may already be there (a second run, another replica), which is then skipped."""
+    unique key may already be there (a second run, another replica), which is then skipped.
+    `keys=None`: a conflict on ANY unique index is skipped (enrollments have two: the
+    occurrence key and the partial index of open segment memberships)."""
     if dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 

@@ -18,6 +18,8 @@ PostgreSQL URLs are routed to psycopg 3 either way.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +102,7 @@ def migrate(engine: sa.Engine, to: str = "head") -> None:
     from alembic.config import Config
 
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection, _migration_lock(connection):
             found = current_revision(connection)
             if found is not None and found not in schema_revisions():
                 raise StoreError(_unknown_schema(found))
@@ -110,6 +112,32 @@ def migrate(engine: sa.Engine, to: str = "head") -> None:
             command.upgrade(config, to)
     except DBAPIError as exc:
         raise StoreError(f"cannot open database {engine.url!r}: {exc.orig}") from exc
+
+
+MIGRATION_LOCK = 0x5245_5441_494E  # "RETAIN": the advisory lock key of schema migrations
+
+
+@contextmanager
+def _migration_lock(connection: sa.Connection) -> Iterator[None]:
+    """One transaction that migrates, holding a lock no other migrator can share, taken BEFORE
+    the revision is read: two processes opening one fresh database at once then run the
+    migrations once, the second finding the schema made when it gets the lock (issue 13).
+
+    PostgreSQL: `pg_advisory_xact_lock` on the migrating connection, released by the commit or
+    rollback of that very transaction (no session lock left behind on a pooled connection).
+    SQLite: `BEGIN IMMEDIATE`, its write lock, waited for up to the busy timeout."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.begin()
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                           {"key": MIGRATION_LOCK})
+    try:
+        yield
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
 
 
 def ensure_indexes(engine: sa.Engine) -> None:

@@ -125,6 +125,12 @@ class Enrollment(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("playbook_id", "customer_id", "occurrence_key"),
         sa.Index("ix_enrollments_status_wake", "status", "wake_at"),
+        # At most one open segment membership per (playbook, customer), whoever evaluates:
+        # two replicas planning the same edge at different as-of times get different
+        # occurrence keys, so only this index stops the second enrollment (issue 13).
+        sa.Index("uq_enrollments_open_membership", "playbook_id", "customer_id", unique=True,
+                 sqlite_where=sa.text("membership AND left_at IS NULL"),
+                 postgresql_where=sa.text("membership AND left_at IS NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -143,6 +149,8 @@ class Enrollment(SQLModel, table=True):
     # For `segment` triggers: when the customer stopped matching `when` (NULL: still in the
     # segment). The edge trigger enters only customers with no open membership.
     left_at: datetime | None = _time()
+    # True for a `segment` trigger's enrollment: it is a membership, open while left_at is NULL.
+    membership: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     converted_at: datetime | None = _time()  # the goal event's time, within the goal window
 
 
@@ -260,6 +268,36 @@ class Secret(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class DaemonLeader(SQLModel, table=True):
+    """A leader lease (engine/daemon/leader.py): who schedules, until when, at which epoch.
+
+    `epoch` grows by one at every change of holder, so a deposed leader's late write is told
+    apart from the new leader's (the fence compares it inside the writing transaction).
+    `lease_until` is real time (engine.clock.utcnow), never the business as-of."""
+
+    __tablename__ = "daemon_leader"
+
+    name: str = Field(primary_key=True)
+    holder: str
+    epoch: int
+    lease_until: datetime = Field(sa_type=UTCDateTime)
+
+
+class ScheduleTick(SQLModel, table=True):
+    """A schedule tick taken by one replica: the unique key makes a tick run once however many
+    replicas see it due (engine/daemon/schedule.py)."""
+
+    __tablename__ = "schedule_ticks"
+    __table_args__ = (sa.UniqueConstraint("playbook_id", "tick"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    playbook_id: str
+    tick: datetime = Field(sa_type=UTCDateTime)
+    holder: str
+    epoch: int
+    ran_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class SyncCursor(SQLModel, table=True):
     """How far a sync source has been read, so a re-sync can resume."""
 
@@ -286,3 +324,5 @@ secrets = _core(Secret)
 tasks = _core(Task)
 points = _core(PointsEntry)
 suppressions = _core(Suppression)
+leaders = _core(DaemonLeader)
+ticks = _core(ScheduleTick)

@@ -246,8 +246,10 @@ class _Pass:
         self.held.difference_update(o.row.id for o in outcomes)
 
         async def write() -> None:
-            if before is not None:
-                await before
+            if before is not None:  # after it, even when it failed: these still go in
+                await asyncio.wait([before])
+                if not before.cancelled():
+                    before.exception()  # retrieved: self.failure has it
             try:
                 await self.record(outcomes)
             except BaseException as exc:

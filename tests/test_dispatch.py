@@ -586,3 +586,42 @@ def test_after_a_failed_record_in_flight_sends_are_recorded_and_the_rest_put_bac
     assert [(r.status, r.attempts, r.leased_by) for r in rows[2:]] == \
         [(PLANNED, 0, None)] * 2  # claimed ahead (or not at all): put back
 
+
+def test_a_cancelled_pass_sends_nothing_more_and_puts_the_rest_back(db: sa.Engine,
+                                                                      sink: Sink) -> None:
+    """The daemon cancels dispatch_async: like a stop, the send in flight finishes and is
+    recorded, the rows claimed ahead go back, and no other row is sent."""
+    import asyncio
+
+    from engine.outbox.dispatch import dispatch_async
+
+    class Held(SockConnector):
+        concurrency = 1
+        started: asyncio.Event
+        go: asyncio.Event
+
+        async def send(self, delivery: Delivery) -> Sent:
+            if delivery.key == "k0":
+                Held.started.set()
+                await Held.go.wait()
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(5)]
+
+    async def main() -> None:
+        Held.started, Held.go = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(dispatch_async(db, settings(), AS_OF,
+                                                  connectors={"sock": Held}, batch=2))
+        await Held.started.wait()
+        await asyncio.sleep(0.5)  # k2, k3 claimed ahead while k0 is sent
+        task.cancel()
+        await asyncio.sleep(0.1)
+        Held.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert sink.counts() == {"k0": 1}
+    assert [(action(db, i).status, action(db, i).attempts) for i in ids] == \
+        [(SENT, 1)] + [(PLANNED, 0)] * 4

@@ -165,6 +165,9 @@ class _Pass:
         beat = asyncio.create_task(self.heartbeat())
         try:
             await self.feed(limit)
+        except BaseException as exc:  # cancelled (the daemon), or a claim failed: as a stop
+            self.failure = self.failure or exc
+            raise
         finally:
             self.fed = True
             for event in self.arrived.values():

@@ -625,3 +625,40 @@ def test_a_cancelled_pass_sends_nothing_more_and_puts_the_rest_back(db: sa.Engin
     assert sink.counts() == {"k0": 1}
     assert [(action(db, i).status, action(db, i).attempts) for i in ids] == \
         [(SENT, 1)] + [(PLANNED, 0)] * 4
+
+
+def test_a_pass_cancelled_while_it_claims_puts_those_rows_back(db: sa.Engine) -> None:
+    """The claim runs in a thread and commits even when the pass is cancelled meanwhile: its
+    rows must go back, not stay `claimed` (no heartbeat) with an attempt counted until their
+    lease runs out."""
+    import asyncio
+
+    from engine.outbox.dispatch import dispatch_async
+
+    claiming, go = threading.Event(), threading.Event()
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        if "UPDATE actions" in sql and not claiming.is_set():  # the pass's first: its claim
+            claiming.set()
+            go.wait(10)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}") for n in range(3)]
+
+    async def main() -> None:
+        task = asyncio.create_task(dispatch_async(db, settings(), AS_OF,
+                                                  connectors={"sock": SockConnector}))
+        await asyncio.to_thread(claiming.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        asyncio.run(main())
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert claiming.is_set()
+    assert [(action(db, i).status, action(db, i).attempts) for i in ids] == [(PLANNED, 0)] * 3

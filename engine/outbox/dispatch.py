@@ -204,7 +204,12 @@ class _Pass:
                 continue
             size = self.batch if limit is None else min(self.batch, limit)
             skip = sorted(kind for kind, c in self.channels.items() if c.down)
-            rows, judged = await asyncio.to_thread(self.take, size, skip)
+            claiming = asyncio.ensure_future(asyncio.to_thread(self.take, size, skip))
+            try:
+                rows, judged = await asyncio.shield(claiming)
+            except asyncio.CancelledError as exc:  # the claim commits all the same: halted,
+                self.failure = self.failure or exc  # its rows go back; run raises the cancel
+                rows, judged = await claiming
             if not rows:
                 return
             limit = None if limit is None else limit - len(rows)

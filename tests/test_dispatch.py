@@ -546,3 +546,119 @@ def test_a_failed_heartbeat_is_tried_again_at_the_next_beat(db: sa.Engine,
     assert run(db, connectors={"sock": Slow}).total(SENT) == 1
     assert len(calls) >= 3
     assert leases[-1] > leases[0]  # extended after the failed beat
+
+
+def test_after_a_failed_record_in_flight_sends_are_recorded_and_the_rest_put_back(
+        db: sa.Engine) -> None:
+    """A record that fails ends the pass with its error, but (module docstring) the send in
+    flight is still recorded and the rows claimed ahead go back: the records after the failed
+    one must not be skipped, or those rows stay `claimed` until their lease (and the sent one
+    is sent again). Put-backs write no `action_attempts`: theirs succeed without it."""
+    import asyncio
+
+    def rename(old: str, new: str) -> None:
+        with db.begin() as connection:
+            connection.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    class Flaky(SockConnector):
+        concurrency = 1
+
+        async def send(self, delivery: Delivery) -> Sent:
+            if delivery.key == "k0":  # the database loses a table: k0's record fails
+                for _ in range(100):  # k1 is claimed and queued: next, in flight then
+                    if action(db, ids[1]).status == CLAIMED:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
+                rename("action_attempts", "attempts_away")
+            elif delivery.key == "k1":  # while k1 is sent; then it is back
+                await asyncio.sleep(1.0)
+                rename("attempts_away", "action_attempts")
+            return Sent()
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}") for n in range(4)]
+    with pytest.raises(sa.exc.SQLAlchemyError):
+        run(db, connectors={"sock": Flaky}, batch=1)
+    rows = [action(db, i) for i in ids]
+    assert rows[0].status == CLAIMED  # its record failed: its lease brings it back
+    assert rows[1].status == SENT  # sent while the record failed: recorded all the same
+    assert [(r.status, r.attempts, r.leased_by) for r in rows[2:]] == \
+        [(PLANNED, 0, None)] * 2  # claimed ahead (or not at all): put back
+
+
+def test_a_cancelled_pass_sends_nothing_more_and_puts_the_rest_back(db: sa.Engine,
+                                                                      sink: Sink) -> None:
+    """The daemon cancels dispatch_async: like a stop, the send in flight finishes and is
+    recorded, the rows claimed ahead go back, and no other row is sent."""
+    import asyncio
+
+    from engine.outbox.dispatch import dispatch_async
+
+    class Held(SockConnector):
+        concurrency = 1
+        started: asyncio.Event
+        go: asyncio.Event
+
+        async def send(self, delivery: Delivery) -> Sent:
+            if delivery.key == "k0":
+                Held.started.set()
+                await Held.go.wait()
+            return await super().send(delivery)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", payload={"port": sink.port}) for n in range(5)]
+
+    async def main() -> None:
+        Held.started, Held.go = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(dispatch_async(db, settings(), AS_OF,
+                                                  connectors={"sock": Held}, batch=2))
+        await Held.started.wait()
+        await asyncio.sleep(0.5)  # k2, k3 claimed ahead while k0 is sent
+        task.cancel()
+        await asyncio.sleep(0.1)
+        Held.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert sink.counts() == {"k0": 1}
+    assert [(action(db, i).status, action(db, i).attempts) for i in ids] == \
+        [(SENT, 1)] + [(PLANNED, 0)] * 4
+
+
+def test_a_pass_cancelled_while_it_claims_puts_those_rows_back(db: sa.Engine) -> None:
+    """The claim runs in a thread and commits even when the pass is cancelled meanwhile: its
+    rows must go back, not stay `claimed` (no heartbeat) with an attempt counted until their
+    lease runs out."""
+    import asyncio
+
+    from engine.outbox.dispatch import dispatch_async
+
+    claiming, go = threading.Event(), threading.Event()
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        if "UPDATE actions" in sql and not claiming.is_set():  # the pass's first: its claim
+            claiming.set()
+            go.wait(10)
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}") for n in range(3)]
+
+    async def main() -> None:
+        task = asyncio.create_task(dispatch_async(db, settings(), AS_OF,
+                                                  connectors={"sock": SockConnector}))
+        await asyncio.to_thread(claiming.wait, 10)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        asyncio.run(main())
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert claiming.is_set()
+    assert [(action(db, i).status, action(db, i).attempts) for i in ids] == [(PLANNED, 0)] * 3

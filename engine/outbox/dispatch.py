@@ -165,6 +165,9 @@ class _Pass:
         beat = asyncio.create_task(self.heartbeat())
         try:
             await self.feed(limit)
+        except BaseException as exc:  # cancelled (the daemon), or a claim failed: as a stop
+            self.failure = self.failure or exc
+            raise
         finally:
             self.fed = True
             for event in self.arrived.values():
@@ -201,7 +204,12 @@ class _Pass:
                 continue
             size = self.batch if limit is None else min(self.batch, limit)
             skip = sorted(kind for kind, c in self.channels.items() if c.down)
-            rows, judged = await asyncio.to_thread(self.take, size, skip)
+            claiming = asyncio.ensure_future(asyncio.to_thread(self.take, size, skip))
+            try:
+                rows, judged = await asyncio.shield(claiming)
+            except asyncio.CancelledError as exc:  # the claim commits all the same: halted,
+                self.failure = self.failure or exc  # its rows go back; run raises the cancel
+                rows, judged = await claiming
             if not rows:
                 return
             limit = None if limit is None else limit - len(rows)
@@ -246,8 +254,10 @@ class _Pass:
         self.held.difference_update(o.row.id for o in outcomes)
 
         async def write() -> None:
-            if before is not None:
-                await before
+            if before is not None:  # after it, even when it failed: these still go in
+                await asyncio.wait([before])
+                if not before.cancelled():
+                    before.exception()  # retrieved: self.failure has it
             try:
                 await self.record(outcomes)
             except BaseException as exc:

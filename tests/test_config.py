@@ -136,7 +136,7 @@ def test_key_outside_a_table(tmp_path: Path) -> None:
     assert error_of(tmp_path).splitlines() == [
         f"{path}: 'database_url' is outside a table: put it under [retain]",
         f"{path}: unknown key outside a table 'port' (expected one of: retain, smtp, caps, "
-        "quiet_hours, daemon)",
+        "quiet_hours, daemon, segment)",
         f"{path}: [retain] caps is a table of its own: write [caps]"]
 
 

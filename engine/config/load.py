@@ -19,12 +19,13 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsError
 
-from engine.config.model import ENV_PREFIX, DaemonSettings, Settings, SmtpSettings
+from engine.config.model import ENV_PREFIX, DaemonSettings, SegmentSettings, Settings, SmtpSettings
 from engine.errors import InputError, did_you_mean
 
 CONFIG_FILE = "retain.toml"
-NESTED = ("smtp", "caps", "quiet_hours", "daemon")  # tables that are one field each; [retain] is the top
-SECRETS = {("smtp", "password"), ("retain", "secret_key"), ("retain", "webhook_secret")}
+NESTED = ("smtp", "caps", "quiet_hours", "daemon", "segment")  # tables that are one field each; [retain] is the top
+SECRETS = {("smtp", "password"), ("retain", "secret_key"), ("retain", "webhook_secret"),
+           ("retain", "api_token")}
 OPEN_TABLES = ("caps", "quiet_hours")  # keys are channel names, any connector's
 
 
@@ -32,7 +33,8 @@ def _table_keys() -> dict[str, list[str]]:
     """Each table's keys, secrets included (refused with their own message)."""
     top = [name for name in Settings.model_fields if name not in NESTED]
     return {"retain": top, "smtp": list(SmtpSettings.model_fields), "caps": [],
-            "quiet_hours": [], "daemon": list(DaemonSettings.model_fields)}
+            "quiet_hours": [], "daemon": list(DaemonSettings.model_fields),
+            "segment": list(SegmentSettings.model_fields)}
 
 
 def env_name(table: str, key: str) -> str:

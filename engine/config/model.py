@@ -130,6 +130,33 @@ class SmtpSettings(BaseModel):
         return data
 
 
+DEFAULT_SEGMENT_EVENTS = {"Order Completed": "purchase"}
+"""Segment's e-commerce spec, the names most senders already use for the events Retain knows."""
+DEFAULT_SEGMENT_AMOUNT = ("total", "revenue")
+
+
+class SegmentSettings(BaseModel):
+    """`[segment]`: how Segment-protocol messages (`/v1/track`, `/v1/batch`) become Retain events.
+
+    Senders name events their own way ("Order Completed"); the playbooks speak Retain's types
+    (`purchase`), so the map is configuration, not code. A name not in the map is kept as it is.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SEGMENT_EVENTS))
+    amount: tuple[str, ...] = DEFAULT_SEGMENT_AMOUNT  # properties read as `amount`, first found
+
+    @field_validator("events")
+    @classmethod
+    def _types(cls, value: dict[str, str]) -> dict[str, str]:
+        """Every name maps to a non-empty Retain event type."""
+        empty = [name for name, kind in value.items() if not str(kind).strip()]
+        if empty:
+            raise ValueError(f"event name(s) {', '.join(map(repr, empty))} map to an empty type")
+        return {name: kind.strip() for name, kind in value.items()}
+
+
 class DaemonSettings(BaseModel):
     """`[daemon]`: how `retain daemon` schedules and how replicas share the lead
     (`RETAIN_DAEMON_*`; docs/CONFIG.md, docs/DEPLOYMENT.md)."""
@@ -163,9 +190,11 @@ class Settings(BaseSettings):
     quiet_hours: dict[Channel, QuietHoursValue] = Field(default_factory=dict)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    segment: SegmentSettings = Field(default_factory=SegmentSettings)
     # secrets: environment only
     secret_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+    api_token: SecretStr | None = None  # the daemon's HTTP API: bearer token and Segment write key
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -42,6 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import utcnow
+from engine.store.dialect import insert_ignoring
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch, event_rows
 from engine.sync.batches import (
@@ -70,8 +71,9 @@ from engine.sync.rows import (
 )
 from engine.sync.tags import json_bind, synced_tags
 
-__all__ = ["RowError", "SyncReport", "ingest_customers", "ingest_events", "read_rows",
-           "sync_customers", "sync_events", "write_rejects"]
+__all__ = ["RowError", "SyncReport", "add_customers", "ingest_customers", "ingest_events",
+           "read_rows", "sync_customers", "sync_events", "write_customers", "write_events",
+           "write_rejects"]
 
 CUSTOMER_BATCH = 5_000
 CUSTOMER_COMMIT = 50_000  # rows per transaction: fewer commits rewrite the indexes' pages less
@@ -125,6 +127,41 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
 
     return run_batches(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
                    commit_every=EVENT_COMMIT, rerank=True)
+
+
+# --- one small batch in the caller's transaction (the daemon's API, engine/sync/live.py) --------
+
+
+def write_customers(connection: sa.Connection, rows: list[Row], report: SyncReport,
+                    now: datetime) -> set[str]:
+    """Upsert these customer rows exactly as a sync batch is written; the ids written."""
+    return _upsert_customers(connection, rows, report, now)
+
+
+def write_events(connection: sa.Connection, rows: list[Row], report: SyncReport) -> set[str]:
+    """Append these event rows exactly as a sync batch is written (duplicates and conflicts
+    judged the same way); the ids of the customers of the valid events."""
+    writer = event_writer(connection)
+    try:
+        return _append_events(connection, writer, rows, report, set())
+    finally:
+        writer.close()
+
+
+def add_customers(connection: sa.Connection, ids: set[str], now: datetime) -> set[str]:
+    """Create the customers among `ids` that do not exist yet, with no columns but their id (as
+    a customer file row with only `customer_id` would); the ids created.
+
+    For an event that arrives before its customer (Segment's track before identify). INSERT ...
+    ON CONFLICT DO NOTHING, so a replica creating the same customer meanwhile is no error.
+    """
+    found = {row.customer_id for row in existing_customers(connection, sorted(ids), [])}
+    missing = sorted(ids - found)
+    if missing:
+        statement = insert_ignoring(customers, connection.dialect, ["customer_id"])
+        connection.execute(statement, [_new_customer(CustomerValues(customer_id), now)
+                                       for customer_id in missing])
+    return set(missing)
 
 
 # --- customers ----------------------------------------------------------------------------------

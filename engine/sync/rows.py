@@ -325,7 +325,7 @@ def _number(value: Any, key: str, problems: list[str]) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(value)
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
         number = math.nan
     if math.isfinite(number):
         return number

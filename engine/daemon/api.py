@@ -109,11 +109,11 @@ def make_app(context: ApiContext) -> FastAPI:
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(BodyTooLarge)
     async def too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=413)
+        return _error(413, "too_large", str(exc))
 
     @app.exception_handler(NotJson)
     async def not_json(_request: Request, exc: NotJson) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return _error(400, "invalid_request", str(exc))
 
     @app.exception_handler(sa.exc.OperationalError)
     async def database_down(_request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
@@ -154,8 +154,15 @@ def basic_ok(request: Request, settings: Settings) -> bool:
 
 
 def _unauthorized(scheme: str) -> JSONResponse:
-    return JSONResponse({"error": "missing or wrong API token (RETAIN_API_TOKEN)"},
-                        status_code=401, headers={"WWW-Authenticate": f'{scheme} realm="retain"'})
+    return _error(401, "unauthorized", "missing or wrong API token (RETAIN_API_TOKEN)",
+                  {"WWW-Authenticate": f'{scheme} realm="retain"'})
+
+
+def _error(status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error body with `code` and `message`, which Segment's SDKs read to report it."""
+    return JSONResponse({"error": message, "code": code, "message": message},
+                        status_code=status, headers=headers)
 
 
 # --- Retain's own ingestion -----------------------------------------------------------------------

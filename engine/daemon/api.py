@@ -259,22 +259,22 @@ def _segment_routes(app: FastAPI, context: ApiContext) -> None:
         return await segment(request, "batch")
 
 
-def _messages(value: Any, kind: str) -> tuple[list[Any], list[Rejected]]:
-    """The messages of a body; a batch's messages above Segment's 32 KB are rejected alone."""
+def _messages(value: Any, kind: str) -> tuple[list[tuple[int, Any]], list[Rejected]]:
+    """The messages of a body with their indexes; a batch's messages above Segment's 32 KB are
+    rejected alone, the others kept."""
     if kind != "batch":
-        return [{**value, "type": kind} if isinstance(value, dict) else value], []
+        return [(0, {**value, "type": kind} if isinstance(value, dict) else value)], []
     messages = value.get("batch") if isinstance(value, dict) else None
     if not isinstance(messages, list):
         return [], [Rejected(0, "batch", "expected an object with a list `batch`")]
-    kept: list[Any] = []
+    kept: list[tuple[int, Any]] = []
     rejected = []
     for index, message in enumerate(messages):
         if len(_json_size(message)) > SEGMENT_MESSAGE_LIMIT:
             rejected.append(Rejected(index, None, f"message larger than {SEGMENT_MESSAGE_LIMIT}"
                                      " bytes (Segment's limit)"))
-            kept.append({"type": "alias"})  # keeps the indexes; ignored, like an alias
         else:
-            kept.append(message)
+            kept.append((index, message))
     return kept, rejected
 
 

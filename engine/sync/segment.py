@@ -18,7 +18,7 @@ valid, is decided by engine/sync/rows.py like for any file row. The mapping (iss
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,15 +51,16 @@ class Mapped:
     ignored: int = 0  # group and alias
 
 
-def map_messages(messages: list[Any], events: Mapping[str, str], amount: tuple[str, ...],
-                 received: datetime) -> Mapped:
-    """Map Segment messages (a batch's `batch` list, or one message in a list) to rows.
+def map_messages(messages: Iterable[tuple[int, Any]], events: Mapping[str, str],
+                 amount: tuple[str, ...], received: datetime) -> Mapped:
+    """Map Segment messages, each with its index in the request (a batch's `batch` list, or
+    one message), to rows.
 
     `received` stands in for a message without `timestamp` (Segment's own fallback is the
     time it received the message).
     """
     mapped = Mapped()
-    for index, message in enumerate(messages):
+    for index, message in messages:
         _map_one(index, message, mapped, events, amount, received)
     return mapped
 

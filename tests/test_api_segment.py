@@ -173,3 +173,20 @@ def test_settings_map_used_by_the_server(db: sa.Engine) -> None:
             "timestamp": "2024-04-30T12:00:00Z", "properties": {"revenue": 5}})
     assert response.status_code == 200, response.text
     assert stored(db, "SELECT type, amount FROM events") == [("purchase", 5.0)]
+
+
+def test_concurrent_requests_for_one_new_customer(api: Served, db: sa.Engine) -> None:
+    """Replicas and threads racing to create the same customer: no error, each event once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def send(i: int) -> int:
+        batch = {"batch": [
+            {"type": "identify", "userId": "racer", "traits": {"name": f"R{i}"}},
+            {"type": "track", "messageId": f"m{i}", "userId": "racer", "event": "x",
+             "timestamp": "2024-04-30T12:00:00Z"}]}
+        return httpx.post(f"{api.url}/v1/batch", json=batch, headers=BASIC, timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(send, range(16))) == {200}
+    assert stored(db, "SELECT count(*) FROM events") == [(16,)]
+    assert stored(db, "SELECT customer_id FROM customers") == [("racer",)]

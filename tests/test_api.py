@@ -184,3 +184,10 @@ def test_openapi_lists_the_routes(api: Served) -> None:
     paths = httpx.get(f"{api.url}/openapi.json").json()["paths"]
     assert set(paths) == {"/v1/events", "/v1/customers", "/v1/track", "/v1/identify",
                           "/v1/batch", "/unsubscribe", "/livez", "/readyz", "/metrics"}
+
+
+def test_facts_refreshed_rfm_left_to_the_schedule(api: Served, db: sa.Engine) -> None:
+    body = [event("e1"), event("e2", "c2", amount=99)]
+    assert httpx.post(f"{api.url}/v1/events", json=body, headers=AUTH).status_code == 200
+    assert rows(db, customers, "customer_id", "total_spent", "rfm_score") == [
+        ("c1", 10.0, None), ("c2", 99.0, None)]

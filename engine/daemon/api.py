@@ -214,7 +214,7 @@ async def _ingest(context: ApiContext, endpoint: str, customers: list[tuple[int,
         metrics.events_ingested.labels(source=endpoint).inc(result.events_inserted)
     if result.rejected:
         metrics.items_rejected.labels(endpoint=endpoint).inc(len(result.rejected))
-    log.info("%s: %d accepted, %d rejected", endpoint, result.accepted, len(result.rejected))
+    log.debug("%s: %d accepted, %d rejected", endpoint, result.accepted, len(result.rejected))
     if result.customer_ids:
         outcome = context.on_ingested(set(result.customer_ids))
         if inspect.isawaitable(outcome):

@@ -76,12 +76,11 @@ def ingest_items(engine: sa.Engine, customers: Items, events: Items,
     the same batch give the customer the identify's columns.
     """
     moment = now or utcnow()
-    result = Ingested()
-    customer_rows = _objects(customers, result)
-    event_rows = _objects(events, result)
-    rejected_before = list(result.rejected)
+    not_objects: list[Rejected] = []
+    customer_rows = _objects(customers, not_objects)
+    event_rows = _objects(events, not_objects)
     for attempt in range(RETRIES):
-        result = Ingested(rejected=list(rejected_before))
+        result = Ingested(rejected=list(not_objects))
         try:
             with _writing(engine) as connection:
                 _write(connection, customer_rows, event_rows, result, moment)
@@ -112,14 +111,14 @@ def _write(connection: sa.Connection, customer_rows: list[tuple[int, dict[str, A
     refresh_facts(connection, result.customer_ids)
 
 
-def _objects(items: Items, result: Ingested) -> list[tuple[int, dict[str, Any]]]:
+def _objects(items: Items, rejected: list[Rejected]) -> list[tuple[int, dict[str, Any]]]:
     """The items that are JSON objects, as sync rows (line = index + 1: sync counts from 1)."""
     rows = []
     for index, item in items:
         if isinstance(item, dict):
             rows.append((index + 1, item))
         else:
-            result.rejected.append(Rejected(index, None, "expected a JSON object"))
+            rejected.append(Rejected(index, None, "expected a JSON object"))
     return rows
 
 

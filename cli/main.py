@@ -51,6 +51,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tasks": ("cli.tasks:tasks_app", "Follow-up tasks for people: list them, mark one done."),
     "unsubscribe": ("cli.unsubscribe:unsubscribe", "Suppress an address (or a link's token) and "
                     "stop its waiting emails."),
+    "daemon": ("cli.daemon:daemon", "Run continuously: the HTTP API, evaluation on a schedule "
+               "and on events, the outbox delivered as it comes due."),
     "demo": ("cli.demo:demo", "Create a demo database and run the sample playbooks live; email "
              "goes to a folder."),
 }

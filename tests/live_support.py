@@ -9,6 +9,7 @@ before, so "the server was down at the first run" is a closed port, not a mock.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import socket
@@ -52,6 +53,7 @@ class Mailbox:
     controller: Controller | None = None
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> its RCPT reply
     data_replies: list[str] = field(default_factory=list)  # replies to the next DATAs
+    delay: float = 0.0  # seconds each DATA takes (a slow server: sends stay in flight)
 
     async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -62,6 +64,8 @@ class Mailbox:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.original_content, bytes)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.data_replies:
             return self.data_replies.pop(0)
         self.received.append(envelope.original_content)

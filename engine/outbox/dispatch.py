@@ -32,7 +32,7 @@ import socket
 import threading
 import uuid
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -108,10 +108,14 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
                          worker: str | None = None, limit: int | None = None,
                          connectors: Mapping[str, Any] | None = None,
                          stop: threading.Event | None = None, batch: int = BATCH,
-                         rng: random.Random | None = None) -> DispatchReport:
-    """`dispatch` for a caller already in an event loop (the daemon)."""
+                         rng: random.Random | None = None,
+                         observe: Callable[[list[Outcome]], None] | None = None
+                         ) -> DispatchReport:
+    """`dispatch` for a caller already in an event loop (the daemon); `observe` is called with
+    each batch of outcomes once recorded (the daemon's metrics)."""
     pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
                   stop, rng or random.Random(), max(1, batch))
+    pass_.observe = observe
     with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
         return await pass_.run(limit)
 
@@ -137,6 +141,7 @@ class _Pass:
                  rng: random.Random, batch: int) -> None:
         self.engine, self.settings, self.as_of, self.worker = engine, settings, as_of, worker
         self.connectors, self.stop, self.rng, self.batch = connectors, stop, rng, batch
+        self.observe: Callable[[list[Outcome]], None] | None = None
         self.channels: dict[str, Channel] = {}
         self.report = DispatchReport(worker=worker, as_of=as_of)
         self.queues: dict[str, deque[Claimed]] = {}  # claimed and judged, waiting for a sender
@@ -276,6 +281,8 @@ class _Pass:
         self.released.update(o.row.id for o in kept if o.status == RELEASED)
         self.report.released = len(self.released)
         self.report.lost += len(outcomes) - len(kept)
+        if self.observe is not None:
+            self.observe(kept)
 
     def judge(self, rows: list[Claimed]) -> dict[int, Outcome]:
         """Outcomes decided before sending (engine/outbox/judge.py); read in one connection."""

@@ -152,6 +152,21 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
     return report
 
 
+def resume_waits(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, settings: Any,
+                 *, fence: Callable[[sa.Connection], None] | None = None
+                 ) -> Counter[tuple[str, str]]:
+    """Step 5 alone: the enrollments of these playbooks whose wait is over get their next step
+    (the daemon does this every few seconds, between the sweeps that run the whole cycle)."""
+    active = [p for p in playbooks if p.document.enabled]
+    if not active:
+        return Counter()
+    with writer.begin() as connection:
+        if fence is not None:
+            fence(connection)
+        options = _plan_options(connection, settings)
+    return _resume(writer, active, as_of, options, fence)
+
+
 def _plan_options(connection: sa.Connection, settings: Any) -> dict[str, Any]:
     """What a live plan takes beyond a dry-run's: the settings (caps, quiet hours) and the real
     unsubscribe links, signed with the kept key (made here, in the caller's transaction, the

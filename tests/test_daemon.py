@@ -1,0 +1,130 @@
+"""`retain daemon` as a real process, on both databases, sending to a real aiosmtpd and spoken
+to over real HTTP (tests/daemon_support.py). Nothing here asserts speed: the waits are generous
+and only bound how long a broken daemon makes the test hang (latency is bench/bench_daemon.py's).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+from daemon_support import Daemon, wait_for
+from live_support import Mailbox, Project, customer, mailbox, project, purchase
+
+from engine.store import status as st
+from engine.store.tables import actions, enrollments
+
+__all__ = ["mailbox", "project"]  # fixtures
+
+WELCOME = """trigger:
+  first_purchase: { lookback: 2d }
+actions:
+  - email: { subject: "Welcome {{ customer.name }}", body: "Thanks for your first order." }
+"""
+WAKE_UP = """trigger:
+  inactive: { days: 30 }
+actions:
+  - email: { subject: "We miss you, {{ customer.name }}", body: "Come back soon." }
+"""
+
+
+def now_iso(offset_s: float = 0.0) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset_s))
+
+
+@pytest.fixture
+def running(project: Project, mailbox: Mailbox) -> Any:
+    """Start daemons for the test; every one still running at the end is killed."""
+    started: list[Daemon] = []
+
+    def start(**kw: Any) -> Daemon:
+        daemon = Daemon(project, mailbox.port, **kw).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def test_an_event_posted_to_the_api_becomes_a_delivered_email(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    mailbox.start()
+    project.playbook("welcome", WELCOME)
+    project.customers(customer("ann"))
+    daemon = running()
+    reply = daemon.post("/v1/events", {"event_id": "o-1", "customer_id": "ann",
+                                       "type": "purchase", "occurred_at": now_iso(),
+                                       "amount": 30})
+    assert reply.status_code < 300, reply.text
+    wait_for(lambda: mailbox.to("ann@example.com"), what="the welcome email")
+    [message] = mailbox.to("ann@example.com")
+    assert message["Subject"] == "Welcome Ann"
+    [row] = project.rows(actions)
+    assert row["status"] == st.SENT
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert len(mailbox.received) == 1
+
+
+def test_the_sweep_at_start_acts_on_state_and_on_events_synced_while_down(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    mailbox.start()
+    project.playbook("wake-up", WAKE_UP)
+    project.playbook("welcome", WELCOME)
+    project.customers(customer("ann"), customer("bob"))
+    project.events(purchase("o-9", "bob", now_iso(-3600)))  # synced while no daemon ran
+    daemon = running()
+    wait_for(lambda: mailbox.to("ann@example.com") and mailbox.to("bob@example.com"),
+             what="the sweep's emails")
+    assert [str(m["Subject"]) for m in mailbox.to("ann@example.com")] == ["We miss you, Ann"]
+    assert [str(m["Subject"]) for m in mailbox.to("bob@example.com")] == ["Welcome Bob"]
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait() == 0
+
+
+def test_an_invalid_edit_keeps_the_old_version_running_and_logs_where(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    mailbox.start()
+    path = project.playbook("welcome", WELCOME)
+    project.customers(customer("ann"), customer("bob"))
+    daemon = running()
+    path.write_text(path.read_text().replace("first_purchase: { lookback: 2d }",
+                                             "first_purchase: { lookbak: 2d }"))
+    wait_for(lambda: any("welcome.yaml:" in r.get("message", "") and "lookbak" in r["message"]
+                         for r in daemon.records()), what="the reload error in the log")
+    reply = daemon.post("/v1/events", {"event_id": "o-2", "customer_id": "bob",
+                                       "type": "purchase", "occurred_at": now_iso()})
+    assert reply.status_code < 300, reply.text
+    wait_for(lambda: mailbox.to("bob@example.com"), what="the old version's email")
+    [row] = project.rows(enrollments)
+    assert row["customer_id"] == "bob"
+    daemon.signal()
+    assert daemon.wait() == 0
+
+
+def test_sigterm_during_dispatch_exits_0_in_the_grace_period_with_nothing_lost(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    project.playbook("wake-up", WAKE_UP)
+    people = [customer(f"c{n:03}") for n in range(300)]
+    project.customers(*people)
+    mailbox.delay = 0.05  # 8 connections: about 160 messages a second
+    mailbox.start()
+    daemon = running(args=("--grace", "20"))
+    wait_for(lambda: len(mailbox.received) >= 20, what="dispatch to be under way")
+    daemon.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert daemon.wait(timeout=60) == 0
+    assert time.monotonic() - started < 25
+    rows = project.rows(actions)
+    assert len(rows) == 300
+    sent = [r for r in rows if r["status"] == st.SENT]
+    assert 20 <= len(sent) < 300  # stopped mid-dispatch
+    assert all(r["status"] in (st.SENT, st.PLANNED) for r in rows)  # none left claimed
+    assert len(mailbox.received) == len(sent)
+    assert all(n == 1 for n in mailbox.by_message_id().values())
+    running()  # a new daemon finishes the rest, each message once
+    wait_for(lambda: len(mailbox.received) == 300, what="the rest of the emails")
+    assert all(n == 1 for n in mailbox.by_message_id().values())

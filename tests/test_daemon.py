@@ -128,3 +128,49 @@ def test_sigterm_during_dispatch_exits_0_in_the_grace_period_with_nothing_lost(
     running()  # a new daemon finishes the rest, each message once
     wait_for(lambda: len(mailbox.received) == 300, what="the rest of the emails")
     assert all(n == 1 for n in mailbox.by_message_id().values())
+
+
+def test_segments_library_drives_the_daemon_to_an_email(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    """A pipeline that speaks Segment's protocol, unchanged but for its host: identify, then
+    `Order Completed`, become a customer and a purchase, and the welcome email goes out."""
+    from datetime import UTC, datetime
+
+    from daemon_support import TOKEN
+    from segment.analytics import Client
+
+    mailbox.start()
+    project.playbook("welcome", WELCOME)
+    daemon = running()
+    errors: list[object] = []
+    client = Client(write_key=TOKEN, host=daemon.url, gzip=True, max_retries=0,
+                    on_error=lambda error, _batch: errors.append(error))
+    client.identify(user_id="u-1", traits={"email": "dana@example.com", "firstName": "Dana",
+                                           "lastName": "Lee"})
+    client.track(user_id="u-1", event="Order Completed", properties={"total": 42.5},
+                 timestamp=datetime.now(UTC))
+    client.flush()
+    client.shutdown()
+    assert errors == []
+    wait_for(lambda: mailbox.to("dana@example.com"), what="the welcome email")
+    assert str(mailbox.to("dana@example.com")[0]["Subject"]) == "Welcome Dana Lee"
+
+
+def test_the_running_api_refuses_bad_tokens_and_keeps_good_items(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    mailbox.start()
+    project.playbook("welcome", WELCOME)
+    project.customers(customer("ann"))
+    daemon = running()
+    assert daemon.post("/v1/events", [], headers={"Authorization": "Bearer wrong"}
+                       ).status_code == 401
+    good = {"event_id": "o-5", "customer_id": "ann", "type": "purchase",
+            "occurred_at": now_iso(), "amount": 5}
+    bad = {"event_id": "o-6", "customer_id": "ann", "type": "purchase",
+           "occurred_at": "yesterday-ish"}
+    reply = daemon.post("/v1/events", [bad, good])
+    assert reply.status_code == 422
+    assert "occurred_at" in reply.text and "0" in reply.text
+    wait_for(lambda: mailbox.to("ann@example.com"), what="the good item's email")
+    daemon.signal()
+    assert daemon.wait() == 0

@@ -174,3 +174,19 @@ def test_the_running_api_refuses_bad_tokens_and_keeps_good_items(
     wait_for(lambda: mailbox.to("ann@example.com"), what="the good item's email")
     daemon.signal()
     assert daemon.wait() == 0
+
+
+def test_a_second_signal_exits_at_once(project: Project, mailbox: Mailbox,
+                                       running: Any) -> None:
+    project.playbook("wake-up", WAKE_UP)
+    project.customers(*(customer(f"c{n:02}") for n in range(40)))
+    mailbox.delay = 3.0  # every send in flight for seconds
+    mailbox.start()
+    daemon = running(args=("--grace", "60"))
+    wait_for(lambda: mailbox.received, what="the first send")  # the next ones are in flight
+    daemon.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    daemon.signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert daemon.wait(timeout=30) == 1
+    assert time.monotonic() - started < 30  # not the 60 s grace

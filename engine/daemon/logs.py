@@ -38,5 +38,5 @@ def configure(level: int = logging.INFO, *, json_lines: bool | None = None) -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "httpx", "aiosmtplib"):
+    for noisy in ("uvicorn.access", "httpx", "aiosmtplib", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

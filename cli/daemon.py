@@ -38,6 +38,10 @@ def daemon(ctx: typer.Context, paths: PathsArg = None, listen: ListenOpt = "127.
         raise InputError(str(exc)) from exc
     settings = load_settings()
     folders = paths or [Path(settings.playbooks_dir)]
-    playbooks_at(folders)  # refuse to start on invalid playbooks, every problem listed
+    from engine.outbox.run import require_transport
+
+    # refuse to start on invalid playbooks (every problem listed), or on email with no
+    # transport, webhooks with no secret: better now than a failing cycle every few seconds
+    require_transport(playbooks_at(folders), settings)
     code = run_daemon(ctx.obj.db_url, folders, listen, settings, Timing(grace=grace))
     raise typer.Exit(code)

@@ -190,3 +190,9 @@ def test_a_second_signal_exits_at_once(project: Project, mailbox: Mailbox,
     started = time.monotonic()
     assert daemon.wait(timeout=30) == 1
     assert time.monotonic() - started < 30  # not the 60 s grace
+
+
+def test_it_refuses_to_start_without_a_mail_transport(project: Project) -> None:
+    project.playbook("welcome", WELCOME)
+    code, _, err = project.retain("daemon", "playbooks", ok=False)
+    assert code == 1 and "RETAIN_SMTP_HOST" in err and "Nothing was committed" in err

@@ -113,7 +113,7 @@ class Library:
         of a file with problems stay as they were; a new valid version replaces its old one."""
         signature = self.look()
         result = load_playbooks(self.paths)
-        broken = {str(issue.location).split(":")[0] for issue in result.issues}
+        broken = {issue.location.file for issue in result.issues}
         kept = [p for p in self.playbooks if p.file in broken
                 and p.id not in {q.id for q in result.playbooks}]
         self.playbooks = sorted([*result.playbooks, *kept], key=lambda p: p.id)
@@ -196,6 +196,8 @@ class Daemon:
         for task in workers.values():
             task.cancel()
         await asyncio.gather(*workers.values(), return_exceptions=True)
+        if self.epoch is not None:  # another replica may lead at once, not after the TTL
+            await asyncio.to_thread(release, self.writer, SCHEDULER, self.holder)
         try:
             await asyncio.wait_for(asyncio.shield(dispatcher), self.timing.grace)
         except TimeoutError:
@@ -223,8 +225,6 @@ class Daemon:
             except Exception:  # noqa: BLE001  (logged; the next beat tries again)
                 log.exception("evaluation cycle failed")
             await self._sleep(self.beat)
-        if self.epoch is not None:
-            await asyncio.to_thread(release, self.writer, SCHEDULER, self.holder)
 
     async def lead(self, swept: dict[str, datetime]) -> None:
         """One beat of the scheduler: renew (or take) the lead, then run what is due."""

@@ -662,3 +662,21 @@ def test_a_pass_cancelled_while_it_claims_puts_those_rows_back(db: sa.Engine) ->
         sa.event.remove(db, "before_cursor_execute", statement)
     assert claiming.is_set()
     assert [(action(db, i).status, action(db, i).attempts) for i in ids] == [(PLANNED, 0)] * 3
+
+
+def test_a_judge_that_raises_puts_the_rows_it_claimed_back(db: sa.Engine, sink: Sink) -> None:
+    """The rows are judged in the claim's thread after the claim committed: a judge that fails
+    (here a connector's `blocked` with a bug) ends the pass with its error, and the rows that
+    claim took go back, not stay `claimed` with an attempt counted until their lease."""
+
+    class Buggy(SinkEmailConnector):
+        def blocked(self, address: str, suppressions: Any) -> str | None:
+            raise RuntimeError("blocked() has a bug")
+
+    add_customer(db, "c1", "ann@example.com")
+    ids = [add_action(db, f"k{n}", connector="email", customer="c1",
+                      payload={"port": sink.port, "to": "ann@example.com"}) for n in range(2)]
+    with pytest.raises(RuntimeError, match="blocked"):
+        run(db, connectors={"email": Buggy})
+    assert [(action(db, i).status, action(db, i).attempts) for i in ids] == [(PLANNED, 0)] * 2
+    assert sink.counts() == {}

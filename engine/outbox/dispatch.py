@@ -211,12 +211,13 @@ class _Pass:
             skip = sorted(kind for kind, c in self.channels.items() if c.down)
             claiming = asyncio.ensure_future(asyncio.to_thread(self.take, size, skip))
             try:
-                rows, judged = await asyncio.shield(claiming)
+                rows, judged, error = await asyncio.shield(claiming)
             except asyncio.CancelledError as exc:  # the claim commits all the same: halted,
                 self.failure = self.failure or exc  # its rows go back; run raises the cancel
-                rows, judged = await claiming
+                rows, judged, error = await claiming
             if not rows:
                 return
+            self.failure = self.failure or error  # halted: these rows go back
             limit = None if limit is None else limit - len(rows)
             self.held.update(row.id for row in rows)  # the heartbeat keeps these from now on
             for row in rows:
@@ -228,10 +229,15 @@ class _Pass:
                 else:
                     self.queue(row)
 
-    def take(self, size: int, skip: list[str]) -> tuple[list[Claimed], dict[int, Outcome]]:
-        """Claim the next rows and judge them (a database thread)."""
+    def take(self, size: int, skip: list[str]
+             ) -> tuple[list[Claimed], dict[int, Outcome], Exception | None]:
+        """Claim the next rows and judge them (a database thread); a judge that failed comes
+        back with the rows it could not judge (claimed all the same: they go back)."""
         rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip)
-        return rows, self.judge(rows) if rows else {}
+        try:
+            return rows, self.judge(rows) if rows else {}, None
+        except Exception as exc:  # noqa: BLE001  (raised at the end of the pass)
+            return rows, {}, exc
 
     def queue(self, row: Claimed) -> None:
         """Hand a row to its connector's senders (started with its first row)."""

@@ -680,3 +680,51 @@ def test_a_judge_that_raises_puts_the_rows_it_claimed_back(db: sa.Engine, sink: 
         run(db, connectors={"email": Buggy})
     assert [(action(db, i).status, action(db, i).attempts) for i in ids] == [(PLANNED, 0)] * 2
     assert sink.counts() == {}
+
+
+def test_rows_waiting_for_their_record_keep_their_lease(db: sa.Engine, monkeypatch: Any) -> None:
+    """Outcomes are recorded one transaction at a time, while the sends go on: when records are
+    slower than sends (tasks and points send at once, their writes are in the record), outcomes
+    wait behind the records before them. Claimed and not recorded, their leases must be kept
+    alive, or another worker takes them over and sends them again."""
+    import inspect
+    import time
+
+    import engine.outbox.dispatch as module
+    from engine.outbox.claim import extend_leases
+
+    monkeypatch.setattr(module, "HEARTBEAT", timedelta(seconds=0.2))
+    for function in (claim_due, extend_leases):
+        monkeypatch.setitem(function.__kwdefaults__, "lease", timedelta(seconds=1))
+    slowed: list[Any] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        for frame in inspect.stack(0):
+            if frame.function == "record" and frame.filename.endswith("record.py"):
+                outcomes = frame.frame.f_locals["outcomes"]
+                if not any(o is outcomes for o in slowed):  # each record's first statement
+                    slowed.append(outcomes)
+                    time.sleep(0.4)
+                return
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}", connector="task", payload={"title": "Call"})
+           for n in range(10)]
+    expired, done = [], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            rows = [action(db, i) for i in ids]
+            expired.extend(r.id for r in rows if r.status == CLAIMED and r.lease_until < utcnow())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    sa.event.listen(db, "before_cursor_execute", statement)
+    watcher.start()
+    try:
+        assert run(db, batch=1).total(SENT) == 10
+    finally:
+        done.set()
+        watcher.join()
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert len(slowed) >= 10 and expired == []

@@ -180,7 +180,6 @@ class _Pass:
             try:
                 await asyncio.gather(*self.senders)
             finally:
-                beat.cancel()
                 for queue in self.queues.values():  # an error: what was not sent goes back
                     while queue:
                         self.finish(Outcome(queue.popleft(), RELEASED))
@@ -189,6 +188,7 @@ class _Pass:
                     if self.recording is not None:
                         await self.recording
                 finally:
+                    beat.cancel()  # the last records done: nothing is held any more
                     for channel in self.channels.values():
                         await channel.close()
         if self.failure is not None:
@@ -260,9 +260,10 @@ class _Pass:
         if not self.finished:
             return
         outcomes, self.finished, before = self.finished, [], self.recording
-        # no more heartbeats for these (their lease has 50 s left, the record takes ms): one
-        # put back can be claimed again, and held again, before its record returns
-        self.held.difference_update(o.row.id for o in outcomes)
+        # no more heartbeats for those put back: one can be claimed again, and held again,
+        # before its record returns; the others are kept until theirs (it may wait behind
+        # records before it for longer than a lease), and none of them is due again this pass
+        self.held.difference_update(o.row.id for o in outcomes if o.status == RELEASED)
 
         async def write() -> None:
             if before is not None:  # after it, even when it failed: these still go in
@@ -275,6 +276,8 @@ class _Pass:
                 self.failure = self.failure or exc
                 self.hungry.set()
                 raise
+            finally:
+                self.held.difference_update(o.row.id for o in outcomes if o.status != RELEASED)
 
         self.recording = asyncio.create_task(write())
 

@@ -728,3 +728,34 @@ def test_rows_waiting_for_their_record_keep_their_lease(db: sa.Engine, monkeypat
         watcher.join()
         sa.event.remove(db, "before_cursor_execute", statement)
     assert len(slowed) >= 10 and expired == []
+
+
+def test_a_sender_that_crashes_ends_the_pass_instead_of_hanging_it(db: sa.Engine) -> None:
+    """A sender that raises past `send`'s handlers (here a third-party connector's Retry-After
+    in seconds, not a timedelta, breaks the backoff) must end the pass with that error, its
+    other rows put back: not leave the claim waiting forever for senders that are gone."""
+    from engine.errors import TransientError
+
+    class Seconds(SockConnector):
+        concurrency = 1
+
+        async def send(self, delivery: Delivery) -> Sent:
+            raise TransientError("HTTP 429", retry_after=30)  # type: ignore[arg-type]
+
+    add_customer(db, "c1")
+    ids = [add_action(db, f"k{n}") for n in range(3)]
+    raised: list[BaseException] = []
+
+    def pass_() -> None:
+        try:
+            run(db, connectors={"sock": Seconds}, batch=1)
+        except BaseException as exc:  # noqa: BLE001
+            raised.append(exc)
+
+    thread = threading.Thread(target=pass_, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the pass hangs"
+    assert [type(e) for e in raised] == [TypeError]
+    assert [(action(db, i).status, action(db, i).attempts) for i in ids[1:]] == \
+        [(PLANNED, 0)] * 2

@@ -382,7 +382,7 @@ class _Pass:
         elif error is None and not self.halted():
             workers = max(1, int(channel.connector.concurrency))
             await asyncio.gather(*(self.work(channel, queue, self.arrived[kind])
-                                   for _ in range(workers)))
+                                   for _ in range(workers)), return_exceptions=True)
         while queue:
             self.finish(Outcome(queue.popleft(), RELEASED))
         self.hungry.set()  # the feed may be waiting for these rows to go
@@ -390,18 +390,23 @@ class _Pass:
     async def work(self, channel: Channel, queue: deque[Claimed], arrived: asyncio.Event
                    ) -> None:
         """One sender: takes the next row until the pass is fed and the queue empty, the
-        channel is down or the pass halts (a send in flight always finishes)."""
-        while not channel.down and not self.halted():
-            if not queue:
-                if self.fed:
-                    return
-                arrived.clear()
-                await arrived.wait()
-                continue
-            row = queue.popleft()
-            if len(queue) < self.batch and self.queued() < self.batch:
-                self.hungry.set()
-            self.finish(await self.send(row=row, channel=channel))
+        channel is down or the pass halts (a send in flight always finishes). One that crashes
+        halts the pass, which raises its error at the end."""
+        try:
+            while not channel.down and not self.halted():
+                if not queue:
+                    if self.fed:
+                        return
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                row = queue.popleft()
+                if len(queue) < self.batch and self.queued() < self.batch:
+                    self.hungry.set()
+                self.finish(await self.send(row=row, channel=channel))
+        except BaseException as exc:
+            self.failure = self.failure or exc
+            raise
 
     async def send(self, row: Claimed, channel: Channel) -> Outcome:
         started = utcnow()

@@ -170,13 +170,17 @@ class _Pass:
         beat = asyncio.create_task(self.heartbeat())
         try:
             await self.feed(limit)
-        except BaseException as exc:  # cancelled (the daemon), or a claim failed: as a stop
+        except BaseException as exc:  # cancelled (the daemon), or a claim failed: halted
             self.failure = self.failure or exc
             raise
         finally:
             self.fed = True
             for event in self.arrived.values():
                 event.set()
+            if isinstance(self.failure, asyncio.CancelledError) and self.senders:
+                for sender in self.senders:  # cancelled (the daemon's grace ran out): the
+                    sender.cancel()  # sends in flight too, their rows back after the lease
+                await asyncio.wait(self.senders)
             try:
                 await asyncio.gather(*self.senders)
             finally:

@@ -152,6 +152,7 @@ class _Pass:
         self.held: set[int] = set()  # claimed, not recorded yet: the heartbeat keeps their leases
         self.finished: list[Outcome] = []  # outcomes not yet handed to the recorder
         self.recording: asyncio.Task[None] | None = None
+        self.unrecorded = 0  # batches of outcomes handed to the recorder, not yet written
         self.failure: BaseException | None = None  # a record that failed: the pass ends
         self.released: set[int] = set()
 
@@ -211,6 +212,11 @@ class _Pass:
                 self.hungry.clear()
                 await self.hungry.wait()
                 continue
+            if self.recording is not None and not self.recording.done() and self.unrecorded > 1:
+                # the records fall behind the sends (instant sends with writes): claim no more
+                # until they catch up, so sent-but-unrecorded rows stay about two batches
+                await asyncio.wait([self.recording])
+                continue
             size = self.batch if limit is None else min(self.batch, limit)
             skip = sorted(kind for kind, c in self.channels.items() if c.down)
             claiming = asyncio.ensure_future(asyncio.to_thread(self.take, size, skip))
@@ -264,6 +270,7 @@ class _Pass:
         if not self.finished:
             return
         outcomes, self.finished, before = self.finished, [], self.recording
+        self.unrecorded += 1
         # no more heartbeats for those put back: one can be claimed again, and held again,
         # before its record returns; the others are kept until theirs (it may wait behind
         # records before it for longer than a lease), and none of them is due again this pass
@@ -282,6 +289,7 @@ class _Pass:
                 raise
             finally:
                 self.held.difference_update(o.row.id for o in outcomes if o.status != RELEASED)
+                self.unrecorded -= 1
 
         self.recording = asyncio.create_task(write())
 

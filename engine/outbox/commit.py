@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from engine.format.playbook import Playbook
 from engine.outbox.bulk import ANY_KEY, Bulk
 from engine.outbox.set_commit import commit_set
+from engine.outbox.txn import writing
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import PlannedAction, PlannedEnrollment, plain_fields, schedule
 from engine.store import status as st
@@ -75,7 +76,7 @@ def commit_playbook(writer: sa.Engine, plan: PlaybookPlan, as_of: datetime,
     for batch in plan.batches(rest):
         if not batch:
             continue
-        with writer.begin() as connection:
+        with writing(writer) as connection:  # SQLite: queued with this process's writers
             if fence is not None:
                 fence(connection)
             if rows is None:

@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import utcnow
+from engine.outbox.txn import writing
 from engine.sync.facts import refresh_facts
 from engine.sync.ingest import add_customers, write_customers, write_events
 from engine.sync.report import RowError, SyncReport
@@ -160,16 +161,8 @@ def problem_field(message: str) -> str | None:
 
 @contextmanager
 def _writing(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A transaction that commits on success; on SQLite it holds the write lock from the start."""
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as connection:
-            yield connection
-        return
-    with engine.connect() as connection:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.rollback()
-            raise
-        connection.commit()
+    """A transaction that commits on success; on SQLite it holds the write lock from the start
+    (engine/outbox/txn.py, whose in-process queue the API's request threads share with the
+    dispatcher and the reactions)."""
+    with writing(engine) as connection:
+        yield connection

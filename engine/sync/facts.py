@@ -9,6 +9,7 @@ the touched ones.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable
 from types import TracebackType
@@ -95,14 +96,25 @@ def refresh_facts(connection: sa.Connection,
         _refresh(connection, customer_ids.select())
     elif len(customer_ids) <= SMALL_SET:
         if customer_ids:
-            _refresh(connection, sorted(customer_ids))
+            ids = {"scope_ids": sorted(customer_ids)}
+            for statement in _by_ids():
+                connection.execute(statement, ids)
     else:
         with CustomerIdSet(connection) as scope:
             scope.add(customer_ids)
             _refresh(connection, scope.select())
 
 
-Scope = sa.Select[Any] | list[str] | None
+Scope = sa.Select[Any] | list[str] | sa.BindParameter[Any] | None
+
+
+@functools.cache
+def _by_ids() -> tuple[sa.Update, sa.Update]:
+    """`_refresh`'s two statements for a list of ids, built once with the ids as an expanding
+    parameter. The daemon's API refreshes one or a few customers per request, hundreds of
+    times a second, and building these statements (every fact's expression, then their cache
+    keys) took about 4 ms of a 6 ms request; the statements and what they do are the same."""
+    return _statements(sa.bindparam("scope_ids", expanding=True))
 
 
 def _in_scope(column: sa.ColumnElement[Any], scope: Scope) -> sa.ColumnElement[bool]:
@@ -122,22 +134,28 @@ def _aggregate(scope: Scope) -> sa.Subquery:
 
 
 def _refresh(connection: sa.Connection, scope: Scope) -> None:
+    for statement in _statements(scope):
+        connection.execute(statement)
+
+
+def _statements(scope: Scope) -> tuple[sa.Update, sa.Update]:
+    """The facts from the events of the customers in scope; then the defaults of those in
+    scope who have no events."""
     c = customers.c
     agg = _aggregate(scope)
     created = created_at(agg.c.first_event)
     kept = {name: agg.c[name] for name in EVENT_FACTS}
     kept["last_active_at"] = sa.func.coalesce(agg.c.last_active_at, created)
-    connection.execute(
-        sa.update(customers).where(c.customer_id == agg.c.customer_id).values(
-            created_at=created, last_feedback_score=last_feedback_score(),
-            points_balance=points_balance(), **kept))
+    from_events = sa.update(customers).where(c.customer_id == agg.c.customer_id).values(
+        created_at=created, last_feedback_score=last_feedback_score(),
+        points_balance=points_balance(), **kept)
     created = sa.func.coalesce(c.created_at, c.first_synced_at)
     no_events = ~sa.exists().where(events.c.customer_id == c.customer_id)
     empty = {name: fact.empty for name, fact in EVENT_FACTS.items()}
     empty.update(created_at=created, last_active_at=created, last_feedback_score=None,
                  points_balance=points_balance())
-    connection.execute(
-        sa.update(customers).where(_in_scope(c.customer_id, scope), no_events).values(**empty))
+    return from_events, (sa.update(customers).where(_in_scope(c.customer_id, scope), no_events)
+                         .values(**empty))
 
 
 def refresh_rfm(connection: sa.Connection) -> None:

@@ -13,7 +13,12 @@ and sends to an aiosmtpd in its own process that writes down when each message a
   the reference a reader can hold the API's rate against.
 
     python bench/bench_daemon.py [--rate 200] [--seconds 20] [--ingest-events 50000]
-                                 [--pg URL] [--no-sqlite]
+                                 [--base 100000] [--pg URL] [--no-sqlite]
+
+`--base N` loads N customers with `retain sync customers` first, and the events go to them
+(the realistic case) instead of to customers the bench posts. The daemon's CPU per event is
+printed beside the rates: on a shared machine the rates say what the daemon got, CPU per event
+what it costs. BENCH_PROFILE=FILE runs the daemon under cProfile (see PROFILED).
 """
 
 from __future__ import annotations
@@ -216,6 +221,11 @@ def measure(url: str, label: str, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "RETAIN_SMTP_HOST": "127.0.0.1", "RETAIN_SMTP_PORT": str(smtp_port),
            "RETAIN_SMTP_TLS": "none", "RETAIN_EMAIL_FROM": "Bench <bench@example.com>",
            "RETAIN_SECRET_KEY": "bench-secret-key-of-enough-length", "RETAIN_API_TOKEN": TOKEN}
+    count = int(args.rate * args.seconds)
+    ids = [f"b{n:06}" for n in range(max(count, args.base))]
+    if args.base:
+        load_base(url, root, ids)
+    ids = ids[:count]
     log = (root / "daemon.log").open("wb")
     code = PROFILED if os.environ.get("BENCH_PROFILE") else DAEMON
     daemon = subprocess.Popen([sys.executable, "-c", code,
@@ -225,26 +235,29 @@ def measure(url: str, label: str, args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://127.0.0.1:{api_port}"
     try:
         wait_ready(base, daemon)
-        count = int(args.rate * args.seconds)
-        ids = [f"b{n:06}" for n in range(count)]
-        for start in range(0, count, 100):
+        for start in range(0, count if not args.base else 0, 100):
             reply = httpx.post(f"{base}/v1/customers", timeout=60,
                                headers={"Authorization": f"Bearer {TOKEN}"},
                                json=[{"customer_id": cid, "email": f"{cid}@example.com",
                                       "created_at": "2024-01-01T00:00:00Z"}
                                      for cid in ids[start:start + 100]])
             reply.raise_for_status()
+        time.sleep(2)  # the reactions to those customers are over before the clock starts
+        cpu = cpu_seconds(daemon.pid)
         sent = asyncio.run(post_steady(base, args.rate, ids))
         deadline = time.monotonic() + 60
         while len(arrivals(received)) < count and time.monotonic() < deadline:
             time.sleep(0.2)
         got = arrivals(received)
+        steady_cpu = cpu_seconds(daemon.pid) - cpu
         latencies = [(got[cid] - sent[cid]) * 1000 for cid in ids if cid in got]
         events = [{"event_id": f"v-{n}", "customer_id": ids[n % count], "type": "page_view",
                    "occurred_at": "2026-01-01T00:00:00Z", "properties": {"path": f"/p/{n % 50}"}}
                   for n in range(args.ingest_events)]
+        cpu = cpu_seconds(daemon.pid)
         seconds = asyncio.run(post_batches(base, [events[i:i + 100]
                                                   for i in range(0, len(events), 100)]))
+        ingest_cpu = cpu_seconds(daemon.pid) - cpu
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
@@ -256,7 +269,28 @@ def measure(url: str, label: str, args: argparse.Namespace) -> dict[str, Any]:
             "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
             "max_ms": round(max(latencies), 1) if latencies else None,
             "ingest_per_s": round(args.ingest_events / seconds),
-            "sync_per_s": sync_rate}
+            "sync_per_s": sync_rate, "base": args.base,
+            "cpu_ms_event": round(steady_cpu * 1000 / count, 2),
+            "cpu_ms_ingested": round(ingest_cpu * 1000 / max(1, args.ingest_events), 3)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc). The machine may be
+    shared: CPU per event says what the daemon costs whatever the others take."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_base(url: str, root: Path, ids: list[str]) -> None:
+    """A base of existing customers, loaded by `retain sync customers` before the daemon
+    starts: events for customers a large table already holds are the realistic case."""
+    path = root / "base.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for cid in ids:
+            out.write(json.dumps({"customer_id": cid, "email": f"{cid}@example.com",
+                                  "created_at": "2024-01-01T00:00:00Z"}) + "\n")
+    subprocess.run([sys.executable, "-c", DAEMON, "--db", url, "sync", "customers", str(path)],
+                   cwd=root, check=True, capture_output=True)
 
 
 def sync_reference(url: str, root: Path, ids: list[str], n: int) -> int:
@@ -293,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--ingest-events", type=int, default=50_000)
+    parser.add_argument("--base", type=int, default=0,
+                        help="customers loaded by sync before the daemon starts (e.g. 100000)")
     parser.add_argument("--pg", help="also on this PostgreSQL URL (a fresh schema is made)")
     parser.add_argument("--no-sqlite", action="store_true")
     args = parser.parse_args(argv)
@@ -305,13 +341,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure(f"sqlite:///{folder / 'retain.db'}", "sqlite", args))
     if args.pg:
         rows.append(measure(fresh_pg(args.pg), "postgresql", args))
-    print("| db | events | delivered | p50 ms | p99 ms | max ms | API ingest ev/s | "
-          "sync ev/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"rate {args.rate:g}/s for {args.seconds:g} s; base {args.base:,} customers; "
+          f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("| db | events | delivered | p50 ms | p99 ms | max ms | daemon CPU ms/event | "
+          "API ingest ev/s | daemon CPU ms/ingested | sync ev/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['db']} | {row['events']:,} | {row['delivered']:,} | {row['p50_ms']} | "
-              f"{row['p99_ms']} | {row['max_ms']} | {row['ingest_per_s']:,} | "
-              f"{row['sync_per_s']:,} |")
+              f"{row['p99_ms']} | {row['max_ms']} | {row['cpu_ms_event']} | "
+              f"{row['ingest_per_s']:,} | {row['cpu_ms_ingested']} | {row['sync_per_s']:,} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from outbox_support import select_actions
 from test_evaluate_triggers import (
@@ -184,6 +185,9 @@ def test_an_enrollment_ended_by_another_run_while_resuming_stays_ended(
     from engine.outbox.resume import resume_due
     from engine.outbox.versions import version_lookup
 
+    if db.dialect.name == "sqlite":
+        pytest.skip("on SQLite the resume holds the write lock from its first read "
+                    "(engine/store/txn.py): no other writer can end the enrollment meanwhile")
     shop(db)
     pb = playbook(tmp_path, "first_purchase: { lookback: 30d }", actions=TWO_STEPS)
     cycle(db, [pb])

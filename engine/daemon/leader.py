@@ -27,6 +27,7 @@ from engine.clock import utcnow
 from engine.errors import NotLeader
 from engine.store.dialect import insert_ignoring
 from engine.store.tables import leaders
+from engine.store.txn import writing
 
 SCHEDULER = "scheduler"  # the lease of the replica that evaluates and runs ticks
 DEFAULT_TTL = timedelta(seconds=15)  # a dead leader is replaced within this and one tick
@@ -44,7 +45,7 @@ def acquire_or_renew(engine: sa.Engine, name: str, holder: str, ttl: timedelta =
     caller included: it may have acted as if it still led) is taken at epoch + 1. `now` is the
     real clock unless a test passes one."""
     now = now or utcnow()
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         _lock_for_write(connection, name)
         row = _read(connection, name)
         if row is None:
@@ -71,7 +72,7 @@ def release(engine: sa.Engine, name: str, holder: str, *, now: datetime | None =
     """End `holder`'s lease now (a clean stop), so another replica takes over at once instead
     of after the TTL; the epoch stays, the next taker increments it. False: it was not held."""
     now = now or utcnow()
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         result = connection.execute(leaders.update().where(
             leaders.c.name == name, leaders.c.holder == holder, leaders.c.lease_until > now)
             .values(lease_until=now))

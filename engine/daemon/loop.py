@@ -51,6 +51,7 @@ from engine.format.validation import load_playbooks
 from engine.outbox.record import RELEASED, Outcome
 from engine.outbox.run import RunReport
 from engine.store.status import SENT
+from engine.store.txn import writing
 
 log = logging.getLogger("retain.daemon")
 WAKE_EVERY = 1.0
@@ -269,7 +270,7 @@ class Daemon:
             return last_ticks(connection)
 
     def _take_tick(self, playbook_id: str, tick: datetime, epoch: int, now: datetime) -> bool:
-        with self.writer.begin() as connection:
+        with writing(self.writer) as connection:
             fence_for(SCHEDULER, self.holder, epoch)(connection)
             return take_tick(connection, playbook_id, tick, self.holder, epoch, now)
 

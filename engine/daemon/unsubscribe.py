@@ -19,6 +19,7 @@ from engine.clock import utcnow
 from engine.consent import verify_token
 from engine.errors import InputError
 from engine.outbox.admin import signing_key, unsubscribe_by_token
+from engine.store.txn import writing
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -67,7 +68,7 @@ def check_token(engine: sa.Engine, token: str, settings: Any) -> None:
 
 def apply_token(engine: sa.Engine, token: str, settings: Any) -> None:
     """Unsubscribe the token's address in one transaction; InputError (nothing changed) if bad."""
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         unsubscribe_by_token(connection, token, settings, utcnow())
 
 

@@ -27,9 +27,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import utcnow
-from engine.outbox.txn import writing
 from engine.store.status import CLAIMED, RETRYING, WAITING
 from engine.store.tables import actions, payloads
+from engine.store.txn import writing
 
 LEASE = timedelta(seconds=60)
 HEARTBEAT = timedelta(seconds=10)

@@ -36,11 +36,11 @@ import sqlalchemy as sa
 from engine.format.playbook import Playbook
 from engine.outbox.bulk import ANY_KEY, Bulk
 from engine.outbox.set_commit import commit_set
-from engine.outbox.txn import writing
 from engine.plan.build import PlaybookPlan
 from engine.plan.planner import PlannedAction, PlannedEnrollment, plain_fields, schedule
 from engine.store import status as st
 from engine.store.tables import actions, enrollments, payloads
+from engine.store.txn import writing
 
 Fence = Callable[[sa.Connection], None]
 """Run first inside each committing transaction; raises (engine.errors.NotLeader) to roll it

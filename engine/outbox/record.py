@@ -32,9 +32,9 @@ from engine.outbox import writes
 from engine.outbox.bulk import Bulk
 from engine.outbox.claim import Claimed, put_back_status
 from engine.outbox.idset import among
-from engine.outbox.txn import writing
 from engine.store.status import CLAIMED, DEAD, DEFERRED, SENT
 from engine.store.tables import actions, attempts
+from engine.store.txn import writing
 
 log = logging.getLogger(__name__)
 RELEASED = "released"

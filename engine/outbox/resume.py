@@ -29,6 +29,7 @@ from engine.plan.delivery import CapLedger, DeliveryRules
 from engine.plan.planner import PlannedEnrollment, Planner, Unsubscribe
 from engine.store import status as st
 from engine.store.tables import enrollments, events
+from engine.store.txn import writing
 
 BATCH = 500
 Lookup = Callable[[str, str], "tuple[Playbook, Environment] | None"]
@@ -54,7 +55,7 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
     ledger = CapLedger()
     last = 0
     while True:
-        with writer.begin() as connection:
+        with writing(writer) as connection:
             if fence is not None:
                 fence(connection)
             due = _due(connection, as_of, last, playbook_ids)

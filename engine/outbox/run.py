@@ -34,6 +34,7 @@ from engine.outbox import lifecycle
 from engine.outbox.commit import commit_playbook
 from engine.plan.build import make_plan
 from engine.query.evaluate import prepare
+from engine.store.txn import writing
 
 
 @dataclass
@@ -115,7 +116,7 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
                        dispatch)
     from engine.outbox.versions import record_versions
 
-    with writer.begin() as connection:
+    with writing(writer) as connection:
         if fence is not None:
             fence(connection)
         options = _plan_options(connection, settings)
@@ -160,7 +161,7 @@ def resume_waits(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, 
     active = [p for p in playbooks if p.document.enabled]
     if not active:
         return Counter()
-    with writer.begin() as connection:
+    with writing(writer) as connection:
         if fence is not None:
             fence(connection)
         options = _plan_options(connection, settings)

@@ -11,7 +11,7 @@ Three kinds of insert, each reading the rows the one before it inserted:
 
 On PostgreSQL they are one statement, chained by `WITH ... INSERT ... RETURNING`
 (`_commit_chained`). SQLite has no data-modifying `WITH`: its statements run one after the
-other in a transaction holding the write lock (engine/outbox/txn.py), where "inserted by this
+other in a transaction holding the write lock (engine/store/txn.py), where "inserted by this
 transaction" is "id above the largest before it"; one transaction per slice of customers keeps
 that lock short (`_slices`). Another run racing this one writes the same keys, so the inserts
 skip what it wrote. Nothing is held in Python: memory is flat in the number of enrollments, and
@@ -31,11 +31,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.format.template_sql import TemplateSql
-from engine.outbox.txn import immediate, writing
 from engine.plan.set_plan import SetAction, SetPlan, holdout_sql, key_sql, payload_sql
 from engine.store import status as st
 from engine.store.dialect import insert_ignoring, scanned
 from engine.store.tables import actions, customers, enrollments, events, payloads
+from engine.store.txn import immediate, writing
 
 SLICE_ROWS = 600_000  # rows the first SQLite transaction should write (`_slices`)
 MAX_ROWS = 1_000_000  # rows an SQLite transaction would write at most if everyone entered

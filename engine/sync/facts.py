@@ -27,6 +27,7 @@ from engine.store.facts import (
     points_balance,
     rfm_scores,
 )
+from engine.store.txn import writing
 
 SMALL_SET = 500  # up to this many ids are bound as parameters; more go through a temporary table
 
@@ -207,7 +208,7 @@ def refresh_rfm_in_steps(engine: sa.Engine, step: int = 2_000) -> int:
         for query in (changed, cleared):
             result = reading.execution_options(yield_per=step).execute(query)
             for part in result.partitions():
-                with engine.begin() as connection:
+                with writing(engine) as connection:
                     connection.execute(write, [{"_id": i, "_score": s, "_segment": g}
                                                for i, s, g in part])
                 total += len(part)

@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import utcnow
-from engine.outbox.txn import writing
+from engine.store.txn import writing
 from engine.sync.facts import refresh_facts
 from engine.sync.ingest import add_customers, write_customers, write_events
 from engine.sync.report import RowError, SyncReport
@@ -162,7 +162,7 @@ def problem_field(message: str) -> str | None:
 @contextmanager
 def _writing(engine: sa.Engine) -> Iterator[sa.Connection]:
     """A transaction that commits on success; on SQLite it holds the write lock from the start
-    (engine/outbox/txn.py, whose in-process queue the API's request threads share with the
+    (engine/store/txn.py, whose in-process queue the API's request threads share with the
     dispatcher and the reactions)."""
     with writing(engine) as connection:
         yield connection

@@ -142,6 +142,7 @@ class Daemon:
         self.interval: timedelta = getattr(daemon, "interval", None) or DEFAULT_INTERVAL
         self.ttl = timedelta(seconds=float(getattr(daemon, "lease_ttl", None) or 15.0))
         self.beat = min(5.0, self.ttl.total_seconds() / 3)  # renewals well inside the lease
+        self.claim_lease = timedelta(seconds=float(getattr(daemon, "claim_lease", None) or 60.0))
         self.signals = 0
         from engine.daemon.metrics import Metrics
 
@@ -316,7 +317,8 @@ class Daemon:
             self.dispatch_wanted.clear()
             try:
                 await dispatch_async(self.writer, self.settings, utcnow(), worker=self.holder,
-                                     stop=self.stopping, observe=self.observe)
+                                     stop=self.stopping, observe=self.observe,
+                                     lease=self.claim_lease)
             except Exception:  # noqa: BLE001  (a database hiccup: logged, tried again)
                 log.exception("dispatch pass failed")
             await _wait(self.dispatch_wanted, WAKE_EVERY)

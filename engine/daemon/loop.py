@@ -197,8 +197,7 @@ class Daemon:
         for task in workers.values():
             task.cancel()
         await asyncio.gather(*workers.values(), return_exceptions=True)
-        if self.epoch is not None:  # another replica may lead at once, not after the TTL
-            await asyncio.to_thread(release, self.writer, SCHEDULER, self.holder)
+        await self.step_down()  # another replica may lead at once, not after the TTL
         try:
             await asyncio.wait_for(asyncio.shield(dispatcher), self.timing.grace)
         except TimeoutError:
@@ -226,6 +225,23 @@ class Daemon:
             except Exception:  # noqa: BLE001  (logged; the next beat tries again)
                 log.exception("evaluation cycle failed")
             await self._sleep(self.beat)
+
+    async def step_down(self) -> None:
+        """A clean stop ends the leader lease now, so another replica leads at its next beat
+        instead of after the TTL. Run by `run` once the sweep task is cancelled; a cycle still
+        committing in its thread then fails its fence and rolls back, which is safe. A release
+        that fails (the database away at that moment) is logged, not raised: raising here left
+        `run` before the grace period, so the sends in flight were not waited for."""
+        if self.epoch is None:
+            return
+        try:
+            await asyncio.to_thread(release, self.writer, SCHEDULER, self.holder)
+        except Exception:  # noqa: BLE001  (the lease then runs out after its TTL)
+            log.exception("releasing the leader lease failed; it runs out in %.0f s",
+                          self.ttl.total_seconds())
+        else:
+            log.info("leader lease released at epoch %d", self.epoch)
+        self.epoch = None
 
     async def lead(self, swept: dict[str, datetime]) -> None:
         """One beat of the scheduler: renew (or take) the lead, then run what is due."""

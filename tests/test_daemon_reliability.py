@@ -1,0 +1,151 @@
+"""`retain daemon` under failure, as real processes (tests/daemon_support.py) sending to a real
+aiosmtpd: replicas sharing one PostgreSQL database, SIGKILL mid-dispatch, the leader killed,
+stops that must hand the lead over (docs/DAEMON.md, ../shared/RELIABILITY.md 3-6).
+
+The leases are set short (`RETAIN_DAEMON_LEASE_TTL`, `RETAIN_DAEMON_CLAIM_LEASE`) so that what a
+killed process held comes back in seconds; nothing asserts speed: every wait is generous and
+only bounds how long a broken daemon makes the test hang.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from daemon_support import Daemon, wait_for
+from live_support import Mailbox, Project, customer, mailbox, project, smtp_env
+
+from engine.clock import utcnow
+from engine.outbox.dispatch import heartbeat_every
+from engine.store import status as st
+from engine.store.tables import actions, leaders
+
+__all__ = ["mailbox", "project"]  # fixtures
+
+WAKE_UP = """trigger:
+  inactive: { days: 30 }
+actions:
+  - email: { subject: "We miss you, {{ customer.name }}", body: "Come back soon." }
+"""
+SHORT = {"RETAIN_DAEMON_LEASE_TTL": "2", "RETAIN_DAEMON_CLAIM_LEASE": "4"}
+"""Leases short enough that a killed process's lead and claims come back within seconds."""
+
+
+@pytest.fixture
+def running(project: Project, mailbox: Mailbox) -> Any:
+    """Start daemons for the test; every one still running at the end is killed."""
+    started: list[Daemon] = []
+
+    def start(**kw: Any) -> Daemon:
+        daemon = Daemon(project, mailbox.port, **kw).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def postgresql_only(project: Project) -> None:
+    """Replicas share work only on PostgreSQL (docs/DEPLOYMENT.md); SQLite runs one daemon."""
+    if not project.url.startswith("postgresql"):
+        pytest.skip("several replicas need PostgreSQL")
+
+
+def leading(daemon: Daemon) -> list[str]:
+    """The log lines in which this replica says it took the lead."""
+    return [r["message"] for r in daemon.records()
+            if r.get("message", "").startswith("leading the schedule at epoch")]
+
+
+def address_of(message: Any) -> str:
+    """The bare recipient of a received email (one per customer here: it names the action)."""
+    return str(message["To"]).rsplit("<", 1)[-1].rstrip(">")
+
+
+def test_the_heartbeat_stays_well_inside_the_claim_lease() -> None:
+    """Five beats fit in the lease whatever it is, so a database away for a moment does not
+    let another worker take over a row being sent."""
+    assert heartbeat_every(timedelta(seconds=60)) == 10
+    assert heartbeat_every(timedelta(seconds=3)) == 0.5
+
+
+def test_three_replicas_deliver_5000_emails_once_and_a_killed_leader_is_replaced(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    postgresql_only(project)
+    project.playbook("wake-up", WAKE_UP)
+    project.customers(*(customer(f"c{n:04}") for n in range(5000)))
+    mailbox.start()
+    replicas = [running(env=SHORT) for _ in range(3)]  # the leader's first sweep queues them
+    wait_for(lambda: len(mailbox.received) >= 5000, timeout=900, every=1,
+             what="5000 emails from three replicas")
+    rows = wait_for(lambda: (found := project.rows(actions)) and all(
+        r["status"] == st.SENT for r in found) and found, timeout=120,
+        what="every action recorded sent")
+    assert len(rows) == 5000
+    counts = mailbox.by_message_id()
+    assert len(counts) == 5000 and set(counts.values()) == {1}, \
+        [m for m, n in counts.items() if n > 1][:5]
+    assert sorted(address_of(m) for m in mailbox.messages) == sorted(
+        f"c{n:04}@example.com" for n in range(5000))
+    [leader] = [d for d in replicas if leading(d)]  # exactly one replica says it leads
+    leader.kill()  # SIGKILL: no release; the lease runs out after its TTL
+    others = [d for d in replicas if d is not leader]
+    wait_for(lambda: any(leading(d) for d in others), timeout=60,
+             what="another replica to take the lead")
+    [successor] = [d for d in others if leading(d)]
+    assert any(line.startswith("leading the schedule at epoch ") and not line.endswith(" 1")
+               for line in leading(successor))
+    # the new term sweeps everything at once: it must find nothing new to send
+    wait_for(lambda: any("evaluation" in r.get("message", "") or r.get("message", "")
+                         .startswith("RFM scores refreshed") for r in successor.records()),
+             timeout=60, what="the successor's first beats")
+    for daemon in others:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=120) == 0
+    assert len(mailbox.received) == 5000
+    assert len(project.rows(actions)) == 5000
+
+
+def test_a_replica_killed_mid_dispatch_loses_nothing_and_resends_only_what_was_in_flight(
+        project: Project, mailbox: Mailbox, running: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    project.playbook("wake-up", WAKE_UP)
+    project.customers(*(customer(f"c{n:03}") for n in range(300)))
+    smtp_env(monkeypatch, mailbox.port)  # planning freezes the From the Message-IDs derive from
+    project.retain("run", "--no-dispatch", "playbooks")
+    mailbox.delay = 0.05  # sends stay in flight a while: the kill lands among them
+    mailbox.start()
+    daemon = running(env=SHORT)
+    wait_for(lambda: len(mailbox.received) >= 30, what="dispatch to be under way")
+    daemon.kill()  # SIGKILL: nothing is put back, no outcome of a send in flight is recorded
+    held = {r["customer_id"] for r in project.rows(actions) if r["status"] == st.CLAIMED}
+    assert held, "the kill should land mid-dispatch"
+    running(env=SHORT)  # restarted: the dead claims come back after their lease
+    wait_for(lambda: all(r["status"] == st.SENT for r in project.rows(actions)), timeout=120,
+             what="every action sent after the restart")
+    people = {f"c{n:03}@example.com" for n in range(300)}
+    assert {address_of(m) for m in mailbox.messages} == people  # nothing planned is lost
+    twice = Counter(address_of(m) for m in mailbox.messages)
+    duplicated = {a for a, n in twice.items() if n > 1}
+    assert {a.split("@")[0] for a in duplicated} <= held  # only what the dead process held
+    by_id = mailbox.by_message_id()  # a re-send is the same message: one Message-ID each
+    assert len(by_id) == 300
+    assert sum(by_id.values()) == len(mailbox.received)
+
+
+def test_a_clean_stop_hands_the_lead_over_at_once(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    """SIGTERM releases the leader lease (docs/DAEMON.md "Stopping"), so the next replica leads
+    now, not after a TTL (here ten minutes) that a dead leader would have left behind."""
+    project.playbook("wake-up", WAKE_UP)
+    mailbox.start()
+    daemon = running(env={"RETAIN_DAEMON_LEASE_TTL": "600"})
+    wait_for(lambda: leading(daemon), what="the daemon to lead")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    [row] = project.rows(leaders)
+    assert row["lease_until"] <= utcnow(), f"the lease was kept after the stop: {row}"

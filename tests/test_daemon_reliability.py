@@ -149,3 +149,27 @@ def test_a_clean_stop_hands_the_lead_over_at_once(
     assert daemon.wait() == 0
     [row] = project.rows(leaders)
     assert row["lease_until"] <= utcnow(), f"the lease was kept after the stop: {row}"
+
+
+def test_the_grace_period_bounds_a_stop_while_the_mail_server_hangs(
+        project: Project, mailbox: Mailbox, running: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """More rows are due than two claims hold, so the pass is waiting for its senders to
+    drain when the stop comes; the server holds every DATA for minutes. The grace period
+    (2 s) must end the stop, not the sends (docs/DAEMON.md "Stopping"); what was in flight
+    comes back after its claim lease."""
+    project.playbook("wake-up", WAKE_UP)
+    project.customers(*(customer(f"c{n:03}") for n in range(600)))
+    smtp_env(monkeypatch, mailbox.port)
+    project.retain("run", "--no-dispatch", "playbooks")
+    mailbox.delay = 600  # every DATA hangs
+    mailbox.start()
+    daemon = running(args=("--grace", "2"), env={"RETAIN_SMTP_TIMEOUT": "900"})
+    wait_for(lambda: sum(r["status"] == st.CLAIMED for r in project.rows(actions)) >= 512,
+             what="two batches claimed ahead of the hung senders")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=120) == 0  # with the bug: the hung sends, ten minutes
+    assert any("did not finish within" in r.get("message", "") for r in daemon.records())
+    rows = project.rows(actions)
+    assert sum(r["status"] == st.PLANNED for r in rows) >= 500  # the queued ones put back
+    assert not mailbox.received

@@ -173,3 +173,23 @@ def test_the_grace_period_bounds_a_stop_while_the_mail_server_hangs(
     rows = project.rows(actions)
     assert sum(r["status"] == st.PLANNED for r in rows) >= 500  # the queued ones put back
     assert not mailbox.received
+
+
+def test_a_sweep_longer_than_the_leader_lease_still_commits(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    """One replica, a 1 s leader lease and a first sweep over 3000 customers that takes longer
+    than that: the leader must keep its lease while the cycle runs. Without renewals during the
+    cycle, its fence found the lease run out at every commit, the plan rolled back, and the next
+    term swept everything again (no replica ever committed)."""
+    project.playbook("wake-up", WAKE_UP)
+    project.customers(*(customer(f"c{n:04}") for n in range(3000)))
+    mailbox.start()
+    daemon = running(env={"RETAIN_DAEMON_LEASE_TTL": "1", "RETAIN_SMTP_TIMEOUT": "60"})
+    wait_for(lambda: project.rows(actions), timeout=300, every=1, what="the sweep's plan")
+    wait_for(lambda: len(mailbox.received) >= 3000, timeout=600, every=1,
+             what="3000 emails")
+    assert not [r for r in daemon.records() if "rolled back" in r.get("message", "")]
+    assert len(leading(daemon)) == 1  # one term throughout
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=120) == 0
+    assert set(mailbox.by_message_id().values()) == {1}

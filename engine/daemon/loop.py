@@ -254,6 +254,32 @@ class Daemon:
             self.epoch = epoch
         if epoch is None:
             return
+        keeper = asyncio.create_task(self.keep_lease(epoch))
+        try:
+            await self.run_due(swept, epoch)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def keep_lease(self, epoch: int) -> None:
+        """Renew the lead every beat while a cycle runs: a sweep over many customers can take
+        longer than the TTL, and a lease that ran out meanwhile made its fence refuse the commit
+        at every term, so nothing was ever committed. Ends when the lead is lost (the cycle's
+        fence then rolls it back)."""
+        while True:
+            await asyncio.sleep(self.beat)
+            try:
+                held = await asyncio.to_thread(acquire_or_renew, self.writer, SCHEDULER,
+                                               self.holder, self.ttl)
+            except Exception:  # noqa: BLE001  (the next beat tries again; the fence decides)
+                log.exception("renewing the leader lease failed")
+                continue
+            if held != epoch:
+                return
+
+    async def run_due(self, swept: dict[str, datetime], epoch: int) -> None:
+        """What is due in this term: the cycle of due playbooks and ticks, or the waits that
+        ended; then the RFM scores when their interval came."""
         fence = fence_for(SCHEDULER, self.holder, epoch)
         now, playbooks = utcnow(), self.library.enabled()
         ticked = await asyncio.to_thread(self._last_ticks)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from daemon_support import Daemon, wait_for
 from live_support import Mailbox, Project, customer, mailbox, project, smtp_env
+from test_daemon import now_iso
 
 from engine.clock import utcnow
 from engine.outbox.dispatch import heartbeat_every
@@ -79,7 +80,8 @@ def test_three_replicas_deliver_5000_emails_once_and_a_killed_leader_is_replaced
     project.playbook("wake-up", WAKE_UP)
     project.customers(*(customer(f"c{n:04}") for n in range(5000)))
     mailbox.start()
-    replicas = [running(env=SHORT) for _ in range(3)]  # the leader's first sweep queues them
+    # the leader's first sweep queues them; 24 SMTP connections on a busy machine: patient
+    replicas = [running(env={**SHORT, "RETAIN_SMTP_TIMEOUT": "60"}) for _ in range(3)]
     wait_for(lambda: len(mailbox.received) >= 5000, timeout=900, every=1,
              what="5000 emails from three replicas")
     rows = wait_for(lambda: (found := project.rows(actions)) and all(
@@ -193,3 +195,35 @@ def test_a_sweep_longer_than_the_leader_lease_still_commits(
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(timeout=120) == 0
     assert set(mailbox.by_message_id().values()) == {1}
+
+
+GREET = """trigger:
+  first_purchase: { lookback: 2d }
+actions:
+  - email: { subject: "Welcome {{ customer.name }}", template: greet }
+"""
+
+
+def test_a_broken_template_keeps_the_playbooks_old_version_running(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    """The problem of a broken template is located in the template file, not the playbook's:
+    the playbook using it must keep its running version all the same (docs/DAEMON.md
+    "reload"), not silently stop."""
+    mailbox.start()
+    project.playbook("welcome", GREET)
+    template = project.template("greet.txt.j2",
+                                "Hello {{ customer.name }} {{ unsubscribe_url }}\n")
+    project.customers(customer("ann"), customer("bob"))
+    daemon = running()
+    template.write_text("Hello {{ custmer.name }}\n")  # another size: the watcher sees it
+    wait_for(lambda: any("greet.txt.j2" in r.get("message", "") for r in daemon.records()),
+             what="the template error in the log")
+    reloaded = wait_for(lambda: [r["message"] for r in daemon.records()
+                                 if r.get("message", "").startswith("playbooks reloaded")],
+                        what="the reload")
+    assert "welcome@" in reloaded[-1]
+    reply = daemon.post("/v1/events", {"event_id": "o-3", "customer_id": "bob",
+                                       "type": "purchase", "occurred_at": now_iso()})
+    assert reply.status_code < 300, reply.text
+    [message] = wait_for(lambda: mailbox.to("bob@example.com"), what="the old version's email")
+    assert "Hello Bob" in message.get_content()

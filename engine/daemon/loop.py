@@ -47,7 +47,7 @@ from engine.daemon.schedule import DEFAULT_INTERVAL, due, last_ticks, take_tick
 from engine.errors import NotLeader
 from engine.format.playbook import Playbook
 from engine.format.triggers import EventTriggerBase
-from engine.format.validation import load_playbooks
+from engine.format.validation import load_playbooks, templates_dir
 from engine.outbox.record import RELEASED, Outcome
 from engine.outbox.run import RunReport
 from engine.store.status import SENT
@@ -96,10 +96,14 @@ class Library:
         return self.look() != self.signature
 
     def look(self) -> tuple[tuple[str, int, int], ...]:
+        """The playbook files and the files of their `templates/` folders, which sit beside
+        the playbooks' folder in the `retain init` layout (outside `paths`: looking under the
+        paths alone never saw a template edit)."""
         seen = []
         for root in self.paths:
-            files = [root] if root.is_file() else sorted(
-                p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = _files(root)
+            folders = {found for f in files if (found := templates_dir(f)) is not None}
+            files += [f for folder in sorted(folders) for f in _files(folder) if f not in files]
             for path in files:
                 try:
                     stat = path.stat()
@@ -113,12 +117,22 @@ class Library:
         of a file with problems stay as they were; a new valid version replaces its old one."""
         signature = self.look()
         result = load_playbooks(self.paths)
-        broken = {issue.location.file for issue in result.issues}
-        kept = [p for p in self.playbooks if p.file in broken
-                and p.id not in {q.id for q in result.playbooks}]
+        # a file still there that gave no playbook is broken, whether the problem is located
+        # in it or in a template it uses (then the issue names the template file, not it)
+        present = {str(path) for path in result.files}
+        loaded = {p.file for p in result.playbooks} | {p.id for p in result.playbooks}
+        kept = [p for p in self.playbooks if p.file in present
+                and p.file not in loaded and p.id not in loaded]
         self.playbooks = sorted([*result.playbooks, *kept], key=lambda p: p.id)
         self.signature, self.loaded = signature, True
         return [str(issue) for issue in result.issues]
+
+
+def _files(root: Path) -> list[Path]:
+    """A file, or the files under a folder (hidden ones left out), sorted."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 class Daemon:

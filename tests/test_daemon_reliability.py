@@ -9,12 +9,15 @@ only bounds how long a broken daemon makes the test hang.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from daemon_support import Daemon, wait_for
 from live_support import Mailbox, Project, customer, mailbox, project, smtp_env
 from test_daemon import now_iso
@@ -30,6 +33,11 @@ WAKE_UP = """trigger:
   inactive: { days: 30 }
 actions:
   - email: { subject: "We miss you, {{ customer.name }}", body: "Come back soon." }
+"""
+WELCOME = """trigger:
+  first_purchase: { lookback: 2d }
+actions:
+  - email: { subject: "Welcome {{ customer.name }}", body: "Thanks for your first order." }
 """
 SHORT = {"RETAIN_DAEMON_LEASE_TTL": "2", "RETAIN_DAEMON_CLAIM_LEASE": "4"}
 """Leases short enough that a killed process's lead and claims come back within seconds."""
@@ -227,3 +235,38 @@ def test_a_broken_template_keeps_the_playbooks_old_version_running(
     assert reply.status_code < 300, reply.text
     [message] = wait_for(lambda: mailbox.to("bob@example.com"), what="the old version's email")
     assert "Hello Bob" in message.get_content()
+
+
+def test_the_daemon_outlives_its_database_connections_being_cut(
+        project: Project, mailbox: Mailbox, running: Any) -> None:
+    """Every PostgreSQL backend of the daemon terminated at once (what a database restart or
+    a failover does to its pool), twice: it keeps leading, reacting and sending, and stops
+    cleanly. Its connections carry an application_name, so only they are cut."""
+    postgresql_only(project)
+    name = f"retain_rel_{uuid.uuid4().hex[:8]}"
+    mailbox.start()
+    project.playbook("welcome", WELCOME)
+    project.customers(customer("ann"), customer("bob"))
+    own = dataclasses.replace(project, url=f"{project.url}&application_name={name}")
+    daemon = Daemon(own, mailbox.port, env={"RETAIN_DAEMON_LEASE_TTL": "3"}).start()
+    try:
+        wait_for(lambda: leading(daemon), what="the daemon to lead")
+        for n, who in enumerate(("ann", "bob")):
+            with project.db().begin() as connection:
+                cut = connection.execute(sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = :name"), {"name": name}).scalar_one()
+            assert cut >= 1
+            reply = daemon.post("/v1/events", {"event_id": f"o-{n}", "customer_id": who,
+                                               "type": "purchase", "occurred_at": now_iso()})
+            assert reply.status_code < 300, reply.text
+            wait_for(lambda who=who: mailbox.to(f"{who}@example.com"),
+                     what=f"the email to {who} after the cut")
+        assert wait_for(daemon.ready, what="/readyz after the cuts")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.kill()
+    assert set(mailbox.by_message_id().values()) == {1}
+    [row] = project.rows(leaders)
+    assert row["lease_until"] <= utcnow()  # released at the stop, after the cuts

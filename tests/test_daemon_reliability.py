@@ -270,3 +270,31 @@ def test_the_daemon_outlives_its_database_connections_being_cut(
     assert set(mailbox.by_message_id().values()) == {1}
     [row] = project.rows(leaders)
     assert row["lease_until"] <= utcnow()  # released at the stop, after the cuts
+
+
+def test_a_second_signal_exits_at_once_and_the_held_rows_come_back(
+        project: Project, mailbox: Mailbox, running: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM starts the grace period (here ten minutes, the mail server hanging); a second
+    SIGTERM exits now with status 1, and a restarted daemon sends what the first one held
+    once its claim lease ran out."""
+    project.playbook("wake-up", WAKE_UP)
+    project.customers(*(customer(f"c{n:02}") for n in range(40)))
+    smtp_env(monkeypatch, mailbox.port)
+    project.retain("run", "--no-dispatch", "playbooks")
+    mailbox.delay = 600
+    mailbox.start()
+    daemon = running(args=("--grace", "600"), env={**SHORT, "RETAIN_SMTP_TIMEOUT": "900"})
+    wait_for(lambda: any(r["status"] == st.CLAIMED for r in project.rows(actions)),
+             what="sends in flight")
+    daemon.signal(signal.SIGTERM)
+    wait_for(lambda: any(r.get("message", "").startswith("stopping") for r in daemon.records()),
+             what="the stop to begin")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=120) == 1
+    mailbox.delay = 0
+    running(env=SHORT)
+    wait_for(lambda: all(r["status"] == st.SENT for r in project.rows(actions)), timeout=120,
+             what="every action sent by the restarted daemon")
+    assert sorted(address_of(m) for m in mailbox.messages) == [
+        f"c{n:02}@example.com" for n in range(40)]

@@ -167,6 +167,9 @@ class DaemonSettings(BaseModel):
     interval: Duration = timedelta(minutes=5)
     # seconds a leader lease lasts unless renewed: how long a dead leader's replica waits
     lease_ttl: float = Field(default=15.0, ge=1, le=600)
+    # seconds a dispatch claim holds an outbox row unless its heartbeat renews it: how long a
+    # killed replica's rows wait before another replica sends them (engine/outbox/claim.py)
+    claim_lease: float = Field(default=60.0, ge=1, le=3600)
 
 
 class Settings(BaseSettings):

@@ -47,7 +47,7 @@ from engine.daemon.schedule import DEFAULT_INTERVAL, due, last_ticks, take_tick
 from engine.errors import NotLeader
 from engine.format.playbook import Playbook
 from engine.format.triggers import EventTriggerBase
-from engine.format.validation import load_playbooks
+from engine.format.validation import load_playbooks, templates_dir
 from engine.outbox.record import RELEASED, Outcome
 from engine.outbox.run import RunReport
 from engine.store.status import SENT
@@ -97,10 +97,14 @@ class Library:
         return self.look() != self.signature
 
     def look(self) -> tuple[tuple[str, int, int], ...]:
+        """The playbook files and the files of their `templates/` folders, which sit beside
+        the playbooks' folder in the `retain init` layout (outside `paths`: looking under the
+        paths alone never saw a template edit)."""
         seen = []
         for root in self.paths:
-            files = [root] if root.is_file() else sorted(
-                p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = _files(root)
+            folders = {found for f in files if (found := templates_dir(f)) is not None}
+            files += [f for folder in sorted(folders) for f in _files(folder) if f not in files]
             for path in files:
                 try:
                     stat = path.stat()
@@ -114,12 +118,22 @@ class Library:
         of a file with problems stay as they were; a new valid version replaces its old one."""
         signature = self.look()
         result = load_playbooks(self.paths)
-        broken = {issue.location.file for issue in result.issues}
-        kept = [p for p in self.playbooks if p.file in broken
-                and p.id not in {q.id for q in result.playbooks}]
+        # a file still there that gave no playbook is broken, whether the problem is located
+        # in it or in a template it uses (then the issue names the template file, not it)
+        present = {str(path) for path in result.files}
+        loaded = {p.file for p in result.playbooks} | {p.id for p in result.playbooks}
+        kept = [p for p in self.playbooks if p.file in present
+                and p.file not in loaded and p.id not in loaded]
         self.playbooks = sorted([*result.playbooks, *kept], key=lambda p: p.id)
         self.signature, self.loaded = signature, True
         return [str(issue) for issue in result.issues]
+
+
+def _files(root: Path) -> list[Path]:
+    """A file, or the files under a folder (hidden ones left out), sorted."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 class Daemon:
@@ -143,6 +157,7 @@ class Daemon:
         self.interval: timedelta = getattr(daemon, "interval", None) or DEFAULT_INTERVAL
         self.ttl = timedelta(seconds=float(getattr(daemon, "lease_ttl", None) or 15.0))
         self.beat = min(5.0, self.ttl.total_seconds() / 3)  # renewals well inside the lease
+        self.claim_lease = timedelta(seconds=float(getattr(daemon, "claim_lease", None) or 60.0))
         self.signals = 0
         from engine.daemon.metrics import Metrics
 
@@ -197,8 +212,7 @@ class Daemon:
         for task in workers.values():
             task.cancel()
         await asyncio.gather(*workers.values(), return_exceptions=True)
-        if self.epoch is not None:  # another replica may lead at once, not after the TTL
-            await asyncio.to_thread(release, self.writer, SCHEDULER, self.holder)
+        await self.step_down()  # another replica may lead at once, not after the TTL
         try:
             await asyncio.wait_for(asyncio.shield(dispatcher), self.timing.grace)
         except TimeoutError:
@@ -227,6 +241,23 @@ class Daemon:
                 log.exception("evaluation cycle failed")
             await self._sleep(self.beat)
 
+    async def step_down(self) -> None:
+        """A clean stop ends the leader lease now, so another replica leads at its next beat
+        instead of after the TTL. Run by `run` once the sweep task is cancelled; a cycle still
+        committing in its thread then fails its fence and rolls back, which is safe. A release
+        that fails (the database away at that moment) is logged, not raised: raising here left
+        `run` before the grace period, so the sends in flight were not waited for."""
+        if self.epoch is None:
+            return
+        try:
+            await asyncio.to_thread(release, self.writer, SCHEDULER, self.holder)
+        except Exception:  # noqa: BLE001  (the lease then runs out after its TTL)
+            log.exception("releasing the leader lease failed; it runs out in %.0f s",
+                          self.ttl.total_seconds())
+        else:
+            log.info("leader lease released at epoch %d", self.epoch)
+        self.epoch = None
+
     async def lead(self, swept: dict[str, datetime]) -> None:
         """One beat of the scheduler: renew (or take) the lead, then run what is due."""
         epoch = await asyncio.to_thread(acquire_or_renew, self.writer, SCHEDULER, self.holder,
@@ -238,6 +269,32 @@ class Daemon:
             self.epoch = epoch
         if epoch is None:
             return
+        keeper = asyncio.create_task(self.keep_lease(epoch))
+        try:
+            await self.run_due(swept, epoch)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def keep_lease(self, epoch: int) -> None:
+        """Renew the lead every beat while a cycle runs: a sweep over many customers can take
+        longer than the TTL, and a lease that ran out meanwhile made its fence refuse the commit
+        at every term, so nothing was ever committed. Ends when the lead is lost (the cycle's
+        fence then rolls it back)."""
+        while True:
+            await asyncio.sleep(self.beat)
+            try:
+                held = await asyncio.to_thread(acquire_or_renew, self.writer, SCHEDULER,
+                                               self.holder, self.ttl)
+            except Exception:  # noqa: BLE001  (the next beat tries again; the fence decides)
+                log.exception("renewing the leader lease failed")
+                continue
+            if held != epoch:
+                return
+
+    async def run_due(self, swept: dict[str, datetime], epoch: int) -> None:
+        """What is due in this term: the cycle of due playbooks and ticks, or the waits that
+        ended; then the RFM scores when their interval came."""
         fence = fence_for(SCHEDULER, self.holder, epoch)
         now, playbooks = utcnow(), self.library.enabled()
         ticked = await asyncio.to_thread(self._last_ticks)
@@ -317,7 +374,8 @@ class Daemon:
             self.dispatch_wanted.clear()
             try:
                 await dispatch_async(self.writer, self.settings, utcnow(), worker=self.holder,
-                                     stop=self.stopping, observe=self.observe)
+                                     stop=self.stopping, observe=self.observe,
+                                     lease=self.claim_lease)
             except Exception:  # noqa: BLE001  (a database hiccup: logged, tried again)
                 log.exception("dispatch pass failed")
             await _wait(self.dispatch_wanted, WAKE_EVERY)

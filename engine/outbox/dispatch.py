@@ -45,7 +45,7 @@ from engine.clock import iso, utcnow
 from engine.errors import PermanentError, TransientError
 from engine.outbox import backoff, judge
 from engine.outbox.channel import Channel
-from engine.outbox.claim import HEARTBEAT, Claimed, claim_due, extend_leases
+from engine.outbox.claim import HEARTBEAT, LEASE, Claimed, claim_due, extend_leases
 from engine.outbox.handoff import quick_handoff
 from engine.outbox.record import RELEASED, Outcome, record
 from engine.plan.delivery import DeliveryRules
@@ -98,10 +98,11 @@ def default_worker() -> str:
 def dispatch(engine: sa.Engine, settings: Any, as_of: datetime, *, worker: str | None = None,
              limit: int | None = None, connectors: Mapping[str, Any] | None = None,
              stop: threading.Event | None = None, batch: int = BATCH,
-             rng: random.Random | None = None) -> DispatchReport:
+             rng: random.Random | None = None, lease: timedelta = LEASE) -> DispatchReport:
     """Deliver everything due at `as_of`; see the module docstring. Blocking (asyncio inside)."""
     return asyncio.run(dispatch_async(engine, settings, as_of, worker=worker, limit=limit,
-                                      connectors=connectors, stop=stop, batch=batch, rng=rng))
+                                      connectors=connectors, stop=stop, batch=batch, rng=rng,
+                                      lease=lease))
 
 
 async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
@@ -109,15 +110,25 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
                          connectors: Mapping[str, Any] | None = None,
                          stop: threading.Event | None = None, batch: int = BATCH,
                          rng: random.Random | None = None,
-                         observe: Callable[[list[Outcome]], None] | None = None
-                         ) -> DispatchReport:
+                         observe: Callable[[list[Outcome]], None] | None = None,
+                         lease: timedelta = LEASE) -> DispatchReport:
     """`dispatch` for a caller already in an event loop (the daemon); `observe` is called with
-    each batch of outcomes once recorded (the daemon's metrics)."""
+    each batch of outcomes once recorded (the daemon's metrics). `lease` is how long a claim
+    holds a row (the daemon's `[daemon] claim_lease`): how soon a crashed worker's rows come
+    back; the heartbeat renews it every `heartbeat_every(lease)`."""
     pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
                   stop, rng or random.Random(), max(1, batch))
     pass_.observe = observe
+    pass_.lease = lease
     with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
         return await pass_.run(limit)
+
+
+def heartbeat_every(lease: timedelta) -> float:
+    """Seconds between heartbeats for a claim `lease`: HEARTBEAT, or a sixth of a short lease,
+    so five beats can fail (the database away for a moment) before a lease runs out and a row
+    being sent is taken over by another worker."""
+    return min(HEARTBEAT.total_seconds(), lease.total_seconds() / 6)
 
 
 def _maximum(connector: Any) -> int:
@@ -155,6 +166,7 @@ class _Pass:
         self.unrecorded = 0  # batches of outcomes handed to the recorder, not yet written
         self.failure: BaseException | None = None  # a record that failed: the pass ends
         self.released: set[int] = set()
+        self.lease = LEASE  # how long a claim holds a row unless the heartbeat renews it
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -243,7 +255,8 @@ class _Pass:
              ) -> tuple[list[Claimed], dict[int, Outcome], Exception | None]:
         """Claim the next rows and judge them (a database thread); a judge that failed comes
         back with the rows it could not judge (claimed all the same: they go back)."""
-        rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip)
+        rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip,
+                         lease=self.lease)
         try:
             return rows, self.judge(rows) if rows else {}, None
         except Exception as exc:  # noqa: BLE001  (raised at the end of the pass)
@@ -368,17 +381,18 @@ class _Pass:
 
     async def heartbeat(self) -> None:
         """While sends of the batch run, keep the leases of all its rows (real clock) every
-        10 s: those sent early wait for the batch's record, and must not be taken over. A beat
-        that fails (the database busy or away for a moment) is logged and the next one tries
-        again: the lease has five more beats' worth of room."""
+        `heartbeat_every(lease)` s: those sent early wait for the batch's record, and must not
+        be taken over. A beat that fails (the database busy or away for a moment) is logged and
+        the next one tries again: the lease has five more beats' worth of room."""
+        every = heartbeat_every(self.lease)
         while True:
-            await asyncio.sleep(HEARTBEAT.total_seconds())
+            await asyncio.sleep(every)
             try:
                 held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
-                                               list(self.held))
+                                               list(self.held), lease=self.lease)
             except SQLAlchemyError as exc:
                 log.warning("heartbeat of worker %s failed, trying again in %s s: %s",
-                            self.worker, HEARTBEAT.total_seconds(), exc)
+                            self.worker, every, exc)
                 continue
             log.debug("heartbeat: %d lease(s) extended", held)
 

@@ -226,7 +226,7 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
     if result.over_limit is not None or result.entering == 0:
         result.complete = True
         return result
-    environment = make_environment(templates_dir(Path(playbook.file)))
+    environment = _environment(playbook)
     if run.unsubscribe is not None and customer_id is None:  # live: in SQL where it can be
         result.set_plan = set_plan(playbook, query, run.connectors, run.rules, environment,
                                    moment.as_of)
@@ -265,3 +265,16 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
     elif show != 0:
         result.shown = [e for batch in source(show) for e in batch]
     return result
+
+
+def _environment(playbook: Playbook) -> Any:
+    """Render from the template texts the playbook was loaded with (the ones its version
+    hashes), not the folder as it is now: the daemon keeps a version running after an invalid
+    edit of one of its templates, and must not plan with the broken file; anywhere, an action
+    must carry the content its version names. The folder only when no texts were kept."""
+    folder = templates_dir(Path(playbook.file))
+    if playbook.templates is None:
+        return make_environment(folder)
+    return make_environment(templates=playbook.templates,
+                            label=str(folder) if folder is not None else "templates")
+

@@ -758,3 +758,33 @@ def test_a_sender_that_crashes_ends_the_pass_instead_of_hanging_it(db: sa.Engine
     assert [type(e) for e in raised] == [TypeError]
     assert [(action(db, i).status, action(db, i).attempts) for i in ids[1:]] == \
         [(PLANNED, 0)] * 2
+
+
+def test_kept_channels_stay_open_between_passes_and_a_down_one_is_reopened(
+        db: sa.Engine, sink: Sink) -> None:
+    """The daemon's passes share their connections: opened once, closed when it stops; one
+    that went down is closed after its pass and opened afresh by the next."""
+    import asyncio
+
+    from engine.outbox.dispatch import dispatch_async, keep_open
+
+    class Counted(SockConnector):
+        pass
+
+    Counted.opened = Counted.closed = 0
+    add_customer(db, "c1")
+
+    async def passes() -> list[int]:
+        kept, sent = keep_open({"sock": Counted}), []
+        for n, reply in enumerate(["OK", "OK", "DOWN", "OK"]):
+            sink.replies[f"k{n}"] = reply
+            add_action(db, f"k{n}", payload={"port": sink.port})
+            report = await dispatch_async(db, None, AS_OF, kept=kept)
+            sent.append(report.total(SENT))
+            if n == 1:
+                assert (Counted.opened, Counted.closed) == (1, 0)  # one open for two passes
+        await kept.close()
+        return sent
+
+    assert asyncio.run(passes()) == [1, 1, 0, 1]
+    assert (Counted.opened, Counted.closed) == (2, 2)  # reopened after going down

@@ -367,18 +367,24 @@ class Daemon:
                 self.dispatch_wanted.set()
 
     async def dispatch(self) -> None:
-        """Deliver what is due, pass after pass, until stopped."""
-        from engine.outbox.dispatch import dispatch_async
+        """Deliver what is due, pass after pass, until stopped, on connections kept open from
+        one pass to the next (closed when the daemon stops, or when one goes down)."""
+        from engine.outbox.dispatch import dispatch_async, keep_open
 
-        while not self.stopping.is_set():
-            self.dispatch_wanted.clear()
-            try:
-                await dispatch_async(self.writer, self.settings, utcnow(), worker=self.holder,
-                                     stop=self.stopping, observe=self.observe,
-                                     lease=self.claim_lease)
-            except Exception:  # noqa: BLE001  (a database hiccup: logged, tried again)
-                log.exception("dispatch pass failed")
-            await _wait(self.dispatch_wanted, WAKE_EVERY)
+        kept = keep_open()
+        try:
+            while not self.stopping.is_set():
+                self.dispatch_wanted.clear()
+                try:
+                    await dispatch_async(self.writer, self.settings, utcnow(),
+                                         worker=self.holder, stop=self.stopping,
+                                         observe=self.observe, lease=self.claim_lease,
+                                         kept=kept)
+                except Exception:  # noqa: BLE001  (a database hiccup: logged, tried again)
+                    log.exception("dispatch pass failed")
+                await _wait(self.dispatch_wanted, WAKE_EVERY)
+        finally:
+            await kept.close()
 
     def count(self, report: RunReport) -> None:
         """A cycle's evaluations and enrollments, for `/metrics`."""

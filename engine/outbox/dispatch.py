@@ -44,7 +44,7 @@ from connectors.base import Delivery, Sent
 from engine.clock import iso, utcnow
 from engine.errors import PermanentError, TransientError
 from engine.outbox import backoff, judge
-from engine.outbox.channel import Channel
+from engine.outbox.channel import Channel, KeptChannels
 from engine.outbox.claim import HEARTBEAT, LEASE, Claimed, claim_due, extend_leases
 from engine.outbox.handoff import quick_handoff
 from engine.outbox.record import RELEASED, Outcome, record
@@ -111,17 +111,27 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
                          stop: threading.Event | None = None, batch: int = BATCH,
                          rng: random.Random | None = None,
                          observe: Callable[[list[Outcome]], None] | None = None,
-                         lease: timedelta = LEASE) -> DispatchReport:
+                         lease: timedelta = LEASE, kept: KeptChannels | None = None
+                         ) -> DispatchReport:
     """`dispatch` for a caller already in an event loop (the daemon); `observe` is called with
     each batch of outcomes once recorded (the daemon's metrics). `lease` is how long a claim
     holds a row (the daemon's `[daemon] claim_lease`): how soon a crashed worker's rows come
-    back; the heartbeat renews it every `heartbeat_every(lease)`."""
-    pass_ = _Pass(engine, settings, as_of, worker or default_worker(), _instances(connectors),
+    back; the heartbeat renews it every `heartbeat_every(lease)`. `kept` (from `keep_open`):
+    the connectors and their open channels, carried from pass to pass."""
+    instances = kept.connectors if kept is not None else _instances(connectors)
+    pass_ = _Pass(engine, settings, as_of, worker or default_worker(), instances,
                   stop, rng or random.Random(), max(1, batch))
+    pass_.kept = kept
     pass_.observe = observe
     pass_.lease = lease
     with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
         return await pass_.run(limit)
+
+
+def keep_open(connectors: Mapping[str, Any] | None = None) -> KeptChannels:
+    """Connectors (the installed ones by default) whose channels stay open between passes;
+    the caller closes them (`KeptChannels.close`)."""
+    return KeptChannels(_instances(connectors))
 
 
 def heartbeat_every(lease: timedelta) -> float:
@@ -154,6 +164,7 @@ class _Pass:
         self.connectors, self.stop, self.rng, self.batch = connectors, stop, rng, batch
         self.observe: Callable[[list[Outcome]], None] | None = None
         self.channels: dict[str, Channel] = {}
+        self.kept: KeptChannels | None = None  # channels that outlive the pass (the daemon)
         self.report = DispatchReport(worker=worker, as_of=as_of)
         self.queues: dict[str, deque[Claimed]] = {}  # claimed and judged, waiting for a sender
         self.arrived: dict[str, asyncio.Event] = {}  # rows queued for that connector, or fed
@@ -206,8 +217,11 @@ class _Pass:
                         await self.recording
                 finally:
                     beat.cancel()  # the last records done: nothing is held any more
-                    for channel in self.channels.values():
-                        await channel.close()
+                    if self.kept is not None:
+                        await self.kept.settle()
+                    else:
+                        for channel in self.channels.values():
+                            await channel.close()
         if self.failure is not None:
             raise self.failure
         self.report.stopped = self.stopping()
@@ -376,7 +390,8 @@ class _Pass:
 
     def channel(self, kind: str) -> Channel:
         if kind not in self.channels:
-            self.channels[kind] = Channel(kind, self.connectors[kind])
+            self.channels[kind] = self.kept.take(kind) if self.kept is not None else \
+                Channel(kind, self.connectors[kind])
         return self.channels[kind]
 
     async def heartbeat(self) -> None:

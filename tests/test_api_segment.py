@@ -190,3 +190,15 @@ def test_concurrent_requests_for_one_new_customer(api: Served, db: sa.Engine) ->
         assert set(pool.map(send, range(16))) == {200}
     assert stored(db, "SELECT count(*) FROM events") == [(16,)]
     assert stored(db, "SELECT customer_id FROM customers") == [("racer",)]
+
+
+def test_single_message_endpoints_of_the_other_types(api: Served, db: sa.Engine) -> None:
+    """SDKs that do not batch post each type to its own path: page and screen become events,
+    group and alias are accepted and ignored."""
+    for kind in ("page", "screen", "group", "alias"):
+        reply = httpx.post(f"{api.url}/v1/{kind}", headers=BASIC, json={
+            "messageId": f"m-{kind}", "userId": "u9", "name": "Home", "groupId": "g",
+            "previousId": "old", "timestamp": "2024-04-30T12:00:00Z"})
+        assert reply.status_code == 200, reply.text
+    assert stored(db, "SELECT event_id, type FROM events ORDER BY event_id") == [
+        ("m-page", "page"), ("m-screen", "screen")]

@@ -252,6 +252,20 @@ def _segment_routes(app: FastAPI, context: ApiContext) -> None:
         """Segment `identify`: one customer's traits."""
         return await segment(request, "identify")
 
+    def single(kind: str, doc: str) -> None:
+        """`POST /v1/<kind>`: one message of that type (SDKs that do not batch send these)."""
+        async def route(request: Request) -> JSONResponse:
+            return await segment(request, kind)
+
+        route.__doc__ = doc
+        app.post(f"/v1/{kind}", tags=["segment"], openapi_extra=SEGMENT_MESSAGE_BODY,
+                 responses=SEGMENT_RESPONSES, name=kind)(route)
+
+    single("page", "Segment `page`: an event of type `page`.")
+    single("screen", "Segment `screen`: an event of type `screen`.")
+    single("group", "Segment `group`: accepted and ignored.")
+    single("alias", "Segment `alias`: accepted and ignored.")
+
     @app.post("/v1/batch", tags=["segment"], openapi_extra=SEGMENT_BATCH_BODY,
               responses=SEGMENT_RESPONSES)
     async def batch(request: Request) -> JSONResponse:

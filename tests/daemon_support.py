@@ -20,9 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from live_support import FROM, Project, free_port
+import pytest
+from live_support import FROM, Mailbox, Project, free_port
 
 TOKEN = "test-api-token-0123456789"
+WELCOME = """trigger:
+  first_purchase: { lookback: 2d }
+actions:
+  - email: { subject: "Welcome {{ customer.name }}", body: "Thanks for your first order." }
+"""
+WAKE_UP = """trigger:
+  inactive: { days: 30 }
+actions:
+  - email: { subject: "We miss you, {{ customer.name }}", body: "Come back soon." }
+"""
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 30.0, every: float = 0.05,
@@ -112,3 +123,19 @@ class Daemon:
             except ValueError:
                 continue
         return found
+
+
+@pytest.fixture
+def running(project: Project, mailbox: Mailbox) -> Any:
+    """Start daemons for the test (`running(**Daemon fields)`); every one still running at the
+    end is killed."""
+    started: list[Daemon] = []
+
+    def start(**kw: Any) -> Daemon:
+        daemon = Daemon(project, mailbox.port, **kw).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()

@@ -183,6 +183,7 @@ def test_metrics_text_parses(api: Served, db: sa.Engine) -> None:
 def test_openapi_lists_the_routes(api: Served) -> None:
     paths = httpx.get(f"{api.url}/openapi.json").json()["paths"]
     assert set(paths) == {"/v1/events", "/v1/customers", "/v1/track", "/v1/identify",
+                          "/v1/page", "/v1/screen", "/v1/group", "/v1/alias",
                           "/v1/batch", "/unsubscribe", "/livez", "/readyz", "/metrics"}
 
 

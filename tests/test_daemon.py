@@ -9,44 +9,20 @@ import signal
 import time
 from typing import Any
 
-import pytest
-from daemon_support import Daemon, wait_for
+from daemon_support import WAKE_UP, WELCOME, running, wait_for
 from live_support import Mailbox, Project, customer, mailbox, project, purchase
 
 from engine.store import status as st
 from engine.store.tables import actions, enrollments
 
-__all__ = ["mailbox", "project"]  # fixtures
+__all__ = ["mailbox", "project", "running"]  # fixtures
 
-WELCOME = """trigger:
-  first_purchase: { lookback: 2d }
-actions:
-  - email: { subject: "Welcome {{ customer.name }}", body: "Thanks for your first order." }
-"""
-WAKE_UP = """trigger:
-  inactive: { days: 30 }
-actions:
-  - email: { subject: "We miss you, {{ customer.name }}", body: "Come back soon." }
-"""
 
 
 def now_iso(offset_s: float = 0.0) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset_s))
 
 
-@pytest.fixture
-def running(project: Project, mailbox: Mailbox) -> Any:
-    """Start daemons for the test; every one still running at the end is killed."""
-    started: list[Daemon] = []
-
-    def start(**kw: Any) -> Daemon:
-        daemon = Daemon(project, mailbox.port, **kw).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.kill()
 
 
 def test_an_event_posted_to_the_api_becomes_a_delivered_email(

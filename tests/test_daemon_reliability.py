@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from daemon_support import Daemon, wait_for
+from daemon_support import WAKE_UP, WELCOME, Daemon, running, wait_for
 from live_support import Mailbox, Project, customer, mailbox, project, smtp_env
 from test_daemon import now_iso
 
@@ -27,35 +27,12 @@ from engine.outbox.dispatch import heartbeat_every
 from engine.store import status as st
 from engine.store.tables import actions, leaders
 
-__all__ = ["mailbox", "project"]  # fixtures
+__all__ = ["mailbox", "project", "running"]  # fixtures
 
-WAKE_UP = """trigger:
-  inactive: { days: 30 }
-actions:
-  - email: { subject: "We miss you, {{ customer.name }}", body: "Come back soon." }
-"""
-WELCOME = """trigger:
-  first_purchase: { lookback: 2d }
-actions:
-  - email: { subject: "Welcome {{ customer.name }}", body: "Thanks for your first order." }
-"""
 SHORT = {"RETAIN_DAEMON_LEASE_TTL": "2", "RETAIN_DAEMON_CLAIM_LEASE": "4"}
 """Leases short enough that a killed process's lead and claims come back within seconds."""
 
 
-@pytest.fixture
-def running(project: Project, mailbox: Mailbox) -> Any:
-    """Start daemons for the test; every one still running at the end is killed."""
-    started: list[Daemon] = []
-
-    def start(**kw: Any) -> Daemon:
-        daemon = Daemon(project, mailbox.port, **kw).start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.kill()
 
 
 def postgresql_only(project: Project) -> None:

@@ -240,18 +240,6 @@ def _segment_routes(app: FastAPI, context: ApiContext) -> None:
         return JSONResponse({"success": True, **result.as_dict(),
                              "skipped_anonymous": mapped.anonymous, "ignored": mapped.ignored})
 
-    @app.post("/v1/track", tags=["segment"], openapi_extra=SEGMENT_MESSAGE_BODY,
-              responses=SEGMENT_RESPONSES)
-    async def track(request: Request) -> JSONResponse:
-        """Segment `track`: one event."""
-        return await segment(request, "track")
-
-    @app.post("/v1/identify", tags=["segment"], openapi_extra=SEGMENT_MESSAGE_BODY,
-              responses=SEGMENT_RESPONSES)
-    async def identify(request: Request) -> JSONResponse:
-        """Segment `identify`: one customer's traits."""
-        return await segment(request, "identify")
-
     def single(kind: str, doc: str) -> None:
         """`POST /v1/<kind>`: one message of that type (SDKs that do not batch send these)."""
         async def route(request: Request) -> JSONResponse:
@@ -261,6 +249,8 @@ def _segment_routes(app: FastAPI, context: ApiContext) -> None:
         app.post(f"/v1/{kind}", tags=["segment"], openapi_extra=SEGMENT_MESSAGE_BODY,
                  responses=SEGMENT_RESPONSES, name=kind)(route)
 
+    single("track", "Segment `track`: one event.")
+    single("identify", "Segment `identify`: one customer's traits.")
     single("page", "Segment `page`: an event of type `page`.")
     single("screen", "Segment `screen`: an event of type `screen`.")
     single("group", "Segment `group`: accepted and ignored.")

@@ -5,7 +5,8 @@ A new SMTP session costs a TCP (and TLS) handshake, the greeting, EHLO and AUTH:
 message itself when messages are small. So the pool keeps up to `connections` sessions open and
 runs one transaction (MAIL, RCPT, DATA) at a time on each. A session that broke is discarded and
 a new one opened on next use; a reused session that the server closed while idle (or answered
-421 on) is replaced once, before MAIL is accepted, since nothing was delivered yet.
+421 on, or that gets no answer: a NAT forgot the flow) is replaced once, before MAIL is
+accepted, since nothing was delivered yet.
 
 Failures are sorted for the dispatcher (engine/errors.py): a reply about this message (4xx) is a
 `TransientError`; a 5xx to RCPT or DATA is a `PermanentError` carrying the server's code and text,
@@ -132,13 +133,15 @@ class SmtpPool:
 
     async def _mail(self, client: aiosmtplib.SMTP, envelope: Envelope,
                     reused: bool) -> aiosmtplib.SMTP:
-        """MAIL FROM; a reused session the server closed while idle (dropped, or 421) is
-        replaced once: nothing was sent on it yet."""
+        """MAIL FROM; a reused session the server closed while idle (dropped, or 421), or that
+        gets no answer (the flow forgotten on the way), is replaced once: nothing was sent on it
+        yet."""
         options = ["SMTPUTF8"] if envelope.utf8 else []
         try:
             await client.mail(envelope.sender, options=options, encoding=_encoding(envelope))
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPSenderRefused) as exc:
-            stale = isinstance(exc, aiosmtplib.SMTPServerDisconnected) or exc.code == 421
+        except (aiosmtplib.SMTPSenderRefused, OSError) as exc:
+            # dropped, reset, or no answer at all (a NAT or load balancer forgot the idle flow)
+            stale = isinstance(exc, OSError) or exc.code == 421
             if not (reused and stale):
                 raise
             client.close()

@@ -71,6 +71,20 @@ def test_duplicates_kept_once_conflicts_rejected(api: Served, db: sa.Engine) -> 
     assert rows(db, events, "event_id", "amount") == [("e1", 10.0)]
 
 
+def test_a_rejected_event_creates_no_customer(api: Served, db: sa.Engine) -> None:
+    """An event for an unknown customer creates the customer only when the event is kept: one
+    rejected as a conflict (its id already stored with another customer) left a customer
+    behind that nothing names, and told the loop to evaluate it."""
+    assert httpx.post(f"{api.url}/v1/events", json=event("e1", "c1"),
+                      headers=AUTH).status_code == 200
+    again = httpx.post(f"{api.url}/v1/events", json=[event("e1", "c2"), event("e2", "c3")],
+                       headers=AUTH)
+    assert again.status_code == 422
+    assert [r["index"] for r in again.json()["rejected"]] == [0]
+    assert rows(db, customers, "customer_id") == [("c1",), ("c3",)]
+    assert api.ingested == [{"c1"}, {"c3"}]
+
+
 def test_customers_one_or_many(api: Served, db: sa.Engine) -> None:
     one = httpx.post(f"{api.url}/v1/customers", headers=AUTH,
                      json={"customer_id": "c1", "email": "Ann@Example.com", "plan": "gold"})

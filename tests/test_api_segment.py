@@ -202,3 +202,13 @@ def test_single_message_endpoints_of_the_other_types(api: Served, db: sa.Engine)
         assert reply.status_code == 200, reply.text
     assert stored(db, "SELECT event_id, type FROM events ORDER BY event_id") == [
         ("m-page", "page"), ("m-screen", "screen")]
+
+
+def test_a_page_without_properties_keeps_its_name() -> None:
+    """Segment's HTTP API lets `properties` out; the page's `name` is kept as a property
+    all the same (it was dropped unless a `properties` object came with it)."""
+    result = mapped({"type": "page", "messageId": "p", "userId": "u", "name": "Home"},
+                    {"type": "screen", "messageId": "s", "userId": "u", "name": "Cart",
+                     "properties": None})
+    assert [row["properties"] for _, row in result.events] == [{"name": "Home"},
+                                                               {"name": "Cart"}]

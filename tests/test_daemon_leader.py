@@ -92,3 +92,39 @@ def test_the_plan_commit_itself_is_fenced(db: sa.Engine, tmp_path: Path, trigger
     with db.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(enrollments)
                                   ).scalar_one() == 0
+
+
+def test_a_renewal_that_waited_behind_a_fenced_commit_counts_from_when_it_got_the_row(
+        db: sa.Engine) -> None:
+    """The leader's renewal (keep_lease) waits while its own long commit holds the lease row
+    (the fence locks it). When it gets the row, the lease it renews must run from then: the end
+    counted from before the wait was already past (epoch kept, lease run out), so the loop
+    believed it led while every next fence refused ("ran out") and the cycle rolled back."""
+    import threading
+    import time
+
+    from engine.clock import aware_utc, utcnow
+    from engine.store.tables import leaders
+    from engine.store.txn import writing
+
+    ttl = timedelta(seconds=1)
+    epoch = acquire_or_renew(db, SCHEDULER, "a", ttl)
+    assert epoch == 1
+    locked = threading.Event()
+
+    def long_commit() -> None:
+        with writing(db) as connection:
+            fence(connection, SCHEDULER, "a", epoch)
+            locked.set()
+            time.sleep(1.5)  # longer than the TTL, the row locked all along
+
+    thread = threading.Thread(target=long_commit)
+    thread.start()
+    assert locked.wait(10)
+    held = acquire_or_renew(db, SCHEDULER, "a", ttl)  # waits for the commit
+    got_at = utcnow()
+    thread.join()
+    with db.connect() as connection:
+        until = connection.execute(sa.select(leaders.c.lease_until)).scalar_one()
+    assert held == epoch  # asked while running; the row was its own commit's meanwhile
+    assert aware_utc(until) > got_at, "the renewal left a lease that had already run out"

@@ -461,6 +461,46 @@ def test_a_session_the_server_closed_while_idle_is_replaced(
     assert len(peer.received) == 2 and len(peer.sessions) == 2
 
 
+def test_a_reused_session_a_middlebox_forgot_silently_is_replaced(
+        serve: Callable[..., tuple[Peer, int]]) -> None:
+    """A NAT or load balancer forgets an idle flow without a word (the daemon keeps its sessions
+    open between passes): the next MAIL on that session gets no answer. Nothing was sent on it,
+    so it is replaced once, like one the server closed; it used to time out as the connector's
+    outage (down for the pass, and the row charged an attempt)."""
+    peer, port = serve()
+
+    async def cycle() -> None:
+        flows: list[dict[str, bool]] = []
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+            flow = {"alive": True}
+            flows.append(flow)
+
+            async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+                while data := await source.read(65536):
+                    if flow["alive"]:  # a forgotten flow: bytes go nowhere, nothing is closed
+                        sink.write(data)
+                        await sink.drain()
+
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer),
+                                 return_exceptions=True)
+
+        proxy = await asyncio.start_server(forward, "127.0.0.1", 0)
+        connector = EmailConnector()
+        await connector.open(settings(proxy.sockets[0].getsockname()[1], timeout=0.5))
+        try:
+            await connector.send(delivery(payload("k1")))
+            flows[0]["alive"] = False
+            await connector.send(delivery(payload("k2"), action_id=2))
+        finally:
+            await connector.close()
+            proxy.close()
+
+    asyncio.run(cycle())
+    assert len(peer.received) == 2 and len(peer.sessions) == 2
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 def test_without_a_transport_sending_names_the_settings() -> None:

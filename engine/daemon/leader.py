@@ -44,27 +44,30 @@ def acquire_or_renew(engine: sa.Engine, name: str, holder: str, ttl: timedelta =
     a running lease extends it and keeps its epoch; a lease that ran out (whoever held it, the
     caller included: it may have acted as if it still led) is taken at epoch + 1. `now` is the
     real clock unless a test passes one."""
-    now = now or utcnow()
+    asked = now or utcnow()
     with writing(engine) as connection:
         _lock_for_write(connection, name)
         row = _read(connection, name)
+        # a new end runs from when the row was got: the renewal may have waited that long
+        # behind the leader's own fenced commit, which held the row (no takeover meanwhile)
+        got = now or utcnow()
         if row is None:
             created = connection.execute(insert_ignoring(leaders, connection.dialect, ["name"])
                                          .values(name=name, holder=holder, epoch=1,
-                                                 lease_until=now + ttl)
+                                                 lease_until=got + ttl)
                                          .returning(leaders.c.epoch)).scalar()
             if created is not None:
                 return int(created)
             row = _read(connection, name)  # another replica created it first: now locked
             assert row is not None
         held_by, epoch, until = row
-        running = until > now
+        running = until > asked
         if running and held_by != holder:
             return None
         new_epoch = epoch if running else epoch + 1
         connection.execute(leaders.update().where(leaders.c.name == name,
                                                   leaders.c.epoch == epoch)
-                           .values(holder=holder, epoch=new_epoch, lease_until=now + ttl))
+                           .values(holder=holder, epoch=new_epoch, lease_until=got + ttl))
         return int(new_epoch)
 
 

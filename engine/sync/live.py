@@ -32,6 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.clock import utcnow
+from engine.store.tables import customers, events
 from engine.store.txn import writing
 from engine.sync.facts import refresh_facts
 from engine.sync.ingest import add_customers, write_customers, write_events
@@ -103,13 +104,29 @@ def _write(connection: sa.Connection, customer_rows: list[tuple[int, dict[str, A
         _collect(report, result)
     if event_rows:
         created = add_customers(connection, _event_customers(event_rows), now)
-        result.customers_created = len(created)
         report = SyncReport("events", SOURCE)
-        result.customer_ids |= write_events(connection, event_rows, report)
+        touched = write_events(connection, event_rows, report)
+        unused = _unused(connection, created)
+        result.customers_created = len(created - unused)
+        result.customer_ids |= touched - unused
         result.accepted += report.inserted + report.duplicates
         result.events_inserted, result.duplicates = report.inserted, report.duplicates
         _collect(report, result)
     refresh_facts(connection, result.customer_ids)
+
+
+def _unused(connection: sa.Connection, created: set[str]) -> set[str]:
+    """The customers just created for events of which none was kept (a conflict rejects a valid
+    row): deleted again, so that a rejected item leaves nothing behind."""
+    if not created:
+        return set()
+    c = customers.c
+    unused = set(connection.execute(sa.select(c.customer_id).where(
+        c.customer_id.in_(sorted(created)),
+        ~sa.exists().where(events.c.customer_id == c.customer_id))).scalars())
+    if unused:
+        connection.execute(sa.delete(customers).where(c.customer_id.in_(sorted(unused))))
+    return unused
 
 
 def _objects(items: Items, rejected: list[Rejected]) -> list[tuple[int, dict[str, Any]]]:

@@ -99,7 +99,8 @@ def event_row(message: dict[str, Any], events: Mapping[str, str], amount: tuple[
     if kind == "track":
         name = message.get("event")
         kind = events.get(name, name) if isinstance(name, str) else name
-    elif isinstance(properties, dict) and not blank(message.get("name")):
+    elif not blank(message.get("name")) and (properties is None or isinstance(properties, dict)):
+        properties = properties or {}  # Segment lets `properties` out: the name is kept anyway
         properties.setdefault("name", message["name"])
     if isinstance(properties, dict) and blank(properties.get("amount")):
         found = next((properties[key] for key in amount if not blank(properties.get(key))), None)

@@ -29,11 +29,11 @@ def daemon(ctx: typer.Context, paths: PathsArg = None, listen: ListenOpt = "127.
 
     from engine.config import load_settings
     from engine.daemon.loop import Timing
-    from engine.daemon.main import parse_listen, run_daemon
+    from engine.daemon.main import check_listen, parse_listen, run_daemon
     from engine.errors import InputError
 
     try:
-        parse_listen(listen)
+        check_listen(*parse_listen(listen))
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     settings = load_settings()

@@ -9,8 +9,9 @@ import signal
 import time
 from typing import Any
 
+import pytest
 from daemon_support import WAKE_UP, WELCOME, running, wait_for
-from live_support import Mailbox, Project, customer, mailbox, project, purchase
+from live_support import Mailbox, Project, customer, mailbox, project, purchase, smtp_env
 
 from engine.store import status as st
 from engine.store.tables import actions, enrollments
@@ -172,3 +173,18 @@ def test_it_refuses_to_start_without_a_mail_transport(project: Project) -> None:
     project.playbook("welcome", WELCOME)
     code, _, err = project.retain("daemon", "playbooks", ok=False)
     assert code == 1 and "RETAIN_SMTP_HOST" in err and "Nothing was committed" in err
+
+
+def test_an_address_in_use_is_refused_before_anything_starts(
+        project: Project, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    smtp_env(monkeypatch, mailbox.port)
+    project.playbook("welcome", WELCOME)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = project.retain("daemon", "playbooks", "--listen", f"127.0.0.1:{port}",
+                                      ok=False)
+    assert code == 1 and f"cannot listen on 127.0.0.1:{port}" in err

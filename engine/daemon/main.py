@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,19 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise ValueError(f"--listen / RETAIN_LISTEN must be HOST:PORT, like 127.0.0.1:8765; "
                          f"got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def check_listen(host: str, port: int) -> None:
+    """ValueError naming the address when it cannot be listened on (in use, not ours): said
+    before the daemon opens the store or takes any lease, not as a traceback after."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--listen / "
+                             "RETAIN_LISTEN)") from exc
 
 
 def run_daemon(db_url: str | None, paths: list[Path], listen: str, settings: Any,

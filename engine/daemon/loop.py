@@ -31,9 +31,7 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,6 +46,7 @@ from engine.errors import NotLeader
 from engine.format.playbook import Playbook
 from engine.format.triggers import EventTriggerBase
 from engine.format.validation import load_playbooks, templates_dir
+from engine.outbox.dispatch import default_worker
 from engine.outbox.record import RELEASED, Outcome
 from engine.outbox.run import RunReport
 from engine.store.status import SENT
@@ -61,11 +60,6 @@ WATCH_EVERY = 1.0
 """Seconds between looks at the playbook files."""
 REACT_WINDOW = 0.005
 """Seconds the reaction waits after the first event for others to join it (one plan for all)."""
-
-
-def default_holder() -> str:
-    """host:pid:random: who holds leases and claims (unique per process)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -144,7 +138,7 @@ class Daemon:
         self.writer, self.settings = writer, settings
         self.library = Library(paths)
         self.timing = timing or Timing()
-        self.holder = holder or default_holder()
+        self.holder = holder or default_worker()  # holds the leases and the claims
         self.stopping = threading.Event()  # read by dispatch passes in their threads too
         self.stopped = asyncio.Event()
         self.touched: set[str] = set()

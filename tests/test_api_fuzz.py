@@ -32,7 +32,7 @@ def test_fuzzer_finds_no_server_error(db: sa.Engine) -> None:
     with serve(db) as api:
         schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 10
+        assert len(operations) == 14  # every route: the fuzzer skipped none
         failures: list[str] = []
         for operation in operations:
             _fuzz(operation, api.url, failures)

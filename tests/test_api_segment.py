@@ -212,3 +212,33 @@ def test_a_page_without_properties_keeps_its_name() -> None:
                      "properties": None})
     assert [row["properties"] for _, row in result.events] == [{"name": "Home"},
                                                                {"name": "Cart"}]
+
+
+def test_the_browser_librarys_paths_and_write_key_in_the_body(api: Served, db: sa.Engine
+                                                              ) -> None:
+    """analytics.js posts each call to a one-letter path (/v1/t, /v1/i, ..., /v1/b for a
+    batch) as text/plain with the write key in the body, from another origin."""
+    def post(path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(f"{api.url}/v1/{path}", content=json.dumps(body),
+                          headers={"Content-Type": "text/plain",
+                                   "Origin": "https://shop.example"})
+
+    identify = {"writeKey": TOKEN, "type": "identify", "userId": "b1", "messageId": "i1",
+                "traits": {"email": "b1@example.com"}}
+    track = {"writeKey": TOKEN, "type": "track", "userId": "b1", "messageId": "t1",
+             "event": "Order Completed", "properties": {"total": 12},
+             "timestamp": "2024-04-30T12:00:00Z"}
+    assert post("i", identify).status_code == 200
+    reply = post("t", track)
+    assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == "*"
+    assert post("b", {"writeKey": TOKEN, "batch": [
+        {**track, "messageId": "t2", "writeKey": None}]}).status_code == 200
+    assert post("t", {**track, "writeKey": "wrong", "messageId": "t3"}).status_code == 401
+    assert post("t", {**track, "writeKey": None, "messageId": "t4"}).status_code == 401
+    preflight = httpx.options(f"{api.url}/v1/t", headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 200
+    assert stored(db, "SELECT event_id, customer_id, type FROM events ORDER BY event_id") == [
+        ("t1", "b1", "purchase"), ("t2", "b1", "purchase")]
+    assert stored(db, "SELECT customer_id, email FROM customers") == [("b1", "b1@example.com")]

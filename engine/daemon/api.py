@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 
 from engine.clock import utcnow
 from engine.config import Settings
@@ -53,6 +54,9 @@ MAX_BODY = 1_000_000
 SEGMENT_BATCH_LIMIT = 500 * 1024
 """Segment's limits (its HTTP tracking API): 500 KB a batch, 32 KB a message."""
 SEGMENT_MESSAGE_LIMIT = 32 * 1024
+SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group",
+               "a": "alias", "b": "batch"}
+"""The one-letter paths Segment's browser library (analytics.js) posts to."""
 
 
 def _always_ready() -> bool:
@@ -89,6 +93,9 @@ def make_app(context: ApiContext) -> FastAPI:
     app = FastAPI(title="Retain", summary="Retain daemon API", version="1",
                   docs_url=None, redoc_url=None)
     app.state.context = context
+    # browsers (analytics.js) post from the shop's pages, another origin; no credentials
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["POST"],
+                       allow_headers=["*"], max_age=86400)
     _errors(app)
     _ingest_routes(app, context)
     _segment_routes(app, context)
@@ -151,6 +158,15 @@ def basic_ok(request: Request, settings: Settings) -> bool:
     except (binascii.Error, ValueError):
         return False
     return hmac.compare_digest(user, expected) and colon == b":" and not password
+
+
+def write_key_ok(value: Any, settings: Settings) -> bool:
+    """The write key sent in the body (`writeKey`), as analytics.js and raw HTTP callers of
+    Segment's API do instead of Basic."""
+    expected = _token(settings)
+    key = value.get("writeKey") if isinstance(value, dict) else None
+    return expected is not None and isinstance(key, str) and \
+        hmac.compare_digest(key.encode("utf-8"), expected)
 
 
 def _unauthorized(scheme: str) -> JSONResponse:
@@ -227,11 +243,17 @@ async def _ingest(context: ApiContext, endpoint: str, customers: list[tuple[int,
 
 def _segment_routes(app: FastAPI, context: ApiContext) -> None:
     async def segment(request: Request, kind: str) -> JSONResponse:
-        if not basic_ok(request, context.settings):
-            return _unauthorized("Basic")
+        basic = basic_ok(request, context.settings)
         limit = SEGMENT_BATCH_LIMIT if kind == "batch" else SEGMENT_MESSAGE_LIMIT
-        value = parse_json(await read_body(request.stream(),
-                                           request.headers.get("content-encoding"), limit))
+        try:
+            value = parse_json(await read_body(request.stream(),
+                                               request.headers.get("content-encoding"), limit))
+        except NotJson:
+            if not basic:
+                return _unauthorized("Basic")
+            raise
+        if not basic and not write_key_ok(value, context.settings):
+            return _unauthorized("Basic")
         messages, rejected = _messages(value, kind)
         settings = context.settings.segment
         mapped = map_messages(messages, settings.events, settings.amount, utcnow())
@@ -248,6 +270,12 @@ def _segment_routes(app: FastAPI, context: ApiContext) -> None:
         route.__doc__ = doc
         app.post(f"/v1/{kind}", tags=["segment"], openapi_extra=SEGMENT_MESSAGE_BODY,
                  responses=SEGMENT_RESPONSES, name=kind)(route)
+
+    for short, kind in SHORT_PATHS.items():  # analytics.js posts to /v1/t, /v1/i, ... /v1/b
+        async def aliased(request: Request, kind: str = kind) -> JSONResponse:
+            return await segment(request, kind)
+
+        app.post(f"/v1/{short}", include_in_schema=False, name=f"segment-{short}")(aliased)
 
     single("track", "Segment `track`: one event.")
     single("identify", "Segment `identify`: one customer's traits.")

@@ -144,7 +144,6 @@ class Daemon:
         self.touched: set[str] = set()
         self.react_wanted = asyncio.Event()
         self.dispatch_wanted = asyncio.Event()
-        self.last_cycle: datetime | None = None
         self.last_rfm: datetime | None = None
         self.epoch: int | None = None  # the leader's term this replica holds, if it leads
         daemon = getattr(settings, "daemon", None)
@@ -305,7 +304,6 @@ class Daemon:
                                              self.settings, dispatch=False, fence=fence)
             self.count(report)
             swept.update(dict.fromkeys(chosen, now))
-            self.last_cycle = now
             self.metrics.last_cycle.set(now.timestamp())
             self.dispatch_wanted.set()
         else:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,7 +83,7 @@ def ingest_items(engine: sa.Engine, customers: Items, events: Items,
     for attempt in range(RETRIES):
         result = Ingested(rejected=list(not_objects))
         try:
-            with _writing(engine) as connection:
+            with writing(engine) as connection:  # SQLite: queued with the daemon's writers
                 _write(connection, customer_rows, event_rows, result, moment)
         except sa.exc.IntegrityError:
             if attempt == RETRIES - 1:
@@ -175,11 +174,3 @@ def problem_field(message: str) -> str | None:
         return "event_id"
     return found.group(1) or found.group(2)
 
-
-@contextmanager
-def _writing(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """A transaction that commits on success; on SQLite it holds the write lock from the start
-    (engine/store/txn.py, whose in-process queue the API's request threads share with the
-    dispatcher and the reactions)."""
-    with writing(engine) as connection:
-        yield connection

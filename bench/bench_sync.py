@@ -50,12 +50,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def ensure_data(customers: int, seed: int, fmt: str) -> Path:
-    """Generated files for this size, made once; a `meta.json` marks a complete generation."""
-    folder = OUT / f"data-{customers}-s{seed}-{fmt}"
+def ensure_data(customers: int, seed: int, fmt: str, shape: str = "many") -> Path:
+    """Generated files for this size and shape, made once; a `meta.json` marks a complete
+    generation. The `many` shape keeps its old folder name (results cached before shapes)."""
+    folder = OUT / f"data-{customers}-s{seed}-{fmt}{'' if shape == 'many' else '-' + shape}"
     if not (folder / "meta.json").is_file():
         started = time.perf_counter()
-        meta = generate(customers, folder, seed, fmt)
+        meta = generate(customers, folder, seed, fmt, shape)
         meta["seconds"] = round(time.perf_counter() - started, 1)
         (folder / "meta.json").write_text(json.dumps(meta, indent=2))
     return folder

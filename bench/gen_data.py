@@ -54,6 +54,10 @@ CUSTOMER_COLUMNS = ["customer_id", "email", "name", "created_at", "birthday", "t
                     "country", "segment", "tags", "plan"]
 EVENT_COLUMNS = ["event_id", "customer_id", "type", "occurred_at", "amount", "score", "page"]
 MU = math.log(9.7) - 0.5  # log-normal with sigma 1: mean ~9.7 before the 8% of silent customers
+FEW = (list(range(7)), [22, 20, 17, 15, 11, 8, 7])
+"""The `few` shape: 0-6 events per customer, ~2.25 on average (a shop where most people buy
+once or twice), so per-customer work (facts, RFM) weighs more than per-event work."""
+SHAPES = ("many", "few")
 
 
 def _iso(moment: datetime) -> str:
@@ -93,9 +97,15 @@ def _event_times(rng: random.Random, created: datetime, count: int) -> list[date
     return times
 
 
-def make_events(rng: random.Random, customer: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A customer's events (without ids), in the standard shape with a `properties` dict."""
-    count = 0 if rng.random() < 0.08 else min(2000, max(1, int(rng.lognormvariate(MU, 1.0))))
+def make_events(rng: random.Random, customer: dict[str, Any],
+                shape: str = "many") -> Iterator[dict[str, Any]]:
+    """A customer's events (without ids), in the standard shape with a `properties` dict.
+
+    `shape`: "many" (skewed, ~8.5 on average) or "few" (0-6, ~2.25 on average)."""
+    if shape == "few":
+        count = rng.choices(*FEW)[0]
+    else:
+        count = 0 if rng.random() < 0.08 else min(2000, max(1, int(rng.lognormvariate(MU, 1.0))))
     created = datetime.fromisoformat(customer["created_at"])
     types = rng.choices(*TYPES, k=count)
     for kind, moment in zip(types, _event_times(rng, created, count), strict=True):
@@ -139,7 +149,8 @@ class _Writer:
             self.handle.write(json.dumps(row, separators=(",", ":")) + "\n")
 
 
-def generate(customers: int, out: Path, seed: int = 1, fmt: str = "csv") -> dict[str, Any]:
+def generate(customers: int, out: Path, seed: int = 1, fmt: str = "csv",
+             shape: str = "many") -> dict[str, Any]:
     """Write `out/customers.<fmt>` and `out/events.<fmt>`; returns their paths and row counts."""
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -154,14 +165,14 @@ def generate(customers: int, out: Path, seed: int = 1, fmt: str = "csv") -> dict
             for number in range(block_start, min(block_start + BLOCK, customers + 1)):
                 customer = make_customer(rng, number)
                 cwriter.customer(customer)
-                block.extend(make_events(rng, customer))
+                block.extend(make_events(rng, customer, shape))
             block.sort(key=lambda event: event["occurred_at"])
             for event in block:
                 counts["events"] += 1
                 counts[event["type"]] += 1
                 ewriter.event({"event_id": f"e{counts['events']:09d}", **event})
             counts["customers"] += min(BLOCK, customers + 1 - block_start)
-    return {"format": fmt, "seed": seed, **{k: str(v) for k, v in paths.items()}, "counts": counts}
+    return {"format": fmt, "seed": seed, "shape": shape, **{k: str(v) for k, v in paths.items()}, "counts": counts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,8 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/data"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    parser.add_argument("--shape", choices=SHAPES, default="many",
+                        help="events per customer: many (~8.5, skewed) or few (0-6, ~2.25)")
     args = parser.parse_args(argv)
-    print(json.dumps(generate(args.customers, args.out, args.seed, args.format), indent=2))
+    print(json.dumps(generate(args.customers, args.out, args.seed, args.format, args.shape),
+                     indent=2))
 
 
 if __name__ == "__main__":

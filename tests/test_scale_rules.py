@@ -1,0 +1,328 @@
+"""The co-location rule of docs/SCALE.md, checked on every statement the samples compile to.
+
+A distributed PostgreSQL (Citus) sharding the per-customer tables by `customer_id` runs a
+statement shard by shard, in parallel, only when every join between two of those tables and
+every correlated subquery over one of them is keyed by equality on `customer_id`; anything else
+is repartitioned, pulled to the coordinator, or refused. So the rule, stated in SCALE.md:
+
+    Every join between per-customer tables and every correlated subquery over a per-customer
+    table is keyed by equality on customer_id (a top-level conjunct `a.customer_id =
+    b.customer_id`), and a window function over per-customer rows is partitioned by it.
+
+The golden statements (tests/golden/sql/*.sql, every file found by glob, so a new sample
+playbook or trigger is covered without touching this file) are parsed with a real SQL parser
+(sqlglot) and checked; the same samples compiled as of a past instant (`fact_as_of`,
+`rfm_as_of`) are checked too. A breach found in the engine is not fixed here: it is a named
+exception below, with its reason, and SCALE.md says the change it would need. The negative
+cases show the checker reports what it should, naming the offending join or subquery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlglot
+from sqlalchemy.dialects import postgresql
+from sqlglot import exp
+from sqlmodel import SQLModel
+
+import engine.store.tables  # noqa: F401  (registers every table on SQLModel.metadata)
+from engine.format.validation import load_valid_playbooks
+from engine.query.evaluate import Moment, playbook_query
+from playbooks import SAMPLES_DIR
+
+GOLDEN = Path(__file__).parent / "golden" / "sql"
+DIALECTS = {"postgresql": "postgres", "sqlite": "sqlite"}  # golden suffix -> sqlglot dialect
+KEY = "customer_id"
+
+CHILD_TABLES = {
+    "action_payloads": "one row per action, keyed by action_id: gets customer_id to be "
+                       "distributed with its action (SCALE.md, 'Schema changes')",
+    "action_attempts": "one row per attempt of an action: the same",
+}
+REFERENCE_TABLES = {
+    "playbook_versions": "a few rows per playbook, read by every evaluation",
+    "suppressions": "addresses, not customers: looked up by email from any shard",
+    "engine_secrets": "one signing key",
+    "daemon_leader": "the leader lease: one row, locked FOR UPDATE by the fence",
+    "schedule_ticks": "one row per cron tick, unique (playbook, tick)",
+    "sync_cursors": "one row per sync source",
+    "alembic_version": "the schema revision",
+}
+"""Tables kept whole on every node (Citus reference tables): a join to them needs no key."""
+
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("vip-care.as-of", "window NTILE(5) over rfm_values not partitioned by customer_id"):
+        "RFM ranks every customer against all others (DESIGN 1): on Citus the ranking runs on "
+        "the coordinator (SCALE.md, 'RFM')",
+}
+"""(statement, breach) -> why it is allowed; each one is explained in docs/SCALE.md."""
+
+
+def distributed_tables() -> set[str]:
+    """Every table with a customer_id column, from the models (a new one is covered at once),
+    plus the child tables that must get one."""
+    return {t.name for t in SQLModel.metadata.tables.values() if KEY in t.c} | set(CHILD_TABLES)
+
+
+# --- the checker ------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """One FROM/JOIN item of a SELECT: a table (by name) or a derived table or CTE."""
+
+    alias: str
+    name: str
+    distributed: bool
+
+
+@dataclass
+class Scope:
+    select: exp.Select
+    own: dict[str, Source] = field(default_factory=dict)
+    outer: dict[str, Source] = field(default_factory=dict)
+
+
+def breaches(sql: str, dialect: str, distributed: set[str] | None = None) -> list[str]:
+    """What in `sql` breaks the rule, one line per breach naming the join, subquery or window."""
+    sharded = distributed_tables() if distributed is None else distributed
+    tree = sqlglot.parse_one(sql, read=dialect)
+    ctes = {cte.alias: cte.this for cte in tree.find_all(exp.CTE)}
+    found: list[str] = []
+    for select in tree.find_all(exp.Select):
+        scope = _scope(select, sharded, ctes)
+        found += _joins(scope) + _correlation(scope) + _windows(scope)
+    return sorted(set(found))
+
+
+def _contains_distributed(node: exp.Expression, sharded: set[str], ctes: dict[str, exp.Expression],
+                          seen: frozenset[str] = frozenset()) -> bool:
+    for table in node.find_all(exp.Table):
+        if table.name in sharded:
+            return True
+        if table.name in ctes and table.name not in seen and _contains_distributed(
+                ctes[table.name], sharded, ctes, seen | {table.name}):
+            return True
+    return False
+
+
+def _sources(select: exp.Select, sharded: set[str], ctes: dict[str, exp.Expression]
+             ) -> dict[str, Source]:
+    items = []
+    if select.args.get("from_") is not None:
+        items.append(select.args["from_"].this)
+    items += [join.this for join in select.args.get("joins") or []]
+    found = {}
+    for item in items:
+        if isinstance(item, exp.Table) and item.name not in ctes:
+            source = Source(item.alias_or_name, item.name, item.name in sharded)
+        else:  # a derived table or a CTE: distributed when it reads a distributed table
+            name = item.name if isinstance(item, exp.Table) else item.alias
+            source = Source(item.alias_or_name, name,
+                            _contains_distributed(item, sharded, ctes)
+                            or (name in ctes and _contains_distributed(ctes[name], sharded, ctes)))
+        found[source.alias] = source
+    return found
+
+
+def _scope(select: exp.Select, sharded: set[str], ctes: dict[str, exp.Expression]) -> Scope:
+    scope = Scope(select, _sources(select, sharded, ctes))
+    parent = select.parent
+    while parent is not None:
+        if isinstance(parent, exp.Select):
+            for alias, source in _sources(parent, sharded, ctes).items():
+                scope.outer.setdefault(alias, source)
+        parent = parent.parent
+    return scope
+
+
+def _conjuncts(select: exp.Select) -> list[exp.Expression]:
+    """The top-level AND terms of the WHERE and of every JOIN ... ON (an equality under an OR
+    keys nothing)."""
+    terms: list[exp.Expression] = []
+    conditions = [select.args.get("where")] + [j.args.get("on") for j in select.args.get("joins") or []]
+    for condition in conditions:
+        if condition is None:
+            continue
+        node = condition.this if isinstance(condition, exp.Where) else condition
+        terms += list(node.flatten()) if isinstance(node, exp.And) else [node]
+    return [term.unnest() for term in terms]
+
+
+def _key_pairs(scope: Scope) -> list[tuple[str, str]]:
+    """Pairs of sources whose customer_id columns a conjunct sets equal."""
+    only = next(iter(scope.own)) if len(scope.own) == 1 else None
+    pairs = []
+    for term in _conjuncts(scope.select):
+        if isinstance(term, exp.EQ):
+            left, right = term.this, term.expression
+            if all(isinstance(side, exp.Column) and side.name == KEY for side in (left, right)):
+                pairs.append((left.table or only or "", right.table or only or ""))
+    return pairs
+
+
+def _joins(scope: Scope) -> list[str]:
+    sharded = [alias for alias, source in scope.own.items() if source.distributed]
+    group = {alias: alias for alias in sharded}
+
+    def root(alias: str) -> str:
+        while group[alias] != alias:
+            alias = group[alias]
+        return alias
+
+    for a, b in _key_pairs(scope):
+        if a in group and b in group:
+            group[root(a)] = root(b)
+    first = sharded[0] if sharded else None
+    return [f"join of {_named(scope.own[first])} and {_named(scope.own[other])} "
+            f"not keyed by {KEY}" for other in sharded[1:] if first and root(other) != root(first)]
+
+
+def _correlation(scope: Scope) -> list[str]:
+    """A subquery over distributed rows that reads an outer column must be keyed to an outer
+    distributed source by customer_id."""
+    outer = {alias for alias in scope.outer if alias not in scope.own}
+    referenced = {column.table for column in scope.select.find_all(exp.Column)
+                  if column.table in outer and _nearest_select(column) is scope.select}
+    mine = [alias for alias, source in scope.own.items() if source.distributed]
+    if not referenced or not mine:
+        return []
+    keyed = any((a in scope.own and b in outer and scope.outer[b].distributed)
+                or (b in scope.own and a in outer and scope.outer[a].distributed)
+                for a, b in _key_pairs(scope))
+    if keyed:
+        return []
+    over = ", ".join(_named(scope.own[alias]) for alias in mine)
+    return [f"correlated subquery over {over} (reads {', '.join(sorted(referenced))}) "
+            f"not keyed by {KEY}"]
+
+
+def _nearest_select(node: exp.Expression) -> exp.Expression | None:
+    parent = node.parent
+    while parent is not None and not isinstance(parent, exp.Select):
+        parent = parent.parent
+    return parent
+
+
+def _windows(scope: Scope) -> list[str]:
+    if not any(source.distributed for source in scope.own.values()):
+        return []
+    found = []
+    for window in scope.select.find_all(exp.Window):
+        if _nearest_select(window) is not scope.select:
+            continue
+        keys = [p for p in window.args.get("partition_by") or []
+                if isinstance(p, exp.Column) and p.name == KEY]
+        if not keys:
+            over = ", ".join(sorted(_named(s) for s in scope.own.values() if s.distributed))
+            found.append(f"window {window.this.sql()} over {over} not partitioned by {KEY}")
+    return found
+
+
+def _named(source: Source) -> str:
+    return source.name if source.alias == source.name else f"{source.name} AS {source.alias}"
+
+
+# --- the statements ---------------------------------------------------------------------------
+
+
+def golden_statements() -> list[tuple[str, str, str]]:
+    """(name, dialect, SQL) of every golden file: `playbook.dialect.sql`."""
+    found = []
+    for path in sorted(GOLDEN.glob("*.sql")):
+        stem, suffix = path.name.removesuffix(".sql").rsplit(".", 1)
+        found.append((stem, DIALECTS[suffix], path.read_text(encoding="utf-8")))
+    return found
+
+
+def historical_statements() -> list[tuple[str, str, str]]:
+    """Each sample compiled as of an instant before the latest event: the facts derived from
+    the events up to it (`fact_as_of`, `rfm_as_of`), PostgreSQL's spelling."""
+    as_of = datetime(2011, 12, 10, tzinfo=UTC)
+    moment = Moment(as_of, datetime(2011, 12, 20, tzinfo=UTC), (None, "Europe/London"), {})
+    assert moment.historical
+    found = []
+    for playbook in load_valid_playbooks([SAMPLES_DIR]):
+        query = playbook_query(playbook, moment.trigger_context(playbook.id))
+        text = str(query.compile(dialect=postgresql.dialect(),
+                                 compile_kwargs={"literal_binds": True}))
+        found.append((f"{playbook.id}.as-of", "postgres", text))
+    return found
+
+
+STATEMENTS = golden_statements() + historical_statements()
+
+
+def test_the_golden_files_are_all_found() -> None:
+    """The glob sees every sample in both dialects (a renamed folder would silently check
+    nothing)."""
+    names = {(name, dialect) for name, dialect, _ in golden_statements()}
+    samples = {p.id for p in load_valid_playbooks([SAMPLES_DIR])}
+    assert names >= {(s, d) for s in samples for d in DIALECTS.values()}
+
+
+def test_every_table_is_distributed_or_reference() -> None:
+    """A new table must be placed: per customer (it has customer_id, or is named a child) or
+    kept whole on every node (named above with why)."""
+    tables = set(SQLModel.metadata.tables) | {"alembic_version"}
+    placed = distributed_tables() | set(REFERENCE_TABLES)
+    assert tables - placed == set(), "place the new table in SCALE.md and in this test"
+    assert distributed_tables() & set(REFERENCE_TABLES) == set()
+    assert {"customers", "events", "enrollments", "actions"} <= distributed_tables()
+
+
+@pytest.mark.parametrize(("name", "dialect", "sql"), STATEMENTS,
+                         ids=[f"{name}-{dialect}" for name, dialect, _ in STATEMENTS])
+def test_statement_keeps_the_rule(name: str, dialect: str, sql: str) -> None:
+    found = breaches(sql, dialect)
+    unexplained = [b for b in found if (name, b) not in EXCEPTIONS]
+    assert unexplained == [], f"{name} ({dialect}) breaks SCALE.md's rule"
+
+
+def test_every_exception_is_still_met() -> None:
+    """An exception that no statement needs any more is removed, with its line in SCALE.md."""
+    seen = {(name, b) for name, dialect, sql in STATEMENTS for b in breaches(sql, dialect)}
+    assert set(EXCEPTIONS) <= seen
+
+
+# --- the checker can fail -----------------------------------------------------------------------
+
+
+def test_a_join_on_another_column_is_reported() -> None:
+    sql = ("SELECT customers.customer_id FROM events AS trigger_event JOIN customers "
+           "ON customers.email = trigger_event.event_id WHERE trigger_event.type = 'purchase'")
+    assert breaches(sql, "postgres") == [
+        "join of events AS trigger_event and customers not keyed by customer_id"]
+
+
+def test_a_key_under_an_or_does_not_count() -> None:
+    sql = ("SELECT customers.customer_id FROM customers JOIN enrollments ON "
+           "(enrollments.customer_id = customers.customer_id OR enrollments.id = 1)")
+    assert breaches(sql, "postgres") == [
+        "join of customers and enrollments not keyed by customer_id"]
+
+
+def test_a_subquery_correlated_on_another_column_is_reported() -> None:
+    sql = ("SELECT customers.customer_id FROM events AS trigger_event JOIN customers "
+           "ON customers.customer_id = trigger_event.customer_id WHERE NOT EXISTS "
+           "(SELECT * FROM enrollments WHERE enrollments.event_id = trigger_event.event_id)")
+    assert breaches(sql, "postgres") == [
+        "correlated subquery over enrollments (reads trigger_event) not keyed by customer_id"]
+
+
+def test_a_window_over_every_customer_is_reported() -> None:
+    sql = ("SELECT customer_id, ntile(5) OVER (ORDER BY total_spent) AS m FROM customers")
+    assert breaches(sql, "postgres") == [
+        "window NTILE(5) over customers not partitioned by customer_id"]
+
+
+def test_reference_tables_and_keyed_statements_pass() -> None:
+    sql = ("SELECT customers.customer_id FROM customers JOIN suppressions "
+           "ON suppressions.email = lower(customers.email) WHERE (SELECT count(*) FROM events "
+           "WHERE events.customer_id = customers.customer_id) > 2 AND customers.email IN "
+           "(SELECT email FROM suppressions)")
+    assert breaches(sql, "postgres") == []

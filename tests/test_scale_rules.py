@@ -406,36 +406,31 @@ def test_reference_tables_and_keyed_statements_pass() -> None:
 # --- every statement a real run emits (PostgreSQL) --------------------------------------------
 
 KNOWN_BREACHES: dict[str, str] = {
-    # each is a row of SCALE.md's "What would not" table, where its change is written
-    "window NTILE over customers not partitioned by customer_id":
+    # each is a row of SCALE.md's "What would not" table, where its change is written; a
+    # pattern (re.fullmatch) of the checker's words, so a renamed alias is no new breach
+    r"window NTILE over customers not partitioned by customer_id":
         "RFM ranks every customer (refresh_rfm, the RFM report)",
-    "window NTILE over rfm_values not partitioned by customer_id":
+    r"window NTILE over rfm_values not partitioned by customer_id":
         "rfm_as_of: RFM as of a past instant ranks every customer as of then",
-    "window NTILE over per_customer not partitioned by customer_id":
-        "the value report's tiers rank every customer",
-    "window ROW_NUMBER over per_customer not partitioned by customer_id":
-        "the value report's CLV quantiles rank every customer",
-    "recursive CTE walk over customers": "distinct_values: the loose index scan of time zones",
-    "recursive CTE walk over events": "distinct_values / retention_scan: event types",
-    "correlated subquery over customers AS follow (reads walk) not keyed by customer_id":
-        "the same loose index scan's step",
-    "correlated subquery over events AS follow (reads walk) not keyed by customer_id":
-        "the same loose index scan's step",
-    "correlated subquery over events (reads walk) not keyed by customer_id":
-        "the retention report's loose index scan of event types",
-    "correlated subquery over actions AS pending (reads enrollments) not keyed by customer_id":
+    r"window (NTILE|ROW_NUMBER) over per_customer not partitioned by customer_id":
+        "the value report's tiers and CLV quantiles rank every customer",
+    r"recursive CTE walk over (customers|events)":
+        "the loose index scans of time zones and event types (distinct_values, retention_scan)",
+    r"correlated subquery over (customers|events)( AS \w+)? \(reads walk\) not keyed by "
+    r"customer_id": "the same scans' steps, each reading the value before",
+    r"correlated subquery over actions AS pending \(reads enrollments\) not keyed by customer_id":
         "lifecycle.py exit_when: pending actions by enrollment_id",
-    "join of entering and events AS triggering not keyed by customer_id":
+    r"join of entering and events AS triggering not keyed by customer_id":
         "set_commit.py: the triggering event by events.id",
-    "join of taken and action_payloads not keyed by customer_id":
+    r"join of taken and action_payloads not keyed by customer_id":
         "claim.py: the claimed rows' payloads by action_id",
-    "join of actions and pick not keyed by customer_id":
+    r"join of actions and pick not keyed by customer_id":
         "claim.py: the picked rows updated by id",
-    "row lock (FOR UPDATE) over actions across shards":
+    r"row lock \(FOR UPDATE\) over actions across shards":
         "claim.py's SKIP LOCKED pick and record.py's _held",
-    "join of actions and enrollments not keyed by customer_id":
+    r"join of actions and enrollments not keyed by customer_id":
         "the playbook report's action counts and customer show: by enrollment_id",
-    "join of actions and action_payloads not keyed by customer_id":
+    r"join of actions and action_payloads not keyed by customer_id":
         "customer show: actions and their payloads by action_id",
 }
 """Breaches of the rule in statements outside the golden files, by the checker's words."""
@@ -497,6 +492,8 @@ def test_every_statement_of_a_run_keeps_the_rule_but_the_known_breaches(
         for breach in breaches(PARAMETER.sub("NULL", statement), "postgres"):
             found.setdefault(breach, f"{command}: {' '.join(statement.split())[:160]}")
     assert checked > 50  # the run did run
-    unknown = {b: where for b, where in found.items() if b not in KNOWN_BREACHES}
+    unknown = {b: where for b, where in found.items()
+               if not any(re.fullmatch(known, b) for known in KNOWN_BREACHES)}
     assert unknown == {}, "a new breach: change the statement, or write it down in SCALE.md"
-    assert set(KNOWN_BREACHES) - set(found) == set(), "fixed: remove it here and in SCALE.md"
+    fixed = [known for known in KNOWN_BREACHES if not any(re.fullmatch(known, b) for b in found)]
+    assert fixed == [], "fixed: remove it here and in SCALE.md"

@@ -10,7 +10,10 @@ is repartitioned, pulled to the coordinator, or refused. So the rule, stated in 
     b.customer_id`), and a window function over per-customer rows is partitioned by it.
 
 Two features Citus has only in single-shard queries are reported too: a row lock (`FOR
-UPDATE`) not pinned to one customer, and a recursive CTE over per-customer tables.
+UPDATE`) not pinned to one customer, and a recursive CTE over per-customer tables; and so is
+an `ON CONFLICT (keys)` on a per-customer table without customer_id, since Citus keeps only
+unique keys that include it. The models' own keys are checked the same way
+(`schema_breaches`), against SCALE.md's list of schema changes.
 
 The golden statements (tests/golden/sql/*.sql, every file found by glob, so a new sample
 playbook or trigger is covered without touching this file) are parsed with a real SQL parser
@@ -118,7 +121,7 @@ def breaches(sql: str, dialect: str, distributed: set[str] | None = None) -> lis
     for select in tree.find_all(*QUERIES):
         scope = _scope(select, sharded, ctes)
         found += _joins(scope) + _correlation(scope) + _windows(scope) + _locks(scope)
-    found += _recursive(tree, sharded)
+    found += _recursive(tree, sharded) + _conflicts(tree, sharded)
     return sorted(set(found))
 
 
@@ -279,6 +282,22 @@ def _recursive(tree: exp.Expression, sharded: set[str]) -> list[str]:
     return found
 
 
+def _conflicts(tree: exp.Expression, sharded: set[str]) -> list[str]:
+    """An `ON CONFLICT (keys)` names a unique constraint, which on a distributed table must
+    include customer_id (the schema rule below, seen from the statement)."""
+    found = []
+    for insert in tree.find_all(exp.Insert):
+        conflict = insert.args.get("conflict")
+        target = insert.this.this if isinstance(insert.this, exp.Schema) else insert.this
+        if conflict is None or not isinstance(target, exp.Table) or target.name not in sharded:
+            continue
+        keys = [key.this.name if isinstance(key, exp.Ordered) else key.name
+                for key in conflict.args.get("conflict_keys") or []]
+        if keys and KEY not in keys:
+            found.append(f"ON CONFLICT ({', '.join(keys)}) on {target.name} lacks {KEY}")
+    return found
+
+
 def _named(source: Source) -> str:
     return source.name if source.alias == source.name else f"{source.name} AS {source.alias}"
 
@@ -329,6 +348,85 @@ def test_every_table_is_distributed_or_reference() -> None:
     assert tables - placed == set(), "place the new table in SCALE.md and in this test"
     assert distributed_tables() & set(REFERENCE_TABLES) == set()
     assert {"customers", "events", "enrollments", "actions"} <= distributed_tables()
+
+
+SCHEMA_CHANGES = {
+    "events: primary key (id) lacks customer_id",
+    "events: unique (event_id) lacks customer_id",
+    "events.id: an INTEGER sequence, not BIGINT",
+    "enrollments: primary key (id) lacks customer_id",
+    "enrollments.id: an INTEGER sequence, not BIGINT",
+    "actions: primary key (id) lacks customer_id",
+    "actions: unique (idempotency_key) lacks customer_id",
+    "actions: foreign key (enrollment_id) -> enrollments lacks customer_id",
+    "actions.id: an INTEGER sequence, not BIGINT",
+    "action_payloads: primary key (action_id) lacks customer_id",
+    "action_payloads: foreign key (action_id) -> actions lacks customer_id",
+    "action_attempts: primary key (id) lacks customer_id",
+    "action_attempts: foreign key (action_id) -> actions lacks customer_id",
+    "action_attempts.id: an INTEGER sequence, not BIGINT",
+    "tasks: primary key (id) lacks customer_id",
+    "tasks: unique (idempotency_key) lacks customer_id",
+    "tasks.id: an INTEGER sequence, not BIGINT",
+    "points_ledger: primary key (id) lacks customer_id",
+    "points_ledger: unique (idempotency_key) lacks customer_id",
+    "points_ledger.id: an INTEGER sequence, not BIGINT",
+}
+"""SCALE.md's "Schema changes it needs", line by line: what a Citus migration would change."""
+
+
+def schema_breaches(metadata: sa.MetaData = SQLModel.metadata,
+                    sharded: set[str] | None = None) -> set[str]:
+    """What Citus would refuse in the models of the distributed tables: a primary key, unique
+    key or foreign key to another distributed table without customer_id, and 32-bit id
+    sequences (inserts on worker nodes need 64 bits)."""
+    sharded = distributed_tables() if sharded is None else sharded
+    found = set()
+    for table in metadata.sorted_tables:
+        if table.name not in sharded:
+            continue
+        keys: list[tuple[str, list[str]]] = [
+            ("primary key", [c.name for c in table.primary_key.columns])]
+        keys += [("unique", [c.name for c in constraint.columns]) for constraint in
+                 table.constraints if isinstance(constraint, sa.UniqueConstraint)]
+        keys += [("unique", [c.name for c in index.columns]) for index in table.indexes
+                 if index.unique]
+        for kind, columns in keys:
+            if KEY not in columns:
+                found.add(f"{table.name}: {kind} ({', '.join(columns)}) lacks {KEY}")
+        for constraint in table.foreign_key_constraints:
+            target = constraint.referred_table.name
+            if target in sharded and KEY not in [c.name for c in constraint.columns]:
+                columns = ", ".join(c.name for c in constraint.columns)
+                found.add(f"{table.name}: foreign key ({columns}) -> {target} lacks {KEY}")
+        if "id" in table.c and table.c.id.primary_key and isinstance(table.c.id.type, sa.Integer) \
+                and not isinstance(table.c.id.type, sa.BigInteger):  # a serial: its own sequence
+            found.add(f"{table.name}.id: an INTEGER sequence, not BIGINT")
+    return found
+
+
+def test_the_schema_changes_a_citus_migration_needs_are_the_documented_ones() -> None:
+    """A new unique key or foreign key without customer_id fails here until SCALE.md says
+    what it becomes; one made distribution-ready fails until its line is removed."""
+    assert schema_breaches() == SCHEMA_CHANGES
+
+
+def test_a_key_without_customer_id_is_reported() -> None:
+    metadata = sa.MetaData()
+    sa.Table("customers", metadata, sa.Column("customer_id", sa.String, primary_key=True))
+    sa.Table("orders", metadata, sa.Column("id", sa.BigInteger, primary_key=True),
+             sa.Column("customer_id", sa.String, sa.ForeignKey("customers.customer_id")),
+             sa.Column("order_no", sa.String, unique=True))
+    sa.Table("lines", metadata, sa.Column("id", sa.Integer, primary_key=True),
+             sa.Column("customer_id", sa.String), sa.Column("order_id", sa.ForeignKey("orders.id")),
+             sa.UniqueConstraint("customer_id", "id"))
+    assert schema_breaches(metadata, {"customers", "orders", "lines"}) == {
+        "orders: primary key (id) lacks customer_id",
+        "orders: unique (order_no) lacks customer_id",
+        "lines: primary key (id) lacks customer_id",
+        "lines: foreign key (order_id) -> orders lacks customer_id",
+        "lines.id: an INTEGER sequence, not BIGINT",
+    }
 
 
 @pytest.mark.parametrize(("name", "dialect", "sql"), STATEMENTS,
@@ -432,6 +530,9 @@ KNOWN_BREACHES: dict[str, str] = {
         "the playbook report's action counts and customer show: by enrollment_id",
     r"join of actions and action_payloads not keyed by customer_id":
         "customer show: actions and their payloads by action_id",
+    r"ON CONFLICT \((event_id|idempotency_key|action_id)\) on "
+    r"(events|actions|action_payloads|tasks|points_ledger) lacks customer_id":
+        "the unique keys of SCHEMA_CHANGES, named by sync's and the commit's inserts",
 }
 """Breaches of the rule in statements outside the golden files, by the checker's words."""
 

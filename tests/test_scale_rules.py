@@ -65,6 +65,8 @@ REFERENCE_TABLES = {
     "daemon_leader": "the leader lease: one row, locked FOR UPDATE by the fence",
     "schedule_ticks": "one row per cron tick, unique (playbook, tick)",
     "sync_cursors": "one row per sync source",
+    "rfm_ranking": "one row: the last RFM ranking's bounds (issue 14 part 3, the rfm branch), "
+                   "locked FOR UPDATE by a ranker",
 }
 """Tables kept whole on every node (Citus reference tables): a join to them needs no key."""
 

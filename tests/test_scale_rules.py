@@ -43,13 +43,16 @@ from sqlglot import exp
 from sqlmodel import SQLModel
 
 import engine.store.tables  # noqa: F401  (registers every table on SQLModel.metadata)
+from engine.daemon.leader import SCHEDULER, acquire_or_renew, fence
 from engine.format.validation import load_valid_playbooks
-from engine.query.evaluate import Moment, playbook_query
+from engine.query.evaluate import Moment, candidates, playbook_query, prepare
 from engine.store.open import open_store
 from engine.store.tables import actions
+from engine.store.txn import writing
 from playbooks import SAMPLES_DIR
 
 GOLDEN = Path(__file__).parent / "golden" / "sql"
+SAMPLES = load_valid_playbooks([SAMPLES_DIR])
 DIALECTS = {"postgresql": "postgres", "sqlite": "sqlite"}  # golden suffix -> sqlglot dialect
 KEY = "customer_id"
 
@@ -323,7 +326,7 @@ def historical_statements() -> list[tuple[str, str, str]]:
     moment = Moment(as_of, datetime(2011, 12, 20, tzinfo=UTC), (None, "Europe/London"), {})
     assert moment.historical
     found = []
-    for playbook in load_valid_playbooks([SAMPLES_DIR]):
+    for playbook in SAMPLES:
         query = playbook_query(playbook, moment.trigger_context(playbook.id))
         text = str(query.compile(dialect=postgresql.dialect(),
                                  compile_kwargs={"literal_binds": True}))
@@ -338,7 +341,7 @@ def test_the_golden_files_are_all_found() -> None:
     """The glob sees every sample in both dialects (a renamed folder would silently check
     nothing)."""
     names = {(name, dialect) for name, dialect, _ in golden_statements()}
-    samples = {p.id for p in load_valid_playbooks([SAMPLES_DIR])}
+    samples = {p.id for p in SAMPLES}
     assert names >= {(s, d) for s in samples for d in DIALECTS.values()}
 
 
@@ -566,8 +569,8 @@ def emitted(pg_url: str, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPat
             code, _, err = cli(["--db", pg_url, *command, "--json"])
             assert code == 0, err
         engine = open_store(pg_url)
-        with engine.connect() as connection:
-            customer = connection.execute(sa.select(actions.c.customer_id).limit(1)).scalar()
+        doing[0] = "the daemon's lease, fence and reactions"
+        customer = _daemon_statements(engine)
         engine.dispose()
         for command in (["customer", "show", customer],
                         ["explain", "winback-30d", customer, "--playbooks", str(SAMPLES_DIR)]):
@@ -577,6 +580,24 @@ def emitted(pg_url: str, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     finally:
         sa.event.remove(sa.Engine, "before_cursor_execute", capture)
     return seen
+
+
+def _daemon_statements(engine: sa.Engine) -> str:
+    """What a daemon sends besides the CLI's statements: the leader lease taken and the fence
+    run in a writing transaction, and each sample evaluated for two customers only (its
+    reaction to their events). Returns a customer with actions."""
+    epoch = acquire_or_renew(engine, SCHEDULER, "scale-test")
+    assert epoch is not None
+    with writing(engine) as connection:
+        fence(connection, SCHEDULER, "scale-test", epoch)
+    with engine.connect() as connection:
+        some = list(connection.execute(sa.select(actions.c.customer_id).distinct().limit(2))
+                    .scalars())
+        moment = prepare(connection, datetime(2011, 12, 10, tzinfo=UTC), SAMPLES)
+        for playbook in SAMPLES:
+            list(candidates(connection, playbook_query(
+                playbook, moment.trigger_context(playbook.id), some)))
+    return some[0]
 
 
 @pytest.mark.postgres

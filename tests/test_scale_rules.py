@@ -1,4 +1,4 @@
-"""The co-location rule of docs/SCALE.md, checked on every statement the samples compile to.
+"""The co-location rule of docs/SCALE.md, checked on the samples' statements and a real run's.
 
 A distributed PostgreSQL (Citus) sharding the per-customer tables by `customer_id` runs a
 statement shard by shard, in parallel, only when every join between two of those tables and
@@ -19,8 +19,8 @@ The golden statements (tests/golden/sql/*.sql, every file found by glob, so a ne
 playbook or trigger is covered without touching this file) are parsed with a real SQL parser
 (sqlglot) and checked; the same samples compiled as of a past instant (`fact_as_of`,
 `rfm_as_of`) are checked too. Then every statement a real run sends to PostgreSQL (the demo
-synced and run live, dispatch, every report, customer show, explain, a historical dry-run) is
-checked the same way. A breach found in the engine is not fixed here: it is a named exception
+synced and run live, dispatch, every report, customer show, explain, a historical dry-run,
+the daemon's lease, fence and per-customer reactions) is checked the same way. A breach found in the engine is not fixed here: it is a named exception
 below, with its reason, and SCALE.md says the change it would need; an exception no longer
 met fails too, so the list and the page stay exact. The negative cases show the checker
 reports what it should, naming the offending join, subquery, window, lock or CTE.

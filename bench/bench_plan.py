@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-counts", action="store_true",
                         help="only the JSON/text comparison (not the per-playbook table)")
+    parser.add_argument("--skip-processes", action="store_true",
+                        help="only in process (not the commands as separate processes)")
     parser.add_argument("--build", type=int, metavar="N", help="build plan-N-SHAPE.db in --out")
     parser.add_argument("--shape", choices=("many", "few"), default="many")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
@@ -279,7 +281,8 @@ def main() -> None:
     if not options.skip_counts:
         in_process(options.db, folder)
     json_vs_text_trees(options.db, folder, options.old, options.rounds)
-    processes(options.db, folder, options.old, options.rounds)
+    if not options.skip_processes:
+        processes(options.db, folder, options.old, options.rounds)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ FROM_ENV = "RETAIN_EMAIL_FROM"
 PLACEHOLDER_FROM = "Retain <retain@example.invalid>"
 """The sender until RETAIN_EMAIL_FROM is set: `.invalid` is reserved, so it can never deliver."""
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+                           r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+"""An address made only of ASCII dot-atoms (`rosa.garcia+news@mail.example.net`): the email
+package parses every such address without a defect and writes it, so `recipient_problem` need
+not parse it (parsing took a quarter of planning a win-back enrollment). Anything else, quotes,
+comments, specials, non-ASCII, goes through the parser (tests/test_plan_recipients.py checks
+the two agree)."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +226,9 @@ class EmailConnector(Connector):
         for value in (address, str(name or "")):
             if problem := header_problem(value):
                 return f"customer {who}: To {value!r}: {problem}"
-        try:  # parsing the address is what fails (~20 us; building a message costs 7x that)
+        if PLAIN_ADDRESS.fullmatch(address):  # what the parser below always accepts
+            return None
+        try:  # parsing the address is what fails (~30 us; building a message costs 7x that)
             parsed = Address(display_name=str(name or ""), addr_spec=address)
         except (ValueError, TypeError, MessageError) as exc:
             return f"customer {who}: the email cannot be built: {exc}"

@@ -9,12 +9,16 @@ the run.
 
 from __future__ import annotations
 
+from email.headerregistry import Address
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_caps_quiet import person, planner_at, rules_of, utc
 from test_planner import playbook
 
+from connectors.email import PLAIN_ADDRESS
 from engine.store.status import DEAD, PLANNED, SUPPRESSED
 
 PLAIN = '  - email: { subject: "Hello", body: "We miss you" }\n'
@@ -52,3 +56,24 @@ def test_a_good_address_is_planned_and_a_suppressed_bad_one_stays_suppressed(
                              ).actions[0].status == PLANNED
         assert pl.enrollment("c2", "o", person("c2", "<a>@x.example"), None,
                              {"<a>@x.example": "bounced"}).actions[0].status == SUPPRESSED
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=st.from_regex(PLAIN_ADDRESS, fullmatch=True),
+       name=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")),
+                    max_size=20))
+def test_an_address_the_fast_path_passes_is_one_the_parser_passes(address: str,
+                                                                  name: str) -> None:
+    """`recipient_problem` skips parsing an address of plain ASCII dot-atoms: that is only
+    right if the email package accepts every such address, so ask the package."""
+    parsed = Address(display_name=name, addr_spec=address)
+    assert parsed.username.isascii()
+    assert parsed.addr_spec == address
+
+
+@pytest.mark.parametrize("address", ["a..b@x.example", ".a@x.example", "a.@x.example",
+                                     "a@x..example", "a b@x.example", '"a"@x.example',
+                                     "a@[127.0.0.1]", "\u00e4@x.example", "<a>@x.example"])
+def test_anything_else_goes_through_the_parser(address: str) -> None:
+    """Addresses off the fast path: the regex refuses them, so the parser judges them."""
+    assert PLAIN_ADDRESS.fullmatch(address) is None

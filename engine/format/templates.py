@@ -263,13 +263,16 @@ def describe(exc: BaseException) -> str:
 def run_template(template: jinja2.Template, context: dict[str, Any], header: bool) -> str:
     """Render with the output cap and the header guard; every failure becomes `RenderFailure`."""
     parts: list[str] = []
-    size = 0
+    size = 0  # characters; bytes (exactly) once the text might pass the cap
+    exact = False
     try:
         for chunk in _generate(template, context):
-            size += len(chunk.encode("utf-8", "surrogatepass"))
-            if size > MAX_OUTPUT_BYTES:
-                raise RenderFailure("rendered output is larger than 256 KiB")
             parts.append(chunk)
+            size += len(chunk.encode("utf-8", "surrogatepass")) if exact else len(chunk)
+            if not exact and size * 4 > MAX_OUTPUT_BYTES:  # a character is at most 4 bytes
+                size, exact = sum(len(p.encode("utf-8", "surrogatepass")) for p in parts), True
+            if size > MAX_OUTPUT_BYTES and exact:
+                raise RenderFailure("rendered output is larger than 256 KiB")
     except _RENDER_ERRORS as exc:
         raise RenderFailure(describe(exc), _failure_line(exc, template)) from exc
     text = "".join(parts)

@@ -39,6 +39,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import Environment
@@ -95,7 +96,7 @@ class PlannedAction:
         a points action's `reason` is not a skip reason, and no field can overwrite `key`.
         """
         data = {"type": self.kind, "step": self.step, "stage": self.stage, "key": self.key,
-                "commit_now": self.commit_now, "run_at": iso(self.run_at),
+                "commit_now": self.commit_now, "run_at": _iso(self.run_at),
                 "status": self.status,
                 "fields": plain_fields(self.fields)}
         if self.reason:
@@ -140,7 +141,12 @@ class Scheduled:
 def plain_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """An action's fields as plain JSON data (times as ISO text): its `to_json` `fields`, and
     the payload a live run writes to the outbox."""
-    return {k: iso(v) if isinstance(v, datetime) else v for k, v in fields.items()}
+    return {k: _iso(v) if isinstance(v, datetime) else v for k, v in fields.items()}
+
+
+_iso = lru_cache(maxsize=4096)(iso)
+"""`iso`, remembered: a plan's due times are a few instants shared by every enrollment (as-of
+plus the waits), spelled once each instead of once per action."""
 
 
 def schedule(playbook: Playbook) -> tuple[Scheduled, ...]:

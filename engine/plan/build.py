@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 
 Batches = Callable[[int | None, "sa.Select[Any] | None"], Iterator[list[PlannedEnrollment]]]
 SAMPLES = 3  # reasons kept per status and playbook, for the text plan
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
-"""`json.dumps(..., ensure_ascii=False)` with its encoder made once, not once per enrollment."""
 
 
 @dataclass
@@ -157,7 +155,8 @@ class Plan:
             part = json.dumps(pp.header(), ensure_ascii=False)
             yield ("," if n else "") + "\n" + part[:-1] + ', "enrollments": ['
             for i, enrollment in enumerate(_listed(pp, every)):
-                yield ("," if i else "") + "\n" + _ENCODE(enrollment.to_json())
+                yield ("," if i else "") + "\n" + json.dumps(enrollment.to_json(),
+                                                             ensure_ascii=False)
             yield "]}"
         yield "\n]}\n"
 

@@ -22,6 +22,7 @@ from engine.format.templates import (
     expand_env,
     header_problem,
     make_environment,
+    reads_nothing,
     render,
     render_file,
 )
@@ -335,3 +336,29 @@ def test_env_var_problems_name_variables_never_values() -> None:
                         "environment variable MISSING is not set",
                         "environment variable EMPTY is empty"]
     assert env_var_problems("no variables here, $HOME stays", env) == []
+
+
+def test_a_template_that_reads_nothing_is_rendered_once_and_any_other_every_time() -> None:
+    """A constant subject is every customer's text, so the plan renders it once; a template
+    that reads the customer, calls a global or draws at random is rendered for each."""
+    env = make_environment()
+    assert reads_nothing(env, "A thank-you for {{ 'our' ~ ' best' }} customers", False)
+    for varying in ("Hi {{ customer.name }}", "{{ range(3) | list }}", "{{ lipsum(1) }}",
+                    "{{ [1, 2, 3] | random }}", "{{ unsubscribe_url }}",
+                    "{% for i in [1] %}{{ i }}{% endfor %}", "{% include 'x.j2' %}"):
+        assert not reads_nothing(env, varying, False), varying
+    first = render(env, "Hello", {"customer": {"name": "Ann"}})
+    assert render(env, "Hello", {}) is first  # the kept text, not a second render
+    assert render(env, "Hi {{ customer.name }}", {"customer": {"name": "Ann"}}) == "Hi Ann"
+    assert render(env, "Hi {{ customer.name }}", {"customer": {"name": "Bo"}}) == "Hi Bo"
+
+
+def test_a_constant_template_that_fails_fails_every_time() -> None:
+    """A failure is not kept as a text: every customer's render fails with its message."""
+    env = make_environment()
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="division by zero"):
+            render(env, "{{ 1 / 0 }}", {})
+    with pytest.raises(TemplateError, match="line break"):
+        render(env, "a{{ '\\n' }}b", {}, header=True)
+    assert render(env, "a{{ '\\n' }}b", {}) == "a\nb"  # the same source outside a header

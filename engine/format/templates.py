@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import DictLoader, FileSystemLoader, StrictUndefined, meta, select_autoescape
+from jinja2 import DictLoader, FileSystemLoader, StrictUndefined, meta, nodes, select_autoescape
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
@@ -332,14 +332,46 @@ def compile_inline(environment: jinja2.Environment, source: str, html: bool) -> 
     return template
 
 
+def reads_nothing(environment: jinja2.Environment, source: str, html: bool) -> bool:
+    """Whether an inline template renders the same text in any context: it loads no name at
+    all (`customer`, a loop variable, the globals `range` and `lipsum`), includes nothing and
+    draws nothing at random (the `random` filter), so its text, once rendered, is every
+    customer's (a constant subject, a fixed task title)."""
+    cache: dict[tuple[str, bool], bool] = environment.__dict__.setdefault(
+        "_retain_reads_nothing", {})
+    key = (source, html)
+    if key not in cache:
+        try:
+            tree = environment.parse(source)
+        except jinja2.TemplateSyntaxError:
+            tree = None
+        cache[key] = tree is not None and not any(
+            isinstance(node, nodes.Name) and node.ctx == "load"  # globals too: range, lipsum
+            or isinstance(node, nodes.Filter) and node.name == "random"
+            or isinstance(node, nodes.Include | nodes.Import | nodes.FromImport | nodes.Extends)
+            for node in tree.find_all(nodes.Node))
+    return cache[key]
+
+
 def render(environment: jinja2.Environment, source: str, context: Mapping[str, Any], *,
            header: bool = False, html: bool = False) -> str:
-    """Render an inline template (an action field); `html=True` autoescapes like `.html.j2`."""
+    """Render an inline template (an action field); `html=True` autoescapes like `.html.j2`.
+
+    A template that reads nothing is rendered once per environment and its text reused: a plan
+    renders the same constant subject for every enrollment. A failure is never kept (each
+    render fails anew, with its own message)."""
+    constants: dict[tuple[str, bool, bool], str] = environment.__dict__.setdefault(
+        "_retain_constant_texts", {})
+    if (source, html, header) in constants:
+        return constants[(source, html, header)]
     try:
-        return run_template(compile_inline(environment, source, html), as_context(context), header)
+        text = run_template(compile_inline(environment, source, html), as_context(context), header)
     except RenderFailure as failure:
         where = f"line {failure.line}: " if failure.line and "\n" in source else ""
         raise TemplateError(f"{where}{failure.message}") from failure
+    if reads_nothing(environment, source, html):
+        constants[(source, html, header)] = text
+    return text
 
 
 def render_file(environment: jinja2.Environment, name: str, context: Mapping[str, Any]) -> str:

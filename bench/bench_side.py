@@ -565,9 +565,9 @@ def _sqlite_fresh(path: Path) -> str:
 def measure(size: int, shape: str, pg: str, repeat: int, keep: bool, reuse: bool
             ) -> dict[str, Any]:
     """Every measurement of one size and shape on both databases."""
-    data = OUT / f"data-{size}-s1-csv{'' if shape == 'many' else '-' + shape}"
-    if not (data / "meta.json").is_file():
-        raise SystemExit(f"{data}: no meta.json (bench/gen_data.py --shape {shape} makes it)")
+    from bench_sync import ensure_data  # bench/ is sys.path[0] as a script
+
+    data = ensure_data(size, 1, "csv", shape)  # the shared files; generated if missing
     work = OUT / "pgbench"
     work.mkdir(parents=True, exist_ok=True)
     name = f"pgbench_{size}_{shape}"

@@ -26,7 +26,11 @@ Retain's path on each database with what that database can do at best:
 Machine: heavy (1M) runs take the shared lock: `flock /work/bench.lock python bench/...`.
 
     python bench/bench_side.py --sizes 100000 --shapes few,many \\
-        --pg postgresql://postgres@127.0.0.1:5432/test [--repeat 3] [--json] [--keep]
+        --pg postgresql://postgres@127.0.0.1:5432/test [--repeat 3] [--json] [--keep] [--vacuum]
+
+`--vacuum` runs VACUUM (ANALYZE) on PostgreSQL's tables after the syncs (outside every
+clock), as autovacuum would on a server that has it on; without it, the queries meet what sync
+leaves (docs/BENCHMARKS.md, "PostgreSQL side by side", says what that costs).
 
 Databases: bench/out/pgbench/pgbench_<N>_<shape>.db and the schema pgbench_<N>_<shape> (dropped
 at the end unless --keep; --reuse measures kept ones again without syncing); the results also go
@@ -556,14 +560,27 @@ def _schema(pg: str, schema: str, fresh: bool) -> None:
     admin.dispose()
 
 
+def _vacuum(url: str) -> float:
+    """VACUUM (ANALYZE) the customers and events of a PostgreSQL schema, as autovacuum (off on
+    the bench machine, on by default elsewhere) would after a large sync; its seconds."""
+    from engine.store.open import normalize_url
+
+    engine = sa.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    started = time.perf_counter()
+    with engine.connect() as connection:
+        connection.exec_driver_sql("VACUUM (ANALYZE) customers, events")
+    engine.dispose()
+    return time.perf_counter() - started
+
+
 def _sqlite_fresh(path: Path) -> str:
     for leftover in (path, *(Path(f"{path}{tail}") for tail in ("-wal", "-shm"))):
         leftover.unlink(missing_ok=True)
     return f"sqlite:///{path}"
 
 
-def measure(size: int, shape: str, pg: str, repeat: int, keep: bool, reuse: bool
-            ) -> dict[str, Any]:
+def measure(size: int, shape: str, pg: str, repeat: int, keep: bool, reuse: bool,
+            vacuum: bool = False) -> dict[str, Any]:
     """Every measurement of one size and shape on both databases."""
     from bench_sync import ensure_data  # bench/ is sys.path[0] as a script
 
@@ -596,6 +613,8 @@ def measure(size: int, shape: str, pg: str, repeat: int, keep: bool, reuse: bool
                         _sqlite_fresh(work / f"{name}-bare.db")
                     else:
                         _schema(pg, f"{name}_bare", fresh=False)
+        if vacuum:
+            result["vacuum_seconds"] = _vacuum(urls["postgresql"])
         print(f"{size:,} {shape}: evaluation, report, RFM", file=sys.stderr, flush=True)
         result["measure"] = _child("measure", json.dumps(urls), str(repeat))
         small = small_events(data, work / f"{name}-small.csv")
@@ -632,7 +651,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """One table per size and shape: a row per measurement, SQLite and PostgreSQL side by side."""
     out = []
     for r in results:
-        head = (f"**{r['size']:,} customers, `{r['shape']}` shape ({r['events']:,} events)**\n\n"
+        vacuumed = ("" if "vacuum_seconds" not in r else
+                    f", PostgreSQL vacuumed before the queries ({r['vacuum_seconds']:.0f} s)")
+        head = (f"**{r['size']:,} customers, `{r['shape']}` shape ({r['events']:,} events)"
+                f"{vacuumed}**\n\n"
                 "| measurement | SQLite s | SQLite baseline s | SQLite ratio "
                 "| PostgreSQL s | PostgreSQL baseline s | PostgreSQL ratio | PG / SQLite |\n"
                 "|---|---|---|---|---|---|---|---|")
@@ -695,6 +717,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the databases and schemas")
     parser.add_argument("--reuse", action="store_true",
                         help="measure kept databases again: no ingest, no small sync")
+    parser.add_argument("--vacuum", action="store_true",
+                        help="VACUUM (ANALYZE) PostgreSQL's tables before measuring queries, "
+                             "as autovacuum would (off on the bench machine)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
@@ -703,7 +728,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for size in (int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()):
         for shape in (s.strip() for s in args.shapes.split(",") if s.strip()):
-            results.append(measure(size, shape, args.pg, args.repeat, args.keep, args.reuse))
+            results.append(measure(size, shape, args.pg, args.repeat, args.keep, args.reuse,
+                                   args.vacuum))
     seconds = (datetime.now(UTC) - started).total_seconds()
     document = {"started": started.isoformat(timespec="seconds"), "seconds": round(seconds),
                 "commit": commit, "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -78,6 +78,13 @@ class Customer(SQLModel, table=True):
     last_emailed_at: datetime | None = _time()
     rfm_score: str | None = None
     rfm_segment: str | None = None
+    # R, F and M as the ranking that gave rfm_score ordered them (engine/sync/rfm.py; M is
+    # `revenue_key(total_spent)`): a customer whose facts differ has moved since. NULL, 0, 0
+    # for a customer without a purchase then.
+    rfm_last_purchase_at: datetime | None = _time()
+    rfm_purchase_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    rfm_revenue: float = Field(default=0.0, sa_type=sa.Numeric(asdecimal=False),
+                               sa_column_kwargs={"server_default": "0"})
 
 
 class Event(SQLModel, table=True):
@@ -298,6 +305,20 @@ class ScheduleTick(SQLModel, table=True):
     ran_at: datetime = Field(sa_type=UTCDateTime)
 
 
+class RfmRanking(SQLModel, table=True):
+    """The last RFM ranking, one row (id 1): how many customers it ranked and, per dimension,
+    the customers that open score buckets 2 to 5, so that the next ranking can start from it
+    (engine/sync/rfm.py). `bounds` is NULL when there is none to start from (never ranked, or
+    a ranking in small steps is under way); `generation` counts rankings."""
+
+    __tablename__ = "rfm_ranking"
+
+    id: int = Field(primary_key=True)
+    ranked: int = 0
+    generation: int = 0
+    bounds: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+
+
 class SyncCursor(SQLModel, table=True):
     """How far a sync source has been read, so a re-sync can resume."""
 
@@ -326,3 +347,47 @@ points = _core(PointsEntry)
 suppressions = _core(Suppression)
 leaders = _core(DaemonLeader)
 ticks = _core(ScheduleTick)
+rankings = _core(RfmRanking)
+
+
+def revenue(column: sa.ColumnElement[float]) -> sa.ColumnElement[Any]:
+    """M's key (engine/store/facts.py `revenue_key`): rounded to 4 decimals. CAST AS NUMERIC
+    keeps a SQLite REAL's value, so one spelling serves both databases (PostgreSQL rounds only
+    numeric). The 4 is written into the SQL: SQLite matches an index's WHERE to a query's by
+    their terms, and a bound parameter matches no constant."""
+    return sa.func.round(sa.cast(column, sa.Numeric), sa.literal_column("4", sa.Integer))
+
+
+def _rfm_indexes() -> dict[str, sa.ColumnElement[Any]]:
+    """RFM's keys as ranked, each with its index (key, customer_id in byte order: COLLATE "C"
+    on PostgreSQL, SQLite's BINARY as it is) over the ranked customers, and the partial index
+    of the customers who moved since."""
+    c = customers.c
+    keys: dict[str, sa.ColumnElement[Any]] = {
+        "r": c.rfm_last_purchase_at, "f": c.rfm_purchase_count, "m": c.rfm_revenue}
+    for name, key in keys.items():
+        ranked = RFM_RANKED_BY[name]
+        sa.Index(f"ix_customers_rfm_{name}", key, c.customer_id,
+                 postgresql_ops={"customer_id": 'COLLATE "C"'},
+                 sqlite_where=ranked, postgresql_where=ranked)
+    sa.Index("ix_customers_rfm_moved", c.customer_id, sqlite_where=RFM_MOVED,
+             postgresql_where=RFM_MOVED)
+    return keys
+
+
+RFM_RANKED_BY: dict[str, sa.ColumnElement[bool]] = {
+    "r": customers.c.rfm_purchase_count > sa.literal_column("0", sa.Integer),
+    "f": customers.c.rfm_last_purchase_at.is_not(None),
+}
+RFM_RANKED_BY["m"] = RFM_RANKED_BY["r"]
+"""A customer the last RFM ranking ranked (one with a purchase then), spelled per index: the
+same customers, but SQLite takes a term on an index's own key (`rfm_purchase_count > 0` for
+F) as the range it seeks, instead of the key and customer_id it is asked for."""
+RFM_MOVED: sa.ColumnElement[bool] = sa.or_(
+    customers.c.purchase_count.is_distinct_from(customers.c.rfm_purchase_count),
+    customers.c.last_purchase_at.is_distinct_from(customers.c.rfm_last_purchase_at),
+    revenue(customers.c.total_spent).is_distinct_from(customers.c.rfm_revenue))
+"""A customer whose R, F or M differ from the values their RFM scores ranked: spelled once,
+for the partial index and the queries that use it (SQLite matches the two by their terms)."""
+RFM_KEYS = _rfm_indexes()
+"""R, F and M as ranked, as their indexes order them (then customer_id in byte order)."""

@@ -3,8 +3,9 @@
 What each fact means is defined once, in engine/store/facts.py; this module applies those
 definitions to the customers a sync touched: a handful of UPDATE statements over an aggregate of
 their events, never a Python loop per customer, on SQLite and PostgreSQL alike. RFM ranks
-customers against each other, so `refresh_rfm` recomputes every customer, after the refresh of
-the touched ones.
+customers against each other: `refresh_rfm` (engine/sync/rfm.py, run after the refresh of the
+touched ones) re-scores the customers whose R, F or M moved and those they pushed across a
+score boundary, or everyone when there is no ranking to start from.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from engine.store.facts import (
     created_at,
     customers,
     events,
-    has_purchased,
     last_feedback_score,
     points_balance,
-    rfm_scores,
 )
-from engine.store.txn import writing
+from engine.sync.rfm import refresh_rfm, refresh_rfm_in_steps
+
+__all__ = ["SMALL_SET", "CustomerIdSet", "refresh_facts", "refresh_rfm", "refresh_rfm_in_steps"]
 
 SMALL_SET = 500  # up to this many ids are bound as parameters; more go through a temporary table
 
@@ -157,59 +158,3 @@ def _statements(scope: Scope) -> tuple[sa.Update, sa.Update]:
                  points_balance=points_balance())
     return from_events, (sa.update(customers).where(_in_scope(c.customer_id, scope), no_events)
                          .values(**empty))
-
-
-def refresh_rfm(connection: sa.Connection) -> None:
-    """Recompute `rfm_score` and `rfm_segment` of every customer, in the caller's transaction.
-
-    One purchase by one customer can move others across a score boundary, so there is no
-    incremental version: one UPDATE joins the window-function query above, filtered in the same
-    scan to the rows whose score or segment changed, so a re-sync rewrites only customers that
-    crossed a boundary (little WAL on SQLite, few dead tuples on PostgreSQL). A second statement
-    clears customers without purchases, which normally finds none (purchases are never deleted).
-    Run it after `refresh_facts`: it ranks the facts that refresh keeps.
-    """
-    c = customers.c
-    scored = rfm_scores(c.rfm_score.label("old_score"),
-                        c.rfm_segment.label("old_segment"))
-    changed = (
-        sa.select(scored.c.customer_id, scored.c.score, scored.c.segment)
-        .where(sa.or_(scored.c.old_score.is_distinct_from(scored.c.score),
-                      scored.c.old_segment.is_distinct_from(scored.c.segment)))
-        .subquery("rfm_changed")
-    )
-    connection.execute(
-        sa.update(customers).where(c.customer_id == changed.c.customer_id)
-        .values(rfm_score=changed.c.score, rfm_segment=changed.c.segment))
-    connection.execute(
-        sa.update(customers)
-        .where(~has_purchased(), sa.or_(c.rfm_score.is_not(None), c.rfm_segment.is_not(None)))
-        .values(rfm_score=None, rfm_segment=None))
-
-
-def refresh_rfm_in_steps(engine: sa.Engine, step: int = 2_000) -> int:
-    """`refresh_rfm` for a process that must keep writing meanwhile (the daemon): the changed
-    scores are read in one snapshot (a reader blocks no writer, in SQLite's WAL as in
-    PostgreSQL) and written `step` customers per transaction, so no write waits for the whole
-    ranking. A customer whose facts change between the snapshot and its step gets the score of
-    the snapshot until the next refresh, as it would had the refresh run a moment earlier.
-    Returns how many customers changed."""
-    c = customers.c
-    scored = rfm_scores(c.rfm_score.label("old_score"), c.rfm_segment.label("old_segment"))
-    changed = (sa.select(scored.c.customer_id, scored.c.score, scored.c.segment)
-               .where(sa.or_(scored.c.old_score.is_distinct_from(scored.c.score),
-                             scored.c.old_segment.is_distinct_from(scored.c.segment))))
-    cleared = sa.select(c.customer_id, sa.null(), sa.null()).where(
-        ~has_purchased(), sa.or_(c.rfm_score.is_not(None), c.rfm_segment.is_not(None)))
-    write = (sa.update(customers).where(c.customer_id == sa.bindparam("_id"))
-             .values(rfm_score=sa.bindparam("_score"), rfm_segment=sa.bindparam("_segment")))
-    total = 0
-    with engine.connect() as reading:
-        for query in (changed, cleared):
-            result = reading.execution_options(yield_per=step).execute(query)
-            for part in result.partitions():
-                with writing(engine) as connection:
-                    connection.execute(write, [{"_id": i, "_score": s, "_segment": g}
-                                               for i, s, g in part])
-                total += len(part)
-    return total

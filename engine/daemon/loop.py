@@ -324,15 +324,17 @@ class Daemon:
             return take_tick(connection, playbook_id, tick, self.holder, epoch, now)
 
     async def refresh_rfm(self) -> None:
-        """The RFM scores, every `rfm_every` (they rank everyone: not per event), in small
-        transactions so ingest and dispatch never wait for the whole ranking."""
-        from engine.sync.facts import refresh_rfm_in_steps
+        """The RFM scores, every `rfm_every`: from the last ranking in one short transaction
+        (the customers who moved and those they pushed across a bound), or, when everyone must
+        be ranked, in small transactions so ingest and dispatch never wait for the whole
+        ranking (engine/sync/rfm.py)."""
+        from engine.sync.rfm import refresh_rfm_live
 
         now = utcnow()
         if self.last_rfm is not None and now - self.last_rfm < self.timing.rfm_every:
             return
         try:
-            changed = await asyncio.to_thread(refresh_rfm_in_steps, self.writer)
+            changed = await asyncio.to_thread(refresh_rfm_live, self.writer)
         except Exception:  # noqa: BLE001  (logged; the next interval tries again)
             log.exception("refreshing the RFM scores failed")
             return

@@ -25,8 +25,11 @@ Definitions, in one place:
   rounded to 4 decimals, see `revenue_key`), each scored 1-5 by
   `NTILE(5) OVER (ORDER BY value ASC, customer_id ASC)`; `rfm_score` is the text of the
   three digits R, F, M ("545": R=5, F=4, M=5), `rfm_segment` the name RFM_SEGMENTS gives the R
-  and F scores. NULL for customers without a purchase. They rank customers against each other,
-  so `refresh_rfm` recomputes every customer, after the refresh of the touched ones.
+  and F scores. NULL for customers without a purchase. They rank customers against each other:
+  after the refresh of the touched ones, `refresh_rfm` (engine/sync/rfm.py) re-scores the
+  customers whose R, F or M moved and those they pushed across a score boundary, starting from
+  the last ranking (each customer keeps the values it was ranked with), or ranks everyone again
+  when there is none to start from or the movers are many; either gives this definition's scores.
   As of a past instant they are ranked the same way over R, F and M as of then, among the
   customers with a purchase by then (`rfm_scores(as_of=...)`, `fact_as_of`): never today's.
 """

@@ -47,8 +47,8 @@ def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
             commit_every: int = 0, rerank: bool = False) -> SyncReport:
     """Write batch by batch, commit every `commit_every` rows; refresh the touched customers' facts.
 
-    `rerank`: when any customer was touched, recompute everyone's RFM scores at the end (event
-    syncs: purchases move ranks; a customer file changes no purchase fact, so it skips the cost).
+    `rerank`: when any customer was touched, bring the RFM scores up to date at the end (event
+    syncs: purchases move ranks; a customer file changes no purchase fact, so it skips it).
 
     After an unexpected error the connection is invalidated rather than returned to the pool,
     so no session state (temporary tables, SQLite pragmas) leaks to its next user.

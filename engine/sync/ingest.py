@@ -20,9 +20,10 @@ events (dedupe by id), update derived facts"). Guarantees:
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
   a crash also repairs facts the crash left stale.
 - RFM scores (`rfm_score`, `rfm_segment`) rank customers against each other, so after an event
-  sync that touched any customer, every customer's scores are recomputed (engine/store/facts.py,
-  `refresh_rfm`), in the transaction of the last facts refresh. A customer file changes no
-  purchase fact and skips it.
+  sync that touched any customer they are brought up to date (engine/sync/rfm.py `refresh_rfm`:
+  the customers who moved and those pushed across a score boundary, or everyone when there is
+  no ranking to start from), in the transaction of the last facts refresh. A customer file
+  changes no purchase fact and skips it.
 
 Report counts add up (engine/sync/report.py): an existing customer whose given values all match
 is unchanged; an event whose event_id is known is a duplicate when its contents match the stored

@@ -386,7 +386,13 @@ def rank_everyone(connection: sa.Connection) -> int:
 
 
 def _save_bounds(connection: sa.Connection, generation: int) -> None:
-    """Find the bounds of the ranking stored now (one index walk to each) and keep them."""
+    """Find the bounds of the ranking stored now (one index walk to each) and keep them.
+
+    PostgreSQL first gets statistics of the ranked values just written (a sample: well under
+    a second at a million customers): without them it takes every ranked customer for NULL and
+    walks the wrong index, sorting tens of thousands of rows for each bound."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("ANALYZE customers")
     ranked = connection.execute(
         sa.select(sa.func.count()).select_from(customers).where(RFM_RANKED_BY["r"])).scalar_one()
     bounds: dict[str, list[str | None]] = {}

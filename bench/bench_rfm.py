@@ -14,6 +14,12 @@ later runs add their few thousand events to it.
     python bench/bench_rfm.py --url sqlite:///bench/out/rfm/base-1m-few.db [--build DATA]
     python bench/bench_rfm.py --pg URL --build bench/out/data-100000-s1-csv-few
     options: --events 1000 --rounds 5 --check (scores equal to the full definition afterwards)
+
+`--first-ranking` (a SQLite base) measures instead what the RFM indexes cost the first ranking
+of everyone (every score and ranked value new, as after a first load): on copies of the base,
+with the indexes kept up to date against dropped before and built again after, alternating.
+
+    python bench/bench_rfm.py --url sqlite:///bench/out/rfm/base-100k-few.db --first-ranking
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -147,6 +154,65 @@ def measure(url: str, data: Path | None, events: int, rounds: int, verify: bool)
     return result
 
 
+RFM_INDEXES = ("ix_customers_rfm_r", "ix_customers_rfm_f", "ix_customers_rfm_m",
+               "ix_customers_rfm_moved")
+
+
+def first_ranking(url: str, rounds: int) -> dict[str, Any]:
+    """rank_everyone from nothing ranked, indexes kept against rebuilt, on copies of the base."""
+    from engine.sync.rfm import rank_everyone
+
+    source = Path(url.removeprefix("sqlite:///"))
+    work = source.with_suffix(".first-ranking.db")
+    times: dict[str, list[float]] = {"kept": [], "rebuilt": []}
+    for round_ in range(rounds):
+        for mode in ("kept", "rebuilt") if round_ % 2 == 0 else ("rebuilt", "kept"):
+            shutil.copy(source, work)
+            engine = open_store(f"sqlite:///{work}")
+            with engine.begin() as connection:
+                connection.execute(sa.update(customers).values(
+                    rfm_score=None, rfm_segment=None, rfm_last_purchase_at=None,
+                    rfm_purchase_count=0, rfm_revenue=0))
+                connection.execute(sa.update(rankings).values(bounds=None))
+            indexes = [ix for ix in customers.indexes if ix.name in RFM_INDEXES]
+            started = time.perf_counter()
+            with engine.begin() as connection:
+                if mode == "rebuilt":
+                    for index in indexes:
+                        index.drop(connection)
+                rank_everyone(connection) if mode == "kept" else _rank_without(connection)
+                if mode == "rebuilt":
+                    for index in indexes:
+                        index.create(connection)
+                    _save_after(connection)
+            times[mode].append(time.perf_counter() - started)
+            engine.dispose()
+    work.unlink()
+    return {f"{mode}_s": [round(v, 2) for v in values] for mode, values in times.items()} | {
+        f"{mode}_median_s": round(statistics.median(values), 2) for mode, values in times.items()}
+
+
+def _rank_without(connection: sa.Connection) -> None:
+    """rank_everyone's writes, without its bounds (their walks need the indexes)."""
+    from engine.store.tables import revenue
+    from engine.sync.rfm import _scored
+
+    scored, which = _scored()
+    changed = sa.select(scored).where(which).subquery("rfm_changed")
+    c = customers.c
+    connection.execute(sa.update(customers).where(c.customer_id == changed.c.customer_id).values(
+        rfm_score=changed.c.score, rfm_segment=changed.c.segment,
+        rfm_last_purchase_at=changed.c.last_purchase_at,
+        rfm_purchase_count=changed.c.purchase_count,
+        rfm_revenue=revenue(changed.c.total_spent)))
+
+
+def _save_after(connection: sa.Connection) -> None:
+    from engine.sync.rfm import _save_bounds
+
+    _save_bounds(connection, 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="the base database (SQLite URL or any SQLAlchemy URL)")
@@ -156,11 +222,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--first-ranking", action="store_true")
     args = parser.parse_args(argv)
     url = args.pg or args.url
     if url is None:
         parser.error("give --url or --pg")
-    result = measure(url, args.build, args.events, args.rounds, args.check)
+    if args.first_ranking:
+        result = first_ranking(url, args.rounds)
+    else:
+        result = measure(url, args.build, args.events, args.rounds, args.check)
     if args.json:
         print(json.dumps(result))
         return

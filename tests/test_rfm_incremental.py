@@ -171,8 +171,9 @@ def test_too_many_movers_rank_everyone(db: sa.Engine) -> None:
 
 @pytest.mark.parametrize("step", [1, 7, 1000])
 def test_the_daemon_refresh_in_steps_then_incremental(db: sa.Engine, step: int) -> None:
-    """The daemon's path: everyone in steps when there is no ranking, from it afterwards; a
-    ranking in steps withdrawn by a full one meanwhile stops and leaves the full one's result."""
+    """The daemon's path: everyone in steps when there is no ranking (repairing scores written
+    by hand), from the last ranking in one transaction afterwards; a ranking in steps leaves
+    the bounds the next one starts from."""
     reset(db)
     serial = [0]
     sync(db, 60, [(i, "purchase", DAYS[i % 7], AMOUNTS[i % 8]) for i in range(90)], serial)

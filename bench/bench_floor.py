@@ -1,0 +1,411 @@
+"""Evaluation at the floor (issue 14 part 1): the dry-run's evaluation of a four-clause win-back
+against the same predicate over a narrow table of the same facts, and against a Python lambda.
+
+The issue's target, on 1,000,000 customers: what `retain dry-run` spends deciding who enters
+`bench/playbooks/winback-four.yaml` (inactive 30 days, total_spent > 100, purchase_count >= 2,
+segment in [gold, silver]) within 2x of hand-written SQL over a narrow table, and at least 10x
+faster than fetching those narrow rows into Python and testing each with a plain lambda. So, per
+database, in ONE process, several rounds interleaved (round 1 of every method, then round 2,
+...), medians kept, each method counting the same customers (checked, or the run stops):
+
+- `engine: make_plan`: `make_plan(connection, [playbook], as_of, show=0, complete=False)` on a
+  reader (`open_reader`), what the dry-run does before it plans anyone: read the moment (latest
+  event, enabled versions), count who enters in SQL, decide the limits. Planning (rendering) the
+  entering customers is bench_plan.py's part;
+- `engine: count`: the playbook's statement counted (`count(...)`), through SQLAlchemy;
+- candidates, the engine's statement through the driver (`SELECT count(*) FROM (...)`):
+  `wide table` reads the customers table itself (SQLite `NOT INDEXED`, PostgreSQL a sequential
+  scan: the plan before migration 0006), `facts index` as the planner runs it now (SQLite
+  scans the covering index `ix_customers_facts`); `hand SQL, wide table` is the narrow query's
+  text over `customers` (tells the statement's shape from the row's width);
+- baselines: `narrow SQL` is one hand-written query (trigger, the four clauses, created_at,
+  `NOT EXISTS` against enrollments) over `floor_narrow` (CREATE TABLE AS SELECT of customer_id,
+  last_active_at, created_at, total_spent, purchase_count, segment; its primary key and an
+  index on last_active_at, the one a person adds for "inactive"), `narrow SQL, as planned` lets
+  the planner take that index (SQLite takes it without statistics, and it is slower), `narrow
+  SQL, scan` forbids it (`+last_active_at`): the faster of the two is the target's baseline;
+- `lambda (driver rows)`: `SELECT` of the narrow rows, tested one by one with a plain lambda
+  on the values as the driver hands them (SQLite: times as their ISO text, compared as text;
+  PostgreSQL: datetimes), then the enrollments as a set; `lambda (typed rows)`: the same with
+  each time read as a datetime first (what a record loader gives).
+
+`--cold` also runs every method as the first query of a fresh process (a new connection: empty
+SQLite page cache, new PostgreSQL backend; the OS file cache cannot be dropped here, so the
+files are read from memory, not from disk), interleaved, `--cold` rounds.
+
+    python bench/bench_floor.py --sizes 100000,1000000 --shape few --rounds 7 --cold 3
+    python bench/bench_floor.py --sizes 100000 --shape many --pg postgresql://postgres@127.0.0.1:5432/test
+
+Databases are synced once per size and shape from bench/gen_data.py's files into `--dir`
+(default bench/out/floor/; PostgreSQL: a schema `floor_<shape>_<N>` kept for the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from bench_sync import OUT, ensure_data  # bench/ is sys.path[0] when this runs as a script
+from gen_data import END
+
+from engine.format.playbook import Playbook
+from engine.format.validation import load_valid_playbooks
+from engine.plan.build import make_plan
+from engine.query.evaluate import compose, count, prepare
+from engine.store.open import normalize_url, open_reader, open_store
+from engine.sync.ingest import sync_customers, sync_events
+
+HERE = Path(__file__).resolve().parent
+PLAYBOOK = HERE / "playbooks" / "winback-four.yaml"
+AS_OF = END  # the latest generated event: the kept facts are used
+TARGET_VS_NARROW = 2.0
+TARGET_VS_LAMBDA = 10.0
+NARROW_COLUMNS = "customer_id, last_active_at, created_at, total_spent, purchase_count, segment"
+Method = Callable[[], int]
+
+# The narrow query, as a person writes it; {t} is the table (alias c), {la} how last_active_at
+# is named.
+HAND = """
+SELECT count(*) FROM {t}
+WHERE {la} <= :cutoff AND (c.created_at IS NULL OR c.created_at <= :as_of)
+  AND c.total_spent > 100 AND c.purchase_count >= 2 AND c.segment IN ('gold', 'silver')
+  AND NOT EXISTS (SELECT 1 FROM enrollments n
+                  WHERE n.playbook_id = 'winback-four' AND n.customer_id = c.customer_id
+                    AND n.occurrence_key = {key})"""
+KEY = {"sqlite": "strftime('%Y-%m-%dT%H:%M:%SZ', c.last_active_at)",
+       "postgresql": "to_char(c.last_active_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"}
+
+
+# --- the databases ---------------------------------------------------------------------------
+
+
+def ensure_sqlite(folder: Path, customers: int, shape: str) -> str:
+    """A SQLite file synced once from the generated files (built under a temporary name)."""
+    target = folder / f"floor-{customers}-{shape}.db"
+    if not target.is_file():
+        building = target.with_suffix(".building.db")
+        for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
+            leftover.unlink(missing_ok=True)
+        _sync(f"sqlite:///{building}", customers, shape)
+        building.rename(target)
+    url = f"sqlite:///{target}"
+    open_store(url).dispose()  # migrated to this branch's head (0006's index included)
+    _ensure_narrow(url)
+    return url
+
+
+def ensure_pg(base: str, customers: int, shape: str) -> str:
+    """A PostgreSQL schema synced once (kept between runs: drop it to rebuild)."""
+    schema = f"floor_{shape}_{customers}"
+    engine = sa.create_engine(normalize_url(base))
+    with engine.begin() as connection:
+        found = connection.exec_driver_sql(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %(s)s "
+            "AND table_name = 'floor_narrow'", {"s": schema}).first()
+        if found is None:
+            connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine.dispose()
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    if found is None:
+        _sync(url, customers, shape)
+    else:
+        open_store(url).dispose()
+    _ensure_narrow(url)
+    return url
+
+
+def _sync(url: str, customers: int, shape: str) -> None:
+    data = ensure_data(customers, 1, "csv", shape)
+    started = time.perf_counter()
+    engine = open_store(url)
+    sync_customers(engine, data / "customers.csv", now=END)
+    sync_events(engine, data / "events.csv")
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    print(f"synced {customers:,} ({shape}) in {time.perf_counter() - started:.0f} s",
+          file=sys.stderr)
+
+
+def _ensure_narrow(url: str) -> None:
+    """`floor_narrow`: the facts the predicate needs, with the indexes a person would add."""
+    engine = open_store(url)
+    with engine.begin() as connection:
+        if sa.inspect(connection).has_table("floor_narrow"):
+            engine.dispose()
+            return
+        connection.exec_driver_sql(f"CREATE TABLE floor_narrow AS SELECT {NARROW_COLUMNS} "
+                                   "FROM customers")
+        connection.exec_driver_sql("CREATE UNIQUE INDEX floor_narrow_id ON floor_narrow "
+                                   "(customer_id)")
+        connection.exec_driver_sql("CREATE INDEX floor_narrow_last ON floor_narrow "
+                                   "(last_active_at)")
+        if engine.dialect.name == "postgresql":  # as sync leaves customers: analyzed
+            connection.exec_driver_sql("ANALYZE floor_narrow")
+    engine.dispose()
+
+
+# --- the methods -----------------------------------------------------------------------------
+
+
+def methods(connection: sa.Connection, playbook: Playbook) -> dict[str, Method]:
+    """Every way of counting who enters, each a function of nothing returning the count."""
+    dialect = connection.dialect.name
+    moment = prepare(connection, AS_OF, [playbook])
+    tc = moment.trigger_context(playbook.id)
+    query = compose(playbook, tc, playbook.trigger.sql(tc, playbook.document.backfill))
+    counted = str(sa.select(sa.func.count()).select_from(query.subquery()).compile(
+        connection, compile_kwargs={"literal_binds": True}))
+    raw = connection.connection.driver_connection
+    cutoff = AS_OF - timedelta(days=30)
+    text = {"sqlite": lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "postgresql": lambda moment: moment}[dialect]
+    params = {"cutoff": text(cutoff), "as_of": text(AS_OF)}
+
+    def hand(table: str, la: str) -> Method:
+        sql = HAND.format(t=table, la=la, key=KEY[dialect])
+        return lambda: connection.execute(sa.text(sql), params).scalar_one()
+
+    def driver(sql: str, before: str | None = None) -> Method:
+        def run() -> int:
+            cursor = raw.cursor()
+            if before:
+                cursor.execute(before)
+            cursor.execute(sql)
+            found = cursor.fetchone()[0]
+            cursor.close()
+            return found
+        return run
+
+    if dialect == "sqlite":
+        wide = driver(counted.replace("FROM customers ", "FROM customers NOT INDEXED ", 1))
+        facts = driver(counted)
+        narrow_scan = hand("floor_narrow c", "+c.last_active_at")
+        hand_wide = hand("customers c NOT INDEXED", "+c.last_active_at")
+    else:
+        seq = ("SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; "
+               "SET LOCAL enable_bitmapscan = off")
+        wide = driver(counted, seq)
+        facts = driver(counted, "RESET enable_indexscan; RESET enable_indexonlyscan; "
+                       "RESET enable_bitmapscan")
+        narrow_scan = _pg_seq(connection, hand("floor_narrow c", "c.last_active_at"))
+        hand_wide = _pg_seq(connection, hand("customers c", "c.last_active_at"))
+    return {
+        "engine: make_plan": lambda: make_plan(connection, [playbook], AS_OF, show=0,
+                                               complete=False).playbooks[0].entering,
+        "engine: count": lambda: count(connection, query),
+        "statement, wide table": wide,
+        "statement, facts index": facts,
+        "hand SQL, wide table": hand_wide,
+        "narrow SQL, as planned": hand("floor_narrow c", "c.last_active_at"),
+        "narrow SQL, scan": narrow_scan,
+        "lambda (driver rows)": lambda: _lambda(connection, cutoff, typed=False),
+        "lambda (typed rows)": lambda: _lambda(connection, cutoff, typed=True),
+    }
+
+
+def _pg_seq(connection: sa.Connection, method: Method) -> Method:
+    """The method with PostgreSQL's index scans off for its statement (a sequential scan)."""
+    def run() -> int:
+        for knob in ("indexscan", "indexonlyscan", "bitmapscan"):
+            connection.exec_driver_sql(f"SET LOCAL enable_{knob} = off")
+        try:
+            return method()
+        finally:
+            for knob in ("indexscan", "indexonlyscan", "bitmapscan"):
+                connection.exec_driver_sql(f"RESET enable_{knob}")
+    return run
+
+
+def _lambda(connection: sa.Connection, cutoff: datetime, typed: bool) -> int:
+    """Fetch the narrow rows through the driver and test each in Python (plus the enrollments)."""
+    raw = connection.connection.driver_connection
+    cursor = raw.cursor()
+    cursor.execute("SELECT occurrence_key, customer_id FROM enrollments "
+                   "WHERE playbook_id = 'winback-four'")
+    enrolled = set(cursor.fetchall())
+    sqlite = connection.dialect.name == "sqlite"
+    read = _read_sqlite_time if typed and sqlite else _same
+    if sqlite and not typed:
+        bound: Any = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+        existed: Any = AS_OF.strftime("%Y-%m-%d %H:%M:%S.%f")
+    else:
+        bound, existed = cutoff, AS_OF
+    segments = {"gold", "silver"}
+    test = (lambda r: r[1] is not None and read(r[1]) <= bound  # noqa: E731 (the issue's lambda)
+            and (r[2] is None or read(r[2]) <= existed)
+            and r[3] > 100 and r[4] >= 2 and r[5] in segments)
+    cursor.execute(f"SELECT {NARROW_COLUMNS} FROM floor_narrow")
+    found = sum(1 for row in cursor if test(row) and (_key(read(row[1])), row[0]) not in enrolled)
+    cursor.close()
+    return found
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _read_sqlite_time(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _key(moment: Any) -> str:
+    if isinstance(moment, str):
+        return moment[:10] + "T" + moment[11:19] + "Z"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def measure(url: str, rounds: int) -> dict[str, Any]:
+    """Warm: every method once untimed (the answer check), then `rounds` interleaved rounds."""
+    playbook = load_valid_playbooks([PLAYBOOK])[0]
+    engine = open_reader(url)
+    with engine.connect() as connection:
+        chosen = methods(connection, playbook)
+        answers = {name: method() for name, method in chosen.items()}
+        if len(set(answers.values())) != 1:
+            raise SystemExit(f"different answers: {answers}")
+        samples: dict[str, list[float]] = {name: [] for name in chosen}
+        for _ in range(rounds):
+            for name, method in chosen.items():
+                started = time.perf_counter()
+                method()
+                samples[name].append(time.perf_counter() - started)
+        plans = _plans(connection)
+        connection.rollback()
+    engine.dispose()
+    return {"entering": next(iter(answers.values())), "samples": samples, "plans": plans}
+
+
+def _plans(connection: sa.Connection) -> dict[str, str]:
+    """How the database runs the engine's statement (what the facts index changes)."""
+    playbook = load_valid_playbooks([PLAYBOOK])[0]
+    tc = prepare(connection, AS_OF, [playbook]).trigger_context(playbook.id)
+    query = compose(playbook, tc, playbook.trigger.sql(tc, playbook.document.backfill))
+    sql = str(sa.select(sa.func.count()).select_from(query.subquery()).compile(
+        connection, compile_kwargs={"literal_binds": True}))
+    if connection.dialect.name == "sqlite":
+        rows = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all()
+        return {"engine": "; ".join(row[3] for row in rows)}
+    rows = connection.exec_driver_sql("EXPLAIN " + sql).all()
+    return {"engine": "; ".join(row[0].strip() for row in rows[:4])}
+
+
+def cold(url: str, rounds: int) -> dict[str, list[float]]:
+    """Each method as the first query of a fresh process, interleaved."""
+    names = list(methods_names())
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--url", url],
+                                 check=True, capture_output=True, text=True).stdout
+            samples[name].append(json.loads(out)["seconds"])
+    return samples
+
+
+def methods_names() -> list[str]:
+    return ["engine: make_plan", "statement, wide table", "statement, facts index",
+            "narrow SQL, as planned", "narrow SQL, scan", "lambda (driver rows)"]
+
+
+def child(url: str, name: str) -> None:
+    """One method, timed as the first query on a new connection (prepare is not timed)."""
+    playbook = load_valid_playbooks([PLAYBOOK])[0]
+    engine = open_reader(url)
+    with engine.connect() as connection:
+        method = methods(connection, playbook)[name]
+        if name == "engine: make_plan":  # methods() ran prepare: start over on a new connection
+            connection.rollback()
+            engine.dispose()
+            engine = open_reader(url)
+            with engine.connect() as fresh:
+                started = time.perf_counter()
+                make_plan(fresh, [playbook], AS_OF, show=0, complete=False)
+                seconds = time.perf_counter() - started
+        else:
+            connection.invalidate()  # a new DBAPI connection: nothing cached
+            with engine.connect() as fresh:
+                method = methods(fresh, playbook)[name]
+                seconds = _first(fresh, method)
+    engine.dispose()
+    print(json.dumps({"seconds": seconds}))
+
+
+def _first(connection: sa.Connection, method: Method) -> float:
+    started = time.perf_counter()
+    method()
+    return time.perf_counter() - started
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def report(label: str, result: dict[str, Any], cold_samples: dict[str, list[float]] | None
+           ) -> None:
+    medians = {name: statistics.median(v) for name, v in result["samples"].items()}
+    narrow = min(medians["narrow SQL, as planned"], medians["narrow SQL, scan"])
+    lam = medians["lambda (driver rows)"]
+    print(f"\n### {label}: {result['entering']:,} entering; plan: {result['plans']['engine']}\n")
+    print("| method | warm median s | min-max s | / narrow SQL | lambda (driver) / it |"
+          + (" cold median s |" if cold_samples else ""))
+    print("|---|---|---|---|---|" + ("---|" if cold_samples else ""))
+    for name, median in medians.items():
+        spread = result["samples"][name]
+        line = (f"| {name} | {median:.4f} | {min(spread):.4f}-{max(spread):.4f} | "
+                f"{median / narrow:.2f}x | {lam / median:.1f}x |")
+        if cold_samples:
+            got = cold_samples.get(name)
+            line += f" {statistics.median(got):.4f} |" if got else " |"
+        print(line)
+    engine = medians["engine: make_plan"]
+    print(f"\nengine / narrow SQL {engine / narrow:.2f}x (target <= {TARGET_VS_NARROW}x); "
+          f"lambda (driver) / engine {lam / engine:.1f}x, lambda (typed) / engine "
+          f"{medians['lambda (typed rows)'] / engine:.1f}x (target >= {TARGET_VS_LAMBDA}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000")
+    parser.add_argument("--shape", default="few", help="few, many, or both: few,many")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--cold", type=int, default=0, metavar="ROUNDS")
+    parser.add_argument("--pg", metavar="URL", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--dir", type=Path, default=OUT / "floor")
+    parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.url, args.child)
+        return
+    args.dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for shape in args.shape.split(","):
+        for size in (int(s) for s in args.sizes.split(",") if s):
+            url = (ensure_pg(args.pg, size, shape) if args.pg
+                   else ensure_sqlite(args.dir, size, shape))
+            label = f"{size:,} customers, {shape} events, {'PostgreSQL' if args.pg else 'SQLite'}"
+            print(f"{time.strftime('%H:%M:%S', time.gmtime())} UTC {label}", file=sys.stderr)
+            result = measure(url, args.rounds)
+            cold_samples = cold(url, args.cold) if args.cold else None
+            report(label, result, cold_samples)
+            results[label] = {**result, "cold": cold_samples}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

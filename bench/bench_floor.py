@@ -126,6 +126,30 @@ def ensure_pg(base: str, customers: int, shape: str) -> str:
     return url
 
 
+def compact(url: str) -> None:
+    """VACUUM FULL customers: the heap rewritten with only its live rows."""
+    engine = sa.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        before = connection.exec_driver_sql("SELECT pg_relation_size('customers')").scalar()
+        connection.exec_driver_sql("VACUUM FULL customers")
+        after = connection.exec_driver_sql("SELECT pg_relation_size('customers')").scalar()
+    engine.dispose()
+    print(f"VACUUM FULL customers: heap {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB",
+          file=sys.stderr)
+
+
+def _heap(url: str) -> str:
+    """PostgreSQL: the sizes of customers' heap, the facts index and the narrow table."""
+    if not url.startswith("postgres"):
+        return ""
+    engine = sa.create_engine(normalize_url(url))
+    with engine.connect() as connection:
+        sizes = {name: connection.exec_driver_sql(f"SELECT pg_relation_size('{name}')").scalar()
+                 for name in ("customers", "ix_customers_facts", "floor_narrow")}
+    engine.dispose()
+    return ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes.items())
+
+
 def _sync(url: str, customers: int, shape: str) -> None:
     data = ensure_data(customers, 1, "csv", shape)
     started = time.perf_counter()
@@ -442,6 +466,21 @@ def report(label: str, result: dict[str, Any], cold_samples: dict[str, list[floa
           f"{1 / per_round(engine, 'lambda (typed rows)'):.1f}x (target >= {TARGET_VS_LAMBDA}x)")
 
 
+def run_ingest(args: argparse.Namespace) -> None:
+    """`--ingest`: what the facts index costs a sync, per size and shape."""
+    results: dict[str, Any] = {}
+    for shape in args.shape.split(","):
+        for size in (int(s) for s in args.sizes.split(",") if s):
+            results[f"{size} {shape}"] = got = ingest_cost(args.dir, size, shape, args.ingest)
+            for variant, runs in got.items():
+                print(f"sync {size:,} ({shape}), {variant}: customers "
+                      f"{statistics.median(r['customers'] for r in runs):.1f} s, events "
+                      f"{statistics.median(r['events'] for r in runs):.1f} s "
+                      f"(samples: {[{k: round(v, 1) for k, v in r.items()} for r in runs]})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000")
@@ -449,6 +488,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--cold", type=int, default=0, metavar="ROUNDS")
     parser.add_argument("--pg", metavar="URL", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--vacuum-full", action="store_true",
+                        help="PostgreSQL: VACUUM FULL customers first (the heap sync leaves "
+                        "holds every customer's dead versions while autovacuum is off)")
     parser.add_argument("--dir", type=Path, default=OUT / "floor")
     parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument("--ingest", type=int, default=0, metavar="ROUNDS",
@@ -464,25 +506,21 @@ def main() -> None:
     if args.child_ingest:
         child_ingest(args.dir, int(args.sizes), args.shape, args.child_ingest)
         return
-    results: dict[str, Any] = {}
     if args.ingest:
-        for shape in args.shape.split(","):
-            for size in (int(s) for s in args.sizes.split(",") if s):
-                results[f"{size} {shape}"] = got = ingest_cost(args.dir, size, shape, args.ingest)
-                for variant, runs in got.items():
-                    print(f"sync {size:,} ({shape}), {variant}: customers "
-                          f"{statistics.median(r['customers'] for r in runs):.1f} s, events "
-                          f"{statistics.median(r['events'] for r in runs):.1f} s "
-                          f"(samples: {[{k: round(v, 1) for k, v in r.items()} for r in runs]})")
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
+        run_ingest(args)
         return
+    results: dict[str, Any] = {}
     for shape in args.shape.split(","):
         for size in (int(s) for s in args.sizes.split(",") if s):
             url = (ensure_pg(args.pg, size, shape) if args.pg
                    else ensure_sqlite(args.dir, size, shape))
+            if args.pg and args.vacuum_full:
+                compact(url)
             label = f"{size:,} customers, {shape} events, {'PostgreSQL' if args.pg else 'SQLite'}"
             print(f"{time.strftime('%H:%M:%S', time.gmtime())} UTC {label}", file=sys.stderr)
+            heap = _heap(url)
+            if heap:
+                print(heap, file=sys.stderr)
             result = measure(url, args.rounds)
             cold_samples = cold(url, args.cold) if args.cold else None
             report(label, result, cold_samples)

@@ -145,9 +145,12 @@ def compose(playbook: Playbook, tc: TriggerContext, part: TriggerSql,
     if part.event is not None:
         source = part.event.join(customers, c.customer_id == part.event.c.customer_id)
         event_ref = part.event.c.id
-    where = [*part.where,
-             existed_at(tc.as_of),
-             compile_condition(tc.compile, playbook.when)]
+    # `when` before the trigger, created_at after it: SQLite tests the terms it cannot seek in
+    # the order written, and an inactive trigger holds for most customers while `when` narrows
+    # (issue 14: a win-back 25% faster); subqueries it defers to the end whatever their place.
+    where = [compile_condition(tc.compile, playbook.when),
+             *part.where,
+             existed_at(tc.as_of)]
     if reentry:
         where.append(~_already_enrolled(playbook, tc, part))
     if isinstance(customer_id, str):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -86,6 +87,12 @@ def latest_event_time(connection: sa.Connection) -> datetime | None:
     """The latest synced event's time: per event type, one seek in the (type, occurred_at) index,
     where `max(occurred_at)` over all events would read every row. One statement (the walk over
     the types and a seek per type), not one per type: a dry-run pays it before every plan."""
+    return at_utc(connection.execute(_latest_event_statement()).scalar())
+
+
+@cache
+def _latest_event_statement() -> sa.Select[Any]:
+    """Built once: making the statement costs about what running it does on a small store."""
     walk = _walk(events.c.type)
     last = events.alias("last")
     per_type = (sa.select(sa.select(sa.func.max(last.c.occurred_at))
@@ -93,7 +100,7 @@ def latest_event_time(connection: sa.Connection) -> datetime | None:
                 .where(walk.c.value.is_not(None),
                        walk.c.value.not_in(ENGINE_EVENT_TYPES))  # the engine's own never
                 .subquery())                                     # make a run historical
-    return at_utc(connection.execute(sa.select(sa.func.max(per_type.c.latest))).scalar())
+    return sa.select(sa.func.max(per_type.c.latest))
 
 
 def customer_zones(connection: sa.Connection) -> tuple[str | None, ...]:

@@ -88,6 +88,7 @@ WHERE {la} <= :cutoff AND (c.created_at IS NULL OR c.created_at <= :as_of)
   AND NOT EXISTS (SELECT 1 FROM enrollments n
                   WHERE n.playbook_id = 'winback-four' AND n.customer_id = c.customer_id
                     AND n.occurrence_key = {key})"""
+RESET = "RESET enable_indexscan; RESET enable_indexonlyscan; RESET enable_bitmapscan"
 HAND_WHEN_FIRST = """
 SELECT count(*) FROM {t}
 WHERE c.total_spent > 100 AND c.purchase_count >= 2 AND c.segment IN ('gold', 'silver')
@@ -222,6 +223,8 @@ def methods(connection: sa.Connection, playbook: Playbook) -> dict[str, Method]:
                 cursor.execute(before)
             cursor.execute(sql)
             found = cursor.fetchone()[0]
+            if before:  # the next method plans as the server would
+                cursor.execute(RESET)
             cursor.close()
             return found
         return run
@@ -242,7 +245,7 @@ def methods(connection: sa.Connection, playbook: Playbook) -> dict[str, Method]:
     else:
         seq = ("SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off; "
                "SET LOCAL enable_bitmapscan = off")
-        reset = "RESET enable_indexscan; RESET enable_indexonlyscan; RESET enable_bitmapscan"
+        reset = RESET
         narrow_scan = _pg_seq(connection, hand("floor_narrow c", "c.last_active_at"))
         narrow_first = _pg_seq(connection, hand("floor_narrow c", "c.last_active_at",
                                                 HAND_WHEN_FIRST))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -66,25 +67,40 @@ def distinct_values(connection: sa.Connection, column: sa.Column[Any]) -> list[A
     A loose index scan: `SELECT DISTINCT` would read every row, while an index answers "the
     smallest value above X" at once, and there are only a handful of event types or time zones.
     """
+    walk = _walk(column)
+    query = sa.select(walk.c.value).where(walk.c.value.is_not(None))
+    return list(connection.execute(query).scalars())
+
+
+def _walk(column: sa.Column[Any]) -> sa.CTE:
+    """The loose index scan of `distinct_values` as a recursive CTE (a last NULL row ends it)."""
     table = column.table
     step = sa.select(sa.func.min(column).label("value")).cte("walk", recursive=True)
     follow = table.alias("follow")
-    step = step.union_all(
+    return step.union_all(
         sa.select(sa.select(sa.func.min(follow.c[column.name]))
                   .where(follow.c[column.name] > step.c.value).scalar_subquery())
         .where(step.c.value.is_not(None)))
-    query = sa.select(step.c.value).where(step.c.value.is_not(None))
-    return list(connection.execute(query).scalars())
 
 
 def latest_event_time(connection: sa.Connection) -> datetime | None:
     """The latest synced event's time: per event type, one seek in the (type, occurred_at) index,
-    where `max(occurred_at)` over all events would read every row."""
-    latest = [connection.execute(sa.select(sa.func.max(events.c.occurred_at))
-                                 .where(events.c.type == kind)).scalar()
-              for kind in distinct_values(connection, events.c.type)
-              if kind not in ENGINE_EVENT_TYPES]  # the engine's own never make a run historical
-    return max((moment for moment in latest if moment is not None), default=None)
+    where `max(occurred_at)` over all events would read every row. One statement (the walk over
+    the types and a seek per type), not one per type: a dry-run pays it before every plan."""
+    return at_utc(connection.execute(_latest_event_statement()).scalar())
+
+
+@cache
+def _latest_event_statement() -> sa.Select[Any]:
+    """Built once: making the statement costs about what running it does on a small store."""
+    walk = _walk(events.c.type)
+    last = events.alias("last")
+    per_type = (sa.select(sa.select(sa.func.max(last.c.occurred_at))
+                          .where(last.c.type == walk.c.value).scalar_subquery().label("latest"))
+                .where(walk.c.value.is_not(None),
+                       walk.c.value.not_in(ENGINE_EVENT_TYPES))  # the engine's own never
+                .subquery())                                     # make a run historical
+    return sa.select(sa.func.max(per_type.c.latest))
 
 
 def customer_zones(connection: sa.Connection) -> tuple[str | None, ...]:
@@ -136,9 +152,12 @@ def compose(playbook: Playbook, tc: TriggerContext, part: TriggerSql,
     if part.event is not None:
         source = part.event.join(customers, c.customer_id == part.event.c.customer_id)
         event_ref = part.event.c.id
-    where = [*part.where,
-             existed_at(tc.as_of),
-             compile_condition(tc.compile, playbook.when)]
+    # `when` before the trigger, created_at after it: SQLite tests the terms it cannot seek in
+    # the order written, and an inactive trigger holds for most customers while `when` narrows
+    # (issue 14: a win-back 25% faster); subqueries it defers to the end whatever their place.
+    where = [compile_condition(tc.compile, playbook.when),
+             *part.where,
+             existed_at(tc.as_of)]
     if reentry:
         where.append(~_already_enrolled(playbook, tc, part))
     if isinstance(customer_id, str):

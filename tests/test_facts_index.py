@@ -88,9 +88,10 @@ def test_0006_replaces_the_last_active_at_index(db_url: str) -> None:
     customers; upgraded, the facts index instead, the rows unchanged."""
     engine = make_engine(db_url)
     migrate(engine, to="0004")
+    at_0004 = sa.Table("customers", sa.MetaData(), autoload_with=engine)  # no later columns
+    row = Customer(customer_id="c1", tags=[], attributes={}, total_spent=12.5).model_dump()
     with engine.begin() as connection:
-        connection.execute(sa.insert(Customer), [{"customer_id": "c1", "tags": [],
-                                                  "attributes": {}, "total_spent": 12.5}])
+        connection.execute(at_0004.insert(), [{k: v for k, v in row.items() if k in at_0004.c}])
 
     def indexes() -> set[str]:
         return {ix["name"] for ix in sa.inspect(engine).get_indexes("customers")}

@@ -86,10 +86,10 @@ from engine.plan.build import make_plan
 from engine.query.evaluate import Moment, candidates, latest_event_time, playbook_query, prepare
 from engine.store.open import open_store
 from engine.sync.ingest import sync_customers, sync_events
-from playbooks import SAMPLES_DIR
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+SAMPLES_DIR = ROOT / "playbooks"  # not `from playbooks import`: bench/playbooks shadows it here
 RESULTS = OUT / "eval-results.json"
 HISTORICAL = ("winback-30d", "vip-care")  # facts derived from events: the expensive kind
 HISTORICAL_DAYS = 30

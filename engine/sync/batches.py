@@ -44,17 +44,22 @@ def nothing() -> None:
 def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
             start: Callable[[sa.Connection], tuple[Writer, Callable[[], None]]],
             progress: Progress | None, size: int, *, refresh_each_batch: bool,
-            commit_every: int = 0, rerank: bool = False) -> SyncReport:
+            commit_every: int = 0, rerank: bool = False,
+            first_load: Callable[[sa.Connection], bool] | None = None) -> SyncReport:
     """Write batch by batch, commit every `commit_every` rows; refresh the touched customers' facts.
 
     `rerank`: when any customer was touched, recompute everyone's RFM scores at the end (event
     syncs: purchases move ranks; a customer file changes no purchase fact, so it skips the cost).
+    `first_load`: whether the sync starts on an empty table, where the customers it touches are
+    exactly those with events (engine/sync/facts.py `cover_everyone_with_events`).
 
     After an unexpected error the connection is invalidated rather than returned to the pool,
     so no session state (temporary tables, SQLite pragmas) leaks to its next user.
     """
     with engine.connect() as connection, _collector_paused():
         touched = CustomerIdSet(connection, f"retain_sync_{report.kind}")
+        if first_load is not None and first_load(connection):
+            touched.cover_everyone_with_events()
         connection.commit()
         undo = bulk_session(connection)
         write, close = start(connection)
@@ -115,8 +120,9 @@ def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[
 
 
 def _refresh(connection: sa.Connection, touched: CustomerIdSet) -> None:
-    refresh_facts(connection, touched)
-    touched.clear()
+    if touched.pending:  # (an empty scope still costs its statements)
+        refresh_facts(connection, touched)
+        touched.clear()
 
 
 def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:

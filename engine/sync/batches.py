@@ -130,7 +130,7 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
     batch: list[Row] = []
     try:
         for row in rows:
-            if row.__class__ is ParsedBatch:  # already a batch (engine/sync/arrow.py)
+            if isinstance(row, ParsedBatch):  # already a batch (engine/sync/arrow.py)
                 if batch:
                     yield batch
                     batch = []

@@ -11,7 +11,7 @@ psycopg sends untyped for the server to cast. Everything else in sync uses SQLAl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, datetime
 from operator import itemgetter
 from typing import Any
 
@@ -219,6 +219,77 @@ def event_writer(connection: sa.Connection) -> EventWriter:
     if connection.dialect.name == "postgresql":
         return PostgresEventWriter(connection)
     return EventWriter(connection)
+
+
+NEW_CUSTOMER_COLUMNS = ("customer_id, email, name, created_at, birthday, timezone, country,"
+                        " segment, tags, file_tags, attributes, first_synced_at, last_active_at,"
+                        " first_purchase_at, last_purchase_at, purchase_count, total_spent,"
+                        " last_feedback_score, last_feedback_at, points_balance, last_emailed_at,"
+                        " rfm_score, rfm_segment")
+"""What engine/sync/ingest.py `_new_customer` writes; the facts are a new customer's defaults
+(its FACT_DEFAULTS), last_active_at its created_at."""
+_NEW_CUSTOMER_FACTS = "NULL, NULL, 0, 0.0, NULL, NULL, 0, NULL, NULL, NULL"
+
+
+def insert_new_customers(connection: sa.Connection, rows: list[tuple[Any, ...]],
+                         now: datetime) -> set[str]:
+    """Insert customers that do not exist yet, from stored values in the order of
+    engine/sync/arrow_customers.py `STORED` (created_at None: `now`); the ids that existed.
+
+    SQLite: INSERT ... ON CONFLICT DO NOTHING through the driver. Should a row be skipped, the
+    ones inserted are the run of row ids ending at the last one (the statement holds the write
+    lock, and SQLite gives each new row the largest id plus one), so the others existed.
+    PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO
+    NOTHING RETURNING the ids inserted.
+    """
+    if not rows:
+        return set()
+    if connection.dialect.name == "postgresql":
+        return _copy_new_customers(connection, rows, now)
+    stamp = f"'{utc_text(now)}'"  # fixed digits: safe as a literal
+    created = f"coalesce(?4, {stamp})"
+    sql = (f"INSERT INTO customers ({NEW_CUSTOMER_COLUMNS}) VALUES (?1, ?2, ?3, {created}, ?5,"
+           f" ?6, ?7, ?8, ?9, ?9, ?10, {stamp}, {created}, {_NEW_CUSTOMER_FACTS})"
+           " ON CONFLICT (customer_id) DO NOTHING")
+    count = connection.exec_driver_sql(sql, rows).rowcount  # type: ignore[arg-type]
+    if count == len(rows):
+        return set()
+    inserted: set[str] = set()
+    if count:
+        last = connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+        inserted = set(connection.exec_driver_sql(
+            "SELECT customer_id FROM customers WHERE rowid > ?", (last - count,)).scalars())
+    return {row[0] for row in rows} - inserted
+
+
+_CUSTOMER_BATCH = "retain_customer_batch"
+
+
+def _copy_new_customers(connection: sa.Connection, rows: list[tuple[Any, ...]],
+                        now: datetime) -> set[str]:
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_CUSTOMER_BATCH} (customer_id text, email text,"
+        " name text, created_at timestamptz, birthday date, timezone text, country text,"
+        " segment text, tags jsonb, attributes jsonb)")
+    connection.exec_driver_sql(f"TRUNCATE {_CUSTOMER_BATCH}")
+    driver = connection.connection.driver_connection
+    with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+            f"COPY {_CUSTOMER_BATCH} FROM STDIN") as copy:
+        for row in rows:  # times are UTC, whatever the session's
+            copy.write_row((*row[:3], None if row[3] is None else row[3] + "+00", *row[4:]))
+    created = "coalesce(created_at, %(now)s)"
+    inserted = connection.exec_driver_sql(
+        f"INSERT INTO customers ({NEW_CUSTOMER_COLUMNS}) SELECT customer_id, email, name,"
+        f" {created}, birthday, timezone, country, segment, tags, tags, attributes, %(now)s,"
+        f" {created}, {_NEW_CUSTOMER_FACTS} FROM {_CUSTOMER_BATCH}"
+        " ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id", {"now": now}).scalars()
+    return {row[0] for row in rows} - set(inserted)
+
+
+def drop_customer_batch(connection: sa.Connection) -> None:
+    """Drop the temporary table of `insert_new_customers` on PostgreSQL, if there is one."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {_CUSTOMER_BATCH}")
 
 
 def insert_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -45,6 +45,7 @@ from engine.clock import utcnow
 from engine.store.dialect import insert_ignoring
 from engine.store.tables import customers, events, points
 from engine.sync.arrow import ParsedBatch, event_rows
+from engine.sync.arrow_customers import CustomerBatch, customer_rows, write_customer_batch
 from engine.sync.batches import (
     Progress,
     Writer,
@@ -55,7 +56,14 @@ from engine.sync.batches import (
     require_columns,
     run_batches,
 )
-from engine.sync.bulk import EventWriter, build_indexes, defer_indexes, event_writer, insert_rows
+from engine.sync.bulk import (
+    EventWriter,
+    build_indexes,
+    defer_indexes,
+    drop_customer_batch,
+    event_writer,
+    insert_rows,
+)
 from engine.sync.conflicts import conflict_reason, contents, same, stored
 from engine.sync.files import Row, open_data_file, read_rows, write_rejects
 from engine.sync.report import RowError, SyncReport
@@ -89,7 +97,8 @@ def sync_customers(engine: sa.Engine, path: Path, fmt: str | None = None,
     """Upsert the customers of a CSV/JSONL file; `progress` gets the bytes read since last call."""
     with open_data_file(path, fmt) as data:
         require_columns(data, "customers")
-        return ingest_customers(engine, data.rows, str(path), bytes_progress(data, progress), now)
+        rows = customer_rows(data) or data.rows  # a large plain CSV file: parsed by column
+        return ingest_customers(engine, rows, str(path), bytes_progress(data, progress), now)
 
 
 def sync_events(engine: sa.Engine, path: Path, fmt: str | None = None,
@@ -112,10 +121,18 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
         deferred = defer_indexes(connection, customers)
 
         def write(batch: list[Row]) -> set[str]:
-            inserted, updated = _upsert(connection, batch, report, moment)
+            if batch.__class__ is CustomerBatch:
+                inserted, updated = write_customer_batch(
+                    connection, batch, report, moment, _upsert)  # type: ignore[arg-type]
+            else:
+                inserted, updated = _upsert(connection, batch, report, moment)
             return (inserted | updated) if new_have_facts else updated
 
-        return write, lambda: build_indexes(connection, deferred)
+        def close() -> None:
+            build_indexes(connection, deferred)
+            drop_customer_batch(connection)
+
+        return write, close
 
     return run_batches(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True,
                    commit_every=CUSTOMER_COMMIT)

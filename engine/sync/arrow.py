@@ -84,7 +84,7 @@ def event_rows(data: DataFile) -> Iterator[ParsedBatch | Row] | None:
     return columnar_rows(data, _parse)
 
 
-def columnar_rows(data: DataFile, parse: Parse, block_bytes: int = BLOCK_BYTES,
+def columnar_rows(data: DataFile, parse: Parse, block_bytes: int | None = None,
                   quotes: bool = False) -> Iterator[ParsedBatch | Row] | None:
     """Rows and batches that `parse` made of a large plain CSV file; None when it is not one.
 
@@ -96,7 +96,7 @@ def columnar_rows(data: DataFile, parse: Parse, block_bytes: int = BLOCK_BYTES,
     if clean is None:
         return None
     load_pyarrow()
-    return _read(data, header, clean, parse, block_bytes, quotes)
+    return _read(data, header, clean, parse, block_bytes or BLOCK_BYTES, quotes)
 
 
 pa: Any = None

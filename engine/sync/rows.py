@@ -123,8 +123,13 @@ class CustomerValues:
     removed: set[str] = field(default_factory=set)
 
     def merge(self, later: CustomerValues) -> None:
-        """Fold a later row for the same customer into this one: later values win."""
+        """Fold a later row for the same customer into this one: later values win, except an
+        empty created_at, which keeps the earlier one as an update would (so the outcome does
+        not depend on whether the two rows fall in one batch)."""
+        created = self.columns.get("created_at")
         self.columns.update(later.columns)
+        if created is not None and self.columns.get("created_at") is None:
+            self.columns["created_at"] = created
         for key in later.removed:
             self.attributes.pop(key, None)
         self.removed = (self.removed - later.attributes.keys()) | later.removed

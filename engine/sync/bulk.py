@@ -96,11 +96,18 @@ class EventWriter:
     from_known = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT {EVENT_SQL_COLUMNS}"
                   f" FROM {known} WHERE true ORDER BY rowid ON CONFLICT (event_id) DO NOTHING")
 
+    guarded = (f"INSERT INTO events ({EVENT_SQL_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+               " WHERE EXISTS (SELECT 1 FROM customers WHERE customer_id = ?2)"
+               " ON CONFLICT (event_id) DO NOTHING")
+    HOPES = 2
+    """Batches `write_new` may find not all new in a row before the sync stops trying."""
+
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection
         self.top = _largest_id(connection)
         self.lines = LineIndex(self.top)
         self.staging = False
+        self.hopes = self.HOPES
         first_load = self.top == 0
         self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if first_load else []
         for index in self.deferred:
@@ -128,6 +135,35 @@ class EventWriter:
                 "SELECT id, event_id FROM events WHERE id > ?", (self.top,)).all()
             self._record(found, line_of)
         return count
+
+    @property
+    def hopeful(self) -> bool:
+        """Whether `write_new` is worth trying (it has not failed HOPES times in a row)."""
+        return self.hopes > 0 and not self.staging
+
+    def write_new(self, rows: list[EventValues], lines: list[int]) -> bool:
+        """Insert these rows (distinct event ids, read from these lines) if every one is a new
+        event of a known customer, checking both in the one statement; else write nothing.
+
+        This spares a first load looking its customers up from Python (a fifth of its time
+        with few events per customer). The rows inserted are the run of ids ending at the last
+        one (see `write`), so a statement that skipped some row is undone by deleting that run,
+        and the caller writes the batch again the checked way.
+        """
+        count = self.connection.exec_driver_sql(self.guarded, rows).rowcount  # type: ignore[arg-type]
+        if count == len(rows):
+            self.hopes = self.HOPES
+            if count:
+                last = self.connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+                self.lines.record_run(last, lines)
+                self.top = last
+            return True
+        if count:
+            last = self.connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+            self.connection.exec_driver_sql("DELETE FROM events WHERE id > ? AND id <= ?",
+                                            (last - count, last))
+        self.hopes -= 1
+        return False
 
     def differing(self, rows: list[EventValues]) -> set[str]:
         """The ids among the rows just written whose stored event may say otherwise.
@@ -170,6 +206,7 @@ class PostgresEventWriter(EventWriter):
     """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT."""
 
     table = "retain_event_batch"
+    hopeful = False  # `= ANY(array)` looks customers up cheaply enough
 
     def __init__(self, connection: sa.Connection) -> None:
         self.connection = connection

@@ -313,6 +313,10 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
         parsed = batch.merge(parse_batch(batch.slow, event_values, report))  # type: ignore[attr-defined]
     else:
         parsed = parse_batch(batch, event_values, report)
+    if writer.hopeful and parsed:
+        written = _append_all_new(writer, parsed, batch, report)
+        if written is not None:
+            return written
     ids = {values[1] for _, _, values in parsed}
     if len(seen) > KNOWN_CUSTOMERS:
         seen.clear()  # bounded memory; they are looked up again
@@ -338,6 +342,22 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     if inserted < len(rows) or repeats:
         _sort_known(connection, writer, rows, first, inserted, repeats, batch, parsed, report)
     return known
+
+
+def _append_all_new(writer: EventWriter, parsed: list[Any], batch: Any,
+                    report: SyncReport) -> set[str] | None:
+    """The batch in one statement, when its events are all new and its customers all known
+    (a first load): the ids of their customers. None, having written nothing, otherwise."""
+    rows = [values for _, _, values in parsed]
+    if len({values[0] for values in rows}) < len(rows) or not writer.write_new(
+            rows, [line for line, _, _ in parsed]):
+        return None
+    for line, row, values in parsed:
+        warning = event_warning(values)
+        if warning is not None:
+            report.warnings.append(RowError(line, warning, _row_raw(batch, line, row)))
+    report.inserted += len(rows)
+    return {values[1] for values in rows}
 
 
 def _sort_known(connection: sa.Connection, writer: EventWriter, rows: dict[str, EventValues],

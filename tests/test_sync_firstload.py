@@ -110,6 +110,9 @@ def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine) -> None
                                    "2023-01-05T00:00:00Z" if n % 2 else ""}) for n in range(9)],
                      "c", now=NOW)
     ingest_events(db, [row for row in _events(60) if row[1]["customer_id"] != "nobody"], "e")
+    for model in (Customer, Event):  # dropped for the load or the refresh, and built again
+        declared = {index.name for index in model.__table__.indexes}
+        assert declared <= {ix["name"] for ix in sa.inspect(db).get_indexes(model.__tablename__)}
     with db.connect() as connection:
         before = rows_of(db, Customer)
         refresh_facts(connection)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from engine.errors import DataFileError
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch
-from engine.sync.bulk import analyze_if_grown, bulk_session
+from engine.sync.bulk import analyze_if_grown, bulk_session, fact_indexes_dropped
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import RowError, SyncReport
@@ -111,9 +111,10 @@ def _collector_paused() -> Iterator[None]:
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
             undo: Callable[[], None], rerank: bool = False) -> None:
     close()  # first: it may rebuild indexes that the refresh needs
-    _refresh(connection, touched)
-    if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
-        refresh_rfm(connection)
+    with fact_indexes_dropped(connection, touched.everyone and touched.pending):
+        _refresh(connection, touched)
+        if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
+            refresh_rfm(connection)
     touched.drop()
     connection.commit()
     undo()  # after the commit: SQLite ignores these pragmas inside a transaction

@@ -86,7 +86,7 @@ def fact_indexes_dropped(connection: sa.Connection, everyone: bool) -> Iterator[
     refresh at 100k customers). After an error they stay dropped for `open_store` to build.
     """
     dropped: list[sa.Index] = []
-    if everyone and connection.dialect.name == "sqlite":
+    if everyone and connection.dialect.name == "sqlite":  # PostgreSQL would lock readers out
         dropped = [index for index in customers.indexes if not index.unique
                    and {column.name for column in index.columns} <= DERIVED_FACTS]
     for index in dropped:
@@ -231,6 +231,11 @@ class PostgresEventWriter(EventWriter):
         self.connection = connection
         self.top = _largest_id(connection)
         self.lines = LineIndex(self.top)
+        # A first load builds the secondary indexes at `close`, as on SQLite: PostgreSQL too
+        # sorts once faster than it inserts every row's entries (a third of the load's time).
+        self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if self.top == 0 else []
+        for index in self.deferred:
+            index.drop(connection)
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
             " customer_id text, type text, occurred_at timestamptz, amount double precision,"
@@ -261,7 +266,8 @@ class PostgresEventWriter(EventWriter):
         return differing_ids(self.connection, self.table)
 
     def close(self) -> None:
-        """Drop the temporary table."""
+        """Build the indexes a first load deferred; drop the temporary table."""
+        build_indexes(self.connection, self.deferred)
         self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table}")
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -122,27 +122,50 @@ def _event_tuples(path: Path, fmt: str) -> Iterator[list[tuple[Any, ...]]]:
         yield chunk
 
 
-def _customer_ids(path: Path, fmt: str) -> list[tuple[str]]:
+CUSTOMER_SQL = ("INSERT INTO customers (customer_id, email, name, created_at, birthday, timezone,"
+                " country, segment, tags, file_tags, attributes, first_synced_at, last_active_at,"
+                " purchase_count, total_spent, points_balance)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0.0, 0)")
+
+
+def _customer_tuples(path: Path, fmt: str) -> list[tuple[Any, ...]]:
+    """Every customer as the row Retain stores, parsed the simplest way that is still right."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def row(r: dict[str, Any]) -> tuple[Any, ...]:
+        created = (datetime.fromisoformat(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S.%f")
+                   if r.get("created_at") else now)
+        tags = json.dumps([t.strip() for t in (r.get("tags") or "").split(",") if t.strip()])
+        extra = {k: v for k, v in r.items() if k not in CUSTOMER_FIELDS and v}
+        return (r["customer_id"], r.get("email") or None, r.get("name") or None, created,
+                r.get("birthday") or None, r.get("timezone") or None, r.get("country") or None,
+                r.get("segment") or None, tags, tags, json.dumps(extra), now, created)
+
     with path.open(encoding="utf-8", newline="") as handle:
         if fmt == "csv":
-            return [(r["customer_id"],) for r in csv.DictReader(handle)]
-        return [(json.loads(line)["customer_id"],) for line in handle]
+            return [row(r) for r in csv.DictReader(handle)]
+        return [row(json.loads(line)) for line in handle]
+
+
+CUSTOMER_FIELDS = ("customer_id", "email", "name", "created_at", "birthday", "timezone",
+                   "country", "segment", "tags")
 
 
 def child_baseline(db_file: Path, data: Path, fmt: str) -> dict[str, Any]:
-    """Plain sqlite3 executemany of pre-parsed tuples: the floor any sync is measured against."""
+    """Plain sqlite3 executemany of pre-parsed tuples (whole customer rows, then events): the
+    floor any sync is measured against."""
     open_store(f"sqlite:///{db_file}").dispose()  # Retain's schema, indexes included
     connection = sqlite3.connect(db_file)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
         connection.execute(f"PRAGMA {pragma}")
-    ids = _customer_ids(data / f"customers.{fmt}", fmt)
+    rows = _customer_tuples(data / f"customers.{fmt}", fmt)
     started = time.perf_counter()
-    connection.executemany("INSERT INTO customers (customer_id, tags, attributes, purchase_count,"
-                           " total_spent, points_balance) VALUES (?, '[]', '{}', 0, 0, 0)", ids)
-    connection.commit()
+    for start in range(0, len(rows), CHUNK):
+        connection.executemany(CUSTOMER_SQL, rows[start:start + CHUNK])
+        connection.commit()
     customers_s = time.perf_counter() - started
-    customers = len(ids)
-    del ids
+    customers = len(rows)
+    del rows
     events, events_s = 0, 0.0
     sql = ("INSERT INTO events (event_id, customer_id, type, occurred_at, amount, score, properties)"
            " VALUES (?, ?, ?, ?, ?, ?, ?)")

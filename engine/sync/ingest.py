@@ -13,12 +13,15 @@ events (dedupe by id), update derived facts"). Guarantees:
 - Customers: the columns a row gives are set (an empty value sets NULL, except `created_at`,
   which is kept or derived, see engine/store/facts.py); columns it does not give are never touched,
   nor are the derived facts. Extra columns are merged into `attributes`. `first_synced_at` is
-  set when a customer is first inserted. Facts are refreshed batch by batch, in the batch's
-  transaction. A file's `tags` replace the file's tags (`file_tags`), never the ones playbooks
+  set when a customer is first inserted, with a new customer's facts (`_new_customer`). Facts
+  of updated customers are refreshed batch by batch, in the batch's transaction; of inserted
+  ones too once events or ledger entries exist (`_may_have_facts`). A file's `tags` replace the file's tags (`file_tags`), never the ones playbooks
   added or removed; `tags` is recomputed from both (engine/sync/tags.py).
 - Events: an event for a customer not in the database is rejected. Facts of every customer with
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
-  a crash also repairs facts the crash left stale.
+  a crash also repairs facts the crash left stale. Into an empty events table (a first load)
+  those are everyone with events, refreshed as such (engine/sync/facts.py), and each batch is
+  written in one statement that checks its customers (`EventWriter.write_new`).
 - RFM scores (`rfm_score`, `rfm_segment`) rank customers against each other, so after an event
   sync that touched any customer, every customer's scores are recomputed (engine/store/facts.py,
   `refresh_rfm`), in the transaction of the last facts refresh. A customer file changes no

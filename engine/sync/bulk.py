@@ -55,15 +55,13 @@ def _nothing() -> None:
 
 
 def defer_indexes(connection: sa.Connection, table: sa.Table) -> list[sa.Index]:
-    """SQLite, into an empty table: drop its secondary indexes, to be built by `build_indexes`.
+    """Into an empty table: drop its secondary indexes, to be built by `build_indexes`.
 
-    SQLite builds an index from sorted rows many times faster than it maintains one under
+    SQLite and PostgreSQL build an index from sorted rows faster than they maintain one under
     inserts in random key order (emails, ids). Unique indexes stay: they check as rows come.
     Should the process die before they are built, `engine.store.open_store` recreates missing
-    indexes. Returns the indexes dropped (none on PostgreSQL or into a table with rows).
+    indexes. Returns the indexes dropped (none into a table with rows).
     """
-    if connection.dialect.name != "sqlite":
-        return []
     if connection.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is not None:
         return []
     deferred = [index for index in table.indexes if not index.unique]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from itertools import compress
 from operator import itemgetter
 from typing import Any
 
@@ -39,7 +40,11 @@ _SKIPPED = frozenset((*_PARSERS, "customer_id", REASON_KEY))
 
 
 class CustomerBatch(ParsedBatch):
-    """A block of customer rows: `fast` holds (line, None, values in STORED order)."""
+    """A block of customer rows: `fast` holds the values in STORED order of the rows read from
+    `lines`; `repeats` whether some customer id comes more than once among them."""
+
+    lines: list[int] | range
+    repeats: bool
 
 
 def _pa() -> tuple[Any, Any]:
@@ -77,9 +82,11 @@ def parse_customers(block: Any, header: list[str], first: int, clean: bool) -> C
                 for index, row in zip(bad.to_pylist(), zip(*cells, strict=True), strict=True)]
         outputs = [pc.filter(array, ok) for array in outputs]
         lines = pc.filter(pa.array(lines), ok).to_pylist()  # type: ignore[assignment]
-    rows = zip(*(array.to_pylist() for array in outputs), strict=True)
-    fast = [(line, None, row) for line, row in zip(lines, rows, strict=True)]
-    return CustomerBatch(fast, slow, first, header, raw)  # type: ignore[arg-type]
+    fast = list(zip(*(array.to_pylist() for array in outputs), strict=True))
+    batch = CustomerBatch(fast, slow, first, header, raw)  # type: ignore[arg-type]
+    batch.lines = lines
+    batch.repeats = pc.count_distinct(outputs[0]).as_py() < len(fast)
+    return batch
 
 
 def _blank_null(text: Any, size: int) -> Any:
@@ -177,23 +184,25 @@ def write_customer_batch(connection: sa.Connection, batch: CustomerBatch, report
     whose customer exists (an update). Returns the ids inserted and the ids updated.
     """
     slow: list[Row] = list(batch.slow)
-    count = Counter(values[0] for _, _, values in batch.fast)
-    count.update(row.get("customer_id", "") for _, row in slow if row.__class__ is not BadLine)
-    new: list[tuple[Any, ...]] = []
-    lines: dict[str, int] = {}
-    for line, _, values in batch.fast:
-        if count[values[0]] == 1:
-            new.append(values)
-            lines[values[0]] = line
-        else:
-            slow.append((line, batch.raw(line)))
+    new: list[tuple[Any, ...]] = batch.fast  # type: ignore[assignment]
+    lines = batch.lines
+    if slow or batch.repeats:  # (most blocks have neither)
+        count = Counter(values[0] for values in new)
+        count.update(row.get("customer_id", "") for _, row in slow if row.__class__ is not BadLine)
+        kept = [count[values[0]] == 1 for values in new]
+        slow.extend((line, batch.raw(line)) for line, keep in zip(lines, kept, strict=True)
+                    if not keep)
+        new = list(compress(new, kept))
+        lines = list(compress(lines, kept))
     existed = insert_new_customers(connection, new, now)
-    slow.extend((lines[customer_id], batch.raw(lines[customer_id])) for customer_id in existed)
+    if existed:
+        slow.extend((line, batch.raw(line)) for line, values in zip(lines, new, strict=True)
+                    if values[0] in existed)
     report.read += len(new) - len(existed)
     report.inserted += len(new) - len(existed)
     inserted, updated = per_row(connection, sorted(slow, key=itemgetter(0)), report, now) \
         if slow else (set(), set())
-    return inserted | (lines.keys() - existed), updated
+    return inserted | ({values[0] for values in new} - existed), updated
 
 
 def customer_rows(data: DataFile) -> Iterator[ParsedBatch | Row] | None:

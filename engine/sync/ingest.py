@@ -316,14 +316,19 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
         parsed = batch.merge(parse_batch(batch.slow, event_values, report))  # type: ignore[attr-defined]
     else:
         parsed = parse_batch(batch, event_values, report)
-    if writer.hopeful and parsed:
-        written = _append_all_new(writer, parsed, batch, report)
-        if written is not None:
-            return written
     ids = {values[1] for _, _, values in parsed}
     if len(seen) > KNOWN_CUSTOMERS:
         seen.clear()  # bounded memory; they are looked up again
-    seen.update(found.customer_id for found in existing_customers(connection, list(ids - seen), []))
+    unseen = ids - seen
+    # Checking the customer in the insert costs ~2.5 µs an event, looking customers up ~12 µs
+    # each: the hopeful way pays below ~4 events per customer not remembered (measured at
+    # 100k customers: 2.25 events each gain, 8.5 lose).
+    if writer.hopeful and 4 * len(unseen) > len(parsed):
+        written = _append_all_new(writer, parsed, batch, report)
+        if written is not None:
+            seen.update(written)
+            return written
+    seen.update(found.customer_id for found in existing_customers(connection, list(unseen), []))
     known = ids & seen
     rows: dict[str, EventValues] = {}
     first: dict[str, int] = {}  # event_id -> the line it was first read from

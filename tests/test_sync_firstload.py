@@ -24,10 +24,10 @@ from engine.sync.facts import refresh_facts
 from engine.sync.ingest import ingest_customers, ingest_events
 
 
-def _events(count: int) -> list[tuple[int, dict[str, Any]]]:
+def _events(count: int, customers: int = 50) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for n in range(count):
-        who = "nobody" if n in (13, 14, 100) else f"c{n % 7}"
+        who = "nobody" if n in (13, 14, 100) else f"c{n % customers}"
         kind = ("purchase", "feedback", "login")[n % 3]
         row = {"event_id": f"e{n % 60}", "customer_id": who, "type": kind,
                "occurred_at": f"2024-02-{n % 28 + 1:02}T10:00:00Z"}
@@ -40,7 +40,7 @@ def _events(count: int) -> list[tuple[int, dict[str, Any]]]:
 def _outcome(engine: sa.Engine, rows: list[Any], batch: int,
              monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     monkeypatch.setattr(sync_module, "EVENT_BATCH", batch)
-    ingest_customers(engine, [(n + 2, {"customer_id": f"c{n}"}) for n in range(7)], "c", now=NOW)
+    ingest_customers(engine, [(n + 2, {"customer_id": f"c{n}"}) for n in range(50)], "c", now=NOW)
     report = ingest_events(engine, rows, "e.csv")
     again = ingest_events(engine, rows, "e.csv")
     return (report.summary(), report.rejected, report.warnings, report.conflicts,
@@ -109,7 +109,7 @@ def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine) -> None
     ingest_customers(db, [(n + 2, {"customer_id": f"c{n}", "created_at":
                                    "2023-01-05T00:00:00Z" if n % 2 else ""}) for n in range(9)],
                      "c", now=NOW)
-    ingest_events(db, [row for row in _events(60) if row[1]["customer_id"] != "nobody"], "e")
+    ingest_events(db, [row for row in _events(60, 7) if row[1]["customer_id"] != "nobody"], "e")
     for model in (Customer, Event):  # dropped for the load or the refresh, and built again
         declared = {index.name for index in model.__table__.indexes}
         assert declared <= {ix["name"] for ix in sa.inspect(db).get_indexes(model.__tablename__)}

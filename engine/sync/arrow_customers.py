@@ -27,7 +27,14 @@ from engine.sync.arrow import ODD, ParsedBatch, columnar_rows, utc_times
 from engine.sync.bulk import insert_new_customers
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import SyncReport
-from engine.sync.rows import _PARSERS, EMAIL, REASON_KEY, _known_zone, _tags, json_text
+from engine.sync.rows import (
+    CUSTOMER_PARSERS,
+    EMAIL,
+    REASON_KEY,
+    json_text,
+    known_zone,
+    split_tags,
+)
 
 STORED = ("customer_id", "email", "name", "created_at", "birthday", "timezone", "country",
           "segment", "tags", "attributes")
@@ -36,7 +43,7 @@ BLOCK_BYTES = 1 << 20  # ~9,000 customer rows per block
 _EMAIL = "^" + EMAIL.pattern.replace(r"\s", " ") + "$"  # \s: only the space is printable ASCII
 _DATE = r"^\d{4}-\d{2}-\d{2}$"
 _TEXT = ("name", "country", "segment")
-_SKIPPED = frozenset((*_PARSERS, "customer_id", REASON_KEY))
+_SKIPPED = frozenset((*CUSTOMER_PARSERS, "customer_id", REASON_KEY))
 
 
 class CustomerBatch(ParsedBatch):
@@ -144,7 +151,7 @@ def _timezone(text: Any, size: int) -> tuple[Any, Any]:
     pa, pc = _pa()
     if text is None:
         return pa.nulls(size, pa.string()), pa.array([True] * size)
-    stored, good = _by_distinct(text, lambda name: name if _known_zone(name) else None)
+    stored, good = _by_distinct(text, lambda name: name if known_zone(name) else None)
     empty = pc.equal(text, "")
     return pc.if_else(empty, pa.scalar(None, pa.string()), stored), pc.or_(empty, good)
 
@@ -154,7 +161,7 @@ def _tag_lists(text: Any, size: int) -> tuple[Any, Any]:
     pa, pc = _pa()
     if text is None:
         return pa.array(["[]"] * size, pa.string()), pa.array([True] * size)
-    return _by_distinct(text, lambda value: json_text(_tags(value)))
+    return _by_distinct(text, lambda value: json_text(split_tags(value)))
 
 
 def _attributes(column: dict[str, Any], size: int) -> Any:

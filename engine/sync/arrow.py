@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import codecs
 import queue
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from itertools import repeat
 from operator import itemgetter
@@ -41,7 +42,7 @@ MIN_BYTES = 8 * 1024 * 1024  # smaller files keep the per-row reader
 BLOCK_BYTES = 1 << 18  # ~4,500 event rows per block: less memory than larger blocks
 SCAN_BYTES = 1 << 20
 AHEAD = 2  # parsed blocks waiting at most: memory stays bounded
-_ODD = r'[^ !#-\[\]-~]'  # anything but printable ASCII without `"` and `\`: per-row path
+ODD = r'[^ !#-\[\]-~]'  # anything but printable ASCII without `"` and `\`: per-row path
 _TIME = (r"^(?P<d>\d{4}-\d{2}-\d{2})[T ](?P<h>\d{2}:\d{2}:\d{2})(?P<f>(?:\.\d{3}|\.\d{6})?)"
          r"(?P<tz>(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?)$")
 _NUMBER = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
@@ -72,17 +73,30 @@ class ParsedBatch:
                 for name, column in zip(self.header, self.columns, strict=True)}
 
 
+Parse = Callable[[Any, list[str], int, bool], ParsedBatch]
+"""A block's parser: (record batch, header, its first line, whether the file is clean)."""
+
+
 def event_rows(data: DataFile) -> Iterator[ParsedBatch | Row] | None:
     """Rows and parsed batches of a large plain CSV event file; None when it is not one."""
-    header = data.header
-    if (data.fmt != "csv" or header is None or "properties" in header
-            or data.path.stat().st_size < MIN_BYTES):
+    if data.header is None or "properties" in data.header:
         return None
-    clean = _scan(data.path)
+    return columnar_rows(data, _parse)
+
+
+def columnar_rows(data: DataFile, parse: Parse, block_bytes: int | None = None,
+                  quotes: bool = False) -> Iterator[ParsedBatch | Row] | None:
+    """Rows and batches that `parse` made of a large plain CSV file; None when it is not one.
+
+    `quotes`: fields may be quoted as `_scan` allows (the customer file's tags are)."""
+    header = data.header
+    if data.fmt != "csv" or header is None or data.path.stat().st_size < MIN_BYTES:
+        return None
+    clean = _scan(data.path, quotes)
     if clean is None:
         return None
-    _load_pyarrow()
-    return _read(data, header, clean)
+    load_pyarrow()
+    return _read(data, header, clean, parse, block_bytes or BLOCK_BYTES, quotes)
 
 
 pa: Any = None
@@ -90,7 +104,7 @@ pc: Any = None
 pcsv: Any = None
 
 
-def _load_pyarrow() -> None:
+def load_pyarrow() -> None:
     """Import pyarrow only when a file takes this path: the import alone costs ~80 MB."""
     global pa, pc, pcsv  # noqa: PLW0603
     import pyarrow
@@ -100,12 +114,17 @@ def _load_pyarrow() -> None:
     pa, pc, pcsv = pyarrow, pyarrow.compute, pyarrow.csv
 
 
-def _scan(path: Path) -> bool | None:
+def _scan(path: Path, quotes: bool = False) -> bool | None:
     """None unless every line of the file is one record (see the module's docstring); else
-    whether the file is all printable ASCII (then no row needs checking for other characters)."""
+    whether the file is all printable ASCII (then no row needs checking for other characters).
+
+    `quotes`: a line may quote whole fields, each without a quote or line end inside
+    (`QUOTED_LINE`), which the csv module and pyarrow read alike; any other quote: None.
+    """
     clean = True
     decoder = codecs.getincrementaldecoder("utf-8")()
-    previous = b""
+    previous = tail = b""
+    allowed = _CLEAN + b'"' if quotes else _CLEAN
     with path.open("rb") as handle:
         start = handle.read(3)
         if start[:2] == GZIP_MAGIC or start == BOM:
@@ -114,10 +133,18 @@ def _scan(path: Path) -> bool | None:
         while chunk := handle.read(SCAN_BYTES):
             if b"\r" in chunk:  # CRLF line ends are fine, as for the csv module
                 chunk = chunk.replace(b"\r\n", b"\n")
-            if (b'"' in chunk or b"\r" in chunk or b"\x00" in chunk or b"\n\n" in chunk
+            if (b"\r" in chunk or b"\x00" in chunk or b"\n\n" in chunk
                     or (previous.endswith(b"\n") and chunk.startswith(b"\n"))):
                 return None
-            clean = clean and not chunk.translate(None, _CLEAN)
+            if b'"' in chunk or b'"' in tail:
+                if not quotes:
+                    return None
+                tail = _quoted_lines_simple(tail + chunk)
+                if tail is None:
+                    return None
+            else:
+                tail = b""
+            clean = clean and not chunk.translate(None, allowed)
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError:
@@ -127,21 +154,44 @@ def _scan(path: Path) -> bool | None:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         return None
+    if tail and _quoted_lines_simple(tail + b"\n") is None:
+        return None
     return clean
 
 
-def _read(data: DataFile, header: list[str], clean: bool) -> Iterator[ParsedBatch | Row]:
+QUOTED_LINE = re.compile(rb'(?:[^",\n]*|"[^"\n]*")(?:,(?:[^",\n]*|"[^"\n]*"))*')
+"""A line whose every field is either unquoted without quotes or wholly quoted without one."""
+
+
+def _quoted_lines_simple(text: bytes) -> bytes | None:
+    """None unless every whole line of `text` with a quote is a QUOTED_LINE; else the text
+    after its last line end (the start of a line the next chunk completes)."""
+    end = text.rfind(b"\n")
+    at = text.find(b'"', 0, end)
+    while at != -1:
+        first = text.rfind(b"\n", 0, at) + 1
+        last = text.find(b"\n", at)
+        if not QUOTED_LINE.fullmatch(text, first, last):
+            return None
+        at = text.find(b'"', last, end)
+    return text[end + 1:]
+
+
+def _read(data: DataFile, header: list[str], clean: bool, parse: Parse,
+          block_bytes: int, quotes: bool) -> Iterator[ParsedBatch | Row]:
     """The blocks, parsed in a thread (pyarrow releases the GIL) while the caller writes."""
     done: queue.Queue[ParsedBatch | BaseException | int] = queue.Queue(maxsize=AHEAD)
     stop = threading.Event()
-    worker = threading.Thread(target=_produce, args=(data, header, clean, done, stop),
+    worker = threading.Thread(target=_produce,
+                              args=(data, header, clean, done, stop, parse, block_bytes,
+                                    quotes),
                               daemon=True, name="retain-syncarrow")
     worker.start()
     try:
         while True:
             item = done.get()
-            if item.__class__ is ParsedBatch:
-                yield item  # type: ignore[misc]
+            if isinstance(item, ParsedBatch):
+                yield item
             elif isinstance(item, BaseException):
                 raise item
             else:
@@ -160,21 +210,22 @@ def _read(data: DataFile, header: list[str], clean: bool) -> Iterator[ParsedBatc
 
 
 def _produce(data: DataFile, header: list[str], clean: bool, done: queue.Queue[Any],
-             stop: threading.Event) -> None:
+             stop: threading.Event, parse: Parse, block_bytes: int, quotes: bool) -> None:
     """Put each parsed block, then 0 at the end, or the line to go on from per row."""
     names = [f"c{index}" for index in range(len(header))]
     line = 2  # the header is line 1
     try:
         reader = pcsv.open_csv(
             data.binary,  # just after the header: progress still follows data.position()
-            read_options=pcsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
-            parse_options=pcsv.ParseOptions(quote_char=False, double_quote=False),
+            read_options=pcsv.ReadOptions(column_names=names, block_size=block_bytes),
+            parse_options=pcsv.ParseOptions(quote_char='"' if quotes else False,
+                                            double_quote=False),
             convert_options=pcsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False))
         for block in reader:
             if stop.is_set():
                 return
-            done.put(_parse(block, header, line, clean))
+            done.put(parse(block, header, line, clean))
             line += block.num_rows
         done.put(0)
     except pa.ArrowInvalid:
@@ -188,10 +239,10 @@ def _parse(block: pa.RecordBatch, header: list[str], first: int, clean: bool) ->
     column = {name: pc.ascii_trim(raw[index], " ") for index, name in enumerate(header)}
     ok = pa.array([True] * block.num_rows)
     for array in () if clean else raw:
-        ok = pc.and_(ok, pc.invert(pc.match_substring_regex(array, _ODD)))
+        ok = pc.and_(ok, pc.invert(pc.match_substring_regex(array, ODD)))
     for name in EVENT_IDENTIFIERS:
         ok = pc.and_(ok, pc.not_equal(column[name], ""))
-    when, good = _times(column["occurred_at"])
+    when, good = utc_times(column["occurred_at"])
     ok = pc.and_(ok, good)
     numbers = []
     for name in EVENT_NUMBERS:
@@ -234,7 +285,7 @@ def _type_rules_kept(kind: pa.Array, numbers: dict[str, pa.Array]) -> pa.Array:
     return kept
 
 
-def _times(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+def utc_times(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     """utc_text of each time, and where it is exact (elsewhere the text is meaningless)."""
     parts = pc.extract_regex(text, _TIME)
     good = pc.is_valid(parts)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from engine.errors import DataFileError
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch
-from engine.sync.bulk import analyze_if_grown, bulk_session
+from engine.sync.bulk import analyze_if_grown, bulk_session, fact_indexes_dropped
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import RowError, SyncReport
@@ -44,17 +44,22 @@ def nothing() -> None:
 def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
             start: Callable[[sa.Connection], tuple[Writer, Callable[[], None]]],
             progress: Progress | None, size: int, *, refresh_each_batch: bool,
-            commit_every: int = 0, rerank: bool = False) -> SyncReport:
+            commit_every: int = 0, rerank: bool = False,
+            first_load: Callable[[sa.Connection], bool] | None = None) -> SyncReport:
     """Write batch by batch, commit every `commit_every` rows; refresh the touched customers' facts.
 
     `rerank`: when any customer was touched, bring the RFM scores up to date at the end (event
     syncs: purchases move ranks; a customer file changes no purchase fact, so it skips it).
+    `first_load`: whether the sync starts on an empty table, where the customers it touches are
+    exactly those with events (engine/sync/facts.py `cover_everyone_with_events`).
 
     After an unexpected error the connection is invalidated rather than returned to the pool,
     so no session state (temporary tables, SQLite pragmas) leaks to its next user.
     """
     with engine.connect() as connection, _collector_paused():
         touched = CustomerIdSet(connection, f"retain_sync_{report.kind}")
+        if first_load is not None and first_load(connection):
+            touched.cover_everyone_with_events()
         connection.commit()
         undo = bulk_session(connection)
         write, close = start(connection)
@@ -106,17 +111,19 @@ def _collector_paused() -> Iterator[None]:
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
             undo: Callable[[], None], rerank: bool = False) -> None:
     close()  # first: it may rebuild indexes that the refresh needs
-    _refresh(connection, touched)
-    if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
-        refresh_rfm(connection)
+    with fact_indexes_dropped(connection, touched.everyone and touched.pending):
+        _refresh(connection, touched)
+        if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
+            refresh_rfm(connection)
     touched.drop()
     connection.commit()
     undo()  # after the commit: SQLite ignores these pragmas inside a transaction
 
 
 def _refresh(connection: sa.Connection, touched: CustomerIdSet) -> None:
-    refresh_facts(connection, touched)
-    touched.clear()
+    if touched.pending:  # (an empty scope still costs its statements)
+        refresh_facts(connection, touched)
+        touched.clear()
 
 
 def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -124,7 +131,7 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
     batch: list[Row] = []
     try:
         for row in rows:
-            if row.__class__ is ParsedBatch:  # already a batch (engine/sync/arrow.py)
+            if isinstance(row, ParsedBatch):  # already a batch (engine/sync/arrow.py)
                 if batch:
                     yield batch
                     batch = []

@@ -13,12 +13,15 @@ events (dedupe by id), update derived facts"). Guarantees:
 - Customers: the columns a row gives are set (an empty value sets NULL, except `created_at`,
   which is kept or derived, see engine/store/facts.py); columns it does not give are never touched,
   nor are the derived facts. Extra columns are merged into `attributes`. `first_synced_at` is
-  set when a customer is first inserted. Facts are refreshed batch by batch, in the batch's
-  transaction. A file's `tags` replace the file's tags (`file_tags`), never the ones playbooks
+  set when a customer is first inserted, with a new customer's facts (`_new_customer`). Facts
+  of updated customers are refreshed batch by batch, in the batch's transaction; of inserted
+  ones too once events or ledger entries exist (`_may_have_facts`). A file's `tags` replace the file's tags (`file_tags`), never the ones playbooks
   added or removed; `tags` is recomputed from both (engine/sync/tags.py).
 - Events: an event for a customer not in the database is rejected. Facts of every customer with
   a valid event in the file (new or duplicate) are refreshed once at the end, so a re-run after
-  a crash also repairs facts the crash left stale.
+  a crash also repairs facts the crash left stale. Into an empty events table (a first load)
+  those are everyone with events, refreshed as such (engine/sync/facts.py), and each batch is
+  written in one statement that checks its customers (`EventWriter.write_new`).
 - RFM scores (`rfm_score`, `rfm_segment`) rank customers against each other, so after an event
   sync that touched any customer they are brought up to date (engine/sync/rfm.py `refresh_rfm`:
   the customers who moved and those pushed across a score boundary, or everyone when there is
@@ -44,20 +47,27 @@ import sqlalchemy as sa
 
 from engine.clock import utcnow
 from engine.store.dialect import insert_ignoring
-from engine.store.facts import customers
+from engine.store.tables import customers, events, points
 from engine.sync.arrow import ParsedBatch, event_rows
+from engine.sync.arrow_customers import CustomerBatch, customer_rows, write_customer_batch
 from engine.sync.batches import (
     Progress,
     Writer,
     bytes_progress,
     existing_customers,
-    nothing,
     parse_batch,
     raw_row,
     require_columns,
     run_batches,
 )
-from engine.sync.bulk import EventWriter, event_writer, insert_rows
+from engine.sync.bulk import (
+    EventWriter,
+    build_indexes,
+    defer_indexes,
+    drop_customer_batch,
+    event_writer,
+    insert_rows,
+)
 from engine.sync.conflicts import conflict_reason, contents, same, stored
 from engine.sync.files import Row, open_data_file, read_rows, write_rejects
 from engine.sync.report import RowError, SyncReport
@@ -91,7 +101,8 @@ def sync_customers(engine: sa.Engine, path: Path, fmt: str | None = None,
     """Upsert the customers of a CSV/JSONL file; `progress` gets the bytes read since last call."""
     with open_data_file(path, fmt) as data:
         require_columns(data, "customers")
-        return ingest_customers(engine, data.rows, str(path), bytes_progress(data, progress), now)
+        rows = customer_rows(data) or data.rows  # a large plain CSV file: parsed by column
+        return ingest_customers(engine, rows, str(path), bytes_progress(data, progress), now)
 
 
 def sync_events(engine: sa.Engine, path: Path, fmt: str | None = None,
@@ -110,10 +121,37 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
     moment = now or utcnow()
 
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
-        return (lambda batch: _upsert_customers(connection, batch, report, moment)), nothing
+        new_have_facts = _may_have_facts(connection)
+        deferred = defer_indexes(connection, customers)
+
+        def write(batch: list[Row]) -> set[str]:
+            if batch.__class__ is CustomerBatch:
+                inserted, updated = write_customer_batch(
+                    connection, batch, report, moment, _upsert)  # type: ignore[arg-type]
+            else:
+                inserted, updated = _upsert(connection, batch, report, moment)
+            return (inserted | updated) if new_have_facts else updated
+
+        def close() -> None:
+            build_indexes(connection, deferred)
+            drop_customer_batch(connection)
+
+        return write, close
 
     return run_batches(engine, rows, report, start, progress, CUSTOMER_BATCH, refresh_each_batch=True,
                    commit_every=CUSTOMER_COMMIT)
+
+
+def _may_have_facts(connection: sa.Connection) -> bool:
+    """Whether a customer inserted now could have facts other than a new customer's defaults.
+
+    Only events and ledger entries give facts. Events need their customer to exist, and the
+    engine awards points to existing customers only, so on a database without either (the
+    first customer file) the facts `_new_customer` writes are the refreshed ones: refreshing
+    them again per batch cost a sixth of the sync.
+    """
+    return any(connection.execute(sa.select(table.c.customer_id).limit(1)).first() is not None
+               for table in (events, points))
 
 
 def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
@@ -127,7 +165,12 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
         return (lambda batch: _append_events(connection, writer, batch, report, seen)), writer.close
 
     return run_batches(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
-                   commit_every=EVENT_COMMIT, rerank=True)
+                   commit_every=EVENT_COMMIT, rerank=True, first_load=_no_events)
+
+
+def _no_events(connection: sa.Connection) -> bool:
+    """Whether the events table is empty (a first load)."""
+    return connection.execute(sa.select(events.c.id).limit(1)).first() is None
 
 
 # --- one small batch in the caller's transaction (the daemon's API, engine/sync/live.py) --------
@@ -171,6 +214,13 @@ def add_customers(connection: sa.Connection, ids: set[str], now: datetime) -> se
 def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncReport,
                       now: datetime) -> set[str]:
     """Insert new customers, update changed ones; the ids written."""
+    inserted, updated = _upsert(connection, batch, report, now)
+    return inserted | updated
+
+
+def _upsert(connection: sa.Connection, batch: list[Row], report: SyncReport,
+            now: datetime) -> tuple[set[str], set[str]]:
+    """Insert new customers, update changed ones; the ids inserted and the ids updated."""
     pending: dict[str, CustomerValues] = {}
     for _, _, item in parse_batch(batch, customer_values, report):
         _fold(pending, item, report)
@@ -197,8 +247,8 @@ def _upsert_customers(connection: sa.Connection, batch: list[Row], report: SyncR
         connection.execute(_update_statement(names), rows)
     report.inserted += len(inserts)
     report.updated += sum(len(rows) for rows in updates.values())
-    return {row["customer_id"] for row in inserts} | {
-        row["_id"] for rows in updates.values() for row in rows}
+    return ({row["customer_id"] for row in inserts},
+            {row["_id"] for rows in updates.values() for row in rows})
 
 
 def _fold(pending: dict[str, CustomerValues], item: CustomerValues, report: SyncReport) -> None:
@@ -221,6 +271,7 @@ def _new_customer(item: CustomerValues, now: datetime) -> dict[str, Any]:
                attributes=item.apply_attributes({}), **FACT_DEFAULTS)
     row["tags"] = row["file_tags"] = row["tags"] or []  # no playbook tagged a new customer yet
     row["created_at"] = row["created_at"] or now  # until events say better (engine/store/facts.py)
+    row["last_active_at"] = row["created_at"]  # the facts of a customer without events
     return row
 
 
@@ -269,7 +320,16 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     ids = {values[1] for _, _, values in parsed}
     if len(seen) > KNOWN_CUSTOMERS:
         seen.clear()  # bounded memory; they are looked up again
-    seen.update(found.customer_id for found in existing_customers(connection, list(ids - seen), []))
+    unseen = ids - seen
+    # Checking the customer in the insert costs ~2.5 µs an event, looking customers up ~12 µs
+    # each: the hopeful way pays below ~4 events per customer not remembered (measured at
+    # 100k customers: 2.25 events each gain, 8.5 lose).
+    if writer.hopeful and 4 * len(unseen) > len(parsed):
+        written = _append_all_new(writer, parsed, batch, report)
+        if written is not None:
+            seen.update(written)
+            return written
+    seen.update(found.customer_id for found in existing_customers(connection, list(unseen), []))
     known = ids & seen
     rows: dict[str, EventValues] = {}
     first: dict[str, int] = {}  # event_id -> the line it was first read from
@@ -291,6 +351,22 @@ def _append_events(connection: sa.Connection, writer: EventWriter, batch: list[R
     if inserted < len(rows) or repeats:
         _sort_known(connection, writer, rows, first, inserted, repeats, batch, parsed, report)
     return known
+
+
+def _append_all_new(writer: EventWriter, parsed: list[Any], batch: Any,
+                    report: SyncReport) -> set[str] | None:
+    """The batch in one statement, when its events are all new and its customers all known
+    (a first load): the ids of their customers. None, having written nothing, otherwise."""
+    rows = [values for _, _, values in parsed]
+    if len({values[0] for values in rows}) < len(rows) or not writer.write_new(
+            rows, [line for line, _, _ in parsed]):
+        return None
+    for line, row, values in parsed:
+        warning = event_warning(values)
+        if warning is not None:
+            report.warnings.append(RowError(line, warning, _row_raw(batch, line, row)))
+    report.inserted += len(rows)
+    return {values[1] for values in rows}
 
 
 def _sort_known(connection: sa.Connection, writer: EventWriter, rows: dict[str, EventValues],

@@ -123,8 +123,13 @@ class CustomerValues:
     removed: set[str] = field(default_factory=set)
 
     def merge(self, later: CustomerValues) -> None:
-        """Fold a later row for the same customer into this one: later values win."""
+        """Fold a later row for the same customer into this one: later values win, except an
+        empty created_at, which keeps the earlier one as an update would (so the outcome does
+        not depend on whether the two rows fall in one batch)."""
+        created = self.columns.get("created_at")
         self.columns.update(later.columns)
+        if created is not None and self.columns.get("created_at") is None:
+            self.columns["created_at"] = created
         for key in later.removed:
             self.attributes.pop(key, None)
         self.removed = (self.removed - later.attributes.keys()) | later.removed
@@ -260,7 +265,7 @@ def customer_values(row: dict[str, Any]) -> CustomerValues:
     result = CustomerValues(_identifier(row, "customer_id", problems))
     columns = result.columns
     for key, value in row.items():
-        parse = _PARSERS.get(key)
+        parse = CUSTOMER_PARSERS.get(key)
         if parse is not None:
             if blank(value):
                 columns[key] = None
@@ -367,7 +372,7 @@ def _birthday(value: Any) -> date:
 
 
 @lru_cache(maxsize=1024)
-def _known_zone(name: str) -> bool:
+def known_zone(name: str) -> bool:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -377,21 +382,21 @@ def _known_zone(name: str) -> bool:
 
 def _timezone(value: Any) -> str:
     name = _text("timezone", value)
-    if not _known_zone(name):
+    if not known_zone(name):
         raise ValueError(f"unknown time zone {value!r}")
     return name
 
 
-def _tags(value: Any) -> list[str]:
+def split_tags(value: Any) -> list[str]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise ValueError(f"bad tags {value!r}: expected text separated by commas, or a list")
     return list(dict.fromkeys(tag.strip() for tag in items if tag.strip()))
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
+CUSTOMER_PARSERS: dict[str, Callable[[Any], Any]] = {
     "email": _email, "name": partial(_text, "name"), "created_at": _created_at,
     "birthday": _birthday, "timezone": _timezone, "country": partial(_text, "country"),
-    "segment": partial(_text, "segment"), "tags": _tags,
+    "segment": partial(_text, "segment"), "tags": split_tags,
 }
 """Each customer column's parser: a value (never blank) -> the column value, or ValueError."""

@@ -23,6 +23,7 @@ from engine.sync.bulk import analyze_if_grown, bulk_session, fact_indexes_droppe
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import RowError, SyncReport
+from engine.sync.rfm import rank_everyone
 from engine.sync.rows import EVENT_COLUMNS, RowProblem
 
 LOOKUP_CHUNK = 5_000  # ids bound per IN (...) query, well below SQLite's and psycopg's limits
@@ -111,9 +112,14 @@ def _collector_paused() -> Iterator[None]:
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
             undo: Callable[[], None], rerank: bool = False) -> None:
     close()  # first: it may rebuild indexes that the refresh needs
-    with fact_indexes_dropped(connection, touched.everyone and touched.pending):
+    everyone = touched.everyone and touched.pending
+    with fact_indexes_dropped(connection, everyone) as rebuild:
         _refresh(connection, touched)
-        if rerank:  # after the facts it ranks; in the same transaction, so both land or neither
+        # After the facts it ranks; in the same transaction, so both land or neither. Nearly
+        # every customer's facts changed: all of them ranked again, with the indexes dropped.
+        if rerank and everyone:
+            rank_everyone(connection, before_bounds=rebuild)
+        elif rerank:
             refresh_rfm(connection)
     touched.drop()
     connection.commit()

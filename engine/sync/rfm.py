@@ -31,6 +31,7 @@ moves again meanwhile still differs from its ranked values and is taken by the n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -84,9 +85,13 @@ def _changed() -> tuple[sa.Select[Any], sa.Select[Any]]:
                       c.purchase_count, raw(NEW_M)).where(_UNRANKED))
 
 
-def rank_everyone(connection: sa.Connection) -> int:
+def rank_everyone(connection: sa.Connection,
+                  before_bounds: Callable[[], None] | None = None) -> int:
     """Rank every customer again (the definition's NTILE over all), in the caller's
-    transaction; write the bounds the next ranking starts from. Returns how many changed."""
+    transaction; write the bounds the next ranking starts from. Returns how many changed.
+
+    `before_bounds` runs between writing the scores and finding the bounds: a first load
+    rebuilds there the indexes it dropped (the bounds are walks of RFM's indexes)."""
     ranking = lock_ranking(connection)
     s, which = _scored()
     changed = sa.select(s).where(which).subquery("rfm_changed")
@@ -99,6 +104,8 @@ def rank_everyone(connection: sa.Connection) -> int:
     total += connection.execute(
         sa.update(customers).where(_UNRANKED).values(rfm_score=None, rfm_segment=None, rfm_last_purchase_at=c.last_purchase_at,
                 rfm_purchase_count=c.purchase_count, rfm_revenue=NEW_M)).rowcount
+    if before_bounds is not None:
+        before_bounds()
     _save_bounds(connection, ranking.generation + 1)
     return total
 

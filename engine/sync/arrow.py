@@ -252,7 +252,7 @@ def _parse(block: pa.RecordBatch, header: list[str], first: int, clean: bool) ->
     ok = pc.and_(ok, _type_rules_kept(column["type"], dict(zip(EVENT_NUMBERS, numbers,
                                                                  strict=True))))
     outputs = [column["event_id"], column["customer_id"], column["type"], when, *numbers,
-               _properties(column, block.num_rows)]
+               text_object(column, _NOT_PROPERTIES, block.num_rows)]
     lines = range(first, first + block.num_rows)
     if pc.all(ok).as_py():
         slow: list[Row] = []
@@ -332,11 +332,13 @@ def _numbers(text: pa.Array | None, size: int) -> tuple[pa.Array, pa.Array]:
     return pc.if_else(present, number, pa.scalar(None, pa.float64())), good
 
 
-def _properties(column: dict[str, pa.Array], size: int) -> pa.Array:
-    """The properties JSON: every other non-empty column, as text, in the header's order."""
+def text_object(column: dict[str, pa.Array], skipped: frozenset[str] | set[str],
+                size: int) -> pa.Array:
+    """A JSON object per row of every non-empty column but `skipped`, as text, in the
+    header's order: an event's properties, a customer's attributes."""
     pieces = []
     for name, text in column.items():
-        if name not in _NOT_PROPERTIES:
+        if name not in skipped:
             piece = pc.binary_join_element_wise(f",{json_text(name)}:\"", text, '"', "")
             pieces.append(pc.if_else(pc.equal(text, ""), "", piece))
     if not pieces:

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.sync import arrow
-from engine.sync.arrow import ODD, ParsedBatch, columnar_rows, utc_times
+from engine.sync.arrow import ODD, ParsedBatch, columnar_rows, text_object, utc_times
 from engine.sync.bulk import insert_new_customers
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import SyncReport
@@ -77,7 +77,7 @@ def parse_customers(block: Any, header: list[str], first: int, clean: bool) -> C
         stored, good = check(column.get(name), size)
         values[name] = stored
         ok = pc.and_(ok, good)
-    values["attributes"] = _attributes(column, size)
+    values["attributes"] = text_object(column, _SKIPPED, size)
     outputs = [values[name] for name in STORED]
     lines = range(first, first + size)
     if pc.all(ok).as_py():
@@ -162,21 +162,6 @@ def _tag_lists(text: Any, size: int) -> tuple[Any, Any]:
     if text is None:
         return pa.array(["[]"] * size, pa.string()), pa.array([True] * size)
     return _by_distinct(text, lambda value: json_text(split_tags(value)))
-
-
-def _attributes(column: dict[str, Any], size: int) -> Any:
-    """The attributes JSON: every other non-empty column, as text, in the header's order."""
-    pa, pc = _pa()
-    pieces = []
-    for name, text in column.items():
-        if name not in _SKIPPED:
-            piece = pc.binary_join_element_wise(f",{json_text(name)}:\"", text, '"', "")
-            pieces.append(pc.if_else(pc.equal(text, ""), "", piece))
-    if not pieces:
-        return pa.array(["{}"] * size, pa.string())
-    joined = pc.binary_join_element_wise(*pieces, "")  # each piece starts with a comma
-    wrapped = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}", "")
-    return pc.if_else(pc.equal(joined, ""), "{}", wrapped)
 
 
 PerRow = Callable[[sa.Connection, list[Row], SyncReport, datetime], tuple[set[str], set[str]]]

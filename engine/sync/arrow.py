@@ -253,16 +253,7 @@ def _parse(block: pa.RecordBatch, header: list[str], first: int, clean: bool) ->
                                                                  strict=True))))
     outputs = [column["event_id"], column["customer_id"], column["type"], when, *numbers,
                text_object(column, _NOT_PROPERTIES, block.num_rows)]
-    lines = range(first, first + block.num_rows)
-    if pc.all(ok).as_py():
-        slow: list[Row] = []
-    else:
-        bad = pc.indices_nonzero(pc.invert(ok))
-        cells = [pc.take(array, bad).to_pylist() for array in raw]
-        slow = [(first + index, dict(zip(header, map(str.strip, row), strict=True)))
-                for index, row in zip(bad.to_pylist(), zip(*cells, strict=True), strict=True)]
-        outputs = [pc.filter(array, ok) for array in outputs]
-        lines = pc.filter(pa.array(lines), ok).to_pylist()  # type: ignore[assignment]
+    outputs, lines, slow = kept_apart(ok, outputs, raw, header, first)
     values = zip(*(array.to_pylist() for array in outputs), strict=True)
     fast = list(zip(lines, repeat(None), values, strict=False))
     return ParsedBatch(fast, slow, first, header, raw)
@@ -330,6 +321,21 @@ def _numbers(text: pa.Array | None, size: int) -> tuple[pa.Array, pa.Array]:
     number = pc.cast(pc.if_else(plain, text, "0"), pa.float64())
     good = pc.or_(pc.invert(present), pc.and_(plain, pc.is_finite(number)))
     return pc.if_else(present, number, pa.scalar(None, pa.float64())), good
+
+
+def kept_apart(ok: pa.Array, outputs: list[pa.Array], raw: list[pa.Array], header: list[str],
+               first: int) -> tuple[list[pa.Array], range | list[int], list[Row]]:
+    """The block's computed columns and lines where `ok`; the other rows as read (line, dict
+    of stripped cells), for the per-row code to judge."""
+    lines: range | list[int] = range(first, first + len(ok))
+    if pc.all(ok).as_py():
+        return outputs, lines, []
+    bad = pc.indices_nonzero(pc.invert(ok))
+    cells = [pc.take(array, bad).to_pylist() for array in raw]
+    slow = [(first + index, dict(zip(header, map(str.strip, row), strict=True)))
+            for index, row in zip(bad.to_pylist(), zip(*cells, strict=True), strict=True)]
+    kept = [pc.filter(array, ok) for array in outputs]
+    return kept, pc.filter(pa.array(lines), ok).to_pylist(), slow  # type: ignore[return-value]
 
 
 def text_object(column: dict[str, pa.Array], skipped: frozenset[str] | set[str],

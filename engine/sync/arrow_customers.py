@@ -23,7 +23,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.sync import arrow
-from engine.sync.arrow import ODD, ParsedBatch, columnar_rows, text_object, utc_times
+from engine.sync.arrow import (
+    ODD,
+    ParsedBatch,
+    columnar_rows,
+    kept_apart,
+    text_object,
+    utc_times,
+)
 from engine.sync.bulk import insert_new_customers
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import SyncReport
@@ -79,16 +86,7 @@ def parse_customers(block: Any, header: list[str], first: int, clean: bool) -> C
         ok = pc.and_(ok, good)
     values["attributes"] = text_object(column, _SKIPPED, size)
     outputs = [values[name] for name in STORED]
-    lines = range(first, first + size)
-    if pc.all(ok).as_py():
-        slow: list[Row] = []
-    else:
-        bad = pc.indices_nonzero(pc.invert(ok))
-        cells = [pc.take(array, bad).to_pylist() for array in raw]
-        slow = [(first + index, dict(zip(header, map(str.strip, row), strict=True)))
-                for index, row in zip(bad.to_pylist(), zip(*cells, strict=True), strict=True)]
-        outputs = [pc.filter(array, ok) for array in outputs]
-        lines = pc.filter(pa.array(lines), ok).to_pylist()  # type: ignore[assignment]
+    outputs, lines, slow = kept_apart(ok, outputs, raw, header, first)
     fast = list(zip(*(array.to_pylist() for array in outputs), strict=True))
     batch = CustomerBatch(fast, slow, first, header, raw)  # type: ignore[arg-type]
     batch.lines = lines

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "with file:line:column."),
     "schema": ("cli.playbooks:schema", "Print the playbook JSON Schema (generated from the "
                "models)."),
+    "test": ("cli.test:test", "Run playbook tests (*.test.yaml): made-up customers and a "
+             "simulated clock, through the same code as `retain run`; nothing is sent."),
     "migrate": ("cli.migrate:migrate", "Upgrade the database schema (reading commands never "
                 "do)."),
     "sync": ("cli.data:sync_app", "Ingest customers, events or suppressions from CSV or JSONL."),

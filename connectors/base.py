@@ -101,6 +101,9 @@ class Connector(ABC):
     kind: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     needs_email: ClassVar[bool] = False  # skipped without an address, or when it is suppressed
+    local: ClassVar[bool] = False
+    """Sends nothing beyond the database (its `Sent` carries only writes): `retain test` runs
+    it as it is, where it records what any other connector would send."""
     concurrency: ClassVar[int] = 1  # sends the dispatcher runs at once (open() may change it)
     retry: ClassVar[tuple[int, float, float]] = (8, 120.0, 2.8)
     """(attempts, first delay in seconds, growth): the backoff before dead-letter (RELIABILITY:

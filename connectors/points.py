@@ -49,6 +49,7 @@ class PointsConnector(Connector):
     """
 
     kind = "points"
+    local = True
     Params = PointsParams
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:

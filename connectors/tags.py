@@ -115,6 +115,7 @@ class TagConnector(Connector):
     """
 
     kind: ClassVar[str] = "tag"
+    local: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = TagParams
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:

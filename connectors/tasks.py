@@ -47,6 +47,7 @@ class TaskConnector(Connector):
     """
 
     kind = "task"
+    local = True
     Params = TaskParams
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:

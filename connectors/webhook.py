@@ -101,6 +101,9 @@ class WebhookConnector(Connector):
 
     def __init__(self) -> None:
         self._sender: Sender | None = None
+        self.transport: Any = None
+        """An httpx transport to send through instead of the network (`retain test` sets one
+        that records each request and answers 200): signing and judging run as they are."""
 
     def check(self, params: BaseModel, templates: TemplateChecker) -> list[Problem]:
         """Url and headers: variables set, single-line templates; body strings: templates."""
@@ -139,7 +142,8 @@ class WebhookConnector(Connector):
         from connectors.webhook_send import Sender
 
         await self.close()
-        self._sender = Sender.start(settings, connections=self.concurrency, timeout=self.timeout)
+        self._sender = Sender.start(settings, connections=self.concurrency, timeout=self.timeout,
+                                    transport=self.transport)
 
     async def send(self, delivery: Delivery) -> Sent:
         """Expand `${VAR}`s from this process's environment, sign, POST, judge the answer."""

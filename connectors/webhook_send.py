@@ -244,14 +244,17 @@ class Sender:
             self.secret_problem = str(error)
 
     @classmethod
-    def start(cls, settings: Any, *, connections: int, timeout: float) -> Sender:
-        """A client with `connections` pooled connections; redirects are not followed."""
+    def start(cls, settings: Any, *, connections: int, timeout: float,
+              transport: httpx.AsyncBaseTransport | None = None) -> Sender:
+        """A client with `connections` pooled connections; redirects are not followed.
+        `transport`: where requests go instead of the network (`retain test` records them)."""
         secret = getattr(settings, "webhook_secret", None)
         if secret is not None and hasattr(secret, "get_secret_value"):
             secret = secret.get_secret_value()
         limits = httpx.Limits(max_connections=connections,
                               max_keepalive_connections=connections)
-        client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
+                                   transport=transport)
         return cls(client, secret, timeout)
 
     async def send(self, delivery: Delivery, env: Mapping[str, str]) -> Sent:

@@ -31,6 +31,7 @@ from engine.format.templates import make_environment
 from engine.format.yamlsource import Document, SourceMap, dotted, load_yaml, load_yaml_file
 
 SUFFIXES = (".yaml", ".yml")
+TEST_SUFFIX = ".test.yaml"  # a playbook test file (engine/playtest), never a playbook
 TEMPLATES_DIR = "templates"
 PlaybookCheck = Callable[[Playbook], list[Problem]]  # a last layer, given by a caller
 
@@ -45,12 +46,14 @@ class LoadResult:
 
 
 def discover(paths: list[Path]) -> tuple[list[Path], list[Issue]]:
-    """Playbook files named directly or found (not recursively) in the named folders."""
+    """Playbook files named directly or found (not recursively) in the named folders; test
+    files (`*.test.yaml`, engine/playtest) are never playbooks, even beside them."""
     files: list[Path] = []
     issues: list[Issue] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            found = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file()
+                           and not p.name.endswith(TEST_SUFFIX))
             if not found:
                 issues.append(Issue(Location(str(path)), "", "no playbook files (*.yaml) here"))
             files += found

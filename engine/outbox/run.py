@@ -20,7 +20,7 @@ that lost the lead mid-cycle has its next commit rolled back (engine.errors.NotL
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -103,12 +103,15 @@ def require_transport(playbooks: list[Playbook], settings: Any) -> None:
 def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, settings: Any, *,
               dispatch: bool = True, customers: Sequence[str] | None = None,
               progress: Callable[[int], object] | None = None,
-              fence: Callable[[sa.Connection], None] | None = None) -> RunReport:
+              fence: Callable[[sa.Connection], None] | None = None,
+              connectors: Mapping[str, Any] | None = None) -> RunReport:
     """One live cycle at `as_of` (module docstring); the writer engine comes from open_store.
 
     `customers` narrows the cycle to the plan of those customers (the daemon evaluating the
     customers that events just touched): steps 3 and 5 are left to the next whole cycle.
-    `fence`: a daemon leader's check, run first inside each transaction that commits."""
+    `fence`: a daemon leader's check, run first inside each transaction that commits.
+    `connectors`: the instances dispatch sends with (default: the installed ones; `retain
+    test` passes recording ones)."""
     require_transport(playbooks, settings)
     active = [p for p in playbooks if p.document.enabled]
     report = RunReport(as_of, {p.id: PlaybookRun(p.id) for p in
@@ -146,7 +149,7 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
     if dispatch:
         from engine.outbox.dispatch import dispatch as deliver
 
-        outcome = deliver(writer, settings, as_of)
+        outcome = deliver(writer, settings, as_of, connectors=connectors)
         for (playbook_id, status), n in outcome.counts.items():
             if playbook_id in report.playbooks:
                 report.playbooks[playbook_id].delivered[status] += n

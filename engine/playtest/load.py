@@ -113,6 +113,7 @@ def load_test_file(path: Path, playbook_ids: Mapping[Path, set[str]] | None = No
                 problems.append((("playbooks", index), f"unknown playbook {pid!r} in "
                                  f"{folder}{hint}", "value"))
     loaded = TestFileLoaded(path, source_map, folder, list(model.playbooks), model.start)
+    _check_settings(model.settings, ("settings",), problems)
     base = _rows(model.customers, ("customers",), problems, "customer_id")
     base_events = _rows(model.events, ("events",), problems, "customer_id")
     kinds = set(connector_kinds)
@@ -143,7 +144,9 @@ def _case(case: TestCase, path: PathKey, model: TestFile,
     events = [*base_events, *_rows(case.events, (*path, "events"), problems, "customer_id")]
     known = {row["customer_id"] for _, row in customers}
     _check_times(customers, events, problems)
-    _check_customers((where for where, _ in events), events, known, problems)
+    _check_customers(events, known, problems)
+    if case.settings is not None:
+        _check_settings(case.settings, (*path, "settings"), problems)
     steps: list[Step] = []
     for index, raw in enumerate(case.steps):
         where = (*path, "steps", index)
@@ -168,7 +171,19 @@ def _check_times(customers: list[tuple[PathKey, dict[str, Any]]],
                 problems.append(((*where, key), str(exc), "value"))
 
 
-def _check_customers(_paths: Iterable[PathKey], events: list[tuple[PathKey, dict[str, Any]]],
+def _check_settings(settings: TestSettings, path: PathKey,
+                    problems: list[tuple[PathKey, str, str]]) -> None:
+    """A cap, quiet hours or zone the settings model refuses, at its key."""
+    from engine.config.model import Settings
+    from engine.playtest.run import settings_for
+
+    try:
+        settings_for(settings)
+    except ValidationError as exc:
+        problems += [((*path, *p.path), p.message, p.at) for p in pydantic_problems(exc, Settings)]
+
+
+def _check_customers(events: list[tuple[PathKey, dict[str, Any]]],
                      known: set[str], problems: list[tuple[PathKey, str, str]]) -> None:
     for where, row in events:
         _known_customer(row["customer_id"], (*where, "customer_id"), known, problems)
@@ -210,7 +225,7 @@ def _step(raw: Any, where: PathKey, model: TestFile, kinds: set[str], known: set
             _check_times(rows, [], problems)
         else:
             _check_times([], rows, problems)
-            _check_customers((), rows, known, problems)
+            _check_customers(rows, known, problems)
         return Step(kind, at, rows)
     if kind == "expect":
         return _expect(value, at, model, kinds, known, problems)

@@ -37,6 +37,7 @@ def load_suite(paths: Iterable[Path]) -> tuple[list[TestFileLoaded], dict[Path, 
         issues.append(Issue(Location(", ".join(str(p) for p in paths)), "",
                             "no test files (*.test.yaml) here"))
     folders: dict[Path, dict[str, Playbook]] = {}
+    broken: set[Path] = set()  # folders whose playbooks did not load (their issues say why)
     for path in files:
         folder = playbook_folder(path)
         if folder in folders:
@@ -45,14 +46,15 @@ def load_suite(paths: Iterable[Path]) -> tuple[list[TestFileLoaded], dict[Path, 
             folders[folder] = {p.id: p for p in load_valid_playbooks([folder])}
         except PlaybookError as exc:
             folders[folder] = {}
+            broken.add(folder)
             issues += exc.issues
     kinds = connector_names()
     loaded: list[TestFileLoaded] = []
-    ids = {folder: set(found) for folder, found in folders.items()}
+    ids = {folder: set(found) for folder, found in folders.items() if folder not in broken}
     for path in files:
         test_file, found = load_test_file(path, ids, kinds)
         issues += found
-        if test_file is not None:
+        if test_file is not None and test_file.playbook_folder not in broken:
             loaded.append(test_file)
     return loaded, folders, issues
 

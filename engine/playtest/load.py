@@ -121,7 +121,8 @@ def load_test_file(path: Path, playbook_ids: Mapping[Path, set[str]] | None = No
         loaded.cases.append(_case(case, ("tests", index), model, base, base_events, kinds,
                                   problems))
     issues += [Issue(source_map.locate(p, at), "", message) for p, message, at in problems]
-    return (None if issues else loaded), sorted(issues)
+    # rows of the file are checked with each test: a problem in one is reported once
+    return (None if issues else loaded), sorted(set(issues))
 
 
 def _rows(rows: list[dict[str, Any]], path: PathKey, problems: list[tuple[PathKey, str, str]],

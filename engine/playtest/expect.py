@@ -210,8 +210,8 @@ def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]
         have = _fields(near, clock)
         for name, value in fields.items():
             if not _matches(value, have.get(name), clock, name):
-                shown = value if name != "at" else iso(resolve_time(value, clock))
-                lines.append(f"  {name}: wanted {shown!r}")
+                shown = _show(value) if name != "at" else iso(resolve_time(value, clock))
+                lines.append(f"  {name}: wanted {shown}")
                 lines.append(f"  {' ' * len(name)}  got    {_show(have.get(name))}")
         left.remove(near)
     for row in left:

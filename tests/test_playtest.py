@@ -70,7 +70,7 @@ def run_json(cli: Cli, *args: str) -> tuple[int, dict[str, Any]]:
 # --- a correct playbook passes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fixture, count", [("winback", 2), ("capped", 1)])
+@pytest.mark.parametrize("fixture, count", [("winback", 2), ("capped", 2)])
 def test_a_correct_playbook_passes_its_tests(cli: Cli, fixture: str, count: int) -> None:
     code, out, err = cli(["test", str(FIXTURES / fixture)])
     assert (code, err) == (0, "")
@@ -151,6 +151,31 @@ def test_a_wrong_reason_shows_the_capped_actions_reason(cli: Cli, tmp_path: Path
     assert shown[:2] == ["wanted, not capped: email to ana", "  reason: wanted 'quiet hours'"]
     assert shown[2].split() == ["got", "'cap", "email", "1/7d", "reached:", "sent", "or",
                                 "planned", "by", "offer", "(priority", "80)'"]
+
+
+def test_a_wrong_due_time_shows_both_times(cli: Cli, tmp_path: Path) -> None:
+    """Quiet hours defer an email to their end in the customer's zone; an expectation of
+    another time shows the time wanted and the time it is due, alike."""
+    folder = copy_fixture("capped", tmp_path)
+    test_file = folder / "tests" / "quiet.test.yaml"
+    mutate(test_file, "at: +7h", "at: +8h")
+    code, out, _ = cli(["test", str(test_file)])
+    assert code == 1
+    assert failure_lines(out, place(test_file, "due:", "due"), "expect.due") == [
+        "wanted, not due: email to ana",
+        "  at: wanted 2026-01-05T18:00:00Z",
+        "      got    2026-01-05T17:00:00Z"]
+
+
+def test_a_row_sync_refuses_fails_the_test_at_the_row(cli: Cli, tmp_path: Path) -> None:
+    folder = copy_fixture("winback", tmp_path)
+    test_file = folder / WINBACK_TEST
+    mutate(test_file, "at: -40d }", "at: -40d, amount: lots }")
+    code, out, _ = cli(["test", str(test_file)])
+    assert code == 1
+    assert "2 failed in " in out  # a file-level row: every test that has it
+    assert failure_lines(out, place(test_file, "amount: lots", "{"), "row") == [
+        "not synced: bad amount 'lots': not a number"]
 
 
 TYPOS = {
@@ -237,6 +262,16 @@ def test_a_test_file_with_a_problem_is_reported_at_its_place_and_not_run(
     assert code == 1
     assert err.startswith(f"{file}:{line}:{column}: ")
     assert out.startswith("1 problem in test files in ")  # no test ran: no mark, no count
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: None, "no such file or folder"),
+    (lambda path: path.mkdir(), "no test files (*.test.yaml) here")])
+def test_a_path_with_no_tests_is_a_problem(cli: Cli, tmp_path: Path, make: Any,
+                                           message: str) -> None:
+    make(tmp_path / "nothing")
+    code, out, err = cli(["test", str(tmp_path / "nothing")])
+    assert (code, err.strip()) == (1, f"{tmp_path / 'nothing'}: {message}")
 
 
 def test_an_expectation_before_any_run_fails_at_its_key(cli: Cli, tmp_path: Path) -> None:

@@ -64,6 +64,8 @@ def test(
         _print(suite, seconds)
     if not suite.ok:
         raise typer.Exit(1)
+    if pattern is not None and not suite.results:  # a typo in -k must not pass a hook
+        raise InputError(f"no test's name contains {pattern!r}")
 
 
 @contextmanager

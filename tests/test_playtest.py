@@ -297,8 +297,9 @@ def test_k_selects_tests_by_a_part_of_their_name(cli: Cli) -> None:
     code, result = run_json(cli, folder, "-k", "week later")
     assert [t["name"] for t in result["tests"]] == [
         "an inactive buyer is emailed, then called a week later"]
-    code, out, _ = cli(["test", folder, "-k", "no test is called this"])
+    code, out, err = cli(["test", folder, "-k", "no test is called this"])
     assert "no tests ran" in out
+    assert code == 1 and "no test's name contains 'no test is called this'" in err
 
 
 def test_json_shape(cli: Cli, tmp_path: Path) -> None:

@@ -192,3 +192,21 @@ def test_an_init_test_fails_when_the_playbook_is_wrong(tmp_path: Path, cli: Cli)
     assert code == 1
     assert "example.test.yaml:22:" in out and "expect.entered" in out
     assert "wanted: ana" in out and "total_spent" in out
+
+
+def test_the_documented_worked_example_passes(tmp_path: Path, cli: Cli,
+                                              validator: jsonschema.Draft202012Validator) -> None:
+    """docs/PLAYBOOKS.md's worked example is a test that passes on `retain init`'s playbook."""
+    import re
+
+    reference = (REPO / "docs" / "PLAYBOOKS.md").read_text(encoding="utf-8")
+    section = reference.split("### A worked example", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    cli(["init", str(tmp_path)])
+    path = tmp_path / "playbooks" / "tests" / "example.test.yaml"
+    path.write_text(block.group(1))
+    document, _ = load_yaml_file(path)
+    assert document is not None and errors(validator, document.data) == []
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0 and "2 passed" in out, out

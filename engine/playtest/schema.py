@@ -5,8 +5,9 @@
 `# yaml-language-server: $schema=test.schema.json`. It is model.py's models, made more
 precise where they take free-form values the loader (load.py) checks afterwards: the steps,
 the action kinds an expectation lists (one per installed connector, from the registry), times
-relative to the test's clock, caps and quiet hours. The loader stays the judge: the schema
-never refuses what it accepts, and refuses most of what it refuses (an unknown key, above all).
+relative to the test's clock, caps and quiet hours. The loader (and sync, for a row) stays
+the judge: the schema refuses nothing they accept, and most of what they refuse (an unknown
+key, above all).
 """
 
 from __future__ import annotations

@@ -210,3 +210,15 @@ def test_the_documented_worked_example_passes(tmp_path: Path, cli: Cli,
     assert document is not None and errors(validator, document.data) == []
     code, out, _ = cli(["test", str(path)])
     assert code == 0 and "2 passed" in out, out
+
+
+def test_an_unknown_key_in_a_test_names_the_keys_of_a_test(tmp_path: Path) -> None:
+    """The loader's hint for a key inside a list item (`tests[0]`) names that item's keys."""
+    path = tmp_path / "bad.test.yaml"
+    path.write_text("playbooks: [x]\ntests:\n  - name: x\n    stepz: [run]\n"
+                    "  - name: y\n    steps: [run]\n    zzz: 1\n")
+    _, issues = load_test_file(path)
+    messages = [str(issue) for issue in issues]
+    assert any("unknown key 'stepz' (did you mean 'steps'?)" in m for m in messages), messages
+    assert any("unknown key 'zzz' (expected one of: name, customers, events, settings, steps)"
+               in m for m in messages), messages

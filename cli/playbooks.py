@@ -83,8 +83,16 @@ def print_validation(result: LoadResult, warnings: list[Issue]) -> None:
                f"({len(result.files)} file{'s' if len(result.files) != 1 else ''})")
 
 
-def schema() -> None:
-    """Print the playbook JSON Schema (generated from the models)."""
+def schema(tests: Annotated[bool, typer.Option(
+        "--tests", help="Print the schema of playbook test files (*.test.yaml) instead.")] = False
+           ) -> None:
+    """Print the playbook JSON Schema (generated from the models); `--tests`: the schema of
+    playbook test files."""
+    if tests:
+        from engine.playtest.schema import playtest_schema_text
+
+        typer.echo(playtest_schema_text(), nl=False)
+        return
     from engine.format.schema import schema_text  # the models' schema: only for this command
 
     typer.echo(schema_text(), nl=False)
@@ -92,7 +100,7 @@ def schema() -> None:
 
 EXAMPLE = """\
 # yaml-language-server: $schema=playbook.schema.json
-# An example playbook: edit it, then `retain validate` and `retain dry-run`.
+# An example playbook: edit it, then `retain validate`, `retain test` and `retain dry-run`.
 id: winback-30d
 name: Win back customers inactive for 30 days
 description: Wake-up offer, then a call if they stay silent.
@@ -121,6 +129,56 @@ Hello {{ customer.name }},
 it has been a while since your last visit. Here is 10% off your next order.
 
 Unsubscribe: {{ unsubscribe_url }}
+"""
+
+EXAMPLE_TEST = """\
+# yaml-language-server: $schema=test.schema.json
+# Tests of playbooks/winback-30d.yaml. Run them with `retain test` (docs/PLAYBOOKS.md, "Testing
+# a playbook"): each test gets a fresh store of its own and a simulated clock that starts at
+# 2026-01-05T10:00:00Z; times like -45d are relative to it. Nothing is sent: emails and
+# webhooks are recorded, tasks and points are written to the test's store.
+playbooks: [winback-30d]
+settings:                         # a test reads no retain.toml: state what the playbook needs
+  caps: { email: "2/7d" }
+customers:                        # as `retain sync customers` reads them
+  - { customer_id: ana, email: ana@example.com, name: Ana, created_at: -300d }
+  - { customer_id: ben, email: ben@example.com, name: Ben, created_at: -300d }
+  - { customer_id: cat, name: Cat, created_at: -300d }
+events:                           # as `retain sync events` reads them; `at` is when
+  - { customer_id: ana, type: purchase, at: -45d, amount: 150 }
+  - { customer_id: ben, type: purchase, at: -45d, amount: 40 }
+  - { customer_id: cat, type: purchase, at: -45d, amount: 150 }
+tests:
+  - name: an inactive good customer gets the email, then a call task three days later
+    steps:
+      - run                       # one `retain run` at the clock
+      - expect:
+          entered: [ana]          # exactly who entered in that run
+          not_entered:            # who did not, and the clause that kept them out
+            ben: total_spent      # spent 40, not over 100
+            cat: email            # no address
+          sent:                   # the actions that run sent, matched on the fields named
+            - email: { customer: ana, subject: "We miss you, Ana", text: "10% off" }
+          enrollments: { ana: waiting }
+      - advance: 3d               # the clock moves on; nothing runs by itself
+      - run
+      - expect:
+          sent:
+            - task: { customer: ana, title: "Call Ana: inactive since 2025-11-21" }
+          enrollments: { ana: completed }
+
+  - name: a purchase after the email ends the enrollment and counts as the goal
+    steps:
+      - run
+      - advance: 1d
+      - events:
+          - { customer_id: ana, type: purchase, at: now, amount: 60 }
+      - run
+      - expect:
+          exited: [ana]           # exit_when: no call task
+          converted: [ana]        # the goal, a purchase within 14 days
+          sent: []
+          enrollments: { ana: exited }
 """
 
 
@@ -152,13 +210,17 @@ playbooks_dir = "playbooks"
 
 def init(directory: Annotated[Path, typer.Argument(help="Project folder to create.")] = Path(".")
          ) -> None:
-    """Scaffold a project: retain.toml, playbooks/ with a commented example, templates/."""
+    """Scaffold a project: retain.toml, playbooks/ with a commented example, its test in
+    playbooks/tests/, templates/."""
     from engine.format.schema import SCHEMA_FILE, schema_text
+    from engine.playtest.schema import TEST_SCHEMA_FILE, playtest_schema_text
 
     files = {
         CONFIG_FILE: CONFIG_EXAMPLE,
         f"playbooks/{SCHEMA_FILE}": schema_text(),
         "playbooks/winback-30d.yaml": EXAMPLE,
+        f"playbooks/tests/{TEST_SCHEMA_FILE}": playtest_schema_text(),
+        "playbooks/tests/example.test.yaml": EXAMPLE_TEST,
         "templates/winback.txt.j2": EXAMPLE_TEMPLATE,
     }
     for name, text in files.items():
@@ -169,4 +231,4 @@ def init(directory: Annotated[Path, typer.Argument(help="Project folder to creat
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         render.console.print(f"wrote  {path}")
-    render.console.print(f"Next: cd {directory} && retain validate")
+    render.console.print(f"Next: cd {directory} && retain validate && retain test")

@@ -192,6 +192,8 @@ def _problem(error: Any, model: type[BaseModel], prefix: PathKey, loc: PathKey) 
 
 def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
+        if isinstance(part, int):  # an item of a list: the list's model goes on
+            continue
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
         candidates = [a for a in getattr(annotation, "__args__", (annotation,))

@@ -10,20 +10,35 @@ statements it compiled per engine, and a new engine per test compiled every stat
 run and explain again (a quarter of a test's time). The engine's connections are closed
 before the file is replaced, so nothing of one test's store reaches the next.
 
+The migrated template is kept between processes (a pre-commit hook starts a new one each
+time): in a folder of the user's own in that temporary place, under a name that changes with
+the code that makes it (every file of the engine package: its size and modification time) and
+the versions of SQLAlchemy, SQLModel, Alembic and SQLite. A process that finds it copies it and
+neither imports Alembic nor migrates (~0.2 s of CPU less); one that does not, migrates and
+leaves its template there for the next.
+
 PostgreSQL (`retain test --on URL`): a schema of its own per test, migrated, dropped after.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import sqlite3
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from engine.store.open import make_engine, open_store
+
+ENGINE_PACKAGE = Path(__file__).resolve().parent.parent
+KEEP_OTHERS = 86_400  # seconds an unused template of other code stays in the cache folder
 
 
 def _ram_folder() -> str | None:
@@ -31,18 +46,59 @@ def _ram_folder() -> str | None:
     return str(shm) if shm.is_dir() else None
 
 
-class SqliteStores:
-    """Fresh SQLite stores, one at a time, in one temporary folder removed by `close`."""
+def default_cache() -> Path | None:
+    """The folder that keeps migrated templates between processes: this user's own, in the
+    temporary place; None where it cannot be made or is not private to the user."""
+    folder = Path(_ram_folder() or tempfile.gettempdir()) / f"retain-test-cache-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        found = folder.lstat()
+    except OSError:
+        return None
+    private = stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() \
+        and not found.st_mode & 0o077
+    return folder if private else None
 
-    def __init__(self) -> None:
+
+def template_key() -> str:
+    """A name for the migrated template of this code: the engine package's files (the
+    migrations import the tables, which import more of it), by size and modification time,
+    and the versions of the libraries and of SQLite that make the schema."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    for path in sorted(ENGINE_PACKAGE.rglob("*.py")):
+        found = path.stat()
+        digest.update(f"{path.relative_to(ENGINE_PACKAGE)}:{found.st_size}:"
+                      f"{found.st_mtime_ns}\n".encode())
+    for name in ("sqlalchemy", "sqlmodel", "alembic"):
+        digest.update(f"{name}={version(name)}\n".encode())
+    digest.update(f"sqlite={sqlite3.sqlite_version}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class SqliteStores:
+    """Fresh SQLite stores, one at a time, in one temporary folder removed by `close`.
+
+    `cache`: the folder that keeps the migrated template between processes (None: migrate
+    every time)."""
+
+    def __init__(self, cache: Path | None = None, *, use_cache: bool = True) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="retain-test-", dir=_ram_folder()))
         self.template = self.folder / "template.db"
-        engine = open_store(f"sqlite:///{self.template}")
-        with engine.connect() as connection:
-            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        engine.dispose()
-        for suffix in ("-wal", "-shm"):
-            Path(f"{self.template}{suffix}").unlink(missing_ok=True)
+        if use_cache and cache is None:
+            cache = default_cache()
+        kept = cache / f"template-{template_key()}.db" if use_cache and cache else None
+        self.migrated = True
+        if kept is not None and kept.is_file():
+            shutil.copyfile(kept, self.template)
+            self.migrated = False
+            with suppress(OSError):
+                os.utime(kept)  # in use: not removed as another code's old template
+        else:
+            self._migrate()
+            if kept is not None:
+                _keep(self.template, kept)
         self.path = self.folder / "test.db"
         self.engine = make_engine(f"sqlite:///{self.path}")
         self.busy = False
@@ -62,6 +118,28 @@ class SqliteStores:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self.busy = False
 
+    def _migrate(self) -> None:
+        engine = open_store(f"sqlite:///{self.template}")
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        engine.dispose()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.template}{suffix}").unlink(missing_ok=True)
+
     def close(self) -> None:
         self.engine.dispose()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _keep(template: Path, kept: Path) -> None:
+    """Leave a copy of the migrated template for the next process (whole or not at all: a
+    copy under a name of its own, renamed), and remove other code's not used for a day."""
+    partial = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(template, partial)
+        os.replace(partial, kept)
+        for other in kept.parent.glob("template-*.db*"):
+            if other != kept and time.time() - other.stat().st_mtime > KEEP_OTHERS:
+                other.unlink(missing_ok=True)
+    except OSError:  # a full or read-only temporary folder: the next process migrates
+        partial.unlink(missing_ok=True)

@@ -3,6 +3,8 @@ engine, and the template kept between processes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import sqlalchemy as sa
 
 from engine.playtest.stores import SqliteStores
 from engine.sync.ingest import ingest_customers
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _schema(path: Path) -> list[tuple[str, ...]]:
@@ -67,5 +71,35 @@ def test_one_store_at_a_time(tmp_path: Path) -> None:
             pass
         with stores.fresh():  # free again after the error
             pass
+    finally:
+        stores.close()
+
+
+def test_a_later_test_with_the_same_rows_starts_from_the_synced_store(tmp_path: Path) -> None:
+    """The sample test run twice: the second starts from a copy of the store the first one's
+    sync made (before its steps ran: ana enters again), and sees the same customers."""
+    from engine.playtest.run import run_case
+    from engine.playtest.suite import load_suite
+
+    loaded, folders, issues = load_suite([REPO / "playbooks" / "tests" / "winback-30d.test.yaml"])
+    assert issues == []
+    test_file, case = loaded[0], loaded[0].cases[0]
+    stores = SqliteStores(tmp_path)
+    seen = []
+
+    def fresh() -> Iterator[sa.Engine]:
+        with stores.fresh() as engine:
+            yield engine
+            with engine.connect() as connection:
+                seen.append(connection.exec_driver_sql(
+                    "SELECT customer_id, purchase_count, rfm_score FROM customers "
+                    "ORDER BY customer_id").all())
+
+    try:
+        results = [run_case(test_file, case, folders[test_file.playbook_folder],
+                            contextmanager(fresh)) for _ in range(2)]
+        assert [r.outcome for r in results] == ["passed", "passed"], results
+        assert len(stores.givens) == 1
+        assert seen[0] == seen[1] and len(seen[0]) == 6
     finally:
         stores.close()

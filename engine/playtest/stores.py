@@ -56,7 +56,10 @@ def _ram_folder() -> str | None:
 
 def default_cache() -> Path | None:
     """The folder that keeps migrated templates between processes: this user's own, in the
-    temporary place; None where it cannot be made or is not private to the user."""
+    temporary place; None where it cannot be made or is not private to the user (or the system
+    has no user ids to tell)."""
+    if not hasattr(os, "getuid"):
+        return None
     folder = Path(_ram_folder() or tempfile.gettempdir()) / f"retain-test-cache-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)

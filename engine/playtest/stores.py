@@ -14,7 +14,7 @@ The migrated template is kept between processes (a pre-commit hook starts a new 
 time): in a folder of the user's own in that temporary place, under a name that changes with
 the code that makes it (every file of the engine package: its size and modification time) and
 the versions of SQLAlchemy, SQLModel, Alembic and SQLite. A process that finds it copies it and
-neither imports Alembic nor migrates (~0.2 s of CPU less); one that does not, migrates and
+neither imports Alembic nor migrates (~0.1 s of CPU less); one that does not, migrates and
 leaves its template there for the next.
 
 Tests of one file often sync the same customers and events (the file's) before their steps:
@@ -91,8 +91,8 @@ def template_key() -> str:
 class SqliteStores:
     """Fresh SQLite stores, one at a time, in one temporary folder removed by `close`.
 
-    `cache`: the folder that keeps the migrated template between processes (None: migrate
-    every time)."""
+    `cache`: the folder that keeps the migrated template between processes (None: this user's
+    `default_cache()`); `use_cache=False` migrates a template of its own, keeping none."""
 
     def __init__(self, cache: Path | None = None, *, use_cache: bool = True) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="retain-test-", dir=_ram_folder()))

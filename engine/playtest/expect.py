@@ -144,11 +144,12 @@ def _why_not(state: State, playbook: str, customer_id: str, held: list[str]) -> 
 
 def _fields(row: ActionRow, clock: datetime) -> dict[str, Any]:
     """What an expectation may name of an action: its payload's fields, the email's plain text
-    (`text`), why it was not sent (`reason`) and when it is due (`at`)."""
+    (`text`), why it was not sent (`reason`) and when it is due (`at`). A payload's own
+    `reason` (a points action's) is what `reason` means for that action."""
     fields = dict(row.payload)
     if row.connector == "email" and "message" in fields:
         fields["text"] = _plain_text(fields["message"])
-    fields["reason"] = row.reason
+    fields.setdefault("reason", row.reason)
     fields["at"] = row.next_attempt_at
     fields["customer"] = row.customer_id
     return fields

@@ -1,0 +1,51 @@
+"""Fixes to `retain test` found while writing the sample playbooks' tests (playbooks/tests/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Cli
+
+POINTS = """\
+id: points
+name: Points for a purchase
+trigger:
+  event: { type: purchase }
+actions:
+  - points: { amount: 10, reason: purchase bonus }
+"""
+
+POINTS_TEST = """\
+playbooks: [points]
+customers:
+  - { customer_id: ana, name: Ana }
+events:
+  - { customer_id: ana, type: purchase, at: -1h, amount: 5 }
+tests:
+  - name: the points reason
+    steps:
+      - run
+      - expect:
+          sent:
+            - points: { customer: ana, amount: 10, reason: REASON }
+"""
+
+
+def _folder(tmp_path: Path, playbook: str, test: str) -> Path:
+    (tmp_path / "points.yaml").write_text(playbook)
+    (tmp_path / "tests").mkdir()
+    path = tmp_path / "tests" / "points.test.yaml"
+    path.write_text(test)
+    return path
+
+
+def test_a_points_actions_reason_is_its_payloads(cli: Cli, tmp_path: Path) -> None:
+    """`reason` of a points action is the payload's reason (what the customer's ledger says),
+    not the outbox's empty why-not-sent, which used to hide it."""
+    path = _folder(tmp_path, POINTS, POINTS_TEST.replace("REASON", '"bonus"'))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(POINTS_TEST.replace("REASON", '"birthday"'))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "reason: wanted 'birthday'" in out and "got    'purchase bonus'" in out

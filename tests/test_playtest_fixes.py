@@ -32,9 +32,9 @@ tests:
 
 
 def _folder(tmp_path: Path, playbook: str, test: str) -> Path:
-    (tmp_path / "points.yaml").write_text(playbook)
+    (tmp_path / "playbook.yaml").write_text(playbook)
     (tmp_path / "tests").mkdir()
-    path = tmp_path / "tests" / "points.test.yaml"
+    path = tmp_path / "tests" / "playbook.test.yaml"
     path.write_text(test)
     return path
 
@@ -49,3 +49,47 @@ def test_a_points_actions_reason_is_its_payloads(cli: Cli, tmp_path: Path) -> No
     code, out, _ = cli(["test", str(path)])
     assert code == 1
     assert "reason: wanted 'birthday'" in out and "got    'purchase bonus'" in out
+
+
+GREETING = """\
+id: greeting
+name: A greeting on sign-up
+trigger:
+  event: { type: signup }
+actions:
+  - email:
+      subject: "Hello"
+      body: |
+        Dear {{ customer.name }},
+
+        welcome.
+
+        Unsubscribe: {{ unsubscribe_url }}
+"""
+
+GREETING_TEST = """\
+playbooks: [greeting]
+customers:
+  - { customer_id: ana, name: Ana, email: ana@example.com }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: the body over two paragraphs
+    steps:
+      - run
+      - expect:
+          sent:
+            - email: { customer: ana, text: "Dear Ana,\\n\\nWORD." }
+"""
+
+
+def test_an_emails_text_has_the_templates_line_ends(cli: Cli, tmp_path: Path) -> None:
+    """`text` spanning lines matches as the template wrote it (\\n), not as the message is
+    encoded on the wire (CRLF), which no test file could match before."""
+    path = _folder(tmp_path, GREETING, GREETING_TEST.replace("WORD", "welcome"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(GREETING_TEST.replace("WORD", "goodbye"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "text: wanted 'Dear Ana,\\n\\ngoodbye.'" in out

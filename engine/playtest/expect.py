@@ -161,7 +161,8 @@ def _plain_text(message: str) -> str:
 
     parsed = email.message_from_string(message, policy=policy.default)
     part = parsed.get_body(preferencelist=("plain",))
-    return part.get_content() if part is not None else ""  # type: ignore[union-attr]
+    text = part.get_content() if part is not None else ""  # type: ignore[union-attr]
+    return text.replace("\r\n", "\n")  # as the template wrote it, not the wire's CRLF
 
 
 def _matches(wanted: Any, got: Any, clock: datetime, key: str) -> bool:

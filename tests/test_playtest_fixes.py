@@ -93,3 +93,37 @@ def test_an_emails_text_has_the_templates_line_ends(cli: Cli, tmp_path: Path) ->
     code, out, _ = cli(["test", str(path)])
     assert code == 1
     assert "text: wanted 'Dear Ana,\\n\\ngoodbye.'" in out
+
+
+NIGHT_TEST = """\
+playbooks: [greeting]
+start: 2026-01-05T23:00:00Z
+settings:
+  quiet_hours: { email: "21:00-08:00" }
+customers:
+  - { customer_id: ana, name: Ana, email: ana@example.com }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: deferred, then deferred again
+    steps:
+      - run
+      - expect:
+          due: [{ email: { customer: ana, at: +9h } }]
+      - advance: 1d                  # the next run is at night again
+      - run
+      - expect:
+          due: [{ email: { customer: ana, at: AT } }]
+"""
+
+
+def test_an_action_deferred_again_is_due_in_that_run(cli: Cli, tmp_path: Path) -> None:
+    """A run that moves a deferred action to a later time (quiet hours again) moved it on:
+    `due` sees it with its new time (only status changes were seen before)."""
+    path = _folder(tmp_path, GREETING, NIGHT_TEST.replace("AT", "+9h"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(NIGHT_TEST.replace("AT", "+10h"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "at: wanted '2026-01-07T09:00:00Z'" in out and "got    2026-01-07T08:00:00Z" in out

@@ -127,3 +127,32 @@ def test_an_action_deferred_again_is_due_in_that_run(cli: Cli, tmp_path: Path) -
     code, out, _ = cli(["test", str(path)])
     assert code == 1
     assert "at: wanted '2026-01-07T09:00:00Z'" in out and "got    2026-01-07T08:00:00Z" in out
+
+
+NO_ADDRESS_TEST = """\
+playbooks: [greeting]
+customers:
+  - { customer_id: ana, name: Ana }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: no address
+    steps:
+      - run
+      - expect:
+          KEY: [{ email: { customer: ana } }]
+"""
+
+
+def test_an_action_wanted_under_another_key_says_what_became_of_it(cli: Cli,
+                                                                    tmp_path: Path) -> None:
+    """`sent: [email to ana]` when the run skipped it says so, with the reason: before, the
+    message was only "wanted, not sent"."""
+    path = _folder(tmp_path, GREETING, NO_ADDRESS_TEST.replace("KEY", "skipped"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(NO_ADDRESS_TEST.replace("KEY", "sent"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "wanted, not sent: email to ana\n      the run made it skipped (no email address)\n" \
+        in out

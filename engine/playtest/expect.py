@@ -78,7 +78,7 @@ def _check_last(state: State, expect: Expect, playbook: str, fail: Any) -> None:
         if wanted is not None:
             got = [row for row in last.actions if row.playbook_id == playbook
                    and _category(row.status) == key]
-            _check_actions(state, key, wanted, got, fail)
+            _check_actions(state, key, wanted, got, fail, playbook)
 
 
 def _check_not_entered(state: State, expect: Expect, playbook: str, entered: list[str],
@@ -191,7 +191,7 @@ def _show(value: Any) -> str:
 
 
 def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]]],
-                   got: list[ActionRow], fail: Any) -> None:
+                   got: list[ActionRow], fail: Any, playbook: str) -> None:
     assert state.last is not None
     clock = state.last.clock
     left = list(got)
@@ -208,6 +208,7 @@ def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]
         near = next((row for row in left if row.connector == kind
                      and row.customer_id == fields["customer"]), None)
         if near is None:
+            lines += _became(state, playbook, key, kind, fields["customer"])
             continue
         have = _fields(near, clock)
         for name, value in fields.items():
@@ -221,6 +222,17 @@ def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]
         lines.append(f"{_verb(key)}, not wanted: {row.connector} to {row.customer_id}{summary}")
     if lines:
         fail(key, lines)
+
+
+def _became(state: State, playbook: str, key: str, kind: str, customer_id: str) -> list[str]:
+    """What the last run made instead of the action wanted under `key`: the playbook's actions
+    of that kind for that customer under another key (`skipped (no email address)`)."""
+    assert state.last is not None
+    return [f"  the run made it {_category(row.status)}"
+            + (f" ({row.reason})" if row.reason else "")
+            for row in state.last.actions if row.playbook_id == playbook
+            and row.connector == kind and row.customer_id == customer_id
+            and _category(row.status) != key]
 
 
 def _verb(key: str) -> str:

@@ -126,7 +126,8 @@ def test_an_action_deferred_again_is_due_in_that_run(cli: Cli, tmp_path: Path) -
     path.write_text(NIGHT_TEST.replace("AT", "+10h"))
     code, out, _ = cli(["test", str(path)])
     assert code == 1
-    assert "at: wanted '2026-01-07T09:00:00Z'" in out and "got    2026-01-07T08:00:00Z" in out
+    assert "at: wanted" in out and "2026-01-07T09:00:00Z" in out
+    assert "got    2026-01-07T08:00:00Z" in out
 
 
 NO_ADDRESS_TEST = """\

@@ -78,7 +78,7 @@ def _check_last(state: State, expect: Expect, playbook: str, fail: Any) -> None:
         if wanted is not None:
             got = [row for row in last.actions if row.playbook_id == playbook
                    and _category(row.status) == key]
-            _check_actions(state, key, wanted, got, fail)
+            _check_actions(state, key, wanted, got, fail, playbook)
 
 
 def _check_not_entered(state: State, expect: Expect, playbook: str, entered: list[str],
@@ -144,11 +144,12 @@ def _why_not(state: State, playbook: str, customer_id: str, held: list[str]) -> 
 
 def _fields(row: ActionRow, clock: datetime) -> dict[str, Any]:
     """What an expectation may name of an action: its payload's fields, the email's plain text
-    (`text`), why it was not sent (`reason`) and when it is due (`at`)."""
+    (`text`), why it was not sent (`reason`) and when it is due (`at`). A payload's own
+    `reason` (a points action's) is what `reason` means for that action."""
     fields = dict(row.payload)
     if row.connector == "email" and "message" in fields:
         fields["text"] = _plain_text(fields["message"])
-    fields["reason"] = row.reason
+    fields.setdefault("reason", row.reason)
     fields["at"] = row.next_attempt_at
     fields["customer"] = row.customer_id
     return fields
@@ -160,7 +161,8 @@ def _plain_text(message: str) -> str:
 
     parsed = email.message_from_string(message, policy=policy.default)
     part = parsed.get_body(preferencelist=("plain",))
-    return part.get_content() if part is not None else ""  # type: ignore[union-attr]
+    text = part.get_content() if part is not None else ""  # type: ignore[union-attr]
+    return text.replace("\r\n", "\n")  # as the template wrote it, not the wire's CRLF
 
 
 def _matches(wanted: Any, got: Any, clock: datetime, key: str) -> bool:
@@ -189,7 +191,7 @@ def _show(value: Any) -> str:
 
 
 def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]]],
-                   got: list[ActionRow], fail: Any) -> None:
+                   got: list[ActionRow], fail: Any, playbook: str) -> None:
     assert state.last is not None
     clock = state.last.clock
     left = list(got)
@@ -206,6 +208,7 @@ def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]
         near = next((row for row in left if row.connector == kind
                      and row.customer_id == fields["customer"]), None)
         if near is None:
+            lines += _became(state, playbook, key, kind, fields["customer"])
             continue
         have = _fields(near, clock)
         for name, value in fields.items():
@@ -219,6 +222,17 @@ def _check_actions(state: State, key: str, wanted: list[dict[str, dict[str, Any]
         lines.append(f"{_verb(key)}, not wanted: {row.connector} to {row.customer_id}{summary}")
     if lines:
         fail(key, lines)
+
+
+def _became(state: State, playbook: str, key: str, kind: str, customer_id: str) -> list[str]:
+    """What the last run made instead of the action wanted under `key`: the playbook's actions
+    of that kind for that customer under another key (`skipped (no email address)`)."""
+    assert state.last is not None
+    return [f"  the run made it {_category(row.status)}"
+            + (f" ({row.reason})" if row.reason else "")
+            for row in state.last.actions if row.playbook_id == playbook
+            and row.connector == kind and row.customer_id == customer_id
+            and _category(row.status) != key]
 
 
 def _verb(key: str) -> str:

@@ -203,7 +203,8 @@ def _act(state: State, step: Step) -> list[Failure]:
 
 
 def _run(state: State) -> None:
-    before_actions = {row.id: row.status for row in read_actions(state.engine)}
+    before_actions = {row.id: (row.status, row.next_attempt_at)
+                      for row in read_actions(state.engine)}
     before = {row.id: row for row in read_enrollments(state.engine)}
     report = run_cycle(state.engine, list(state.playbooks.values()), state.clock,
                        state.settings, connectors=test_connectors(state.settings,
@@ -217,7 +218,7 @@ def _run(state: State) -> None:
         converted=[row for row in after if row.converted
                    and (row.id not in before or not before[row.id].converted)],
         actions=[row for row in read_actions(state.engine)
-                 if before_actions.get(row.id) != row.status])
+                 if before_actions.get(row.id) != (row.status, row.next_attempt_at)])
 
 
 def _sync_customers(state: State, rows: list[tuple[Any, dict[str, Any]]]) -> list[Failure]:

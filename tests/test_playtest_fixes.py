@@ -1,0 +1,159 @@
+"""Fixes to `retain test` found while writing the sample playbooks' tests (playbooks/tests/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Cli
+
+POINTS = """\
+id: points
+name: Points for a purchase
+trigger:
+  event: { type: purchase }
+actions:
+  - points: { amount: 10, reason: purchase bonus }
+"""
+
+POINTS_TEST = """\
+playbooks: [points]
+customers:
+  - { customer_id: ana, name: Ana }
+events:
+  - { customer_id: ana, type: purchase, at: -1h, amount: 5 }
+tests:
+  - name: the points reason
+    steps:
+      - run
+      - expect:
+          sent:
+            - points: { customer: ana, amount: 10, reason: REASON }
+"""
+
+
+def _folder(tmp_path: Path, playbook: str, test: str) -> Path:
+    (tmp_path / "playbook.yaml").write_text(playbook)
+    (tmp_path / "tests").mkdir()
+    path = tmp_path / "tests" / "playbook.test.yaml"
+    path.write_text(test)
+    return path
+
+
+def test_a_points_actions_reason_is_its_payloads(cli: Cli, tmp_path: Path) -> None:
+    """`reason` of a points action is the payload's reason (what the customer's ledger says),
+    not the outbox's empty why-not-sent, which used to hide it."""
+    path = _folder(tmp_path, POINTS, POINTS_TEST.replace("REASON", '"bonus"'))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(POINTS_TEST.replace("REASON", '"birthday"'))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "reason: wanted 'birthday'" in out and "got    'purchase bonus'" in out
+
+
+GREETING = """\
+id: greeting
+name: A greeting on sign-up
+trigger:
+  event: { type: signup }
+actions:
+  - email:
+      subject: "Hello"
+      body: |
+        Dear {{ customer.name }},
+
+        welcome.
+
+        Unsubscribe: {{ unsubscribe_url }}
+"""
+
+GREETING_TEST = """\
+playbooks: [greeting]
+customers:
+  - { customer_id: ana, name: Ana, email: ana@example.com }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: the body over two paragraphs
+    steps:
+      - run
+      - expect:
+          sent:
+            - email: { customer: ana, text: "Dear Ana,\\n\\nWORD." }
+"""
+
+
+def test_an_emails_text_has_the_templates_line_ends(cli: Cli, tmp_path: Path) -> None:
+    """`text` spanning lines matches as the template wrote it (\\n), not as the message is
+    encoded on the wire (CRLF), which no test file could match before."""
+    path = _folder(tmp_path, GREETING, GREETING_TEST.replace("WORD", "welcome"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(GREETING_TEST.replace("WORD", "goodbye"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "text: wanted 'Dear Ana,\\n\\ngoodbye.'" in out
+
+
+NIGHT_TEST = """\
+playbooks: [greeting]
+start: 2026-01-05T23:00:00Z
+settings:
+  quiet_hours: { email: "21:00-08:00" }
+customers:
+  - { customer_id: ana, name: Ana, email: ana@example.com }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: deferred, then deferred again
+    steps:
+      - run
+      - expect:
+          due: [{ email: { customer: ana, at: +9h } }]
+      - advance: 1d                  # the next run is at night again
+      - run
+      - expect:
+          due: [{ email: { customer: ana, at: AT } }]
+"""
+
+
+def test_an_action_deferred_again_is_due_in_that_run(cli: Cli, tmp_path: Path) -> None:
+    """A run that moves a deferred action to a later time (quiet hours again) moved it on:
+    `due` sees it with its new time (only status changes were seen before)."""
+    path = _folder(tmp_path, GREETING, NIGHT_TEST.replace("AT", "+9h"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(NIGHT_TEST.replace("AT", "+10h"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "at: wanted" in out and "2026-01-07T09:00:00Z" in out
+    assert "got    2026-01-07T08:00:00Z" in out
+
+
+NO_ADDRESS_TEST = """\
+playbooks: [greeting]
+customers:
+  - { customer_id: ana, name: Ana }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: no address
+    steps:
+      - run
+      - expect:
+          KEY: [{ email: { customer: ana } }]
+"""
+
+
+def test_an_action_wanted_under_another_key_says_what_became_of_it(cli: Cli,
+                                                                    tmp_path: Path) -> None:
+    """`sent: [email to ana]` when the run skipped it says so, with the reason: before, the
+    message was only "wanted, not sent"."""
+    path = _folder(tmp_path, GREETING, NO_ADDRESS_TEST.replace("KEY", "skipped"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(NO_ADDRESS_TEST.replace("KEY", "sent"))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "wanted, not sent: email to ana\n      the run made it skipped (no email address)\n" \
+        in out

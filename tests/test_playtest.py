@@ -233,6 +233,8 @@ PROBLEMS = {
                              ("- walk", "walk"), ["a step is `run` or a mapping with one key"]),
     "bad duration": ("advance: 4d", "advance: 4x", ("advance: 4x", "4x"),
                      ["malformed duration '4x'"]),
+    "unsubscribe without an address": ("advance: 4d", "unsubscribe: ana", ("unsubscribe: ana",
+                                       "ana"), ["`unsubscribe` takes an email address"]),
 }
 
 

@@ -228,6 +228,11 @@ def _step(raw: Any, where: PathKey, model: TestFile, kinds: set[str], known: set
             _check_times([], rows, problems)
             _check_customers(rows, known, problems)
         return Step(kind, at, rows)
+    if kind == "unsubscribe":
+        if not isinstance(value, str) or "@" not in value:
+            problems.append((at, "`unsubscribe` takes an email address", "value"))
+            return None
+        return Step(kind, at, value)
     if kind == "expect":
         return _expect(value, at, model, kinds, known, problems)
     hint = did_you_mean(str(kind), list(STEP_KINDS)) or f" (expected one of: {', '.join(STEP_KINDS)})"

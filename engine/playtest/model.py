@@ -2,7 +2,7 @@
 
 A file names the playbooks it tests, gives customers and events (times relative to the test's
 clock: `-45d`), and holds tests; each test is a list of steps (`run`, `advance`, `events`,
-`customers`, `expect`) run against a store of its own. docs/PLAYBOOKS.md ("Testing a
+`customers`, `unsubscribe`, `expect`) run against a store of its own. docs/PLAYBOOKS.md ("Testing a
 playbook") is the reference; `retain schema --tests` prints the JSON Schema made from these
 models.
 """
@@ -23,7 +23,7 @@ the day it runs."""
 
 RELATIVE = re.compile(r"^(now|[+-]?[0-9]+[mhdw])$")
 RELATIVE_PATTERN = r"^(now|[+-]?[0-9]+[mhdw])$"
-STEP_KINDS = ("run", "advance", "events", "customers", "expect")
+STEP_KINDS = ("run", "advance", "events", "customers", "unsubscribe", "expect")
 ACTION_LISTS = ("sent", "due", "capped", "suppressed", "skipped", "dead", "cancelled")
 """The expectation keys that list actions, by what the last run made of them (`due`: committed
 and waiting, planned or deferred)."""
@@ -89,7 +89,7 @@ class TestCase(Strict):
     events: list[dict[str, Any]] = Field(default_factory=list)
     settings: TestSettings | None = None
     steps: list[Any] = Field(min_length=1, description="run | {advance: 3d} | {events: [...]} "
-                             "| {customers: [...]} | {expect: {...}}")
+                             "| {customers: [...]} | {unsubscribe: ADDRESS} | {expect: {...}}")
 
 
 class TestFile(Strict):

@@ -199,6 +199,13 @@ def _act(state: State, step: Step) -> list[Failure]:
         return []
     if step.kind == "customers":
         return _sync_customers(state, step.value)
+    if step.kind == "unsubscribe":  # as `retain unsubscribe EMAIL` does, at the test's clock
+        from engine.outbox.admin import unsubscribe
+        from engine.store.txn import writing
+
+        with writing(state.engine) as connection:
+            unsubscribe(connection, step.value, state.clock)
+        return []
     return _sync_events(state, step.value)
 
 

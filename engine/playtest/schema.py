@@ -74,11 +74,13 @@ def _step() -> dict[str, Any]:
                           "description": "events to sync at the clock now"},
                "customers": {"type": "array", "items": {"$ref": "#/$defs/customer_row"},
                              "description": "customers to add or change"},
+               "unsubscribe": {"type": "string", "pattern": "@",
+                               "description": "an address unsubscribes (retain unsubscribe)"},
                "expect": {"$ref": "#/$defs/Expect"}}}
     return {"type": ["string", "object"], "if": {"type": "string"}, "then": {"const": "run"},
             "else": one,
             "description": "run | {advance: 3d} | {events: [...]} | {customers: [...]} | "
-                           "{expect: {...}}"}
+                           "{unsubscribe: ADDRESS} | {expect: {...}}"}
 
 
 def playtest_schema(kinds: Iterable[str] | None = None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ psycopg sends untyped for the server to cast. Everything else in sync uses SQLAl
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -27,8 +26,6 @@ from engine.sync.conflicts import LineIndex, differing_ids
 from engine.sync.rows import EventValues, json_text, utc_text
 
 SQLITE_CACHE_KIB = 64 * 1024
-SQLITE_MAX_THREADS = 8
-"""Cap of SQLite's auxiliary sorter threads in a sync (its compile-time maximum here is 8)."""
 EVENT_SQL_COLUMNS = "event_id, customer_id, type, occurred_at, amount, score, properties"
 
 
@@ -38,25 +35,22 @@ def bulk_session(connection: sa.Connection) -> Callable[[], None]:
     A bigger page cache keeps the events indexes in memory between commits (inserts land all
     over the customer index). Foreign-key checks are off while sync writes (a fifth of the
     insert time): every event's customer was just looked up in the same transaction, customers
-    are never deleted, and the customers table has no foreign keys. Sorts may use helper
-    threads (`PRAGMA threads`, one per core up to SQLITE_MAX_THREADS) for the indexes a first
-    load builds and big ORDER BY / window sorts: a modest gain when a core is free (1M few:
-    the events (type, occurred_at) index 2.3 s -> 1.8 s on 2 cores), none when none is.
-    After an error sync invalidates the connection instead of undoing, so none of this reaches
-    another user.
+    are never deleted, and the customers table has no foreign keys. No `PRAGMA threads`:
+    on 2 cores its helper sorter threads sped up one index build of a 1M load (2.3 s ->
+    1.8 s) and no other step measurably (nothing when the cores were busy), and each takes its
+    own sort buffer (that index: 143 MB -> 211 MB of peak memory), which the 500 MB budget of
+    a 1M sync cannot spare. After an error sync invalidates the connection instead of
+    undoing, so none of this reaches another user.
     """
     if connection.dialect.name != "sqlite":
         return _nothing
     previous = connection.exec_driver_sql("PRAGMA cache_size").scalar()
-    threads = connection.exec_driver_sql("PRAGMA threads").scalar()
     connection.exec_driver_sql(f"PRAGMA cache_size={-SQLITE_CACHE_KIB}")
     connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    connection.exec_driver_sql(f"PRAGMA threads={min(os.cpu_count() or 1, SQLITE_MAX_THREADS)}")
 
     def undo() -> None:
         connection.exec_driver_sql(f"PRAGMA cache_size={previous}")
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-        connection.exec_driver_sql(f"PRAGMA threads={threads}")
 
     return undo
 

@@ -66,7 +66,7 @@ def finishing_cache(connection: sa.Connection) -> None:
     ranking everyone runs three window sorts and an ORDER BY at once: with 64 MB that UPDATE
     alone added 119 MB to the peak of a 1M `many` first load (613 MB). With 16 MB, at 1M
     `few` on a copy of the loaded database: the three events/facts index builds 4.4 s ->
-    3.8 s (143 MB -> 47 MB), the refresh 5.4 s -> 5.1 s (145 -> 95 MB), the ranking 5.2 s ->
+    3.7 s (143 MB -> 47 MB), the refresh 5.4 s -> 5.1 s (145 -> 95 MB), the ranking 5.2 s ->
     5.0 s (230 -> 133 MB); smaller sort runs fit the CPU's caches better.
     """
     if connection.dialect.name == "sqlite":

@@ -356,6 +356,24 @@ def test_a_crash_mid_file_leaves_whole_batches_and_a_rerun_completes(
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+def test_a_sync_leaves_its_sqlite_pragmas_as_it_found_them(sqlite_url: str) -> None:
+    from engine.store.open import open_store
+
+    engine = open_store(sqlite_url)
+    pragmas = ("threads", "cache_size", "foreign_keys")
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        before = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar() for name in pragmas}
+    ingest_customers(engine, [(2, {"customer_id": "c1"})], "c", now=NOW)
+    ingest_events(engine, [(2, {"event_id": "e1", "customer_id": "c1", "type": "purchase",
+                                "occurred_at": "2024-01-02", "amount": "3"})], "e.csv")
+    with engine.connect() as connection:
+        assert connection.connection.driver_connection is driver  # the one sync used
+        after = {name: connection.exec_driver_sql(f"PRAGMA {name}").scalar() for name in pragmas}
+    assert after == before
+    engine.dispose()
+
+
 def test_progress_reports_bytes_for_files_and_rows_for_ingest(sqlite_url: str,
                                                               tmp_path: Path) -> None:
     from engine.store.open import open_store

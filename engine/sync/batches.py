@@ -19,7 +19,12 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from engine.errors import DataFileError
 from engine.store.facts import customers
 from engine.sync.arrow import ParsedBatch
-from engine.sync.bulk import analyze_if_grown, bulk_session, fact_indexes_dropped
+from engine.sync.bulk import (
+    analyze_if_grown,
+    bulk_session,
+    fact_indexes_dropped,
+    finishing_cache,
+)
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row
 from engine.sync.report import RowError, SyncReport
@@ -111,6 +116,7 @@ def _collector_paused() -> Iterator[None]:
 
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
             undo: Callable[[], None], rerank: bool = False) -> None:
+    finishing_cache(connection)  # sorts from here on: less memory (and no slower)
     close()  # first: it may rebuild indexes that the refresh needs
     everyone = touched.everyone and touched.pending
     with fact_indexes_dropped(connection, everyone) as rebuild:

@@ -94,7 +94,14 @@ def rank_everyone(connection: sa.Connection,
     rebuilds there the indexes it dropped (the bounds are walks of RFM's indexes)."""
     ranking = lock_ranking(connection)
     s, which = _scored()
-    changed = sa.select(s).where(which).subquery("rfm_changed")
+    changed = sa.select(s).where(which)
+    if connection.dialect.name == "sqlite":
+        # With this ORDER BY SQLite updates in customer_id order: its lookups walk the
+        # customer index (and, where ids were inserted in order, the table) page by page
+        # instead of in the last NTILE's order (1M customers of the few shape: 5.3 s -> 4.7 s
+        # of CPU for this UPDATE). PostgreSQL joins by its own plan; it would only sort.
+        changed = changed.order_by(s.c.customer_id)
+    changed = changed.subquery("rfm_changed")
     total = connection.execute(
         sa.update(customers).where(c.customer_id == changed.c.customer_id)
         .values(rfm_score=changed.c.score, rfm_segment=changed.c.segment,

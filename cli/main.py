@@ -23,11 +23,11 @@ from engine.errors import RetainError
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:attribute, the one-line help `retain --help` lists)
     "init": ("cli.playbooks:init", "Scaffold a project: retain.toml, playbooks/ with a commented "
-             "example, templates/."),
+             "example, its test in playbooks/tests/, templates/."),
     "validate": ("cli.playbooks:validate", "Check playbooks and their templates; every problem "
                  "with file:line:column."),
     "schema": ("cli.playbooks:schema", "Print the playbook JSON Schema (generated from the "
-               "models)."),
+               "models); `--tests`: the schema of playbook test files."),
     "test": ("cli.test:test", "Run playbook tests (*.test.yaml): made-up customers and a "
              "simulated clock, through the same code as `retain run`; nothing is sent."),
     "migrate": ("cli.migrate:migrate", "Upgrade the database schema (reading commands never "

@@ -30,7 +30,8 @@ from playbooks import SAMPLES_DIR
 HEAD = schema_revisions()[-1]
 MIGRATE_MESSAGE = f"database at schema 0001, this Retain needs {HEAD}: run `retain migrate`"
 WRITERS = {"init", "schema", "sync", "demo", "migrate",  # write files or a database, or neither
-           "unsubscribe", "run", "dispatch", "daemon"}
+           "unsubscribe", "run", "dispatch", "daemon",
+           "test"}  # neither: its own stores (tests/test_playtest.py checks --db is not opened)
 WRITING_SUBCOMMANDS = {"outbox": {"retry"}, "tasks": {"done"}}
 """Groups listed in READING whose other subcommands write (through open_store, which migrates)."""
 REPORTS = [command.name for command in report_app.registered_commands]

@@ -226,6 +226,15 @@ def through_retain_test(folder: Path, fresh: Any) -> Seen:
     return capturing.seen
 
 
+def by_test_on_sqlite(folder: Path) -> Seen:
+    """`through_retain_test` on SQLite stores of its own."""
+    stores = SqliteStores()
+    try:
+        return through_retain_test(folder, stores.fresh)
+    finally:
+        stores.close()
+
+
 # --- (b): retain sync + retain run --as-of, step by step ---------------------------------------
 
 def _at(relative: str, clock: datetime) -> str:
@@ -302,11 +311,7 @@ def _check(story: Story, cli: Cli, monkeypatch: pytest.MonkeyPatch, on: str) -> 
     must also agree with itself on SQLite). What they saw."""
     with _project(monkeypatch) as root:
         folder = _write_story(root / "playbooks", story)
-        stores = SqliteStores()
-        try:
-            by_test = through_retain_test(folder, stores.fresh)
-        finally:
-            stores.close()
+        by_test = by_test_on_sqlite(folder)
         if on == "sqlite":
             by_run = through_retain_run(root, folder, f"sqlite:///{root / 'retain.db'}", story,
                                         cli)
@@ -365,11 +370,7 @@ def test_the_comparison_sees_a_difference(cli: Cli, monkeypatch: pytest.MonkeyPa
         events=[], steps=["run"], settings={})
     with _project(monkeypatch) as root:
         folder = _write_story(root / "playbooks", story)
-        stores = SqliteStores()
-        try:
-            by_test = through_retain_test(folder, stores.fresh)
-        finally:
-            stores.close()
+        by_test = by_test_on_sqlite(folder)
         longer = Story(story.playbooks, story.customers, [], ["run", {"advance": "2d"}, "run"],
                        {})
         by_run = through_retain_run(root, folder, f"sqlite:///{root / 'retain.db'}", longer, cli)

@@ -13,14 +13,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine.clock import iso
+from engine.clock import aware_utc, iso
 from engine.playtest.load import Step
 from engine.playtest.model import ACTION_LISTS, Expect, resolve_time
 from engine.playtest.run import ActionRow, Failure, State, read_enrollments
-from engine.store.status import DEFERRED, PLANNED, RETRYING
+from engine.store.status import WAITING
 from engine.store.tables import customers
-
-WAITING = (PLANNED, DEFERRED, RETRYING)
 
 
 def check(state: State, step: Step) -> list[Failure]:
@@ -168,7 +166,7 @@ def _plain_text(message: str) -> str:
 def _matches(wanted: Any, got: Any, clock: datetime, key: str) -> bool:
     if key == "at":
         try:
-            return got is not None and resolve_time(wanted, clock) == _aware(got)
+            return got is not None and resolve_time(wanted, clock) == aware_utc(got)
         except ValueError:
             return False
     if key in ("text", "reason", "message") and isinstance(wanted, str):
@@ -178,15 +176,9 @@ def _matches(wanted: Any, got: Any, clock: datetime, key: str) -> bool:
     return wanted == got or (got is not None and str(wanted) == str(got))
 
 
-def _aware(moment: datetime) -> datetime:
-    from engine.clock import aware_utc
-
-    return aware_utc(moment)
-
-
 def _show(value: Any) -> str:
     if isinstance(value, datetime):
-        return iso(_aware(value))
+        return iso(aware_utc(value))
     return repr(value)
 
 

@@ -162,12 +162,7 @@ def ensure_db(customers: int, seed: int) -> Path:
     for leftover in (building, *(Path(f"{building}{tail}") for tail in ("-wal", "-shm"))):
         leftover.unlink(missing_ok=True)
     started = time.perf_counter()
-    engine = open_store(f"sqlite:///{building}")
-    sync_customers(engine, data / "customers.csv", now=END)
-    sync_events(engine, data / "events.csv")
-    with engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
+    load_into(building, data)
     building.rename(target)
     print(f"built {target.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return target
@@ -311,24 +306,43 @@ def hand_sql(playbook: Playbook, moment: Moment, historical: bool = False
     """Playbook `playbook`'s hand-written query and its parameters at `moment.as_of`."""
     sql = (HAND_SQL_HISTORICAL if historical else HAND_SQL)[playbook.id]
     if isinstance(playbook.trigger, DateTrigger):
-        tc = moment.trigger_context(playbook.id)
-        zones: dict[tuple[str, tuple[str, ...]], list[str | None]] = defaultdict(list)
-        for zone in tc.zones:
-            name = zone if zone and valid_timezone(zone) else "UTC"
-            for year, days in playbook.trigger.anniversaries(tc, ZoneInfo(name)).items():
-                zones[(year, tuple(sorted(days)))].append(zone)
-        tests = []
-        for (year, days), names in sorted(zones.items()):
-            known = [_quote(z) for z in names if z is not None]
-            zone_test = " OR ".join(([f"c.timezone IN ({', '.join(known)})"] if known else [])
-                                    + (["c.timezone IS NULL"] if None in names else []))
-            day_test = f"substr(c.birthday, 6, 5) IN ({', '.join(map(_quote, days))})"
-            tests.append((f"(({zone_test}) AND {day_test})", year))
-        fires = " OR ".join(test for test, _ in tests) or "0"
-        year = "CASE " + " ".join(f"WHEN {t} THEN '{y}'" for t, y in tests) + " END" \
-            if tests else "NULL"
-        sql = sql.format(fires=fires, year=year)
+        sql = sql.format(**birthday_parts(playbook, moment, "substr(c.birthday, 6, 5)", "0"))
     return sql, bounds(moment.as_of)
+
+
+def birthday_parts(playbook: Playbook, moment: Moment, month_day: str, never: str
+                   ) -> dict[str, str]:
+    """A date trigger's hand-written tests: which month-days are at 09:00 local within the
+    last day, per time zone (computed in Python, as engine/format/triggers.py does by design),
+    as `fires` (`never` when none) and `year`; `month_day`: the SQL of the birthday's MM-DD."""
+    tc = moment.trigger_context(playbook.id)
+    zones: dict[tuple[str, tuple[str, ...]], list[str | None]] = defaultdict(list)
+    for zone in tc.zones:
+        name = zone if zone and valid_timezone(zone) else "UTC"
+        for year, days in playbook.trigger.anniversaries(tc, ZoneInfo(name)).items():
+            zones[(year, tuple(sorted(days)))].append(zone)
+    tests = []
+    for (year, days), names in sorted(zones.items()):
+        known = [_quote(z) for z in names if z is not None]
+        zone_test = " OR ".join(([f"c.timezone IN ({', '.join(known)})"] if known else [])
+                                + (["c.timezone IS NULL"] if None in names else []))
+        tests.append((f"(({zone_test}) AND {month_day} IN ({', '.join(map(_quote, days))}))",
+                      year))
+    fires = " OR ".join(test for test, _ in tests) or never
+    year = ("CASE " + " ".join(f"WHEN {t} THEN '{y}'" for t, y in tests) + " END"
+            if tests else "NULL")
+    return {"fires": fires, "year": year}
+
+
+def load_into(path: Path, data: Path) -> None:
+    """Sync a generated data folder into a new SQLite bench database at `path` (customers as
+    of the generator's end, then events) and leave it whole in the file (WAL checkpointed)."""
+    engine = open_store(f"sqlite:///{path}")
+    sync_customers(engine, data / "customers.csv", now=END)
+    sync_events(engine, data / "events.csv")
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
 
 
 def _quote(value: str | None) -> str:

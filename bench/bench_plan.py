@@ -226,11 +226,8 @@ def build(customers: int, shape: str, out: Path) -> Path:
     """`out/plan-<N>-<shape>.db` synced once from bench/gen_data.py's files (made if missing),
     under a temporary name renamed at the end; `now` is the generator's end (as bench_eval)."""
     sys.path.insert(0, str(ROOT / "bench"))
+    from bench_eval import load_into
     from bench_sync import ensure_data
-    from gen_data import END
-
-    from engine.store.open import open_store
-    from engine.sync.ingest import sync_customers, sync_events
 
     target = out / f"plan-{customers}-{shape}.db"
     if target.is_file():
@@ -241,12 +238,7 @@ def build(customers: int, shape: str, out: Path) -> Path:
     for leftover in out.glob(building.name + "*"):
         leftover.unlink()
     started = time.perf_counter()
-    engine = open_store(f"sqlite:///{building}")
-    sync_customers(engine, data / "customers.csv", now=END)
-    sync_events(engine, data / "events.csv")
-    with engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    engine.dispose()
+    load_into(building, data)
     building.rename(target)
     print(f"built {target} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return target

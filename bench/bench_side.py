@@ -57,7 +57,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
@@ -289,36 +288,15 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _birthday(playbook: Any, moment: Any, dialect: str) -> dict[str, str]:
-    """Which month-days are at 09:00 local within the last day, per time zone (computed in
-    Python, as engine/format/triggers.py does by design) as `fires` and `year`."""
-    from engine.format.triggers import valid_timezone
-
-    tc = moment.trigger_context(playbook.id)
-    zones: dict[tuple[str, tuple[str, ...]], list[str | None]] = defaultdict(list)
-    for zone in tc.zones:
-        name = zone if zone and valid_timezone(zone) else "UTC"
-        for year, days in playbook.trigger.anniversaries(tc, ZoneInfo(name)).items():
-            zones[(year, tuple(sorted(days)))].append(zone)
-    tests = []
-    for (year, days), names in sorted(zones.items()):
-        known = [_quote(z) for z in names if z is not None]
-        zone_test = " OR ".join(([f"c.timezone IN ({', '.join(known)})"] if known else [])
-                                + (["c.timezone IS NULL"] if None in names else []))
-        day = MONTH_DAY[dialect].format("c.birthday")
-        tests.append((f"(({zone_test}) AND {day} IN ({', '.join(map(_quote, days))}))", year))
-    fires = " OR ".join(test for test, _ in tests) or "1 = 0"
-    year = ("CASE " + " ".join(f"WHEN {t} THEN '{y}'" for t, y in tests) + " END"
-            if tests else "NULL")
-    return {"fires": fires, "year": year}
-
-
 def hand_sql(playbook: Any, moment: Any, dialect: str) -> tuple[str, dict[str, Any]]:
     """The hand-written query of `playbook` for `dialect`, and its parameters."""
     parts = {"key_last": ISO_KEY[dialect].format("c.last_active_at"), "existed": EXISTED,
              "fires": "", "year": ""}
     if playbook.id == "birthday-greeting":
-        parts.update(_birthday(playbook, moment, dialect))
+        from bench_eval import birthday_parts
+
+        parts.update(birthday_parts(playbook, moment, MONTH_DAY[dialect].format("c.birthday"),
+                                    "1 = 0"))
     keep_out = KEEP_OUT[playbook.id].format(**parts)
     parts["not_enrolled"] = NOT_ENROLLED.format(pid=playbook.id, keep_out=keep_out)
     return HAND_SQL[playbook.id].format(**parts), _bounds(moment.as_of, dialect)

@@ -68,6 +68,16 @@ def _candidates(as_of: datetime, now: datetime
          actions.c.next_attempt_at) for status in WAITING]
 
 
+def anything_due(engine: sa.Engine, as_of: datetime) -> bool:
+    """Whether any row is due (what `claim_due` would take), read without the write lock: a
+    pass with nothing to send (most of a daemon's, many of `retain test`'s) ends on this one
+    read instead of a claim's write transaction."""
+    now = utcnow()
+    found = sa.or_(*(sa.exists().where(due) for _, due, _ in _candidates(as_of, now)))
+    with engine.connect() as connection:
+        return bool(connection.execute(sa.select(found)).scalar())
+
+
 def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
               skip: Collection[str] = (), lease: timedelta = LEASE) -> list[Claimed]:
     """Claim up to `limit` due rows (a dead worker's first, then the waiting ones, oldest due

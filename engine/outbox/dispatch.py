@@ -45,7 +45,14 @@ from engine.clock import iso, utcnow
 from engine.errors import PermanentError, TransientError
 from engine.outbox import backoff, judge
 from engine.outbox.channel import Channel, KeptChannels
-from engine.outbox.claim import HEARTBEAT, LEASE, Claimed, claim_due, extend_leases
+from engine.outbox.claim import (
+    HEARTBEAT,
+    LEASE,
+    Claimed,
+    anything_due,
+    claim_due,
+    extend_leases,
+)
 from engine.outbox.handoff import quick_handoff
 from engine.outbox.record import RELEASED, Outcome, record
 from engine.plan.delivery import DeliveryRules
@@ -99,7 +106,10 @@ def dispatch(engine: sa.Engine, settings: Any, as_of: datetime, *, worker: str |
              limit: int | None = None, connectors: Mapping[str, Any] | None = None,
              stop: threading.Event | None = None, batch: int = BATCH,
              rng: random.Random | None = None, lease: timedelta = LEASE) -> DispatchReport:
-    """Deliver everything due at `as_of`; see the module docstring. Blocking (asyncio inside)."""
+    """Deliver everything due at `as_of`; see the module docstring. Blocking (asyncio inside).
+    When nothing is due, one read answers: no event loop, no thread, no write lock."""
+    if not anything_due(engine, as_of):
+        return DispatchReport(worker=worker or default_worker(), as_of=as_of)
     return asyncio.run(dispatch_async(engine, settings, as_of, worker=worker, limit=limit,
                                       connectors=connectors, stop=stop, batch=batch, rng=rng,
                                       lease=lease))
@@ -231,8 +241,9 @@ class _Pass:
         return sum(len(queue) for queue in self.queues.values())
 
     async def feed(self, limit: int | None) -> None:
-        """Claim until nothing is due (or `limit` rows were taken, or the pass halts), keeping
-        at most about two batches claimed ahead of the senders."""
+        """Claim until nothing is due (a claim comes back short, or empty), `limit` rows were
+        taken, or the pass halts, keeping at most about two batches claimed ahead of the
+        senders."""
         while not self.halted() and (limit is None or limit > 0):
             if self.queued() >= self.batch:
                 self.hungry.clear()
@@ -253,6 +264,8 @@ class _Pass:
                 rows, judged, error = await claiming
             if not rows:
                 return
+            last = len(rows) < size  # fewer than asked: nothing else was due (the next pass
+            # takes rows committed since, and a lease that runs out from now on)
             self.failure = self.failure or error  # halted: these rows go back
             limit = None if limit is None else limit - len(rows)
             self.held.update(row.id for row in rows)  # the heartbeat keeps these from now on
@@ -264,6 +277,8 @@ class _Pass:
                     self.finish(outcome)
                 else:
                     self.queue(row)
+            if last:
+                return
 
     def take(self, size: int, skip: list[str]
              ) -> tuple[list[Claimed], dict[int, Outcome], Exception | None]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,9 +26,8 @@ from jinja2 import Environment
 
 from engine.errors import PlaybookError
 from engine.format.playbook import Playbook
-from engine.format.templates import make_environment
-from engine.format.validation import templates_dir
 from engine.outbox.lifecycle import end, in_flight
+from engine.plan.build import playbook_environment
 from engine.query.versions import Versions
 from engine.store import status as st
 from engine.store.dialect import insert_ignoring
@@ -109,7 +107,7 @@ def version_lookup(writer: sa.Engine, playbooks: list[Playbook],
             return found[key]
         if key in current:
             playbook = current[key]
-            found[key] = playbook, make_environment(templates_dir(Path(playbook.file)))
+            found[key] = playbook, playbook_environment(playbook)
             return found[key]
         found[key] = None
         try:

@@ -226,7 +226,7 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
     if result.over_limit is not None or result.entering == 0:
         result.complete = True
         return result
-    environment = _environment(playbook)
+    environment = playbook_environment(playbook)
     if run.unsubscribe is not None and customer_id is None:  # live: in SQL where it can be
         result.set_plan = set_plan(playbook, query, run.connectors, run.rules, environment,
                                    moment.as_of)
@@ -267,14 +267,20 @@ def _playbook_plan(connection: sa.Connection, playbook: Playbook, rank: int, run
     return result
 
 
-def _environment(playbook: Playbook) -> Any:
-    """Render from the template texts the playbook was loaded with (the ones its version
-    hashes), not the folder as it is now: the daemon keeps a version running after an invalid
-    edit of one of its templates, and must not plan with the broken file; anywhere, an action
-    must carry the content its version names. The folder only when no texts were kept."""
-    folder = templates_dir(Path(playbook.file))
-    if playbook.templates is None:
-        return make_environment(folder)
-    return make_environment(templates=playbook.templates,
-                            label=str(folder) if folder is not None else "templates")
+def playbook_environment(playbook: Playbook) -> Any:
+    """The Jinja environment a loaded playbook's actions render with: from the template texts
+    it was loaded with (the ones its version hashes), not the folder as it is now: the daemon
+    keeps a version running after an invalid edit of one of its templates, and must not plan
+    with the broken file; anywhere, an action must carry the content its version names. The
+    folder only when no texts were kept.
 
+    Made once per loaded playbook and kept on it (a frozen dataclass: in its `__dict__`), so
+    the templates compiled and the constant texts rendered by one cycle serve the next (the
+    daemon's cycles, each `run` of `retain test`); a reload is a new Playbook, a new one."""
+    kept = playbook.__dict__.get("_environment")
+    if kept is None:
+        folder = templates_dir(Path(playbook.file))
+        kept = make_environment(folder) if playbook.templates is None else make_environment(
+            templates=playbook.templates, label=str(folder) if folder is not None else "templates")
+        playbook.__dict__["_environment"] = kept
+    return kept

@@ -24,6 +24,7 @@ from engine.sync.bulk import (
     bulk_session,
     fact_indexes_dropped,
     finishing_cache,
+    whole,
 )
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row
@@ -70,9 +71,11 @@ def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
         undo = bulk_session(connection)
         write, close = start(connection)
         changed = False  # some customer touched: RFM ranks may have moved
+        bulk = False  # a whole first batch: a bulk load (engine/sync/bulk.py `whole`)
         try:
             pending = 0
             for batch in _batches(rows, size):
+                bulk = bulk or whole(batch, size)
                 ids = write(batch)
                 touched.add(ids)
                 changed = changed or bool(ids)
@@ -85,12 +88,12 @@ def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
                 if progress is not None:
                     progress(len(batch))
         except DataFileError as exc:
-            _finish(connection, touched, close, undo, rerank and changed)
+            _finish(connection, touched, close, undo, rerank and changed, bulk)
             raise DataFileError(f"{exc} (synced up to there: {report.summary()})") from exc
         except BaseException:
             connection.invalidate()
             raise
-        _finish(connection, touched, close, undo, rerank and changed)
+        _finish(connection, touched, close, undo, rerank and changed, bulk)
         if report.kind in ("customers", "events"):
             analyze_if_grown(connection, report.kind, report.inserted)
     report.sort()
@@ -115,11 +118,11 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _finish(connection: sa.Connection, touched: CustomerIdSet, close: Callable[[], None],
-            undo: Callable[[], None], rerank: bool = False) -> None:
+            undo: Callable[[], None], rerank: bool = False, bulk: bool = False) -> None:
     finishing_cache(connection)  # sorts from here on: less memory (and no slower)
     close()  # first: it may rebuild indexes that the refresh needs
     everyone = touched.everyone and touched.pending
-    with fact_indexes_dropped(connection, everyone) as rebuild:
+    with fact_indexes_dropped(connection, everyone and bulk) as rebuild:
         _refresh(connection, touched)
         # After the facts it ranks; in the same transaction, so both land or neither. Nearly
         # every customer's facts changed: all of them ranked again, with the indexes dropped.

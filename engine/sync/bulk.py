@@ -10,7 +10,7 @@ psycopg sends untyped for the server to cast. Everything else in sync uses SQLAl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from datetime import date, datetime
 from operator import itemgetter
@@ -77,6 +77,14 @@ def _nothing() -> None:
     """Nothing to undo."""
 
 
+def whole(batch: Sized, size: int) -> bool:
+    """Whether a load's first batch is a whole one (`size` rows), which makes it a bulk load:
+    one worth dropping indexes for and building them after. A smaller load (a `retain test`
+    history, a few rows from a script) keeps them: dropping and building each index costs
+    more than the entries of a few thousand rows."""
+    return len(batch) >= size
+
+
 def defer_indexes(connection: sa.Connection, table: sa.Table) -> list[sa.Index]:
     """Into an empty table: drop its secondary indexes, to be built by `build_indexes`.
 
@@ -102,8 +110,8 @@ def build_indexes(connection: sa.Connection, deferred: list[sa.Index]) -> None:
 @contextmanager
 def fact_indexes_dropped(connection: sa.Connection,
                          everyone: bool) -> Iterator[Callable[[], None]]:
-    """SQLite, while a refresh rewrites the facts of nearly every customer (`everyone`: a first
-    load of events) and RFM ranks them all: the customer indexes that read a derived fact or a
+    """SQLite, while a refresh rewrites the facts of nearly every customer (`everyone`: a bulk
+    first load of events) and RFM ranks them all: the customer indexes that read a derived fact or a
     ranked value (the facts index, RFM's) are dropped, then built again from the refreshed
     rows, which costs less than moving each entry (1M customers of the few shape: refresh and
     ranking 24 s with them kept, 15 s without). Yields the rebuild, for a step that needs the
@@ -166,10 +174,18 @@ class EventWriter:
         self.lines = LineIndex(self.top)
         self.staging = False
         self.hopes = self.HOPES
-        first_load = self.top == 0
-        self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if first_load else []
-        for index in self.deferred:
-            index.drop(connection)
+        self.deferred: list[sa.Index] | None = None  # decided by `begin`
+
+    def begin(self, bulk: bool) -> None:
+        """Before each batch; the first decides: a first load (no events yet) whose first batch
+        is whole (`bulk`) drops the secondary indexes, for `close` to build (SQLite and
+        PostgreSQL sort once faster than they insert every row's entries: a third of a large
+        first load's time on PostgreSQL)."""
+        if self.deferred is None:
+            self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if (
+                bulk and self.top == 0) else []
+            for index in self.deferred:
+                index.drop(self.connection)
 
     def write(self, rows: list[EventValues], lines: list[int]) -> int:
         """Insert rows (read from these lines), skipping known event ids; how many were new.
@@ -255,8 +271,7 @@ class EventWriter:
 
     def close(self) -> None:
         """Build the indexes a first load deferred; drop the temporary table if there is one."""
-        for index in self.deferred:
-            index.create(self.connection)
+        build_indexes(self.connection, self.deferred or [])
         self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{self.known}")
 
 
@@ -270,11 +285,7 @@ class PostgresEventWriter(EventWriter):
         self.connection = connection
         self.top = _largest_id(connection)
         self.lines = LineIndex(self.top)
-        # A first load builds the secondary indexes at `close`, as on SQLite: PostgreSQL too
-        # sorts once faster than it inserts every row's entries (a third of the load's time).
-        self.deferred = [ix for ix in Event.__table__.indexes if not ix.unique] if self.top == 0 else []
-        for index in self.deferred:
-            index.drop(connection)
+        self.deferred = None  # decided by `begin`
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.table} (line integer, event_id text,"
             " customer_id text, type text, occurred_at timestamptz, amount double precision,"
@@ -306,7 +317,7 @@ class PostgresEventWriter(EventWriter):
 
     def close(self) -> None:
         """Build the indexes a first load deferred; drop the temporary table."""
-        build_indexes(self.connection, self.deferred)
+        build_indexes(self.connection, self.deferred or [])
         self.connection.exec_driver_sql(f"DROP TABLE IF EXISTS {self.table}")
 
 

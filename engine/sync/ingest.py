@@ -67,6 +67,7 @@ from engine.sync.bulk import (
     drop_customer_batch,
     event_writer,
     insert_rows,
+    whole,
 )
 from engine.sync.conflicts import conflict_reason, contents, same, stored
 from engine.sync.files import Row, open_data_file, read_rows, write_rejects
@@ -122,9 +123,13 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
 
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
         new_have_facts = _may_have_facts(connection)
-        deferred = defer_indexes(connection, customers)
+        deferred: list[sa.Index] | None = None  # decided at the first batch
 
         def write(batch: list[Row]) -> set[str]:
+            nonlocal deferred
+            if deferred is None:
+                deferred = defer_indexes(connection, customers) if whole(
+                    batch, CUSTOMER_BATCH) else []
             if batch.__class__ is CustomerBatch:
                 inserted, updated = write_customer_batch(
                     connection, batch, report, moment, _upsert)  # type: ignore[arg-type]
@@ -133,7 +138,7 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
             return (inserted | updated) if new_have_facts else updated
 
         def close() -> None:
-            build_indexes(connection, deferred)
+            build_indexes(connection, deferred or [])
             drop_customer_batch(connection)
 
         return write, close
@@ -162,7 +167,12 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
     def start(connection: sa.Connection) -> tuple[Writer, Callable[[], None]]:
         writer = event_writer(connection)
         seen: set[str] = set()  # customers found so far (customers are never deleted)
-        return (lambda batch: _append_events(connection, writer, batch, report, seen)), writer.close
+
+        def write(batch: list[Row]) -> set[str]:
+            writer.begin(whole(batch, EVENT_BATCH))
+            return _append_events(connection, writer, batch, report, seen)
+
+        return write, writer.close
 
     return run_batches(engine, rows, report, start, progress, EVENT_BATCH, refresh_each_batch=False,
                    commit_every=EVENT_COMMIT, rerank=True, first_load=_no_events)

@@ -46,7 +46,6 @@ class CustomerIdSet:
     def __init__(self, connection: sa.Connection, name: str | None = None) -> None:
         self.connection = connection
         self.name = name or f"retain_ids_{next(_names)}"
-        self.table = sa.table(self.name, sa.column("customer_id", sa.String))
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.name} (customer_id VARCHAR PRIMARY KEY)"
         )
@@ -85,10 +84,6 @@ class CustomerIdSet:
                 f"INSERT INTO {self.name} (customer_id) VALUES (?) ON CONFLICT DO NOTHING",
                 [(customer_id,) for customer_id in batch])
 
-    def select(self) -> sa.Select[Any]:
-        """The ids, as a subquery for `IN`."""
-        return sa.select(self.table.c.customer_id)
-
     def clear(self) -> None:
         """Forget every id (the table stays for reuse)."""
         self.pending = False
@@ -114,7 +109,7 @@ def refresh_facts(connection: sa.Connection,
         _refresh(connection, None)
     elif isinstance(customer_ids, CustomerIdSet):
         if not customer_ids.everyone:
-            _refresh(connection, customer_ids.select())
+            _refresh(connection, customer_ids.name)
         elif customer_ids.pending:  # each has events: no one gets the no-events defaults
             _refresh(connection, None, without_events=False)
     elif len(customer_ids) <= SMALL_SET:
@@ -125,7 +120,7 @@ def refresh_facts(connection: sa.Connection,
     else:
         with CustomerIdSet(connection) as scope:
             scope.add(customer_ids)
-            _refresh(connection, scope.select())
+            _refresh(connection, scope.name)
 
 
 Scope = sa.Select[Any] | list[str] | sa.BindParameter[Any] | None
@@ -184,11 +179,29 @@ def _aggregate(scope: Scope) -> sa.Subquery:
             .select_from(joined).subquery("agg"))
 
 
-def _refresh(connection: sa.Connection, scope: Scope, *, without_events: bool = True) -> None:
-    from_events, no_events = _statements(scope)
+def _refresh(connection: sa.Connection, id_table: str | None, *,
+             without_events: bool = True) -> None:
+    """Refresh everyone (`id_table` None) or the customers whose ids are in that temporary
+    table (a CustomerIdSet's)."""
+    from_events, no_events = _for_table(id_table)
     connection.execute(from_events)
     if without_events:
         connection.execute(no_events)
+
+
+@functools.lru_cache(maxsize=32)
+def _for_table(id_table: str | None) -> tuple[sa.Update, sa.Update]:
+    """`_statements` for everyone (None) or the ids of a temporary table, built once per
+    table name: building them (every fact's expression) cost more than running them on a
+    small store (each `retain test` sync, a daemon's small batches)."""
+    if id_table is None:
+        return _statements(None)
+    return _statements(sa.select(_id_table(id_table).c.customer_id))
+
+
+def _id_table(name: str) -> sa.TableClause:
+    """A CustomerIdSet's temporary table, for SQL expressions."""
+    return sa.table(name, sa.column("customer_id", sa.String))
 
 
 def _statements(scope: Scope) -> tuple[sa.Update, sa.Update]:

@@ -8,6 +8,7 @@ and customer), field by field.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
@@ -153,7 +154,10 @@ def _fields(row: ActionRow, clock: datetime) -> dict[str, Any]:
     return fields
 
 
+@functools.lru_cache(maxsize=64)
 def _plain_text(message: str) -> str:
+    """An email's plain-text body (parsed once: each wanted email is matched against every
+    email of the run)."""
     import email
     from email import policy
 

@@ -118,6 +118,9 @@ class State:
     recorder: Recorder = field(default_factory=Recorder)
     last: LastRun | None = None
     events_added: int = 0
+    outbox: tuple[list[ActionRow], list[EnrollmentRow]] | None = None
+    """The actions and enrollments as the last run left them (None: read them before the next
+    run); only runs and `unsubscribe` change them."""
 
 
 def settings_for(given: TestSettings) -> Settings:
@@ -205,18 +208,20 @@ def _act(state: State, step: Step) -> list[Failure]:
 
         with writing(state.engine) as connection:
             unsubscribe(connection, step.value, state.clock)
+        state.outbox = None  # it stops waiting emails: not the next run's doing
         return []
     return _sync_events(state, step.value)
 
 
 def _run(state: State) -> None:
-    before_actions = {row.id: (row.status, row.next_attempt_at)
-                      for row in read_actions(state.engine)}
-    before = {row.id: row for row in read_enrollments(state.engine)}
+    if state.outbox is None:
+        state.outbox = read_actions(state.engine), read_enrollments(state.engine)
+    before_actions = {row.id: (row.status, row.next_attempt_at) for row in state.outbox[0]}
+    before = {row.id: row for row in state.outbox[1]}
     report = run_cycle(state.engine, list(state.playbooks.values()), state.clock,
                        state.settings, connectors=test_connectors(state.settings,
                                                                   state.recorder))
-    after = read_enrollments(state.engine)
+    state.outbox = actions, after = read_actions(state.engine), read_enrollments(state.engine)
     new = [row for row in after if row.id not in before]
     state.last = LastRun(
         state.clock, report, entered=new,
@@ -224,7 +229,7 @@ def _run(state: State) -> None:
                 and (row.id not in before or before[row.id].status != "exited")],
         converted=[row for row in after if row.converted
                    and (row.id not in before or not before[row.id].converted)],
-        actions=[row for row in read_actions(state.engine)
+        actions=[row for row in actions
                  if before_actions.get(row.id) != (row.status, row.next_attempt_at)])
 
 

@@ -19,6 +19,7 @@ never change after the commit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,8 +58,7 @@ _COLUMNS = (actions.c.id, actions.c.idempotency_key, actions.c.playbook_id,
             actions.c.next_attempt_at, actions.c.reason, actions.c.last_error)
 
 
-def _candidates(as_of: datetime, now: datetime
-                ) -> list[tuple[str, sa.ColumnElement[bool], Any]]:
+def _candidates(as_of: Any, now: Any) -> list[tuple[str, sa.ColumnElement[bool], Any]]:
     """Each kind of due row (the status it has) with the order it is taken in: one index range
     each, so a claim reads about `limit` index entries however long the backlog is (one OR over
     all of them made PostgreSQL sort every due row at every claim)."""
@@ -68,14 +68,45 @@ def _candidates(as_of: datetime, now: datetime
          actions.c.next_attempt_at) for status in WAITING]
 
 
+def _moment(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=actions.c.next_attempt_at.type)
+
+
+@functools.cache
+def _statements(dialect: str) -> tuple[sa.Select[Any], list[tuple[str, sa.Executable]]]:
+    """Whether anything is due, and each kind's claim, built once per dialect with the moment,
+    the worker and the limit as parameters: building them cost more than running them on a
+    small outbox (a `retain test` run, a daemon's quiet passes)."""
+    as_of, now = _moment("p_as_of"), _moment("p_now")
+    anything = sa.select(sa.or_(*(sa.exists().where(due) for _, due, _ in _candidates(as_of, now))))
+    take = (sa.update(actions)
+            .values(status=CLAIMED, leased_by=sa.bindparam("p_worker"),
+                    lease_until=_moment("p_lease_until"), attempts=actions.c.attempts + 1,
+                    updated_at=as_of)
+            .returning(*_COLUMNS))
+    claims: list[tuple[str, sa.Executable]] = []
+    for was, due, order in _candidates(as_of, now):
+        pick = (sa.select(actions.c.id)
+                .where(due, actions.c.connector.not_in(sa.bindparam("p_skip", expanding=True)))
+                .order_by(order, actions.c.id).limit(sa.bindparam("p_limit")))
+        if dialect == "postgresql":  # pick (SKIP LOCKED), claim, and each row's payload at once
+            picked = pick.with_for_update(skip_locked=True).cte("pick").prefix_with(
+                "MATERIALIZED")
+            taken = take.where(actions.c.id == picked.c.id).cte("taken")
+            claims.append((was, sa.select(taken, payloads.c.payload).select_from(
+                taken.outerjoin(payloads, payloads.c.action_id == taken.c.id))))
+        else:  # the write lock of BEGIN IMMEDIATE is held: no other claimer runs
+            claims.append((was, take.where(actions.c.id.in_(pick.scalar_subquery()))))
+    return anything, claims
+
+
 def anything_due(engine: sa.Engine, as_of: datetime) -> bool:
     """Whether any row is due (what `claim_due` would take), read without the write lock: a
     pass with nothing to send (most of a daemon's, many of `retain test`'s) ends on this one
     read instead of a claim's write transaction."""
-    now = utcnow()
-    found = sa.or_(*(sa.exists().where(due) for _, due, _ in _candidates(as_of, now)))
+    anything, _ = _statements(engine.dialect.name)
     with engine.connect() as connection:
-        return bool(connection.execute(sa.select(found)).scalar())
+        return bool(connection.execute(anything, {"p_as_of": as_of, "p_now": utcnow()}).scalar())
 
 
 def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
@@ -85,46 +116,32 @@ def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
     this pass)."""
     now = utcnow()
     claimed: list[Claimed] = []
+    _, claims = _statements(engine.dialect.name)
+    values = {"p_as_of": as_of, "p_now": now, "p_worker": worker, "p_lease_until": now + lease,
+              "p_skip": sorted(skip)}
     with writing(engine) as connection:
-        for was, due, order in _candidates(as_of, now):
+        for was, claim in claims:
             if len(claimed) >= limit:
                 break
-            pick = (sa.select(actions.c.id).where(due).order_by(order, actions.c.id)
-                    .limit(limit - len(claimed)))
-            if skip:
-                pick = pick.where(actions.c.connector.not_in(sorted(skip)))
-            take = (sa.update(actions)
-                    .values(status=CLAIMED, leased_by=worker, lease_until=now + lease,
-                            attempts=actions.c.attempts + 1, updated_at=as_of)
-                    .returning(*_COLUMNS))
+            rows = connection.execute(claim, {**values, "p_limit": limit - len(claimed)}).all()
             if connection.dialect.name == "postgresql":
-                rows = _take_postgresql(connection, pick, take)
-            else:  # the write lock of BEGIN IMMEDIATE is held: no other claimer runs
-                rows = _with_payloads(connection, connection.execute(
-                    take.where(actions.c.id.in_(pick.scalar_subquery()))).all())
-            claimed.extend(_claimed(row, was, payload) for row, payload in rows)
+                pairs = [(row[:-1], row[-1]) for row in rows]
+            else:
+                pairs = _with_payloads(connection, rows)
+            claimed.extend(_claimed(row, was, payload) for row, payload in pairs)
     return sorted(claimed, key=lambda c: (c.next_attempt_at is None, c.next_attempt_at, c.id))
-
-
-def _take_postgresql(connection: sa.Connection, pick: sa.Select[Any], take: sa.Update
-                     ) -> list[tuple[Any, Any]]:
-    """One statement: pick (SKIP LOCKED), claim, and return each row with its payload."""
-    picked = pick.with_for_update(skip_locked=True).cte("pick").prefix_with("MATERIALIZED")
-    taken = take.where(actions.c.id == picked.c.id).cte("taken")
-    query = (sa.select(taken, payloads.c.payload)
-             .select_from(taken.outerjoin(payloads, payloads.c.action_id == taken.c.id)))
-    rows = connection.execute(query).all()  # at once: iterating fetches row by row
-    return [(row[:-1], row[-1]) for row in rows]
 
 
 def _with_payloads(connection: sa.Connection, rows: list[Any]) -> list[tuple[Any, Any]]:
     """SQLite: the claimed rows' payloads, by id, in the claim's transaction."""
     if not rows:
         return []
-    frozen = dict(connection.execute(
-        sa.select(payloads.c.action_id, payloads.c.payload)
-        .where(payloads.c.action_id.in_([row.id for row in rows]))).all())
+    frozen = dict(connection.execute(_PAYLOADS, {"ids": [row.id for row in rows]}).all())
     return [(row, frozen.get(row.id)) for row in rows]
+
+
+_PAYLOADS = sa.select(payloads.c.action_id, payloads.c.payload).where(
+    payloads.c.action_id.in_(sa.bindparam("ids", expanding=True)))
 
 
 def _claimed(row: Any, was: str, payload: dict[str, Any] | None) -> Claimed:

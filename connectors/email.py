@@ -341,8 +341,13 @@ def sender(env: dict[str, str] | None = None) -> str:
 def message_id(key: str, from_address: str) -> str:
     """The Message-ID of the action with idempotency `key`: the same on every attempt, unique per
     action, in the sender's domain (`<40 hex>@example.com`). Hashed, since a key carries ids."""
-    domain = _parse_address(from_address).domain or "localhost"
-    return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{_domain(from_address)}>"
+
+
+@lru_cache(maxsize=64)
+def _domain(from_address: str) -> str:
+    """The sender's domain (one parse per distinct sender, not one per message)."""
+    return _parse_address(from_address).domain or "localhost"
 
 
 def build_message(*, from_address: str, to: str | None, subject: str, text: str | None,

@@ -14,6 +14,7 @@ Reading only (engine/outbox/versions.py writes the rows).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -143,7 +144,9 @@ def version_goals(connection: sa.Connection, pairs: Iterable[Pair]) -> dict[Pair
     return {pair: goal for _ident, pair, goal in sorted(found, key=lambda row: row[0])}
 
 
+@functools.lru_cache(maxsize=256)
 def _goal(source: str, label: str) -> Goal | None:
+    """The goal of a recorded source (parsed once: every run judges the open enrollments' goals)."""
     document, _ = load_yaml(source, label)
     data = document.data if document is not None else None
     if not isinstance(data, dict) or data.get("goal") is None:

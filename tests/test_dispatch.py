@@ -788,3 +788,54 @@ def test_kept_channels_stay_open_between_passes_and_a_down_one_is_reopened(
 
     assert asyncio.run(passes()) == [1, 1, 0, 1]
     assert (Counted.opened, Counted.closed) == (2, 2)  # reopened after going down
+
+
+def test_a_pass_with_nothing_due_reads_once_and_writes_nothing(db: sa.Engine,
+                                                               sink: Sink) -> None:
+    """Nothing due (a row due later, a row another worker holds): one read answers, and no
+    write transaction is opened (SQLite's write lock stays free for the run beside it)."""
+    add_customer(db, "c1")
+    add_action(db, "k-later", next_at=AS_OF + timedelta(minutes=1))
+    add_action(db, "k-held", status=CLAIMED, attempts=1, leased_by="busy-worker",
+               lease_until=utcnow() + timedelta(seconds=60))
+    seen: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        seen.append(sql)
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        report = run(db)
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert report.counts == {} and report.released == 0
+    assert len(seen) == 1 and seen[0].lstrip().upper().startswith("SELECT")
+    add_action(db, "k-now", payload={"port": sink.port})  # due: the same read says so
+    assert run(db).total(SENT) == 1
+    assert sink.counts() == {"k-now": 1}
+
+
+def test_a_claim_that_comes_back_short_ends_the_pass(db: sa.Engine, sink: Sink,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer rows than asked for means nothing else was due: no further claim in this pass
+    (each claim is a write transaction); a whole claim is followed by another."""
+    import engine.outbox.dispatch as dispatch_module
+
+    claims: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        rows = claim_due(*args, **kwargs)
+        claims.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(dispatch_module, "claim_due", counted)
+    add_customer(db, "c1")
+    for n in range(3):
+        add_action(db, f"k{n}", payload={"port": sink.port})
+    assert run(db).total(SENT) == 3
+    assert claims == [3]
+    for n in range(3, 7):
+        add_action(db, f"k{n}", payload={"port": sink.port})
+    claims.clear()
+    assert run(db, batch=2).total(SENT) == 4
+    assert claims == [2, 2, 0]  # the last whole claim could not know it was the last

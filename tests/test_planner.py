@@ -282,3 +282,30 @@ def test_action_json_nests_the_connector_fields() -> None:
                             "no email address")
     data = skipped.to_json()
     assert (data["reason"], data["fields"]) == ("no email address", {"subject": "Hi"})
+
+
+def test_a_loaded_playbook_renders_with_the_templates_it_was_loaded_with(tmp_path: Path) -> None:
+    """The environment is made once per loaded playbook (the daemon's cycles reuse its
+    compiled templates): an edit of the file reaches a playbook loaded after it, never one
+    loaded before (that one keeps rendering what its version names)."""
+    from engine.plan.build import playbook_environment
+
+    (tmp_path / "templates").mkdir()
+    letter = tmp_path / "templates" / "hello.txt.j2"
+    letter.write_text("First words {{ unsubscribe_url }}\n", encoding="utf-8")
+    email = '  - email: { subject: "Hi {{ customer.name }}", template: hello }\n'
+    before = playbook(tmp_path, actions=email)
+    environment = playbook_environment(before)
+    assert playbook_environment(before) is environment  # made once, kept on the playbook
+    letter.write_text("Edited words {{ unsubscribe_url }}\n", encoding="utf-8")
+    after = playbook(tmp_path, actions=email)
+
+    def text(pb: Playbook) -> str:
+        connectors = {kind: cls() for kind, cls in load_connectors().items()}
+        plan = Planner(pb, AS_OF, connectors, playbook_environment(pb),
+                       unsubscribe=lambda address: f"https://x.example/u/{address}")
+        (action,) = plan.actions("occ", person("c1", "ann@example.com"), None, {}, None)
+        return str(action.fields["message"])
+
+    assert "First words" in text(before) and "Edited words" not in text(before)
+    assert "Edited words" in text(after)

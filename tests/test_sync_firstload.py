@@ -3,7 +3,7 @@
 - Events written in one guarded statement per batch (every event new, every customer known)
   must leave what the looked-up way leaves, also when a batch breaks the hope part-way.
 - Customer indexes dropped for a first load are there afterwards, and after a crash
-  `open_store` builds them again.
+  `open_store` builds them again; a load smaller than one batch drops none.
 - Facts a first load skips refreshing (new customers' defaults, the id set) equal a full refresh.
 """
 
@@ -103,13 +103,30 @@ def test_a_first_load_of_customers_builds_their_indexes_and_a_crash_leaves_them_
     engine.dispose()
 
 
-def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine) -> None:
+@pytest.mark.parametrize("batch", [4, 10_000], ids=["bulk", "small"])
+def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine, batch: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """New customers get their defaults at insert and a first event load refreshes everyone
-    with events; a full refresh afterwards changes nothing."""
-    ingest_customers(db, [(n + 2, {"customer_id": f"c{n}", "created_at":
-                                   "2023-01-05T00:00:00Z" if n % 2 else ""}) for n in range(9)],
-                     "c", now=NOW)
-    ingest_events(db, [row for row in _events(60, 7) if row[1]["customer_id"] != "nobody"], "e")
+    with events; a full refresh afterwards changes nothing. Only a load whose first batch is
+    whole drops indexes (to build them after); a smaller one keeps them."""
+    monkeypatch.setattr(sync_module, "CUSTOMER_BATCH", batch)
+    monkeypatch.setattr(sync_module, "EVENT_BATCH", batch)
+    dropped: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        if sql.lstrip().upper().startswith("DROP INDEX"):
+            dropped.append(sql)
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        ingest_customers(db, [(n + 2, {"customer_id": f"c{n}", "created_at":
+                                       "2023-01-05T00:00:00Z" if n % 2 else ""})
+                              for n in range(9)], "c", now=NOW)
+        ingest_events(db, [row for row in _events(60, 7)
+                           if row[1]["customer_id"] != "nobody"], "e")
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert bool(dropped) == (batch == 4)
     for model in (Customer, Event):  # dropped for the load or the refresh, and built again
         declared = {index.name for index in model.__table__.indexes}
         assert declared <= {ix["name"] for ix in sa.inspect(db).get_indexes(model.__tablename__)}

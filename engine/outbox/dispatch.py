@@ -25,6 +25,7 @@ recorded, rows claimed but not started are put back unchanged, nothing new is cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -33,9 +34,10 @@ import threading
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -136,6 +138,26 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
     pass_.lease = lease
     with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
         return await pass_.run(limit)
+
+
+_THREADS: list[ThreadPoolExecutor] = []
+_THREADS_MADE = threading.Lock()
+T = TypeVar("T")
+
+
+async def in_thread(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a pass's database work (claim, record, heartbeat) in the process's dispatch
+    threads. Made once and shared by every pass: `asyncio.to_thread` used the loop's default
+    executor, which each `asyncio.run` (a `retain run`'s pass, each run of `retain test`)
+    made and tore down again, starting and joining a thread every pass (~1 ms, more than a
+    small pass's database work); in the daemon its work no longer queues behind a cycle's.
+    At most three tasks of a pass run at once, so 32 threads serve ten passes together."""
+    with _THREADS_MADE:
+        if not _THREADS:
+            _THREADS.append(ThreadPoolExecutor(max_workers=32,
+                                               thread_name_prefix="retain-dispatch"))
+    return await asyncio.get_running_loop().run_in_executor(
+        _THREADS[0], functools.partial(work, *args, **kwargs))
 
 
 def keep_open(connectors: Mapping[str, Any] | None = None) -> KeptChannels:
@@ -256,7 +278,7 @@ class _Pass:
                 continue
             size = self.batch if limit is None else min(self.batch, limit)
             skip = sorted(kind for kind, c in self.channels.items() if c.down)
-            claiming = asyncio.ensure_future(asyncio.to_thread(self.take, size, skip))
+            claiming = asyncio.ensure_future(in_thread(self.take, size, skip))
             try:
                 rows, judged, error = await asyncio.shield(claiming)
             except asyncio.CancelledError as exc:  # the claim commits all the same: halted,
@@ -336,7 +358,7 @@ class _Pass:
         self.recording = asyncio.create_task(write())
 
     async def record(self, outcomes: list[Outcome]) -> None:
-        kept = await asyncio.to_thread(record, self.engine, self.worker, outcomes, self.as_of)
+        kept = await in_thread(record, self.engine, self.worker, outcomes, self.as_of)
         self.report.counts.update((o.row.playbook_id, o.status) for o in kept
                                   if o.status != RELEASED)
         # distinct rows: one put back can be claimed again in this pass, and go back again
@@ -418,8 +440,8 @@ class _Pass:
         while True:
             await asyncio.sleep(every)
             try:
-                held = await asyncio.to_thread(extend_leases, self.engine, self.worker,
-                                               list(self.held), lease=self.lease)
+                held = await in_thread(extend_leases, self.engine, self.worker,
+                                       list(self.held), lease=self.lease)
             except SQLAlchemyError as exc:
                 log.warning("heartbeat of worker %s failed, trying again in %s s: %s",
                             self.worker, every, exc)

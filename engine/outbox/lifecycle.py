@@ -56,11 +56,14 @@ def record_goals(connection: sa.Connection, playbook: Playbook, as_of: datetime)
     open_versions = list(connection.execute(
         sa.select(e.version).where(e.playbook_id == playbook.id, e.converted_at.is_(None))
         .distinct()).scalars())
-    goals = version_goals(connection, [(playbook.id, v) for v in open_versions])
+    # The loaded version's goal is its document's (a version hashes its source); only older
+    # versions' are read from their recorded sources.
+    goals = version_goals(connection, [(playbook.id, v) for v in open_versions
+                                       if v != playbook.version])
     converted = 0
     for version in open_versions:
-        goal = goals.get((playbook.id, version),
-                         playbook.document.goal if version == playbook.version else None)
+        goal = playbook.document.goal if version == playbook.version else goals.get(
+            (playbook.id, version))
         if goal is not None:
             converted += _convert(connection, playbook.id, version, goal, as_of)
     return converted

@@ -157,3 +157,44 @@ def test_an_action_wanted_under_another_key_says_what_became_of_it(cli: Cli,
     assert code == 1
     assert "wanted, not sent: email to ana\n      the run made it skipped (no email address)\n" \
         in out
+
+
+HOOK = """\
+id: hook
+name: Tell the CRM about a sign-up
+trigger:
+  event: { type: signup }
+actions:
+  - webhook:
+      url: "https://crm.invalid/signups"
+      body: { who: "{{ customer.name }}" }
+"""
+
+HOOK_TEST = """\
+playbooks: [hook]
+customers:
+  - { customer_id: ana, name: Ana }
+events:
+  - { customer_id: ana, type: signup, at: -1h }
+tests:
+  - name: the sign-up is posted
+    steps:
+      - run
+      - expect:
+          sent:
+            - webhook: { customer: ana, url: "https://crm.invalid/signups", body: BODY }
+"""
+
+
+def test_a_webhook_is_sent_over_the_recording_transport(cli: Cli,
+                                                        tmp_path: Path) -> None:
+    """The webhook connector runs as it is (rendered, signed, its answer judged) over a
+    transport that records: a host that does not resolve is still `sent`. Had the request
+    gone to the network, it would be retrying and the test would fail."""
+    path = _folder(tmp_path, HOOK, HOOK_TEST.replace("BODY", '{ who: Ana }'))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(HOOK_TEST.replace("BODY", '{ who: Ben }'))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    assert "body: wanted {'who': 'Ben'}" in out and "got    {'who': 'Ana'}" in out

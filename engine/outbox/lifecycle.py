@@ -129,10 +129,10 @@ def end(connection: sa.Connection, reasons: list[dict[str, Any]], as_of: datetim
 
 def close_memberships(connection: sa.Connection, playbook: Playbook, moment: Moment) -> int:
     """Close the open segment memberships of customers who no longer match; how many closed."""
+    if not playbook.trigger.membership:
+        return 0
     tc = moment.trigger_context(playbook.id)
     part = playbook.trigger.sql(tc, playbook.document.backfill)
-    if not part.membership:
-        return 0
     matching = compose(playbook, tc, part, reentry=False).subquery()
     e = enrollments.c
     result = connection.execute(

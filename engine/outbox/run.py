@@ -124,13 +124,15 @@ def run_cycle(writer: sa.Engine, playbooks: list[Playbook], as_of: datetime, set
             fence(connection)
         options = _plan_options(connection, settings)
         record_versions(connection, active, as_of)
-        moment = prepare(connection, as_of, active)
+        segments = [p for p in active if p.trigger.membership] if customers is None else []
+        moment = prepare(connection, as_of, segments) if segments else None
         for playbook in active if customers is None else ():
             line = report.playbooks[playbook.id]
             line.exited += _version_exits(connection, playbook, as_of)
             line.converted += lifecycle.record_goals(connection, playbook, as_of)
             line.exited += lifecycle.apply_exits(connection, playbook, as_of)
-            lifecycle.close_memberships(connection, playbook, moment)
+            if moment is not None and playbook.trigger.membership:
+                lifecycle.close_memberships(connection, playbook, moment)
     with writer.connect() as reading:  # the plan reads here while each batch commits apart
         plan = make_plan(reading, active, as_of, customer_id=customers, show=0,
                          complete=False, progress=progress, **options)

@@ -51,6 +51,9 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
     rolls the batch back.
     """
     counts: Counter[tuple[str, str]] = Counter()
+    with writer.connect() as reading:  # most runs resume nothing: no write lock for that
+        if not _due(reading, as_of, 0, playbook_ids, limit=1):
+            return counts
     rules = DeliveryRules.from_settings(settings)
     ledger = CapLedger()
     last = 0
@@ -102,16 +105,21 @@ def resume_due(writer: sa.Engine, as_of: datetime, lookup: Lookup,
 
 
 def _due(connection: sa.Connection, as_of: datetime, after: int,
-         playbook_ids: Collection[str]) -> list[dict[str, Any]]:
+         playbook_ids: Collection[str], limit: int = BATCH) -> list[dict[str, Any]]:
     """Waiting enrollments of this run's playbooks whose time has come: a disabled playbook's,
     or one not named on the command line, wait until a run that includes it."""
-    e = enrollments.c
-    query = (sa.select(e.id, e.playbook_id, e.version, e.customer_id, e.occurrence_key,
-                       e.event_id, e.step, e.entered_at)
-             .where(e.status == st.WAITING_STEP, e.wake_at <= as_of, e.id > after,
-                    e.playbook_id.in_(sorted(playbook_ids)))
-             .order_by(e.id).limit(BATCH))
-    return [dict(row) for row in connection.execute(query).mappings()]
+    return [dict(row) for row in connection.execute(_DUE, {
+        "as_of": as_of, "after": after, "ids": sorted(playbook_ids), "limit": limit}).mappings()]
+
+
+_e = enrollments.c
+_DUE = (sa.select(_e.id, _e.playbook_id, _e.version, _e.customer_id, _e.occurrence_key,
+                  _e.event_id, _e.step, _e.entered_at)
+        .where(_e.status == st.WAITING_STEP,
+               _e.wake_at <= sa.bindparam("as_of", type_=_e.wake_at.type),
+               _e.id > sa.bindparam("after"), _e.playbook_id.in_(sa.bindparam("ids", expanding=True)))
+        .order_by(_e.id).limit(sa.bindparam("limit")))
+"""`_due`'s statement, built once (building it cost as much as running it on a small store)."""
 
 
 def _events(connection: sa.Connection, event_ids: list[str]) -> dict[str, dict[str, Any]]:

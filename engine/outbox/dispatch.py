@@ -150,8 +150,9 @@ async def in_thread(work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     threads. Made once and shared by every pass: `asyncio.to_thread` used the loop's default
     executor, which each `asyncio.run` (a `retain run`'s pass, each run of `retain test`)
     made and tore down again, starting and joining a thread every pass (~1 ms, more than a
-    small pass's database work); in the daemon its work no longer queues behind a cycle's.
-    At most three tasks of a pass run at once, so 32 threads serve ten passes together."""
+    small pass's database work); in the daemon it shares no threads with the cycles. At most
+    three tasks of a pass run at once (claim, record, heartbeat): 32 threads serve ten passes
+    together."""
     with _THREADS_MADE:
         if not _THREADS:
             _THREADS.append(ThreadPoolExecutor(max_workers=32,

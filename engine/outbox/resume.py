@@ -117,7 +117,8 @@ _DUE = (sa.select(_e.id, _e.playbook_id, _e.version, _e.customer_id, _e.occurren
                   _e.event_id, _e.step, _e.entered_at)
         .where(_e.status == st.WAITING_STEP,
                _e.wake_at <= sa.bindparam("as_of", type_=_e.wake_at.type),
-               _e.id > sa.bindparam("after"), _e.playbook_id.in_(sa.bindparam("ids", expanding=True)))
+               _e.id > sa.bindparam("after"),
+               _e.playbook_id.in_(sa.bindparam("ids", expanding=True)))
         .order_by(_e.id).limit(sa.bindparam("limit")))
 """`_due`'s statement, built once (building it cost as much as running it on a small store)."""
 

@@ -71,7 +71,7 @@ def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
         undo = bulk_session(connection)
         write, close = start(connection)
         changed = False  # some customer touched: RFM ranks may have moved
-        bulk = False  # a whole first batch: a bulk load (engine/sync/bulk.py `whole`)
+        bulk = False  # a whole batch was written: a bulk load (engine/sync/bulk.py `whole`)
         try:
             pending = 0
             for batch in _batches(rows, size):

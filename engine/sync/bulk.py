@@ -111,8 +111,8 @@ def build_indexes(connection: sa.Connection, deferred: list[sa.Index]) -> None:
 def fact_indexes_dropped(connection: sa.Connection,
                          everyone: bool) -> Iterator[Callable[[], None]]:
     """SQLite, while a refresh rewrites the facts of nearly every customer (`everyone`: a bulk
-    first load of events) and RFM ranks them all: the customer indexes that read a derived fact or a
-    ranked value (the facts index, RFM's) are dropped, then built again from the refreshed
+    first load of events) and RFM ranks them all: the customer indexes that read a derived fact
+    or a ranked value (the facts index, RFM's) are dropped, then built again from the refreshed
     rows, which costs less than moving each entry (1M customers of the few shape: refresh and
     ranking 24 s with them kept, 15 s without). Yields the rebuild, for a step that needs the
     indexes before the end (RFM's bounds are index walks); it runs at the end otherwise. After

@@ -137,11 +137,13 @@ def _save_bounds(connection: sa.Connection, generation: int) -> None:
     ranked = connection.execute(
         sa.select(sa.func.count()).select_from(customers).where(RFM_RANKED_BY["r"])).scalar_one()
     walks = [(dimension, bucket) for dimension in DIMENSIONS for bucket in BUCKETS
-             if ranked >= bucket]  # (all twelve walks in one statement)
-    found = dict(zip(walks, connection.execute(sa.select(*(
-        sa.select(c.customer_id).where(RFM_RANKED_BY[dimension])
-        .order_by(RFM_KEYS[dimension], ID_ORDER).limit(1).offset(start(ranked, bucket))
-        .scalar_subquery() for dimension, bucket in walks))).one(), strict=True)) if walks else {}
+             if ranked >= bucket]
+    picks = [sa.select(c.customer_id).where(RFM_RANKED_BY[dimension])
+             .order_by(RFM_KEYS[dimension], ID_ORDER).limit(1).offset(start(ranked, bucket))
+             .scalar_subquery() for dimension, bucket in walks]
+    found = {}  # every walk in one statement: a round trip each cost more on a small store
+    if picks:
+        found = dict(zip(walks, connection.execute(sa.select(*picks)).one(), strict=True))
     bounds = {dimension: [found.get((dimension, bucket)) for bucket in BUCKETS]
               for dimension in DIMENSIONS}
     save_ranking(connection, ranked, generation, bounds)

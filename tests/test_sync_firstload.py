@@ -3,7 +3,7 @@
 - Events written in one guarded statement per batch (every event new, every customer known)
   must leave what the looked-up way leaves, also when a batch breaks the hope part-way.
 - Customer indexes dropped for a first load are there afterwards, and after a crash
-  `open_store` builds them again; a load smaller than one batch drops none.
+  `open_store` builds them again; a load smaller than a bulk one drops none.
 - Facts a first load skips refreshing (new customers' defaults, the id set) equal a full refresh.
 """
 
@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from test_sync import NOW, rows_of
 
+import engine.sync.bulk as bulk_module
 import engine.sync.ingest as sync_module
 from engine.store.open import open_store
 from engine.store.tables import Customer, Event
@@ -40,6 +41,7 @@ def _events(count: int, customers: int = 50) -> list[tuple[int, dict[str, Any]]]
 def _outcome(engine: sa.Engine, rows: list[Any], batch: int,
              monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     monkeypatch.setattr(sync_module, "EVENT_BATCH", batch)
+    monkeypatch.setattr(bulk_module, "BULK_ROWS", batch)  # a batch of that size: a bulk load
     ingest_customers(engine, [(n + 2, {"customer_id": f"c{n}"}) for n in range(50)], "c", now=NOW)
     report = ingest_events(engine, rows, "e.csv")
     again = ingest_events(engine, rows, "e.csv")
@@ -83,6 +85,7 @@ def test_a_first_load_of_customers_builds_their_indexes_and_a_crash_leaves_them_
         sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sync_module, "CUSTOMER_BATCH", 10)
     monkeypatch.setattr(sync_module, "CUSTOMER_COMMIT", 10)
+    monkeypatch.setattr(bulk_module, "BULK_ROWS", 10)
     engine = open_store(sqlite_url)
     declared = {index.name for index in Customer.__table__.indexes}
     rows = [(n + 2, {"customer_id": f"c{n}", "email": f"u{n}@example.com"}) for n in range(35)]
@@ -103,14 +106,13 @@ def test_a_first_load_of_customers_builds_their_indexes_and_a_crash_leaves_them_
     engine.dispose()
 
 
-@pytest.mark.parametrize("batch", [4, 10_000], ids=["bulk", "small"])
-def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine, batch: int,
+@pytest.mark.parametrize("bulk_rows", [4, 2_000], ids=["bulk", "small"])
+def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine, bulk_rows: int,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """New customers get their defaults at insert and a first event load refreshes everyone
-    with events; a full refresh afterwards changes nothing. Only a load whose first batch is
-    whole drops indexes (to build them after); a smaller one keeps them."""
-    monkeypatch.setattr(sync_module, "CUSTOMER_BATCH", batch)
-    monkeypatch.setattr(sync_module, "EVENT_BATCH", batch)
+    with events; a full refresh afterwards changes nothing. Only a bulk load (a first batch of
+    BULK_ROWS rows) drops indexes, to build them after; a smaller one keeps them."""
+    monkeypatch.setattr(bulk_module, "BULK_ROWS", bulk_rows)
     dropped: list[str] = []
 
     def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
@@ -126,7 +128,7 @@ def test_first_loads_leave_the_facts_a_full_refresh_gives(db: sa.Engine, batch: 
                            if row[1]["customer_id"] != "nobody"], "e")
     finally:
         sa.event.remove(db, "before_cursor_execute", statement)
-    assert bool(dropped) == (batch == 4)
+    assert bool(dropped) == (bulk_rows == 4)
     for model in (Customer, Event):  # dropped for the load or the refresh, and built again
         declared = {index.name for index in model.__table__.indexes}
         assert declared <= {ix["name"] for ix in sa.inspect(db).get_indexes(model.__tablename__)}

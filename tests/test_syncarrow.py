@@ -110,3 +110,32 @@ def test_a_plain_file_is_all_parsed_by_column(tmp_path: Path,
         stored = connection.exec_driver_sql(
             "SELECT occurred_at, amount, properties FROM events WHERE event_id = 'e1'").one()
     assert tuple(stored) == ("2023-05-02 10:00:01.000000", 1.25, '{"page":"/p"}')
+
+
+def test_a_file_parsed_by_column_is_a_bulk_load(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CSV file large enough for the column parser is a bulk load, however few rows each of
+    its blocks holds (about 4,500 events in 256 KB): its first load drops the events' indexes
+    and builds them after. The same rows read one by one are a small load: they keep them."""
+    rows = [[f"e{n}", f"c{n % 3 + 1}", "purchase", "2023-05-01T10:00:00Z", "1", "", "", "", ""]
+            for n in range(300)]
+    events = write_csv(tmp_path / "events.csv", HEADER, rows)
+    customers = write_csv(tmp_path / "customers.csv", ["customer_id"], [["c1"], ["c2"], ["c3"]])
+    monkeypatch.setattr(syncarrow, "BLOCK_BYTES", 2048)
+    dropped = {}
+    for name, threshold in (("rows", 1 << 62), ("columns", 0)):
+        monkeypatch.setattr(syncarrow, "MIN_BYTES", threshold)
+        engine = open_store(f"sqlite:///{tmp_path}/{name}.db")
+        sync_customers(engine, customers, now=NOW)
+        seen: list[str] = []
+
+        def statement(conn: Any, cursor: Any, sql: str, *rest: Any, seen: list[str] = seen
+                      ) -> None:
+            seen.append(sql)
+
+        sa.event.listen(engine, "before_cursor_execute", statement)
+        assert sync_events(engine, events).inserted == 300
+        dropped[name] = [sql for sql in seen if "DROP INDEX" in sql.upper()]
+        engine.dispose()
+    assert dropped["rows"] == []
+    assert any("events" in sql for sql in dropped["columns"])

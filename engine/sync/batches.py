@@ -24,7 +24,7 @@ from engine.sync.bulk import (
     bulk_session,
     fact_indexes_dropped,
     finishing_cache,
-    whole,
+    is_bulk,
 )
 from engine.sync.facts import CustomerIdSet, refresh_facts, refresh_rfm
 from engine.sync.files import BadLine, DataFile, Row
@@ -71,11 +71,11 @@ def run_batches(engine: sa.Engine, rows: Iterable[Row], report: SyncReport,
         undo = bulk_session(connection)
         write, close = start(connection)
         changed = False  # some customer touched: RFM ranks may have moved
-        bulk = False  # a whole batch was written: a bulk load (engine/sync/bulk.py `whole`)
+        bulk = False  # a bulk load (engine/sync/bulk.py `is_bulk`)
         try:
             pending = 0
             for batch in _batches(rows, size):
-                bulk = bulk or whole(batch, size)
+                bulk = bulk or is_bulk(batch)
                 ids = write(batch)
                 touched.add(ids)
                 changed = changed or bool(ids)

@@ -22,6 +22,7 @@ from sqlalchemy.sql import visitors
 from engine.clock import aware_utc
 from engine.store.facts import DERIVED_FACTS
 from engine.store.tables import Event, UTCDateTime, customers
+from engine.sync.arrow import ParsedBatch
 from engine.sync.conflicts import LineIndex, differing_ids
 from engine.sync.rows import EventValues, json_text, utc_text
 
@@ -77,12 +78,19 @@ def _nothing() -> None:
     """Nothing to undo."""
 
 
-def whole(batch: Sized, size: int) -> bool:
-    """Whether a load's first batch is a whole one (`size` rows), which makes it a bulk load:
-    one worth dropping indexes for and building them after. A smaller load (a `retain test`
-    history, a few rows from a script) keeps them: dropping and building each index costs
-    more than the entries of a few thousand rows."""
-    return len(batch) >= size
+BULK_ROWS = 2_000
+"""A batch of at least this many rows makes a load a bulk one (`is_bulk`)."""
+
+
+def is_bulk(batch: Sized) -> bool:
+    """Whether a batch makes its load a bulk load, worth dropping indexes for and building
+    them after: a block parsed by column (engine/sync/arrow.py: a CSV file of 8 MB or more,
+    whatever rows a block holds) or a batch of BULK_ROWS rows or more. A smaller load (a
+    `retain test` history, a few rows from a script) keeps its indexes. Measured on fresh
+    SQLite stores (few shape, CPU): 30 customers 3.6 ms kept against 5.9 dropped, their 66
+    events 11.5 against 13.2; even at 300 and 1,000 customers (690 and 2,200 events); 3,000
+    customers 107 ms either way, their 6,600 events 139 kept against 129 dropped."""
+    return isinstance(batch, ParsedBatch) or len(batch) >= BULK_ROWS
 
 
 def defer_indexes(connection: sa.Connection, table: sa.Table) -> list[sa.Index]:
@@ -178,7 +186,7 @@ class EventWriter:
 
     def begin(self, bulk: bool) -> None:
         """Before each batch; the first decides: a first load (no events yet) whose first batch
-        is whole (`bulk`) drops the secondary indexes, for `close` to build (SQLite and
+        is a bulk one (`bulk`, `is_bulk`) drops the secondary indexes, for `close` to build (SQLite and
         PostgreSQL sort once faster than they insert every row's entries: a third of a large
         first load's time on PostgreSQL)."""
         if self.deferred is None:

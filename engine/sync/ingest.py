@@ -67,7 +67,7 @@ from engine.sync.bulk import (
     drop_customer_batch,
     event_writer,
     insert_rows,
-    whole,
+    is_bulk,
 )
 from engine.sync.conflicts import conflict_reason, contents, same, stored
 from engine.sync.files import Row, open_data_file, read_rows, write_rejects
@@ -128,8 +128,7 @@ def ingest_customers(engine: sa.Engine, rows: Iterable[Row], source: str,
         def write(batch: list[Row]) -> set[str]:
             nonlocal deferred
             if deferred is None:
-                deferred = defer_indexes(connection, customers) if whole(
-                    batch, CUSTOMER_BATCH) else []
+                deferred = defer_indexes(connection, customers) if is_bulk(batch) else []
             if batch.__class__ is CustomerBatch:
                 inserted, updated = write_customer_batch(
                     connection, batch, report, moment, _upsert)  # type: ignore[arg-type]
@@ -169,7 +168,7 @@ def ingest_events(engine: sa.Engine, rows: Iterable[Row], source: str,
         seen: set[str] = set()  # customers found so far (customers are never deleted)
 
         def write(batch: list[Row]) -> set[str]:
-            writer.begin(whole(batch, EVENT_BATCH))
+            writer.begin(is_bulk(batch))
             return _append_events(connection, writer, batch, report, seen)
 
         return write, writer.close

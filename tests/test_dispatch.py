@@ -839,3 +839,27 @@ def test_a_claim_that_comes_back_short_ends_the_pass(db: sa.Engine, sink: Sink,
     claims.clear()
     assert run(db, batch=2).total(SENT) == 4
     assert claims == [2, 2, 0]  # the last whole claim could not know it was the last
+
+
+def test_the_first_claim_tries_only_the_kinds_found_due(db: sa.Engine, sink: Sink) -> None:
+    """The check before a pass finds which kinds of row are due (a dead worker's, planned,
+    deferred, retrying): its first claim runs one statement per kind found, not all four."""
+    add_customer(db, "c1")
+    for n in range(2):
+        add_action(db, f"k{n}", payload={"port": sink.port})  # planned, due
+    add_action(db, "k-later", payload={"port": sink.port}, status=RETRYING, attempts=1,
+               next_at=AS_OF + timedelta(hours=1))  # retrying, not due yet
+    claims: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *rest: Any) -> None:
+        if re.match(r"\s*(WITH pick|UPDATE actions SET status)", sql) and "RETURNING" in sql \
+                and "idempotency_key" in sql:
+            claims.append(sql)
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        assert run(db).total(SENT) == 2
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    assert len(claims) == 1
+    assert sink.counts() == {"k0": 1, "k1": 1}

@@ -74,11 +74,12 @@ def _moment(name: str) -> sa.BindParameter[Any]:
 
 @functools.cache
 def _statements(dialect: str) -> tuple[sa.Select[Any], list[tuple[str, sa.Executable]]]:
-    """Whether anything is due, and each kind's claim, built once per dialect with the moment,
+    """Which kinds are due, and each kind's claim, built once per dialect with the moment,
     the worker and the limit as parameters: building them cost more than running them on a
     small outbox (a `retain test` run, a daemon's quiet passes)."""
     as_of, now = _moment("p_as_of"), _moment("p_now")
-    anything = sa.select(sa.or_(*(sa.exists().where(due) for _, due, _ in _candidates(as_of, now))))
+    anything = sa.select(*(sa.exists().where(due).label(was)
+                           for was, due, _ in _candidates(as_of, now)))
     take = (sa.update(actions)
             .values(status=CLAIMED, leased_by=sa.bindparam("p_worker"),
                     lease_until=_moment("p_lease_until"), attempts=actions.c.attempts + 1,
@@ -100,20 +101,23 @@ def _statements(dialect: str) -> tuple[sa.Select[Any], list[tuple[str, sa.Execut
     return anything, claims
 
 
-def anything_due(engine: sa.Engine, as_of: datetime) -> bool:
-    """Whether any row is due (what `claim_due` would take), read without the write lock: a
-    pass with nothing to send (most of a daemon's, many of `retain test`'s) ends on this one
-    read instead of a claim's write transaction."""
+def due_kinds(engine: sa.Engine, as_of: datetime) -> frozenset[str]:
+    """The kinds of row due now (by the status `claim_due` takes them from: a dead worker's
+    `claimed`, then each waiting one), read without the write lock: a pass with nothing to
+    send (most of a daemon's, many of `retain test`'s) ends on this one read instead of a
+    claim's write transaction, and the first claim of the others tries only these kinds."""
     anything, _ = _statements(engine.dialect.name)
     with engine.connect() as connection:
-        return bool(connection.execute(anything, {"p_as_of": as_of, "p_now": utcnow()}).scalar())
+        found = connection.execute(anything, {"p_as_of": as_of, "p_now": utcnow()}).one()
+    return frozenset(was for was, due in found._mapping.items() if due)
 
 
 def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
-              skip: Collection[str] = (), lease: timedelta = LEASE) -> list[Claimed]:
+              skip: Collection[str] = (), lease: timedelta = LEASE,
+              kinds: Collection[str] | None = None) -> list[Claimed]:
     """Claim up to `limit` due rows (a dead worker's first, then the waiting ones, oldest due
     first within each status); `skip` names connectors not to claim for (one that went down in
-    this pass)."""
+    this pass); `kinds`, when given, the only kinds to try (those `due_kinds` found)."""
     now = utcnow()
     claimed: list[Claimed] = []
     _, claims = _statements(engine.dialect.name)
@@ -123,6 +127,8 @@ def claim_due(engine: sa.Engine, worker: str, as_of: datetime, limit: int, *,
         for was, claim in claims:
             if len(claimed) >= limit:
                 break
+            if kinds is not None and was not in kinds:
+                continue
             rows = connection.execute(claim, {**values, "p_limit": limit - len(claimed)}).all()
             if connection.dialect.name == "postgresql":
                 pairs = [(row[:-1], row[-1]) for row in rows]

@@ -33,7 +33,7 @@ import socket
 import threading
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,8 +51,8 @@ from engine.outbox.claim import (
     HEARTBEAT,
     LEASE,
     Claimed,
-    anything_due,
     claim_due,
+    due_kinds,
     extend_leases,
 )
 from engine.outbox.handoff import quick_handoff
@@ -110,11 +110,12 @@ def dispatch(engine: sa.Engine, settings: Any, as_of: datetime, *, worker: str |
              rng: random.Random | None = None, lease: timedelta = LEASE) -> DispatchReport:
     """Deliver everything due at `as_of`; see the module docstring. Blocking (asyncio inside).
     When nothing is due, one read answers: no event loop, no thread, no write lock."""
-    if not anything_due(engine, as_of):
+    due = due_kinds(engine, as_of)
+    if not due:
         return DispatchReport(worker=worker or default_worker(), as_of=as_of)
     return asyncio.run(dispatch_async(engine, settings, as_of, worker=worker, limit=limit,
                                       connectors=connectors, stop=stop, batch=batch, rng=rng,
-                                      lease=lease))
+                                      lease=lease, due=due))
 
 
 async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
@@ -123,19 +124,21 @@ async def dispatch_async(engine: sa.Engine, settings: Any, as_of: datetime, *,
                          stop: threading.Event | None = None, batch: int = BATCH,
                          rng: random.Random | None = None,
                          observe: Callable[[list[Outcome]], None] | None = None,
-                         lease: timedelta = LEASE, kept: KeptChannels | None = None
-                         ) -> DispatchReport:
+                         lease: timedelta = LEASE, kept: KeptChannels | None = None,
+                         due: Collection[str] | None = None) -> DispatchReport:
     """`dispatch` for a caller already in an event loop (the daemon); `observe` is called with
     each batch of outcomes once recorded (the daemon's metrics). `lease` is how long a claim
     holds a row (the daemon's `[daemon] claim_lease`): how soon a crashed worker's rows come
     back; the heartbeat renews it every `heartbeat_every(lease)`. `kept` (from `keep_open`):
-    the connectors and their open channels, carried from pass to pass."""
+    the connectors and their open channels, carried from pass to pass. `due`: the kinds
+    `due_kinds` just found, the only ones the first claim tries."""
     instances = kept.connectors if kept is not None else _instances(connectors)
     pass_ = _Pass(engine, settings, as_of, worker or default_worker(), instances,
                   stop, rng or random.Random(), max(1, batch))
     pass_.kept = kept
     pass_.observe = observe
     pass_.lease = lease
+    pass_.due = due
     with quick_handoff():  # the database threads give the sends' loop the GIL back sooner
         return await pass_.run(limit)
 
@@ -211,6 +214,7 @@ class _Pass:
         self.failure: BaseException | None = None  # a record that failed: the pass ends
         self.released: set[int] = set()
         self.lease = LEASE  # how long a claim holds a row unless the heartbeat renews it
+        self.due: Collection[str] | None = None  # the kinds the next claim tries (None: all)
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -285,6 +289,7 @@ class _Pass:
             except asyncio.CancelledError as exc:  # the claim commits all the same: halted,
                 self.failure = self.failure or exc  # its rows go back; run raises the cancel
                 rows, judged, error = await claiming
+            self.due = None  # found due before the first claim; every kind from then on
             if not rows:
                 return
             last = len(rows) < size  # fewer than asked: nothing else was due (the next pass
@@ -308,7 +313,7 @@ class _Pass:
         """Claim the next rows and judge them (a database thread); a judge that failed comes
         back with the rows it could not judge (claimed all the same: they go back)."""
         rows = claim_due(self.engine, self.worker, self.as_of, size, skip=skip,
-                         lease=self.lease)
+                         lease=self.lease, kinds=self.due)
         try:
             return rows, self.judge(rows) if rows else {}, None
         except Exception as exc:  # noqa: BLE001  (raised at the end of the pass)

@@ -31,6 +31,19 @@ tests:
 """
 
 
+def _passes_then_fails(cli: Cli, tmp_path: Path, playbook: str, test: str, mark: str,
+                       right: str, wrong: str) -> str:
+    """`retain test` passes with `mark` in the test file replaced by `right`, and fails with
+    it replaced by `wrong`; the output of the failing run."""
+    path = _folder(tmp_path, playbook, test.replace(mark, right))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 0, out
+    path.write_text(test.replace(mark, wrong))
+    code, out, _ = cli(["test", str(path)])
+    assert code == 1
+    return out
+
+
 def _folder(tmp_path: Path, playbook: str, test: str) -> Path:
     (tmp_path / "playbook.yaml").write_text(playbook)
     (tmp_path / "tests").mkdir()
@@ -42,12 +55,7 @@ def _folder(tmp_path: Path, playbook: str, test: str) -> Path:
 def test_a_points_actions_reason_is_its_payloads(cli: Cli, tmp_path: Path) -> None:
     """`reason` of a points action is the payload's reason (what the customer's ledger says),
     not the outbox's empty why-not-sent, which used to hide it."""
-    path = _folder(tmp_path, POINTS, POINTS_TEST.replace("REASON", '"bonus"'))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 0, out
-    path.write_text(POINTS_TEST.replace("REASON", '"birthday"'))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 1
+    out = _passes_then_fails(cli, tmp_path, POINTS, POINTS_TEST, "REASON", '"bonus"', '"birthday"')
     assert "reason: wanted 'birthday'" in out and "got    'purchase bonus'" in out
 
 
@@ -86,12 +94,7 @@ tests:
 def test_an_emails_text_has_the_templates_line_ends(cli: Cli, tmp_path: Path) -> None:
     """`text` spanning lines matches as the template wrote it (\\n), not as the message is
     encoded on the wire (CRLF), which no test file could match before."""
-    path = _folder(tmp_path, GREETING, GREETING_TEST.replace("WORD", "welcome"))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 0, out
-    path.write_text(GREETING_TEST.replace("WORD", "goodbye"))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 1
+    out = _passes_then_fails(cli, tmp_path, GREETING, GREETING_TEST, "WORD", "welcome", "goodbye")
     assert "text: wanted 'Dear Ana,\\n\\ngoodbye.'" in out
 
 
@@ -120,12 +123,7 @@ tests:
 def test_an_action_deferred_again_is_due_in_that_run(cli: Cli, tmp_path: Path) -> None:
     """A run that moves a deferred action to a later time (quiet hours again) moved it on:
     `due` sees it with its new time (only status changes were seen before)."""
-    path = _folder(tmp_path, GREETING, NIGHT_TEST.replace("AT", "+9h"))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 0, out
-    path.write_text(NIGHT_TEST.replace("AT", "+10h"))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 1
+    out = _passes_then_fails(cli, tmp_path, GREETING, NIGHT_TEST, "AT", "+9h", "+10h")
     assert "at: wanted" in out and "2026-01-07T09:00:00Z" in out
     assert "got    2026-01-07T08:00:00Z" in out
 
@@ -149,12 +147,7 @@ def test_an_action_wanted_under_another_key_says_what_became_of_it(cli: Cli,
                                                                     tmp_path: Path) -> None:
     """`sent: [email to ana]` when the run skipped it says so, with the reason: before, the
     message was only "wanted, not sent"."""
-    path = _folder(tmp_path, GREETING, NO_ADDRESS_TEST.replace("KEY", "skipped"))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 0, out
-    path.write_text(NO_ADDRESS_TEST.replace("KEY", "sent"))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 1
+    out = _passes_then_fails(cli, tmp_path, GREETING, NO_ADDRESS_TEST, "KEY", "skipped", "sent")
     assert "wanted, not sent: email to ana\n      the run made it skipped (no email address)\n" \
         in out
 
@@ -191,10 +184,5 @@ def test_a_webhook_is_sent_over_the_recording_transport(cli: Cli,
     """The webhook connector runs as it is (rendered, signed, its answer judged) over a
     transport that records: a host that does not resolve is still `sent`. Had the request
     gone to the network, it would be retrying and the test would fail."""
-    path = _folder(tmp_path, HOOK, HOOK_TEST.replace("BODY", '{ who: Ana }'))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 0, out
-    path.write_text(HOOK_TEST.replace("BODY", '{ who: Ben }'))
-    code, out, _ = cli(["test", str(path)])
-    assert code == 1
+    out = _passes_then_fails(cli, tmp_path, HOOK, HOOK_TEST, "BODY", '{ who: Ana }', '{ who: Ben }')
     assert "body: wanted {'who': 'Ben'}" in out and "got    {'who': 'Ana'}" in out
